@@ -1,0 +1,293 @@
+"""What leaves the system: the DCASE submission file, plots like the report's figures, the results table.
+
+Every file is written atomically (a temporary file in the same folder, then os.replace), so an
+interrupted run never leaves a half-written output that a resume would trust.
+
+DCASE output: `output.csv` is tab-separated with the header `filename  scene_label  airport ... tram`
+(filenames without the leading "audio/", the argmax scene, then the softmax probability of each scene
+in SCENES order). The model complexity goes beside it as `<stem>.complexity.json`
+(e.g. `output.complexity.json`), holding the dict passed in (params, macs, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window (also safe inside Ray workers)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from asc_ray.data.tau import SCENES  # noqa: E402
+from asc_ray.errors import AscRayError  # noqa: E402
+
+MISSING = "–"  # shown in markdown tables where a result does not exist (yet)
+
+# The report's Table 3 (macro-averaged class accuracy on test, %), split -> system -> value.
+REPORT_RESULTS: dict[int, dict[str, float]] = {
+    5: {"bcbl24": 43.68, "kd_ensemble": 47.97, "tfs": 44.93, "baseline": 42.40},
+    10: {"bcbl24": 47.21, "kd_ensemble": 53.03, "tfs": 50.01, "baseline": 45.29},
+    25: {"bcbl24": 53.39, "kd_ensemble": 56.81, "tfs": 55.57, "baseline": 50.29},
+    50: {"bcbl24": 55.50, "kd_ensemble": 59.82, "tfs": 59.66, "baseline": 53.19},
+    100: {"bcbl24": 57.59, "kd_ensemble": 61.74, "tfs": 62.21, "baseline": 56.99},
+}
+# Table 3's column order and the report's names for our system ids.
+REPORT_SYSTEMS: dict[str, str] = {
+    "bcbl24": "24-BCBL",
+    "kd_ensemble": "KD-Ensemble",
+    "tfs": "TFS",
+    "baseline": "BL Model",
+}
+
+_HEADER = ["filename", "scene_label", *SCENES]
+
+
+# --- atomic writes ------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> Path:
+    """Write via `write(file)` into a temp file beside `path`, then rename over it; no temp is left on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        mode = "wb" if binary else "w"
+        kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    return _atomic_write(path, lambda f: f.write(text))
+
+
+# --- DCASE submission output --------------------------------------------------------------------------
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def complexity_path(output_path: str | Path) -> Path:
+    """Where the complexity of `output.csv` lives: `output.complexity.json` beside it."""
+    p = Path(output_path)
+    return p.with_name(f"{p.stem}.complexity.json")
+
+
+def write_dcase_output(
+    path: str | Path,
+    filenames: Sequence[str],
+    logits: np.ndarray,
+    complexity: dict | None = None,
+) -> Path:
+    """Write the DCASE submission file (see the module doc) and, if given, the complexity JSON beside it."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[1] != len(SCENES):
+        raise ValueError(f"logits must be [N, {len(SCENES)}], got shape {logits.shape}")
+    if len(filenames) != len(logits):
+        raise ValueError(f"{len(filenames)} filenames but {len(logits)} rows of logits")
+    if not np.isfinite(logits).all():
+        raise ValueError("logits contain NaN or inf")
+    # DCASE wants the bare file name: "airport-lisbon-1000-40000-0-a.wav", not "audio/airport-..."
+    names = [f[len("audio/") :] if f.startswith("audio/") else f for f in map(str, filenames)]
+    if len(set(names)) != len(names):
+        raise ValueError("filenames are not unique")
+    if any(("\t" in n) or ("\n" in n) for n in names):
+        raise ValueError("a filename contains a tab or newline")
+
+    probs = _softmax(logits)
+    labels = [SCENES[i] for i in probs.argmax(axis=1)]
+
+    def write(f):
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(_HEADER)
+        for name, label, p in zip(names, labels, probs, strict=True):
+            w.writerow([name, label, *(f"{x:.8f}" for x in p)])
+
+    out = _atomic_write(Path(path), write)
+    if complexity is not None:
+        _atomic_write_text(complexity_path(out), json.dumps(complexity, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_dcase_output(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Read a DCASE output file: (filenames, predicted scene labels, probabilities float [N, 10])."""
+    path = Path(path)
+    fix = "write it with asc_ray.export.write_dcase_output (tab-separated: filename, scene_label, one column per scene)"
+    if not path.is_file():
+        raise AscRayError(
+            "DCASE output file not found", path=path, fix="check the path, or run the evaluation first"
+        )
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows or rows[0] != _HEADER:
+        got = rows[0] if rows else "an empty file"
+        raise AscRayError(f"unexpected header: expected {_HEADER}, got {got}", path=path, fix=fix)
+    filenames, labels, probs = [], [], []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != len(_HEADER) or row[1] not in SCENES:
+            raise AscRayError(f"line {lineno} is malformed: {row[:3]}...", path=path, fix=fix)
+        try:
+            probs.append([float(x) for x in row[2:]])
+        except ValueError:
+            raise AscRayError(f"line {lineno} has a non-numeric probability", path=path, fix=fix) from None
+        filenames.append(row[0])
+        labels.append(row[1])
+    return filenames, labels, np.asarray(probs, dtype=np.float64).reshape(-1, len(SCENES))
+
+
+# --- plots --------------------------------------------------------------------------------------------
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches=None)
+    plt.close(fig)  # figures are kept alive by pyplot otherwise: a leak over many runs
+    return _atomic_write(Path(path), lambda f: f.write(buf.getvalue()), binary=True)
+
+
+def plot_class_accuracy(per_system: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
+    """Grouped bar chart like the report's Figs. 2-3: one group per scene, one bar per system, accuracy in %.
+
+    `per_system` maps system name -> {scene: accuracy fraction}; a scene missing for a system has no bar.
+    """
+    if not per_system:
+        raise ValueError("plot_class_accuracy needs at least one system")
+    n = len(per_system)
+    x = np.arange(len(SCENES))
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(12, 5))
+    for i, (system, accs) in enumerate(per_system.items()):
+        unknown = set(accs) - set(SCENES)
+        if unknown:
+            raise ValueError(f"system {system!r} has unknown scenes {sorted(unknown)}")
+        heights = [100.0 * accs.get(s, np.nan) for s in SCENES]
+        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=system)
+    ax.set_xticks(x, [s.replace("_", "\n") for s in SCENES])
+    ax.set_ylabel("class accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    # outside the axes, so it never hides a bar near 100 %
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, path: str | Path, title: str) -> Path:
+    """Confusion heatmap: colours are row-normalised (recall per true class), cells show raw counts."""
+    cm = np.asarray(confusion)
+    k = len(SCENES)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion must be [{k}, {k}], got {cm.shape}")
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(k):
+        for j in range(k):
+            # dark text on light cells, light text on dark ones
+            ax.text(
+                j,
+                i,
+                str(int(cm[i, j])),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.6 else "black",
+            )
+    ax.set_xticks(range(k), SCENES, rotation=45, ha="right")
+    ax.set_yticks(range(k), SCENES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+# --- results table ------------------------------------------------------------------------------------
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{float(value):.2f}"
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def write_results_table(rows: list[dict], csv_path: str | Path, md_path: str | Path) -> None:
+    """Write every row to `csv_path` (all columns) and a report-style Table 3 to `md_path`.
+
+    Each row has at least `system`, `split` and `test_macro_acc` (percent). The markdown has our table
+    (rows = splits ascending; columns = bcbl24, kd_ensemble, tfs, baseline, then other systems in order
+    of appearance) and a second one with the report's numbers beside ours. Missing cells are "–".
+    """
+    ours: dict[int, dict[str, float]] = {}
+    systems: list[str] = []
+    for r in rows:
+        missing = {"system", "split", "test_macro_acc"} - set(r)
+        if missing:
+            raise ValueError(f"results row {r} lacks {sorted(missing)}")
+        system, split = str(r["system"]), int(r["split"])
+        if system in ours.get(split, {}):
+            raise ValueError(f"two results for system {system!r} on split {split}")
+        ours.setdefault(split, {})[system] = r["test_macro_acc"]
+        if system not in systems:
+            systems.append(system)
+
+    # CSV: the union of all columns, in order of first appearance
+    columns: list[str] = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+
+    def write_csv(f):
+        w = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+    _atomic_write(Path(csv_path), write_csv)
+
+    order = [s for s in REPORT_SYSTEMS if s in systems] + [s for s in systems if s not in REPORT_SYSTEMS]
+    splits = sorted(ours)
+    main = _md_table(
+        ["split (%)", *order],
+        [[str(sp), *(_fmt(ours[sp].get(s)) for s in order)] for sp in splits],
+    )
+    cmp_header = ["split (%)"]
+    for s, name in REPORT_SYSTEMS.items():
+        cmp_header += [f"{s} ours", f"{name} report"]
+    cmp_body = []
+    for sp in sorted(set(splits) | set(REPORT_RESULTS)):
+        cells = [str(sp)]
+        for s in REPORT_SYSTEMS:
+            cells += [_fmt(ours.get(sp, {}).get(s)), _fmt(REPORT_RESULTS.get(sp, {}).get(s))]
+        cmp_body.append(cells)
+    text = (
+        "# Results\n\nMacro-averaged class accuracy on the test split (%).\n\n"
+        + main
+        + "\n## Compared with the report (Table 3)\n\n"
+        + _md_table(cmp_header, cmp_body)
+    )
+    _atomic_write_text(Path(md_path), text)
