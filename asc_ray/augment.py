@@ -1,0 +1,100 @@
+"""Data augmentations, each a small pure function on a batch (optional torch.Generator for determinism).
+
+- mixup: mixes the INPUTS and the targets (the reference code mixed only the labels: a bug).
+- freq_mixstyle: Freq-MixStyle, per-frequency-band instance statistics mixed across the batch.
+- dir_augment: device impulse responses on device-`a` clips only.
+- freq_mask: SpecAugment frequency masking, one mask per sample (torchaudio's iid_masks=True).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Beta
+
+
+def _rand(shape, generator, device) -> Tensor:
+    """Uniform [0, 1) drawn from `generator` on the CPU (generators are device-bound), moved to device."""
+    return torch.rand(shape, generator=generator).to(device)
+
+
+def _beta(alpha: float, n: int, generator) -> Tensor:
+    """n samples of Beta(alpha, alpha). torch's gamma sampler takes no generator, so with one we seed a forked
+    global RNG from it: reproducible, and the caller's global RNG state is left untouched."""
+    dist = Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    if generator is None:
+        return dist.sample((n,))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return dist.sample((n,))
+
+
+def mixup(x: Tensor, y: Tensor, alpha: float = 1.0, generator: torch.Generator | None = None
+          ) -> tuple[Tensor, Tensor, float, Tensor]:
+    """x [B, ...], y [B, C] (one-hot or soft) -> (mixed x, mixed y, lam, perm); lam ~ Beta(alpha, alpha)."""
+    if y.dim() != 2:
+        raise ValueError(f"mixup needs soft/one-hot targets [B, C], got shape {tuple(y.shape)}")
+    lam = float(_beta(alpha, 1, generator)[0])
+    perm = torch.randperm(x.shape[0], generator=generator)
+    x_mix = lam * x + (1.0 - lam) * x[perm.to(x.device)]
+    y_mix = lam * y + (1.0 - lam) * y[perm.to(y.device)]
+    return x_mix, y_mix, lam, perm
+
+
+def freq_mixstyle(x: Tensor, p: float = 0.4, alpha: float = 0.3, eps: float = 1e-6,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """x [B, C, F, T]; with probability p (once for the whole batch) each sample's per-frequency-band
+    statistics (over channel and time, detached) are replaced by a mix with a random partner's."""
+    if p <= 0 or float(_rand((1,), generator, "cpu")) > p:
+        return x
+    b = x.shape[0]
+    f_mu = x.mean(dim=(1, 3), keepdim=True).detach()  # [B, 1, F, 1]
+    f_var = x.var(dim=(1, 3), keepdim=True).detach()
+    f_sig = (f_var + eps).sqrt()
+    x_normed = (x - f_mu) / f_sig
+    lam = _beta(alpha, b, generator).to(device=x.device, dtype=x.dtype).view(b, 1, 1, 1)
+    perm = torch.randperm(b, generator=generator).to(x.device)
+    mu_mix = f_mu * lam + f_mu[perm] * (1 - lam)
+    sig_mix = f_sig * lam + f_sig[perm] * (1 - lam)
+    return x_normed * sig_mix + mu_mix
+
+
+def dir_augment(wave: Tensor, device_ids: Tensor, irs: Sequence[Tensor], p: float = 0.6, device_a: int = 0,
+                generator: torch.Generator | None = None) -> Tensor:
+    """wave [B, n]; each clip recorded by `device_a` is, with probability p, convolved with a random device
+    impulse response (1-D tensors at the wave's sample rate) and cut to n samples. Others stay bit-identical."""
+    out = wave.clone()
+    if p <= 0 or len(irs) == 0:
+        return out
+    b, n = wave.shape
+    device_ids = device_ids.to("cpu").view(-1)
+    apply = (device_ids == device_a) & (_rand((b,), generator, "cpu") < p)
+    idx = apply.nonzero().flatten()
+    if idx.numel() == 0:
+        return out
+    choice = torch.randint(0, len(irs), (idx.numel(),), generator=generator)
+    for i, k in zip(idx.tolist(), choice.tolist(), strict=True):
+        ir = irs[k].to(device=wave.device, dtype=wave.dtype).flatten()
+        # fft convolution (linear, not circular: pad to n + len(ir) - 1), keep the first n samples
+        size = n + ir.numel() - 1
+        conv = torch.fft.irfft(torch.fft.rfft(wave[i], size) * torch.fft.rfft(ir, size), size)
+        out[i] = conv[:n]
+    return out
+
+
+def freq_mask(x: Tensor, max_bins: int = 48, generator: torch.Generator | None = None, value: float = 0.0
+              ) -> Tensor:
+    """x [B, ..., F, T]: per sample, set a band of width ~U[0, max_bins) at a random start to `value`."""
+    if max_bins <= 0:
+        return x
+    b, n_freq = x.shape[0], x.shape[-2]
+    width = _rand((b,), generator, "cpu") * min(max_bins, n_freq)
+    start = _rand((b,), generator, "cpu") * (n_freq - width)
+    lo, hi = start.floor().long(), (start + width).floor().long()
+    f = torch.arange(n_freq)
+    mask = (f[None, :] >= lo[:, None]) & (f[None, :] < hi[:, None])  # [B, F]
+    mask = mask.view(b, *([1] * (x.dim() - 3)), n_freq, 1).to(x.device)
+    return x.masked_fill(mask, value)
