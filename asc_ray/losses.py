@@ -1,0 +1,78 @@
+"""Distillation losses of the report.
+
+kd_loss, eq. (1):  (1 - lam) * H(softmax(zs), y) + lam * T^2 * KL(softmax(zt/T) || softmax(zs/T)).
+focusnet_loss, eqs. (2)-(8) (teacher-informed confusing class instruction):
+    d = softmax(zs) - softmax(zt);  y_hat = softmax(d + zs);  L_cls = H(y, y_hat)
+    l'_n = [zt_n > 0];  l''_n = min(1, l'_n + y_n);  l = l'' / sum(l'')
+    R_att = H(l, softmax(zs));  R_ent = -sum softmax(zs) log softmax(zs)
+    L = L_cls + alpha * R_att - beta * R_ent
+variant="reference" is the public code's form: mask softmax(zt / 2) > 1/C, label smoothing 0.1 in L_cls.
+All losses: per-sample sums over classes, mean over the batch. Targets: int64 indices [B] or soft [B, C].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# reference code's settings
+KD_LAMBDA = 0.98  # weight of the distillation term (label weight 0.02)
+KD_TEMPERATURE = 2.0
+REF_MASK_TEMPERATURE = 2.0
+REF_LABEL_SMOOTHING = 0.1
+
+
+def _soft_targets(target: Tensor, n_classes: int) -> Tensor:
+    if target.dim() == 1:
+        return F.one_hot(target.long(), n_classes).float()
+    if target.dim() == 2 and target.shape[1] == n_classes:
+        return target.float()
+    raise ValueError(f"target must be class indices [B] or soft targets [B, {n_classes}], got {tuple(target.shape)}")
+
+
+def _cross_entropy(log_probs: Tensor, y: Tensor) -> Tensor:
+    """H(y, p) = -sum_c y_c log p_c per sample, mean over batch."""
+    return -(y * log_probs).sum(dim=1).mean()
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, lam: float = KD_LAMBDA,
+            temperature: float = KD_TEMPERATURE) -> Tensor:
+    """Eq. (1); KL summed over classes, mean over the batch."""
+    zs, zt = student_logits.float(), teacher_logits.detach().float()
+    y = _soft_targets(target, zs.shape[1])
+    label_loss = _cross_entropy(F.log_softmax(zs, dim=1), y)
+    log_ps_t = F.log_softmax(zs / temperature, dim=1)
+    log_pt_t = F.log_softmax(zt / temperature, dim=1)
+    kl = (log_pt_t.exp() * (log_pt_t - log_ps_t)).sum(dim=1).mean()
+    return (1.0 - lam) * label_loss + lam * temperature ** 2 * kl
+
+
+def focusnet_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alpha: float = 1.0,
+                  beta: float = 1.0, variant: str = "report") -> Tensor:
+    """Eqs. (2)-(8); variant "report" (default) or "reference" (see module docstring)."""
+    if variant not in ("report", "reference"):
+        raise ValueError(f"focusnet variant must be 'report' or 'reference', got {variant!r}")
+    zs, zt = student_logits.float(), teacher_logits.detach().float()
+    n_classes = zs.shape[1]
+    y = _soft_targets(target, n_classes)
+    log_ps = F.log_softmax(zs, dim=1)
+    ps = log_ps.exp()
+    # eqs. (2)-(4): push the student's logits by its disagreement with the teacher
+    d = ps - F.softmax(zt, dim=1)
+    log_y_hat = F.log_softmax(d + zs, dim=1)
+    y_cls = y
+    if variant == "reference":
+        y_cls = y * (1 - REF_LABEL_SMOOTHING) + REF_LABEL_SMOOTHING / n_classes
+    l_cls = _cross_entropy(log_y_hat, y_cls)
+    # eqs. (5)-(6): attention target = the teacher's "confusing" classes plus the true class
+    if variant == "report":
+        l1 = (zt > 0).float()
+    else:
+        l1 = (F.softmax(zt / REF_MASK_TEMPERATURE, dim=1) > 1.0 / n_classes).float()
+    l2 = torch.clamp(l1 + y, max=1.0)
+    att = l2 / l2.sum(dim=1, keepdim=True)
+    # eqs. (7)-(8)
+    r_att = _cross_entropy(log_ps, att)
+    r_ent = -(ps * log_ps).sum(dim=1).mean()
+    return l_cls + alpha * r_att - beta * r_ent
