@@ -1,0 +1,263 @@
+"""A small synthetic dataset in the exact TAU22 + DCASE 2024 layout, for tests and smoke runs.
+
+    python -m asc_ray.data.synth --out DIR [--clips-per-class N] [--seed S]
+
+Writes DIR/meta.csv, DIR/audio/*.wav (1 s, 44.1 kHz, mono, PCM_16), DIR/split{5,10,25,50,100}.csv,
+DIR/test.csv and DIR/irs/*.wav (impulse responses of mixed lengths, channel counts and rates, like MicIRP).
+
+Scenes are textures a small CNN can learn but not perfectly: each scene has a noise colour, a spectral
+band, tonal components, an amplitude-modulation rate and a density of transients; similar scenes
+(metro/tram, airport/shopping_mall, public_square/street_pedestrian) have similar parameters, and every
+recording and clip jitters them, under background noise. Devices are fixed filters + gain + noise floor;
+device a dominates train, s4-s6 appear only in test (as in TAU). Same seed -> same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from asc_ray.data.tau import DEVICES, SCENES, SPLITS
+from asc_ray.errors import AscRayError
+
+SR = 44100
+N = SR  # 1 s clips
+TEST_SHARE = 0.3  # of each scene's clips, as whole recordings
+CLIPS_PER_RECORDING = 5  # on average (train); test recordings hold ~4
+CITIES = (
+    "barcelona",
+    "helsinki",
+    "lisbon",
+    "london",
+    "lyon",
+    "milan",
+    "paris",
+    "prague",
+    "stockholm",
+    "vienna",
+)
+TRAIN_DEVICES, TRAIN_P = ("a", "b", "c", "s1", "s2", "s3"), (0.7, 0.06, 0.06, 0.06, 0.06, 0.06)
+CHUNK = 64  # clips synthesised at once (bounded memory)
+
+# scene -> (noise slope, band centre Hz, band width oct, band gain dB, tones Hz, tone level,
+#           AM rate Hz, AM depth, transients per s, transient decay s, transient centre Hz)
+SCENE_PARAMS = {
+    "airport":           (1.0, 500, 1.5, 6, (), 0.0, 0.3, 0.2, 1.0, 0.080, 1000),
+    "bus":               (1.6, 120, 1.0, 10, (95, 190), 0.3, 1.5, 0.3, 0.5, 0.050, 300),
+    "metro":             (1.3, 250, 1.0, 8, (400, 800), 0.25, 4.0, 0.4, 2.0, 0.030, 2000),
+    "metro_station":     (1.1, 800, 1.5, 5, (400,), 0.1, 0.5, 0.3, 2.5, 0.060, 1500),
+    "park":              (0.6, 4000, 1.0, 8, (3200, 4100), 0.15, 8.0, 0.5, 3.0, 0.020, 4000),
+    "public_square":     (0.9, 1500, 2.0, 4, (), 0.0, 1.0, 0.3, 4.0, 0.025, 2500),
+    "shopping_mall":     (1.0, 700, 1.5, 5, (), 0.0, 0.4, 0.2, 1.5, 0.100, 1200),
+    "street_pedestrian": (0.9, 1800, 2.0, 4, (), 0.0, 1.5, 0.4, 5.0, 0.015, 3000),
+    "street_traffic":    (1.8, 80, 1.5, 10, (), 0.0, 0.2, 0.6, 0.5, 0.200, 500),
+    "tram":              (1.3, 300, 1.0, 8, (600, 1200), 0.2, 3.0, 0.4, 1.5, 0.040, 1800),
+}  # fmt: skip
+
+# device -> (high-pass Hz, low-pass Hz, (resonance Hz, gain dB), tilt dB/oct above 1 kHz, noise floor)
+DEVICE_PARAMS = {
+    "a": (30, 20000, (1000, 0), 0.0, 1e-4),
+    "b": (200, 16000, (3000, 3), 0.0, 3e-4),
+    "c": (60, 8000, (1000, 4), 0.0, 3e-4),
+    "s1": (40, 18000, (2000, 0), -3.0, 2e-4),
+    "s2": (400, 18000, (5000, 8), 0.0, 2e-4),
+    "s3": (80, 6000, (2000, -8), 0.0, 2e-4),
+    "s4": (300, 4000, (1500, 3), 0.0, 5e-4),
+    "s5": (50, 20000, (8000, 4), 3.0, 2e-4),
+    "s6": (100, 3000, (800, 6), 0.0, 5e-4),
+}
+IR_SPECS = [  # (sample rate, channels, length, subtype): deliberately mixed, like MicIRP
+    (44100, 1, 2205, "PCM_16"),
+    (48000, 2, 4800, "PCM_24"),
+    (16000, 1, 640, "PCM_32"),  # not FLOAT: its PEAK chunk holds a timestamp (bytes would differ)
+    (32000, 2, 4000, "PCM_16"),
+    (22050, 1, 1500, "PCM_16"),
+]
+
+FREQS = np.fft.rfftfreq(N, 1 / SR)
+LOGF = np.log2(np.maximum(FREQS, 20.0))
+T = np.arange(N) / SR
+
+
+def _bump(centre, width_oct, gain_db):
+    """Gaussian bump in log-frequency, as an amplitude factor [n, F] (per-clip parameters [n])."""
+    z = (LOGF[None] - np.log2(centre)[:, None]) / np.asarray(width_oct)[:, None]
+    return 10 ** (np.asarray(gain_db)[:, None] * np.exp(-0.5 * z**2) / 20)
+
+
+def _noise(rng, n, shape):
+    """Gaussian noise with amplitude spectrum `shape` [n, F], unit RMS per clip."""
+    spec = (rng.standard_normal((n, len(FREQS))) + 1j * rng.standard_normal((n, len(FREQS)))) * shape
+    x = np.fft.irfft(spec, n=N)
+    return x / (x.std(axis=1, keepdims=True) + 1e-12)
+
+
+def _device_response(device: str) -> np.ndarray:
+    hp, lp, (rc, rg), tilt, _ = DEVICE_PARAMS[device]
+    f = np.maximum(FREQS, 1.0)
+    h = 1 / np.sqrt(1 + (hp / f) ** 4) / np.sqrt(1 + (f / lp) ** 8)  # 2nd/4th-order-like edges
+    h = h * _bump(np.array([rc]), [0.5], [rg])[0]
+    h = h * 10 ** (tilt * np.maximum(LOGF - np.log2(1000), 0) / 20)
+    return h
+
+
+def _scene_clips(rng, scene: str, rec_jitter: np.ndarray, devices: list[str]) -> np.ndarray:
+    """float [n, N] clips of one scene; rec_jitter [n, 2] = per-recording (slope, log2 band) offsets."""
+    slope, bc, bw, bg, tones, tl, am, depth, ev, decay, ec = SCENE_PARAMS[scene]
+    n = len(devices)
+    # per-clip jitter: scenes overlap
+    c_slope = slope + rec_jitter[:, 0] + rng.normal(0, 0.25, n)
+    c_bc = bc * 2 ** (rec_jitter[:, 1] + rng.normal(0, 0.4, n))
+    c_bg = bg + rng.normal(0, 3, n)
+    shape = np.maximum(FREQS, 20.0)[None] ** (-c_slope[:, None] / 2) * _bump(c_bc, np.full(n, bw), c_bg)
+    x = _noise(rng, n, shape)
+    # amplitude modulation (traffic passing, train rhythm, birds)
+    rate = am * 2 ** rng.normal(0, 0.4, n)
+    d = np.clip(depth + rng.normal(0, 0.1, n), 0, 0.9)
+    x *= 1 + d[:, None] * np.sin(2 * np.pi * rate[:, None] * T[None] + rng.uniform(0, 2 * np.pi, (n, 1)))
+    # tonal components (engines, rails), present in some clips only
+    for f0 in tones:
+        f = f0 * (1 + rng.normal(0, 0.03, n))
+        level = tl * rng.uniform(0, 1.5, n)
+        x += (
+            level[:, None]
+            * np.sqrt(2)
+            * np.sin(2 * np.pi * f[:, None] * T[None] + rng.uniform(0, 6.3, (n, 1)))
+        )
+    # transients: Poisson impulse train -> exponential envelope -> band-limited noise bursts
+    counts = rng.poisson(ev, n)
+    train = np.zeros((n, N))
+    for i, k in enumerate(counts):
+        train[i, rng.integers(0, N, k)] = rng.uniform(0.5, 2.0, k)
+    tau = decay * 2 ** rng.normal(0, 0.3, n)
+    env = np.fft.irfft(np.fft.rfft(train) * np.fft.rfft(np.exp(-T[None] / tau[:, None])), n=N)
+    burst = env * _noise(rng, n, _bump(ec * 2 ** rng.normal(0, 0.3, n), np.ones(n), np.full(n, 15.0)))
+    x += 2.0 * burst
+    # background of random colour at a random SNR: clips share a common bed of city noise
+    bg_shape = np.maximum(FREQS, 20.0)[None] ** (-rng.uniform(0.5, 2.0, (n, 1)) / 2)
+    x /= x.std(axis=1, keepdims=True) + 1e-12
+    x += 10 ** (-rng.uniform(0, 12, (n, 1)) / 20) * _noise(rng, n, bg_shape)
+    # device: fixed filter, gain and noise floor
+    for dev in set(devices):
+        m = np.array([d == dev for d in devices])
+        x[m] = np.fft.irfft(np.fft.rfft(x[m]) * _device_response(dev)[None], n=N)
+    level = 10 ** (rng.uniform(-30, -16, (n, 1)) / 20)  # RMS -30 .. -16 dBFS
+    x = x / (x.std(axis=1, keepdims=True) + 1e-12) * level
+    floor = np.array([DEVICE_PARAMS[d][4] for d in devices])[:, None]
+    x += floor * rng.standard_normal((n, N))
+    return np.clip(x, -0.99, 0.99)
+
+
+def _impulse_response(rng, sr: int, channels: int, length: int) -> np.ndarray:
+    t = np.arange(length) / sr
+    ir = rng.standard_normal((length, channels)) * np.exp(-t / (0.2 * t[-1] + 1e-3))[:, None] * 0.3
+    ir[0] += 1.0  # direct sound
+    return (ir / np.abs(ir).max() * 0.9).astype(np.float32)
+
+
+def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
+    """Write the dataset to `out` (must be empty or absent); returns `out`."""
+    out = Path(out).expanduser()
+    if clips_per_class < 3:
+        raise AscRayError(f"--clips-per-class must be >= 3 (two train recordings and one test recording "
+                          f"per scene), got {clips_per_class}", fix="use e.g. 40")  # fmt: skip
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AscRayError("output directory exists and is not empty", path=out,
+                          fix="choose a new --out directory or delete this one")  # fmt: skip
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    rows, train_rows, test_rows, splits = [], [], [], {p: [] for p in SPLITS}
+    loc = 1000
+    for s, scene in enumerate(SCENES):
+        n_test = max(1, round(TEST_SHARE * clips_per_class))
+        n_train = clips_per_class - n_test
+        n_train_rec = max(2, round(n_train / CLIPS_PER_RECORDING))
+        n_test_rec = max(1, round(n_test / 4))
+        recs = []  # (identifier, city, location, n_clips, is_test)
+        for is_test, n_clips, n_rec in ((False, n_train, n_train_rec), (True, n_test, n_test_rec)):
+            sizes = 1 + rng.multinomial(n_clips - n_rec, np.ones(n_rec) / n_rec)
+            for size in sizes:
+                city = CITIES[rng.integers(len(CITIES))]
+                recs.append((f"{city}-{loc}", city, str(loc), int(size), is_test))
+                loc += 1
+        # clip slots: (recording, segment, chunk, device)
+        slots, rec_jitter = [], []
+        # test devices cycle through all nine across scenes (balanced, every device present), shuffled
+        test_devices = [DEVICES[(s * n_test + k) % len(DEVICES)] for k in rng.permutation(n_test)]
+        for r, (_, city, location, size, is_test) in enumerate(recs):
+            jit = (rng.normal(0, 0.15), rng.normal(0, 0.3))  # the recording place's own character
+            for j in range(size):
+                dev = (
+                    test_devices.pop()
+                    if is_test
+                    else TRAIN_DEVICES[rng.choice(len(TRAIN_DEVICES), p=TRAIN_P)]
+                )
+                fn = f"audio/{scene}-{city}-{location}-{1000 * (j // 10)}-{j % 10}-{dev}.wav"
+                slots.append((r, fn, dev))
+                rec_jitter.append(jit)
+        rec_jitter = np.array(rec_jitter)
+        for start in range(0, len(slots), CHUNK):
+            part = slots[start : start + CHUNK]
+            clips = _scene_clips(rng, scene, rec_jitter[start : start + CHUNK], [d for _, _, d in part])
+            for (_, fn, _), wave in zip(part, clips, strict=True):
+                sf.write(out / fn, wave.astype(np.float32), SR, subtype="PCM_16")
+        for r, fn, dev in slots:
+            ident, is_test = recs[r][0], recs[r][4]
+            rows.append((fn, scene, ident, dev))
+            (test_rows if is_test else train_rows).append((fn, scene))
+        # nested splits: a shuffled order of this scene's train recordings; split p = the shortest prefix
+        # holding >= p % of the scene's train clips (at least one recording), so 5 c 10 c ... c 100
+        train_recs = [r for r, rec in enumerate(recs) if not rec[4]]
+        train_recs = [train_recs[i] for i in rng.permutation(len(train_recs))]
+        cum = np.cumsum([recs[r][3] for r in train_recs])
+        for p in SPLITS:
+            k = int(np.searchsorted(cum, p / 100 * n_train - 1e-9)) + 1
+            chosen = {recs[r][0] for r in train_recs[:k]}
+            splits[p] += [(fn, scene) for fn, scene_, ident, _ in rows if scene_ == scene and ident in chosen]
+
+    def write(name, header, table):
+        with open(out / name, "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(header)
+            w.writerows(sorted(table))
+
+    write("meta.csv", ("filename", "scene_label", "identifier", "source_label"), rows)
+    for p in SPLITS:
+        write(f"split{p}.csv", ("filename", "scene_label"), splits[p])
+    write("test.csv", ("filename", "scene_label"), test_rows)
+
+    (out / "irs").mkdir(exist_ok=True)
+    for i, (sr, ch, length, subtype) in enumerate(IR_SPECS):
+        ir = _impulse_response(rng, sr, ch, length)
+        sf.write(
+            out / "irs" / f"ir{i:02d}_{sr}hz_{ch}ch.wav", ir if ch > 1 else ir[:, 0], sr, subtype=subtype
+        )
+
+    print(f"wrote a synthetic TAU22-layout dataset to {out}: {len(rows)} clips "
+          f"(train {len(train_rows)}, test {len(test_rows)}), {len(SCENES)} scenes, splits "
+          + ", ".join(f"{p}%={len(splits[p])}" for p in SPLITS) + f", {len(IR_SPECS)} impulse responses")  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m asc_ray.data.synth", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path, help="output directory (new or empty)")
+    ap.add_argument("--clips-per-class", type=int, default=40, help="clips per scene, train + test (>= 3)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        generate(args.out, args.clips_per_class, args.seed)
+    except AscRayError as e:  # also the console script asc-ray-synth: one message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
