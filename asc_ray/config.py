@@ -30,6 +30,7 @@ CHOICES = {
     "train.select": ("val", "last"),
     "train.channels_last": ("auto", True, False),
     "train.amp": ("auto", True, False),
+    "use_gpu": ("auto", True, False),
 }
 # Keys whose default is null but which take a path / URI string.
 NULLABLE_STR = {"data.split_dir", "data.cache_dir", "data.irs_dir", "data.eval_dir", "mlflow.tracking_uri",

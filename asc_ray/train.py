@@ -87,7 +87,9 @@ def resolve_paths(cfg: dict, data_dir: str | Path, output_dir: str | Path) -> di
 
 
 def prepare_data(cfg: dict, data_dir: str | Path, output_dir: str | Path, split: int, system: System,
-                 logits_path: str | Path | None = None, progress: bool = True) -> RunData:
+                 logits: str | Path | tuple[list[str], np.ndarray] | None = None, progress: bool = True) -> RunData:
+    """Open the data, carve the holdout, reuse/build the waveform cache, load IRs and (for KD/TFS) the
+    teacher logits: a Parquet path, or (files, logits) as the LogitAggregator hands them out."""
     from asc_ray.logits import read_logits
 
     paths = resolve_paths(cfg, data_dir, output_dir)
@@ -98,21 +100,28 @@ def prepare_data(cfg: dict, data_dir: str | Path, output_dir: str | Path, split:
     irs = load_irs(paths["irs_dir"], store.sample_rate) if system.dir else None
     teacher_logits = None
     if system.needs:
-        if logits_path is None:
-            logits_path = paths["logits_dir"] / f"{system.needs}_split{split}.parquet"
-        table = read_logits(logits_path, split_files)
-        pos = {f: i for i, f in enumerate(split_files)}
+        if isinstance(logits, tuple):
+            pos = {f: i for i, f in enumerate(logits[0])}
+            table = logits[1]
+            if set(pos) != set(split_files):
+                raise AscRayError(f"teacher logits do not cover split {split}'s files", path=paths["logits_dir"],
+                                  fix="re-run the teachers stage for this split (or --fresh)")
+        else:
+            path = logits or paths["logits_dir"] / f"{system.needs}_split{split}.parquet"
+            table = read_logits(path, split_files)
+            pos = {f: i for i, f in enumerate(split_files)}
         teacher_logits = table[[pos[f] for f in train_files]]
     return RunData(ds, store, split_files, train_files, val_files, ds.test_files(), irs, teacher_logits)
 
 
 # ------------------------------------------------------------------------------------- model, optim
-def build_model(system: System, cfg: dict) -> torch.nn.Module:
+def build_model(system: System, cfg: dict, pretrained: bool = True) -> torch.nn.Module:
+    """pretrained=False: an empty shell to load our own weights into (no AudioSet checkpoint lookup)."""
     from asc_ray.models import bcbl, passt
 
     if system.model == "passt":
         p = cfg["passt"]
-        return passt(pretrained=p["pretrained"], size=p["size"], n_classes=N_CLASSES)
+        return passt(pretrained=p["pretrained"] and pretrained, size=p["size"], n_classes=N_CLASSES)
     return bcbl(system.base_channels, N_CLASSES)
 
 
@@ -293,7 +302,7 @@ class Trainer:
         """Logits [len(files), 10] in eval mode (no augmentation)."""
         model = self.model
         if state_dict is not None:
-            model = build_model(self.system, self.cfg).to(self.device)
+            model = build_model(self.system, self.cfg, pretrained=False).to(self.device)
             model.load_state_dict(state_dict)
             if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -346,7 +355,7 @@ class Trainer:
 
         best = torch.load(self.out_dir / "checkpoint" / "best.pt", map_location=self.device, weights_only=True)
         test_logits, res = self.evaluate(self.data.test_files, best)
-        model = build_model(self.system, self.cfg)
+        model = build_model(self.system, self.cfg, pretrained=False)
         model.load_state_dict(best)
         cx = measure(model, (1, *input_shape(self.system.model)))
         out = self.out_dir

@@ -1,0 +1,80 @@
+"""One unit of pipeline work (a teacher or a student on a split), run inside a Ray Train worker or a Ray
+Tune trial: prepare data, resume from the latest checkpoint, train with per-epoch MLflow logging, hand the
+logits to the LogitAggregator, log the final figures and artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+
+from asc_ray.config import flatten
+from asc_ray.systems import get_system
+from asc_ray.train import Trainer, prepare_data
+
+# What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
+#   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator, logits_source
+
+
+def unit_dir(output_dir: str | Path, role: str, split: int, system: str) -> Path:
+    return Path(output_dir) / f"{role}s" / f"split{split}" / system
+
+
+def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_dir: str | None,
+             rank: int = 0, world_size: int = 1, wrap_model=None) -> dict:
+    system = get_system(job["system"])
+    split, cfg = job["split"], job["cfg"]
+    out = unit_dir(job["output_dir"], system.role, split, system.name)
+    out.mkdir(parents=True, exist_ok=True)
+    logits = None
+    if system.needs:  # targets from the actor: works on any node, validated against the split's files
+        files, table = ray.get(job["aggregator"].table.remote(system.needs, split))
+        logits = (files, table)
+    data = prepare_data(cfg, job["data_dir"], job["output_dir"], split, system, logits=logits, progress=False)
+    trainer = Trainer(system, cfg, data, out, split, log=lambda m: print(m, flush=True), rank=rank,
+                      world_size=world_size, wrap_model=wrap_model)
+    if checkpoint_dir:
+        trainer.load_checkpoint(checkpoint_dir)
+
+    tracker, run_id = job["tracker"], None
+    if rank == 0 and tracker is not None:
+        id_file = out / "mlflow_run_id"
+        old = id_file.read_text().strip() if id_file.is_file() else None
+        tags = {"role": system.role, "system": system.name, "split": split, "augment": system.augment,
+                "key": job["key"], "seed": cfg["seed"]}
+        run_id = tracker.start_run(f"{system.name} split{split}", tags, job["parent_run_id"], run_id=old)
+        id_file.write_text(run_id)
+        tracker.log_params(run_id, {**flatten(cfg), "system": system.name, "split": split,
+                                    "train_files": len(data.train_files), "val_files": len(data.val_files)})
+
+    def report_and_log(m: dict, ckpt: Path | None) -> None:
+        if run_id:
+            tracker.log_metrics(run_id, {k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
+        report(m, ckpt)
+
+    with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
+        result = trainer.fit(report_and_log)
+    if rank != 0:
+        return {}
+    result["key"] = job["key"]
+    result["run_id"] = run_id
+    if system.role == "teacher" or system.name == "kd_ensemble":
+        import numpy as np
+
+        split_logits = np.load(result["files"]["split_logits"])
+        source = "teachers" if system.role == "teacher" else "kd_ensemble"
+        ray.get(job["aggregator"].submit.remote(source, split, system.name, split_logits, job["key"], run_id,
+                                                result))
+    if run_id:
+        finals = {k: v for k, v in result.items() if k.startswith(("test_", "val_macro")) or k in ("params", "macs",
+                                                                                                    "selected_epoch")}
+        tracker.log_metrics(run_id, finals, step=trainer.epoch)
+        files = result["files"]
+        tracker.log_artifacts(run_id, [files[k] for k in ("output", "complexity", "class_plot", "confusion_plot")
+                                       if k in files])
+        tracker.log_artifacts(run_id, [files[k] for k in ("model", "model_fp16") if k in files], "model")
+        tracker.finish(run_id)
+    return result

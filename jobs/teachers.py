@@ -1,0 +1,18 @@
+"""Stage 1 alone: train the six teachers per split (Ray Train).
+
+    python jobs/teachers.py --data-dir D --output-dir O [--splits 5,10,25,50,100] [--profile smoke|full]
+                      [--config FILE] [--fresh] [key=value ...]
+
+Alone it starts a local Ray; under `ray job submit` it joins that cluster (RAY_ADDRESS).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
+
+from asc_ray.cli import run_stages  # noqa: E402
+from asc_ray.errors import run_cli  # noqa: E402
+
+if __name__ == "__main__":
+    run_cli(lambda: run_stages(None, ("teachers",), __doc__.splitlines()[0]))
