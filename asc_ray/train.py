@@ -327,6 +327,11 @@ class Trainer:
         """Train the remaining epochs (resumes from self.epoch); returns the final result dict."""
         epochs = self.h["epochs"]
         select = self.cfg["train"]["select"]
+        if select == "val" and not self.data.val_files:
+            # a tiny split with one recording per scene has no holdout: fall back honestly, never to test
+            self.log(f"[{self.tag}] no validation holdout (one recording per scene): selecting the last epoch")
+            select = "last"
+        self.select = select
         every = max(1, self.cfg["train"]["eval_every"])
         while self.epoch < epochs:
             m = self.train_epoch()
@@ -338,10 +343,11 @@ class Trainer:
                     self.best = {"val_macro_acc": m["val_macro_acc"], "epoch": self.epoch - 1}
             elif select == "last":
                 self.best = {"val_macro_acc": float("nan"), "epoch": self.epoch - 1}
+            m.setdefault("val_macro_acc", float("nan"))  # every report carries the selection metric (Tune needs it)
             m["epoch"] = self.epoch
             self.history.append(m)
             ckpt = self.save_checkpoint() if self.rank == 0 else None
-            val = f" val_macro_acc {100 * m['val_macro_acc']:.1f}%" if "val_macro_acc" in m else ""
+            val = "" if math.isnan(m["val_macro_acc"]) else f" val_macro_acc {100 * m['val_macro_acc']:.1f}%"
             self.log(f"[{self.tag}] epoch {self.epoch}/{epochs} loss {m['train_loss']:.3f}{val} "
                      f"({m['epoch_s']:.0f}s, {m['samples_per_s']:.0f} samples/s)")
             if report is not None:
@@ -380,6 +386,7 @@ class Trainer:
         result = {
             "system": self.system.name, "split": self.split, "role": self.system.role,
             "augment": self.system.augment, "selected_epoch": self.best["epoch"] + 1,
+            "selected_on": getattr(self, "select", self.cfg["train"]["select"]),
             "val_macro_acc": self.best["val_macro_acc"],
             **{f"test_{k}": v for k, v in res.metrics.items()},
             "params": cx.params, "macs": cx.macs,
@@ -387,7 +394,7 @@ class Trainer:
         }
         _write_json(out / "result.json", result)
         self.log(f"[{self.tag}] done: test macro accuracy {100 * result['test_macro_acc']:.2f}% "
-                 f"(selected epoch {result['selected_epoch']} on {self.cfg['train']['select']}), "
+                 f"(selected epoch {result['selected_epoch']} on {getattr(self, 'select', 'val')}), "
                  f"{cx.params:,} params, {cx.macs / 1e6:.1f} M MACs")
         return result
 

@@ -273,3 +273,14 @@ def read_eval_files(eval_dir: str | Path) -> list[str]:
     if len(set(files)) != len(files):
         raise AscRayError("fold1_test.csv lists a file twice", path=path, fix=fix)
     return files
+
+
+class EvalSet:
+    """The unlabelled 2024 evaluation set: its file list and where its audio lies (what the cache needs)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        self.files = read_eval_files(self.root)
+
+    def audio_path(self, filename: str) -> Path:
+        return self.root / filename

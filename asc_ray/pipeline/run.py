@@ -74,6 +74,14 @@ class Pipeline:
         files = cache_file_list(ds)
         for rate in sorted({frontend_sample_rate(s.model) for s in systems}):
             build_cache(ds, files, rate, self.paths["cache_dir"], progress=True)  # decodes every file once
+        self.eval_set = None
+        if self.cfg["data"]["eval_dir"]:
+            from asc_ray.data.tau import EvalSet
+
+            self.eval_set = EvalSet(self.cfg["data"]["eval_dir"])
+            for rate in sorted({frontend_sample_rate(get_system(n).model) for n in self.cfg["students"]["systems"]}):
+                build_cache(self.eval_set, self.eval_set.files, rate, self.paths["cache_dir"], progress=True)
+            log(f"evaluation set: {len(self.eval_set.files)} clips from {self.eval_set.root}")
         if any(s.dir for s in systems):
             irs = load_irs(self.paths["irs_dir"], 32000)
             log(f"device impulse responses: {len(irs)} from {self.paths['irs_dir']}")
@@ -165,7 +173,9 @@ class Pipeline:
                 else:
                     todo.append(self.job(t, split, key))
         n_all = len(self.splits) * len(self.cfg["teachers"]["systems"])
-        log(f"teachers: {len(todo)} to train, {n_all - len(todo)} reused (Ray Train, all launched at once)")
+        cap = self.cfg["teachers"]["max_concurrent"]
+        log(f"teachers: {len(todo)} to train, {n_all - len(todo)} reused (Ray Train; "
+            f"{'all launched at once' if not cap else f'{cap} at a time'})")
         if not todo:
             return
         from asc_ray.pipeline.teachers import train_teachers
@@ -183,7 +193,7 @@ class Pipeline:
                 log(f"teacher {finished[0]}/{len(todo)} FAILED: {job['system']} split{job['split']}: "
                     f"{_short(res)}")
 
-        outcomes = train_teachers(todo, self.storage, self.use_gpu, on_done)
+        outcomes = train_teachers(todo, self.storage, self.use_gpu, on_done, self.cfg["teachers"]["max_concurrent"])
         self._raise_failures("teacher", {k: v for k, v in outcomes.items() if isinstance(v, Exception)})
 
     def logits(self) -> None:
@@ -279,6 +289,8 @@ class Pipeline:
             raise AscRayError("no student results to evaluate", path=self.out,
                               fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)")
         write_results_table(rows, self.out / "results.csv", self.out / "results.md")
+        if self.eval_set is not None:
+            self._predict_eval_set(rows)
         if teacher_rows:
             write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md")
         t = self.tracker
@@ -290,6 +302,18 @@ class Pipeline:
         log(f"results: {self.out / 'results.md'}")
         print((self.out / "results.md").read_text(), flush=True)
         return self.out / "results.csv"
+
+    def _predict_eval_set(self, rows: list[dict]) -> None:
+        """DCASE submission files for the evaluation set, one per student and split (Ray tasks, in parallel)."""
+        gpu = self.cfg["students"]["gpus_per_trial"] if self.use_gpu else 0
+        task = ray.remote(num_cpus=self.cfg["students"]["cpus_per_trial"], num_gpus=gpu)(_eval_task)
+        refs = []
+        for r in rows:
+            unit = self.out / "students" / f"split{r['split']}" / r["system"]
+            refs.append(task.remote(r["system"], self.cfg, str(unit / "model.pt"), str(self.eval_set.root),
+                                    str(self.paths["cache_dir"]), str(unit / "eval_output.csv")))
+        for path in ray.get(refs):
+            log(f"evaluation set predictions: {path}")
 
     def _raise_failures(self, what: str, failures: dict) -> None:
         if not failures:
@@ -325,10 +349,29 @@ class Pipeline:
         log(f"pipeline finished in {time.time() - t0:.0f}s; outputs in {self.out}")
 
 
+def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir: str, out: str) -> str:
+    import json
+
+    from asc_ray.data.cache import build_cache
+    from asc_ray.data.tau import EvalSet
+    from asc_ray.export import write_dcase_output
+    from asc_ray.features import frontend_sample_rate
+    from asc_ray.predict import predict_files
+
+    s = get_system(system)
+    ev = EvalSet(eval_dir)
+    store = build_cache(ev, ev.files, frontend_sample_rate(s.model), cache_dir, progress=False)  # a hit
+    logits = predict_files(s, cfg, model_path, store, ev.files)
+    cx = json.loads((Path(model_path).parent / "output.complexity.json").read_text())
+    return str(write_dcase_output(out, ev.files, logits, cx))
+
+
 def _short(exc) -> str:
     err = find_user_error(exc) if isinstance(exc, BaseException) else None
-    text = str(err or exc)
-    return text.strip().splitlines()[-1][:300] if text else type(exc).__name__
+    if err is not None:
+        return str(err).replace("\n ", ";")
+    text = str(exc).strip()
+    return text.splitlines()[-1][:300] if text else type(exc).__name__
 
 
 def init_ray() -> None:

@@ -52,12 +52,14 @@ def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=t["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own progress lines suffice
         ),
     )
 
 
-def train_teachers(jobs: list[dict], storage_path: str, use_gpu: bool, on_done=None) -> dict[tuple, object]:
-    """Fit every teacher concurrently; returns {(system, split): Result | Exception}."""
+def train_teachers(jobs: list[dict], storage_path: str, use_gpu: bool, on_done=None,
+                   max_concurrent: int = 0) -> dict[tuple, object]:
+    """Fit the teachers concurrently (at most max_concurrent at once; 0 = all); {(system, split): Result | Exception}."""
     def fit(job):
         try:
             res = build_trainer(job, storage_path, use_gpu).fit()
@@ -69,6 +71,6 @@ def train_teachers(jobs: list[dict], storage_path: str, use_gpu: bool, on_done=N
 
     if not jobs:
         return {}
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=max_concurrent or len(jobs)) as pool:
         futures = {(j["system"], j["split"]): pool.submit(fit, j) for j in jobs}
         return {k: f.result() for k, f in futures.items()}

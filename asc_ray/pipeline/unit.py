@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from asc_ray.train import Trainer, prepare_data
 
 # What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
 #   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator, logits_source
+
+
+def _say(msg: str) -> None:
+    # straight to stdout: Ray Train V2 patches print() into its logger, which shows each line twice
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
 
 
 def unit_dir(output_dir: str | Path, role: str, split: int, system: str) -> Path:
@@ -34,7 +41,7 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
         files, table = ray.get(job["aggregator"].table.remote(system.needs, split))
         logits = (files, table)
     data = prepare_data(cfg, job["data_dir"], job["output_dir"], split, system, logits=logits, progress=False)
-    trainer = Trainer(system, cfg, data, out, split, log=lambda m: print(m, flush=True), rank=rank,
+    trainer = Trainer(system, cfg, data, out, split, log=_say, rank=rank,
                       world_size=world_size, wrap_model=wrap_model)
     if checkpoint_dir:
         trainer.load_checkpoint(checkpoint_dir)

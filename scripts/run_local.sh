@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's main command: set up (or reuse) the venv, then run the whole pipeline on this machine's CPU.
+#   DATA_DIR=...    your TAU22 development set; unset = a synthetic dataset in the TAU layout (made once)
+#   OUTPUT_DIR=...  default outputs/local
+#   PROFILE=...     smoke (default: minutes on a laptop) or full (the report's settings)
+# Extra arguments go to jobs/full_pipeline.py (e.g. --splits 25,100, --fresh, bcbl.epochs=20).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup_venv.sh
+py=${ASC_RAY_VENV:-$root/.venv}/bin/python
+data=${DATA_DIR:-}
+if [ -z "$data" ]; then
+  data=$root/data/synthetic
+  if [ ! -f "$data/meta.csv" ]; then
+    echo "[run_local] no DATA_DIR given: generating a synthetic dataset in the TAU layout at $data"
+    rm -rf "$data"
+    "$py" -m asc_ray.data.synth --out "$data"
+  else
+    echo "[run_local] no DATA_DIR given: reusing the synthetic dataset at $data"
+  fi
+fi
+out=${OUTPUT_DIR:-$root/outputs/local}
+echo "[run_local] pipeline: data $data -> $out (profile ${PROFILE:-smoke}); MLflow store: ${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}"
+exec "$py" jobs/full_pipeline.py --data-dir "$data" --output-dir "$out" --profile "${PROFILE:-smoke}" "$@"

@@ -1,0 +1,137 @@
+"""The whole pipeline, for real: jobs/full_pipeline.py on synthetic data with a local Ray runtime and a
+SQLite MLflow store; then the same command again, which must reuse everything and give the same results."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from asc_ray.data.tau import TauDataset
+from asc_ray.logits import read_logits, table_metadata
+from asc_ray.systems import TEACHERS
+
+ROOT = Path(__file__).resolve().parents[2]
+SPLITS = (10, 100)
+STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline")
+pytestmark = pytest.mark.slow
+
+
+def _run(data, out, cwd, *extra):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "full_pipeline.py"), "--data-dir", str(data),
+                        "--output-dir", str(out), "--splits", ",".join(map(str, SPLITS)), "--profile", "smoke",
+                        "bcbl.epochs=2", "passt.epochs=1", *extra],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    return r, time.time() - t0
+
+
+@pytest.fixture(scope="module")
+def pipeline(synth_dataset, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("pipeline")
+    out = cwd / "out"
+    # an unlabelled evaluation set in the DCASE 2024 layout, made of some test clips under new names
+    ev = cwd / "eval"
+    (ev / "audio").mkdir(parents=True)
+    (ev / "evaluation_setup").mkdir()
+    names = []
+    for i, f in enumerate(TauDataset.open(synth_dataset).test_files()[:12]):
+        names.append(f"audio/{i}.wav")
+        shutil.copy(synth_dataset / f, ev / names[-1])
+    (ev / "evaluation_setup" / "fold1_test.csv").write_text("filename\n" + "\n".join(names) + "\n")
+    first, t_first = _run(synth_dataset, out, cwd, f"data.eval_dir={ev}")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return {"data": synth_dataset, "out": out, "cwd": cwd, "first": first, "t_first": t_first, "eval": ev,
+            "eval_names": names}
+
+
+def _results(path):
+    with open(path) as f:
+        return {(r["system"], int(r["split"])): r for r in csv.DictReader(f)}
+
+
+def test_teacher_logits_tables_cover_each_split_by_filename(pipeline):
+    ds = TauDataset.open(pipeline["data"])
+    for split in SPLITS:
+        path = pipeline["out"] / "logits" / f"teachers_split{split}.parquet"
+        table = pq.read_table(path)
+        assert table.column_names == ["filename", "scene_label", "device", *TEACHERS, "logits"]
+        files = ds.split_files(split)
+        assert sorted(table.column("filename").to_pylist()) == sorted(files)
+        per_teacher = np.stack([read_logits(path, files, column=t) for t in TEACHERS])
+        np.testing.assert_allclose(read_logits(path, files), per_teacher.mean(axis=0), rtol=1e-5, atol=1e-5)
+        assert np.ptp(per_teacher, axis=0).max() > 0  # six different models, not one copied
+        meta = table_metadata(path)
+        assert set(meta["runs"]) == set(TEACHERS) and all(meta["runs"].values())
+        kd = pipeline["out"] / "logits" / f"kd_ensemble_split{split}.parquet"
+        assert read_logits(kd, files).shape == (len(files), 10)
+
+
+def test_results_table_has_every_student_and_split(pipeline):
+    rows = _results(pipeline["out"] / "results.csv")
+    assert set(rows) == {(s, sp) for s in STUDENTS for sp in SPLITS}
+    for r in rows.values():
+        assert 0.0 <= float(r["test_macro_acc"]) <= 100.0
+        assert int(r["params"]) <= 64_000 and int(r["macs"]) <= 30_000_000
+    md = (pipeline["out"] / "results.md").read_text()
+    assert "| split (%) | bcbl24 | kd_ensemble | tfs | baseline |" in md
+    for sp in SPLITS:
+        assert (pipeline["out"] / "plots" / f"class_accuracy_split{sp}.png").stat().st_size > 1000
+    out = pipeline["first"].stdout
+    assert "stage teachers finished" in out and "stage students finished" in out and "teacher 12/12 done" in out
+
+
+def test_students_predict_the_evaluation_set_in_dcase_format(pipeline):
+    from asc_ray.export import read_dcase_output
+
+    for sp in SPLITS:
+        for s in STUDENTS:
+            files, labels, probs = read_dcase_output(pipeline["out"] / "students" / f"split{sp}" / s / "eval_output.csv")
+            assert files == [n[len("audio/"):] for n in pipeline["eval_names"]]
+            assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+
+
+def test_mlflow_has_a_parent_run_with_tagged_children(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{pipeline['cwd']}/mlflow.db")
+    exp = c.get_experiment_by_name("asc-ray")
+    runs = c.search_runs([exp.experiment_id], max_results=500)
+    parents = [r for r in runs if r.data.tags.get("role") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    pid = parents[0].info.run_id
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid]
+    teachers = {(r.data.tags["system"], r.data.tags["split"]) for r in kids if r.data.tags["role"] == "teacher"}
+    students = {(r.data.tags["system"], r.data.tags["split"]) for r in kids if r.data.tags["role"] == "student"}
+    assert teachers == {(t, str(s)) for t in TEACHERS for s in SPLITS}
+    assert students == {(t, str(s)) for t in STUDENTS for s in SPLITS}
+    kd = next(r for r in kids if r.data.tags["system"] == "kd_ensemble" and r.data.tags["split"] == "100")
+    assert kd.data.tags["augment"] == "fms+dir" and kd.data.params["kd.lam"] == "0.98"
+    assert 0 <= kd.data.metrics["test_macro_acc"] <= 1
+    assert len(c.get_metric_history(kd.info.run_id, "train_loss")) == 2  # per epoch
+    arts = {a.path for a in c.list_artifacts(kd.info.run_id)}
+    assert {"output.csv", "class_accuracy.png", "confusion.png", "output.complexity.json", "model"} <= arts
+    assert any(a.path.endswith(".md") for a in c.list_artifacts(pid))
+    rows = _results(pipeline["out"] / "results.csv")
+    assert abs(parents[0].data.metrics["kd_ensemble.split100.test_macro_acc"]
+               - float(rows[("kd_ensemble", 100)]["test_macro_acc"])) < 1e-6
+
+
+def test_the_same_command_again_reuses_everything(pipeline):
+    before = _results(pipeline["out"] / "results.csv")
+    table = (pipeline["out"] / "logits" / "teachers_split100.parquet").read_bytes()
+    again, t_again = _run(pipeline["data"], pipeline["out"], pipeline["cwd"], f"data.eval_dir={pipeline['eval']}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "teachers: 0 to train, 12 reused" in again.stdout
+    assert "0 trials to run" in again.stdout
+    assert _results(pipeline["out"] / "results.csv") == before
+    assert (pipeline["out"] / "logits" / "teachers_split100.parquet").read_bytes() == table
+    assert t_again < 0.5 * pipeline["t_first"], (t_again, pipeline["t_first"])
