@@ -31,9 +31,11 @@ class System:
         """Hyper-parameter section of the config: 'passt' or 'bcbl'."""
         return "passt" if self.model == "passt" else "bcbl"
 
-    @property
-    def base_channels(self) -> int:
-        return {"bcbl32": 32, "bcbl24": 24}.get(self.model, 0)
+    def reads(self, key: str) -> bool:
+        """Whether a dotted config key changes this system's training (used to apply searches where they matter)."""
+        section, _, name = key.partition(".")
+        return {"kd": self.loss == "kd", "focusnet": self.loss == "focusnet", "channels": name == self.model,
+                "bcbl": self.family == "bcbl", "passt": self.family == "passt"}.get(section, True)
 
 
 _SYSTEMS = [

@@ -122,7 +122,7 @@ def build_model(system: System, cfg: dict, pretrained: bool = True) -> torch.nn.
     if system.model == "passt":
         p = cfg["passt"]
         return passt(pretrained=p["pretrained"] and pretrained, size=p["size"], n_classes=N_CLASSES)
-    return bcbl(system.base_channels, N_CLASSES)
+    return bcbl(cfg["channels"][system.model], N_CLASSES)
 
 
 def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per_epoch: int):
@@ -409,6 +409,8 @@ def unit_key(cfg: dict, system: System, split: int, data_key: str, upstream: str
     """What a trained model depends on: the parts of the config it reads, the data, and its inputs' keys."""
     parts = {k: cfg[k] for k in ("seed", "augment", "train")}
     parts.update({system.family: cfg[system.family], "data": {k: cfg["data"][k] for k in ("holdout_fraction",)}})
+    if system.model in cfg["channels"]:
+        parts["channels"] = cfg["channels"][system.model]
     if system.loss == "kd":
         parts["kd"] = cfg["kd"]
     if system.loss == "focusnet":

@@ -15,6 +15,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from asc_ray.config import with_overrides
 from asc_ray.pipeline.unit import run_unit
+from asc_ray.systems import get_system
 
 
 def student_trial(config: dict) -> None:
@@ -39,8 +40,6 @@ def student_trial(config: dict) -> None:
 
 
 def _family(job: dict) -> str:
-    from asc_ray.systems import get_system
-
     return get_system(job["system"]).family
 
 
@@ -59,18 +58,22 @@ def train_students(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool
     run per (system, split), launched together, so that ASHA only compares trials of the same student.
     """
     s = cfg["students"]
-    grid = search_grid(s["search"])
-    searching = len(grid) > 1 or s["num_samples"] > 1
+    searching = bool(s["search"]) or s["num_samples"] > 1
     groups = [[j] for j in jobs] if searching else [jobs]
 
     def fit(group: list[dict]):
+        system = get_system(group[0]["system"])
+        grid = search_grid({k: v for k, v in s["search"].items() if system.reads(k)})
         tag = name if not searching else f"{name}-{group[0]['system']}-split{group[0]['split']}"
-        return _tuner(group, grid, cfg, storage_path, use_gpu, tag, searching).fit()
+        return _tuner(group, grid, cfg, storage_path, use_gpu, tag, len(grid) > 1 or s["num_samples"] > 1).fit()
 
     if len(groups) == 1:
         return [fit(groups[0])]
-    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(groups))
+    try:
         return list(pool.map(fit, groups))
+    finally:  # on Ctrl-C / SIGTERM don't wait for running Tune runs: the CLI stops Ray, which ends them
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _tuner(jobs: list[dict], grid: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str,

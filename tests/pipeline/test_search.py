@@ -1,0 +1,56 @@
+"""Student search spaces: a grid per (system, split) over only the keys that system reads; ASHA; pick on val."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asc_ray.pipeline.students import search_grid
+from asc_ray.systems import get_system
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_grid_is_the_product_of_the_lists():
+    grid = search_grid({"kd.lam": [0.9, 0.98], "kd.temperature": [1.0, 2.0, 4.0]})
+    assert len(grid) == 6 and {"kd.lam": 0.9, "kd.temperature": 4.0} in grid
+    assert search_grid({}) == [{}]
+
+
+@pytest.mark.parametrize("key, readers", [
+    ("kd.lam", {"kd_ensemble"}),
+    ("focusnet.alpha", {"tfs"}),
+    ("channels.bcbl24", {"bcbl24"}),
+    ("channels.bcbl32", {"kd_ensemble", "tfs", "baseline"}),
+    ("augment.fms_p", {"kd_ensemble", "tfs", "bcbl24", "baseline"}),
+])
+def test_a_search_key_applies_only_to_the_students_it_changes(key, readers):
+    assert {s for s in ("kd_ensemble", "tfs", "bcbl24", "baseline") if get_system(s).reads(key)} == readers
+
+
+@pytest.mark.slow
+def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_path):
+    from asc_ray.complexity import measure
+    from asc_ray.features import input_shape
+    from asc_ray.models import bcbl
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env.pop("RAY_ADDRESS", None)
+    common = ["--data-dir", str(synth_dataset), "--output-dir", str(tmp_path / "o"), "--splits", "100",
+              "--profile", "smoke", "students.systems=[bcbl24]", "students.search.channels.bcbl24=[8,16]",
+              "bcbl.epochs=2"]
+    for job in ("students", "evaluate"):
+        r = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *common], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        if job == "students":
+            assert "best of search on val: {'channels.bcbl24':" in r.stdout
+    trials = list((tmp_path / "o" / "ray_results").glob("students-*/student_trial_*"))
+    assert len(trials) == 2
+    with open(tmp_path / "o" / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    allowed = {measure(bcbl(n), (1, *input_shape("bcbl24"))).params: n for n in (8, 16)}
+    assert row["system"] == "bcbl24" and int(row["params"]) in allowed
