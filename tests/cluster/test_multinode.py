@@ -1,0 +1,140 @@
+"""Several Ray nodes for real (Ray's own ray.cluster_utils.Cluster: a head and two worker nodes, each a raylet
+with its own processes), and the pipeline run against them as a job driver (RAY_ADDRESS) would be:
+
+- the head has no CPUs, like cluster.yaml's head (`CPU: 0`): the driver, the LogitAggregator and the Train
+  controllers live there, every teacher and student runs on a worker node;
+- each worker node has one CPU, standing in for one GPU: with `teachers.cpus_per_worker=1` each node trains
+  one teacher at a time, so the teachers of the split spread over the two nodes;
+- one worker node is killed while its teacher is training; Ray Train (FailureConfig) restarts that teacher
+  on the remaining node from its last checkpoint, and the pipeline finishes with a complete logits table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from ray_head import VENV_BIN, free_port
+
+from asc_ray.logits import read_logits
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SPLIT = 25
+TEACHERS = ["bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"]
+EPOCHS = 8
+ON_NODE = re.compile(rf"\[(\w+) split{SPLIT}\] rank 0 on node ([0-9a-f]+)")  # asc_ray/pipeline/unit.py
+EPOCH_DONE = re.compile(rf"\[(\w+) split{SPLIT}\] epoch (\d+)/{EPOCHS}")  # asc_ray/train.py
+RESUMED = re.compile(rf"\[(\w+) split{SPLIT}\] resumed from epoch (\d+)")
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    tmp = Path(tempfile.mkdtemp(prefix="asm", dir="/tmp"))  # short: Ray's unix sockets live under it
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp))  # the cluster's address file stays in here, not /tmp/ray
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp / "ray").mkdir()  # Ray's temp dir under RAY_TMPDIR (sessions, logs, the address file)
+    c = Cluster(shutdown_at_exit=True)
+    try:
+        c.add_node(num_cpus=0, temp_dir=str(tmp / "ray"), gcs_server_port=free_port(), include_dashboard=False,
+                   dashboard_agent_listen_port=free_port())
+        workers = [c.add_node(num_cpus=1, resources={"teacher_slot": 1}) for _ in range(2)]
+        c.wait_for_nodes()
+        yield c, workers, tmp
+    finally:
+        c.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lines(path: Path, pattern: re.Pattern) -> list[tuple[str, ...]]:
+    return pattern.findall(path.read_text(errors="replace")) if path.is_file() else []
+
+
+def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_dataset, tmp_path):
+    c, workers, tmp = cluster
+    head_id = c.head_node.node_id
+    worker_ids = {w.node_id: w for w in workers}
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    env = {**os.environ, "RAY_ADDRESS": c.address, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "RAY_DEDUP_LOGS": "0"}  # every worker line reaches the driver's log (no "[repeated 3x]")
+    cmd = [sys.executable, str(REPO / "jobs" / "full_pipeline.py"), "--data-dir", str(synth_dataset),
+           "--output-dir", str(out), "--profile", "smoke", "--splits", str(SPLIT),
+           f"teachers.systems=[{','.join(TEACHERS)}]", "teachers.cpus_per_worker=1", "teachers.max_failures=2",
+           "students.systems=[baseline]", f"bcbl.epochs={EPOCHS}"]
+    with open(log, "w") as f:
+        driver = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        # 1. wait until two teachers train at once, on the two worker nodes, and one of them has a checkpoint
+        #    that Ray Train has registered (the controller collects reports every 2 s and then writes
+        #    checkpoint_manager_snapshot.json; a checkpoint reported just before the loss may not count yet)
+        victim = None
+        deadline = time.time() + 240
+        while victim is None and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+            placed: dict[str, str] = {}
+            for t, n in _lines(log, ON_NODE):
+                placed.setdefault(t, n)  # teacher -> node of its first worker
+            epochs = {}
+            for t, e in _lines(log, EPOCH_DONE):
+                epochs[t] = max(epochs.get(t, 0), int(e))
+            running = {t: n for t, n in placed.items() if epochs.get(t, 0) < EPOCHS}
+            if len(set(running.values())) == 2:
+                ready = [t for t in running if 1 <= epochs.get(t, 0) <= EPOCHS - 2 and any(
+                    (out / "ray_results").glob(f"teacher-{t}-split{SPLIT}-*/checkpoint_manager_snapshot.json"))]
+                if ready:
+                    victim = ready[0]
+        assert victim is not None, f"never saw two teachers training on two nodes:\n{log.read_text()[-4000:]}"
+        first_placement = dict(placed)
+        assert set(first_placement.values()) <= set(worker_ids), "a teacher ran on the head (CPU: 0)"
+        lost = first_placement[victim]
+        survivor = next(n for n in worker_ids if n != lost)
+
+        # 2. lose that machine: every process of the node is killed (no graceful drain)
+        c.remove_node(worker_ids[lost], allow_graceful=False)
+        lost_at = len(log.read_text(errors="replace"))
+
+        rc = driver.wait(timeout=420)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    text = log.read_text(errors="replace")
+    assert rc == 0, text[-6000:]
+
+    # the lost teacher was restarted on the surviving node and resumed from its checkpoint, not from zero
+    after = ON_NODE.findall(text[lost_at:])
+    assert (victim, survivor) in after, text[-6000:]
+    assert any(t == victim and int(e) >= 1 for t, e in RESUMED.findall(text[lost_at:])), text[-6000:]
+    assert head_id not in {n for _, n in ON_NODE.findall(text)}
+
+    # every teacher's result records the node that finished it; all were worker nodes
+    nodes = {t: json.loads((out / "units" / f"{t}_split{SPLIT}.json").read_text())["node_id"] for t in TEACHERS}
+    assert nodes[victim] == survivor
+    assert set(nodes.values()) <= set(worker_ids)
+
+    # the logits table is complete: every teacher, every training file of the split, finite
+    path = out / "logits" / f"teachers_split{SPLIT}.parquet"
+    split_files = [ln.split("\t")[0] for ln in (synth_dataset / f"split{SPLIT}.csv").read_text().splitlines()[1:]]
+    table = pq.read_table(path)
+    assert table.num_rows == len(split_files)
+    assert set(TEACHERS) <= set(table.column_names)
+    mean = read_logits(path, split_files)
+    assert mean.shape == (len(split_files), 10) and np.isfinite(mean).all()
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["system"], r["split"]) for r in rows] == [("baseline", str(SPLIT))]
