@@ -379,8 +379,11 @@ def init_ray() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # env vars that `ray job submit --runtime-env-json` already gives every worker are left out: Ray refuses
+    # a ray.init() runtime env that names the job's own env vars again ("Failed to merge the Job's runtime env")
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
     env = {"env_vars": {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "ASC_RAY_PASST_CHECKPOINT")
-                        if k in os.environ}}
+                        if k in os.environ and k not in (job_env.get("env_vars") or {})}}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(namespace="asc_ray", runtime_env=env, log_to_driver=True)
     else:

@@ -36,6 +36,8 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
     split, cfg = job["split"], job["cfg"]
     out = unit_dir(job["output_dir"], system.role, split, system.name)
     out.mkdir(parents=True, exist_ok=True)
+    node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (kept in the result: node_id)
+    _say(f"[{system.name} split{split}] rank {rank} on node {node_id}")
     logits = None
     if system.needs:  # targets from the actor: works on any node, validated against the split's files
         files, table = ray.get(job["aggregator"].table.remote(system.needs, split))
@@ -68,6 +70,7 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
         return {}
     result["key"] = job["key"]
     result["run_id"] = run_id
+    result["node_id"] = node_id
     if system.role == "teacher" or system.name == "kd_ensemble":
         import numpy as np
 
