@@ -36,7 +36,7 @@ CHOICES = {
 NULLABLE_STR = {"data.split_dir", "data.cache_dir", "data.irs_dir", "data.eval_dir", "mlflow.tracking_uri",
                 "storage_path"}
 # Keys that are free-form mappings (their inner keys are checked elsewhere).
-FREE_MAPS = {"students.search"}
+FREE_MAPS = {"students.search", "teachers.resources"}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -154,6 +154,10 @@ def _check_semantics(cfg: dict) -> None:
     if "tfs" in cfg["students"]["systems"] and "kd_ensemble" not in cfg["students"]["systems"]:
         raise AscRayError("students.systems has tfs without kd_ensemble", path="config",
                           fix="tfs learns from the kd_ensemble student's logits: add kd_ensemble")
+    for name, amount in cfg["teachers"]["resources"].items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise AscRayError(f"teachers.resources.{name} must be a number >= 0, got {amount!r}", path="config",
+                              fix="e.g. teachers.resources={large_gpu: 1}")
     if not 0.0 < cfg["data"]["holdout_fraction"] < 0.5:
         raise AscRayError("data.holdout_fraction must be in (0, 0.5)", path="config", fix="e.g. data.holdout_fraction=0.1")
     ref = schema()

@@ -42,6 +42,7 @@ def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
     resources = {"CPU": t["cpus_per_worker"]}
     if use_gpu:
         resources["GPU"] = t["gpus_per_worker"]
+    resources.update({k: float(v) for k, v in t["resources"].items()})  # e.g. a node type's custom resource
     return TorchTrainer(
         teacher_worker,
         train_loop_config=job,
@@ -71,6 +72,9 @@ def train_teachers(jobs: list[dict], storage_path: str, use_gpu: bool, on_done=N
 
     if not jobs:
         return {}
-    with ThreadPoolExecutor(max_workers=max_concurrent or len(jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max_concurrent or len(jobs))
+    try:
         futures = {(j["system"], j["split"]): pool.submit(fit, j) for j in jobs}
         return {k: f.result() for k, f in futures.items()}
+    finally:  # on Ctrl-C / SIGTERM don't wait here for running fits (hours): the CLI stops Ray, which ends them
+        pool.shutdown(wait=False, cancel_futures=True)

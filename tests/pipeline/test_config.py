@@ -63,3 +63,10 @@ def test_search_space_and_helpers():
     assert flatten(cfg)["bcbl.epochs"] == cfg["bcbl"]["epochs"]
     assert config_hash(cfg) == config_hash(load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]"]))
     assert config_hash(cfg) != config_hash(trial)
+
+
+def test_teacher_resources_are_a_free_mapping_of_numbers():
+    cfg = load_config("smoke", None, ["teachers.resources={large_gpu: 1, teacher_slot: 0.5}"])
+    assert cfg["teachers"]["resources"] == {"large_gpu": 1, "teacher_slot": 0.5}
+    with pytest.raises(AscRayError, match="must be a number"):
+        load_config("smoke", None, ["teachers.resources={large_gpu: lots}"])

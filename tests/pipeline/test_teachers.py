@@ -1,0 +1,17 @@
+"""What each teacher's TorchTrainer asks Ray for, built from the config (no cluster needed)."""
+
+from asc_ray.config import load_config
+from asc_ray.pipeline.teachers import build_trainer
+
+
+def test_trainer_resources_names_and_failure_policy_come_from_the_config(tmp_path):
+    cfg = load_config("full", None, ["teachers.resources={large_gpu: 1}", "teachers.num_workers=2",
+                                     "teachers.max_failures=5"])
+    job = {"cfg": cfg, "system": "passt_fms", "split": 25, "key": "0123456789abcdef"}
+    t = build_trainer(job, str(tmp_path), use_gpu=True)
+    assert t.scaling_config.num_workers == 2 and t.scaling_config.use_gpu
+    assert t.scaling_config.resources_per_worker == {"CPU": 1.0, "GPU": 1.0, "large_gpu": 1.0}
+    assert t.run_config.failure_config.max_failures == 5
+    assert t.run_config.name == "teacher-passt_fms-split25-01234567"  # stable: a re-run continues it
+    cpu = build_trainer({**job, "cfg": load_config("smoke")}, str(tmp_path), use_gpu=False)
+    assert cpu.scaling_config.resources_per_worker == {"CPU": 0.5}
