@@ -7,7 +7,10 @@ key, ...) raises AscRayError naming the file or setting and the fix. Entry point
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,13 +64,49 @@ def find_user_error(exc: BaseException) -> AscRayError | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a scheduler stopping the job), handled like Ctrl-C: finished work is kept."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into `Terminated` (a KeyboardInterrupt) in the main thread. Call again after ray.init():
+    Ray's driver replaces the SIGTERM handler with one that aborts the process without cleaning up."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _stop_ray_quietly() -> None:
+    """End this driver's Ray session now: work running in background threads (teacher fits) fails fast
+    instead of keeping the process alive until it finishes."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C / kill while cleaning up: leave at once
+        signal.signal(sig, lambda *_: os._exit(130))
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Run a CLI main(): AscRayError -> one message on stderr, exit 2; Ctrl-C -> exit 130, no traceback."""
+    """Run a CLI main(): AscRayError -> one message on stderr, exit 2; Ctrl-C -> exit 130 and SIGTERM -> exit
+    143, without a traceback, finished work kept."""
+    handle_sigterm()
+    # Ray Tune's own Ctrl-C handler stops trials "gracefully" and returns them unfinished, which would look
+    # like failed students: let the interrupt reach us instead (Tune resumes the trials on the next run)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         code = main()
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished work is kept; run the same command again to resume.", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        _stop_ray_quietly()
+        print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: finished work is kept; "
+              "run the same command again to resume.", file=sys.stderr, flush=True)
+        sys.exit(143 if terminated else 130)
     except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
         err = find_user_error(exc)
         if err is None:

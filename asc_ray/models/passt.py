@@ -83,7 +83,7 @@ def passt(pretrained: bool | str | Path = True, size: str = "full", n_classes: i
     if pretrained is True:
         if size != "full":
             raise AscRayError("the AudioSet PaSST checkpoint only fits the full-size PaSST", path="passt size",
-                              fix="set `passt_pretrained: false` for the small PaSST, or use size 'full'.")
+                              fix="set passt.pretrained=false for the small PaSST, or use size 'full'.")
         checkpoint = find_checkpoint()  # before building: a missing file fails fast
     elif pretrained is not False and pretrained is not None:
         checkpoint = Path(pretrained)
@@ -121,7 +121,7 @@ def find_checkpoint() -> Path:
             return path
         raise AscRayError(f"${CHECKPOINT_ENV} points to a file that does not exist", path=path,
                           fix=f"put {CHECKPOINT_NAME} there (download it from {CHECKPOINT_URL} on a connected "
-                              f"machine), unset {CHECKPOINT_ENV}, or set `passt_pretrained: false`.")
+                              f"machine), unset {CHECKPOINT_ENV}, or set passt.pretrained=false.")
     path = default_checkpoint_path()
     if path.is_file():
         return path
@@ -133,7 +133,7 @@ def find_checkpoint() -> Path:
             f"({type(exc).__name__}: {exc})", path=path,
             fix=f"download {CHECKPOINT_URL} on a connected machine and put it at {path} "
                 f"(or anywhere, with {CHECKPOINT_ENV}=/path/to/{CHECKPOINT_NAME}); "
-                f"or train the PaSST teachers from scratch with `passt_pretrained: false`.") from None
+                f"or train the PaSST teachers from scratch with passt.pretrained=false.") from None
     return path
 
 
@@ -151,7 +151,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
     net = model.net if isinstance(model, PaSSTClassifier) else model
     path = Path(path)
     fix = ("pass a PaSST checkpoint saved from this architecture (e.g. passt-s-f128-p16-s10-ap.476-swa.pt for "
-           "size 'full' with fstride = tstride = 10), or set `passt_pretrained: false`.")
+           "size 'full' with fstride = tstride = 10), or set passt.pretrained=false.")
     if not path.is_file():
         raise AscRayError("PaSST checkpoint file not found", path=path, fix=fix)
     try:

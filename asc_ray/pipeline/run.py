@@ -18,7 +18,7 @@ from pathlib import Path
 import ray
 
 from asc_ray.config import config_hash, flatten
-from asc_ray.errors import AscRayError, find_user_error
+from asc_ray.errors import AscRayError, find_user_error, handle_sigterm
 from asc_ray.systems import TEACHERS, get_system
 from asc_ray.train import cache_file_list, resolve_paths, unit_key
 
@@ -387,9 +387,21 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(namespace="asc_ray", runtime_env=env, log_to_driver=True)
     else:
-        # a laptop: a private local Ray; the dashboard (if installed) listens on 127.0.0.1 only
-        ray.init(address="local", num_cpus=os.cpu_count(), namespace="asc_ray", runtime_env=env,
-                 dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        # a laptop: a private local Ray, reachable from this machine only. With node IP 127.0.0.1 every Ray
+        # server (GCS, raylet, object manager, workers, agents) binds to loopback; by default Ray takes the
+        # machine's routable IP and listens on all interfaces. (Ray resolves "127.0.0.1" to that routable IP
+        # unless ENABLE_RAY_CLUSTER is off, as on macOS / Windows: switch it off for this start only.)
+        from ray._private import ray_constants
+
+        cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count(), namespace="asc_ray", runtime_env=env,
+                     dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True,
+                     _node_ip_address="127.0.0.1")
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+    handle_sigterm()  # ray.init() installed its own SIGTERM handler (abort, no cleanup): a stop keeps finished work
 
 
 def detect_gpu(cfg: dict) -> bool:

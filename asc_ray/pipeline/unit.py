@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,10 +60,14 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
         tracker.log_params(run_id, {**flatten(cfg), "system": system.name, "split": split,
                                     "train_files": len(data.train_files), "val_files": len(data.val_files)})
 
+    pid_dir = os.environ.get("ASC_RAY_TEST_PID_DIR") if rank == 0 else None
+
     def report_and_log(m: dict, ckpt: Path | None) -> None:
         if run_id:
             tracker.log_metrics(run_id, {k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
         report(m, ckpt)
+        if pid_dir:  # test hook: which process trains this unit, and its last checkpointed epoch
+            (Path(pid_dir) / f"{system.name}_split{split}").write_text(f"{os.getpid()} {m['epoch']}\n")
 
     with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
         result = trainer.fit(report_and_log)

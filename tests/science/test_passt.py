@@ -103,7 +103,7 @@ def test_offline_without_checkpoint_gives_one_clear_error(tmp_path, monkeypatch)
         passt(pretrained=True, size="full")
     msg = str(e.value)
     assert passt_module.CHECKPOINT_URL in msg
-    assert passt_module.CHECKPOINT_ENV in msg and "passt_pretrained: false" in msg
+    assert passt_module.CHECKPOINT_ENV in msg and "passt.pretrained=false" in msg
     assert str(tmp_path / "home" / ".cache" / "asc_ray" / passt_module.CHECKPOINT_NAME) in msg
     # the env var pointing nowhere is reported as such
     monkeypatch.setenv(passt_module.CHECKPOINT_ENV, str(tmp_path / "nowhere.pt"))
