@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from scipy.fft import next_fast_len
 from torch import Tensor
 from torch.distributions import Beta
 
@@ -76,12 +77,17 @@ def dir_augment(wave: Tensor, device_ids: Tensor, irs: Sequence[Tensor], p: floa
     if idx.numel() == 0:
         return out
     choice = torch.randint(0, len(irs), (idx.numel(),), generator=generator)
-    for i, k in zip(idx.tolist(), choice.tolist(), strict=True):
-        ir = irs[k].to(device=wave.device, dtype=wave.dtype).flatten()
-        # fft convolution (linear, not circular: pad to n + len(ir) - 1), keep the first n samples
-        size = n + ir.numel() - 1
-        conv = torch.fft.irfft(torch.fft.rfft(wave[i], size) * torch.fft.rfft(ir, size), size)
-        out[i] = conv[:n]
+    # fft convolution, batched over the chosen clips: linear (not circular) as long as the fft size is at least
+    # n + len(ir) - 1; a 5-smooth size (next_fast_len) avoids pocketfft's slow path for sizes with large prime
+    # factors (measured: ~25x faster than one clip at a time at size n + len(ir) - 1; docs/benchmarks.md)
+    chosen = [irs[k].to(device=wave.device, dtype=wave.dtype).flatten() for k in choice.tolist()]
+    longest = max(ir.numel() for ir in chosen)
+    size = next_fast_len(n + longest - 1, real=True)
+    kernels = torch.zeros(len(chosen), longest, device=wave.device, dtype=wave.dtype)
+    for j, ir in enumerate(chosen):
+        kernels[j, : ir.numel()] = ir
+    conv = torch.fft.irfft(torch.fft.rfft(wave[idx], size) * torch.fft.rfft(kernels, size), size)
+    out[idx] = conv[:, :n]
     return out
 
 

@@ -1,0 +1,70 @@
+"""Shared helpers of the bench/ scripts: machine description, CPU load, the kd_ensemble logits table.
+
+Every bench prints its figures as `<name> <number>` lines, the headline figure last, so that a person and
+tests/bench/test_bench_smoke.py can read them. Run them under `flock /tmp/asc_ray_cpu.lock` on a shared
+machine: a figure measured while something else loads the CPU is not worth recording.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} cores, {cpu_model()}, {gpu}; torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads); {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def header(name: str) -> None:
+    print(f"# {name}: {machine()}; load average {load1():.2f}", flush=True)
+
+
+def footer() -> None:
+    la = load1()
+    warn = " (HIGH: others were using the CPU, re-run under the lock)" if la > (os.cpu_count() or 1) + 0.5 else ""
+    print(f"# load average after: {la:.2f}{warn}", flush=True)
+
+
+def figure(name: str, value: float, fmt: str = ".1f") -> None:
+    print(f"{name} {value:{fmt}}", flush=True)
+
+
+def random_teacher_logits(data_dir: str | Path, split: int, out_path: str | Path, seed: int = 0) -> Path:
+    """A kd_ensemble 'teachers' table over the split's files with RANDOM logits (the bench measures speed, not
+    accuracy; the real table comes from the teachers stage). Written with the pipeline's own writer."""
+    import numpy as np
+
+    from asc_ray.data.tau import TauDataset
+    from asc_ray.logits import write_logits_table
+
+    ds = TauDataset.open(data_dir)
+    files = ds.split_files(split)
+    rng = np.random.default_rng(seed)
+    return write_logits_table(out_path, files, [ds.clips[f].scene_label for f in files], ds.devices(files),
+                              {"random_teacher": rng.normal(0, 2, (len(files), 10)).astype(np.float32)},
+                              metadata={"note": "random logits made by bench/ for a throughput measurement"})

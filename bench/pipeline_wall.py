@@ -1,0 +1,144 @@
+"""The README main command's wall time and peak memory per stage, then the same command again on the finished
+output (everything reused): its wall time as a % of the first run.
+
+    python bench/pipeline_wall.py [--output-dir O] [--keep] [-- EXTRA ARGS for scripts/run_local.sh]
+
+Runs `bash scripts/run_local.sh` with OUTPUT_DIR=O (default: a temp dir, removed afterwards unless --keep) and
+MLFLOW_TRACKING_URI=sqlite:///O/mlflow.db (so the bench does not write into the repo's store). DATA_DIR and
+PROFILE pass through from the environment (unset: the synthetic dataset and the smoke profile).
+Stage times come from the pipeline's own "stage X finished in Ns" lines; memory is sampled twice a second
+over the whole process tree (driver, Ray's GCS/raylet, every worker): the sum of PSS (proportional set size:
+shared pages counted once) and the sum of RSS (shared pages counted in every process: an upper bound).
+Last line: `rerun_pct <re-run wall time as % of the first run>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, figure, footer, header  # noqa: E402
+
+STAGE_DONE = re.compile(r"stage (\w+) finished in (\d+)s")
+SETUP_DONE = re.compile(r"\] Ray: ")  # the last line of start(): the stages begin after it
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def tree_memory(root: int) -> tuple[float, float]:
+    """(sum PSS, sum RSS) in MB over `root` and all its descendants."""
+    kids, todo, pss, rss = _children(), [root], 0, 0
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+        except OSError:  # exited meanwhile, or not ours to read
+            pass
+    return pss / 1024, rss / 1024
+
+
+def run_once(cmd: list[str], env: dict, label: str) -> dict:
+    """Run cmd, echo its output, return wall time, stage times and per-stage peak memory."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    state = {"stage": "setup", "peak": {}, "stages": {}, "stop": False}
+    order = ["setup", "teachers", "logits", "students", "evaluate", "shutdown"]
+
+    def sample():
+        while not state["stop"]:
+            pss, rss = tree_memory(proc.pid)
+            old = state["peak"].get(state["stage"], (0.0, 0.0))
+            state["peak"][state["stage"]] = (max(old[0], pss), max(old[1], rss))
+            time.sleep(0.5)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        print(f"  [{label}] {line}", end="", flush=True)
+        if SETUP_DONE.search(line):
+            state["stage"] = "teachers"
+        m = STAGE_DONE.search(line)
+        if m:
+            state["stages"][m.group(1)] = int(m.group(2))
+            nxt = order.index(m.group(1)) + 1
+            state["stage"] = order[min(nxt, len(order) - 1)]
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    state["stop"] = True
+    th.join()
+    if rc != 0:
+        raise SystemExit(f"{label} run failed (exit {rc}); its last lines:\n" + "".join(tail))
+    return {"wall": wall, "stages": state["stages"], "peak": state["peak"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--keep", action="store_true", help="keep the output dir")
+    p.add_argument("--command", default="bash scripts/run_local.sh",
+                   help="the command to measure (default: the README main command)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra args for the command")
+    a = p.parse_args(argv)
+    extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
+    header("pipeline_wall (README main command, then its re-run)")
+    out = Path(a.output_dir or tempfile.mkdtemp(prefix="asc_bench_pipeline_"))
+    env = dict(os.environ, OUTPUT_DIR=str(out))
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")
+    cmd = a.command.split() + extra
+    print(f"# command: OUTPUT_DIR={out} {' '.join(cmd)}", flush=True)
+    try:
+        first = run_once(cmd, env, "first")
+        second = run_once(cmd, env, "re-run")
+    finally:
+        if not a.keep and not a.output_dir:
+            shutil.rmtree(out, ignore_errors=True)
+    for name in ("teachers", "logits", "students", "evaluate"):
+        if name in first["stages"]:
+            figure(f"stage_{name}_s", first["stages"][name], "d")
+    for name, (pss, rss) in first["peak"].items():
+        if pss == 0 and rss == 0:
+            continue
+        figure(f"peak_pss_MB_{name}", pss, ".0f")
+        figure(f"peak_rss_sum_MB_{name}", rss, ".0f")
+    figure("peak_pss_MB", max((v[0] for v in first["peak"].values()), default=0.0), ".0f")
+    figure("wall_s", first["wall"])
+    figure("rerun_wall_s", second["wall"])
+    for name in ("teachers", "logits", "students", "evaluate"):
+        if name in second["stages"]:
+            figure(f"rerun_stage_{name}_s", second["stages"][name], "d")
+    footer()
+    figure("rerun_pct", 100 * second["wall"] / first["wall"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
