@@ -37,6 +37,12 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
     split, cfg = job["split"], job["cfg"]
     out = unit_dir(job["output_dir"], system.role, split, system.name)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg["train"]["num_threads"] == 0:
+        # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker/trial was given instead
+        import torch
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(round(cpus))))
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (kept in the result: node_id)
     _say(f"[{system.name} split{split}] rank {rank} on node {node_id}")
     logits = None
