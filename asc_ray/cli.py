@@ -30,8 +30,9 @@ def parse(argv: list[str] | None, description: str) -> tuple[argparse.Namespace,
 
 
 def run_stages(argv: list[str] | None, stages: tuple[str, ...], description: str) -> int:
+    args, cfg = parse(argv, description)  # first: a bad option or config key is refused before Ray/torch load
+
     from asc_ray.pipeline.run import Pipeline
 
-    args, cfg = parse(argv, description)
     Pipeline(cfg, args.data_dir, args.output_dir, args.splits, fresh=args.fresh).run(stages)
     return 0

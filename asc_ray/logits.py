@@ -52,8 +52,11 @@ def write_logits_table(path: str | Path, filenames: Sequence[str], scene_labels:
     table = pa.table(cols).replace_schema_metadata(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no half file behind (after the rename: a no-op)
     return path
 
 

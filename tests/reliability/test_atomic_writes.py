@@ -1,0 +1,145 @@
+"""Half-written files are never read as complete: logits tables, checkpoints. And a logits table that does not
+fit the split (files, values, class count) is refused where it is read, naming the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from asc_ray.errors import AscRayError
+from asc_ray.logits import read_logits, write_logits_table
+
+FILES = [f"audio/airport-x-{i}-0-0-a.wav" for i in range(6)]
+
+
+def _table(path, per_model=None, files=FILES):
+    rng = np.random.default_rng(0)
+    per_model = per_model or {"t1": rng.normal(size=(len(files), 10)), "t2": rng.normal(size=(len(files), 10))}
+    return write_logits_table(path, files, ["airport"] * len(files), ["a"] * len(files), per_model)
+
+
+def _raw(path, rows):
+    """A Parquet file written by hand (what another tool or a bug could leave): filename + logits lists."""
+    pq.write_table(pa.table({"filename": [f for f, _ in rows],
+                             "logits": pa.array([list(map(float, v)) for _, v in rows], pa.list_(pa.float32()))}),
+                   path)
+    return path
+
+
+def _err(fn, *names):
+    with pytest.raises(AscRayError) as e:
+        fn()
+    text = str(e.value)
+    for n in names:
+        assert str(n) in text, text
+    assert "fix: " in text
+    return text
+
+
+def test_round_trip_joins_by_filename_not_row(tmp_path):
+    p = _table(tmp_path / "teachers_split25.parquet")
+    mean = read_logits(p, FILES)
+    rev = read_logits(p, FILES[::-1])
+    np.testing.assert_array_equal(rev, mean[::-1])
+    np.testing.assert_allclose(mean, (read_logits(p, FILES, "t1") + read_logits(p, FILES, "t2")) / 2, rtol=1e-6)
+
+
+def test_leftover_temp_file_is_ignored(tmp_path):
+    p = tmp_path / "teachers_split25.parquet"
+    tmp = tmp_path / ".teachers_split25.parquet.tmp-4242"  # a writer killed before its rename
+    tmp.write_bytes(b"PAR1 half a table")
+    _err(lambda: read_logits(p, FILES), p, "not found")  # the table is still missing, not half there
+    _table(p)
+    assert read_logits(p, FILES).shape == (6, 10)
+
+
+def test_a_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
+    p = _table(tmp_path / "teachers_split25.parquet")
+    before = p.read_bytes()
+
+    def dies_half_way(table, where, **kw):  # disk full / killed while writing
+        with open(where, "wb") as f:
+            f.write(b"PAR1" + b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", dies_half_way)
+    with pytest.raises(OSError):
+        _table(p, {"t1": np.ones((6, 10))})
+    assert p.read_bytes() == before
+    assert [q.name for q in tmp_path.iterdir()] == [p.name]  # and no half-written temp file left
+    np.testing.assert_array_equal(read_logits(p, FILES).shape, (6, 10))
+
+
+def test_truncated_table_gives_a_clear_error(tmp_path):
+    p = _table(tmp_path / "teachers_split25.parquet")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    _err(lambda: read_logits(p, FILES), p, "unreadable")
+
+
+def test_table_not_covering_the_split(tmp_path):
+    p = _table(tmp_path / "t.parquet", files=FILES[:-1])
+    _err(lambda: read_logits(p, FILES), p, "1 files missing", FILES[-1])
+    p = _table(tmp_path / "u.parquet", files=[*FILES, "audio/extra.wav"])
+    _err(lambda: read_logits(p, FILES), p, "1 unexpected", "audio/extra.wav")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits(tmp_path, bad):
+    rows = [(f, np.zeros(10)) for f in FILES]
+    rows[3] = (FILES[3], np.r_[np.zeros(9), bad])
+    p = _raw(tmp_path / "t.parquet", rows)
+    _err(lambda: read_logits(p, FILES), p, "NaN or inf", FILES[3])
+
+
+def test_wrong_class_count(tmp_path):
+    p = _raw(tmp_path / "t.parquet", [(f, np.zeros(9)) for f in FILES])
+    _err(lambda: read_logits(p, FILES), p, "[9] classes", "expected 10")
+
+
+def test_duplicate_filename(tmp_path):
+    p = _raw(tmp_path / "t.parquet", [(f, np.zeros(10)) for f in [*FILES, FILES[0]]])
+    _err(lambda: read_logits(p, FILES), p, "twice")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+@pytest.fixture(scope="module")
+def trainer_parts(synth_dataset, tmp_path_factory):
+    from asc_ray.config import load_config
+    from asc_ray.systems import get_system
+    from asc_ray.train import prepare_data
+
+    cfg = load_config("smoke", None, ["bcbl.epochs=1"])
+    out = tmp_path_factory.mktemp("ckpt")
+    s = get_system("baseline")
+    return cfg, s, prepare_data(cfg, synth_dataset, out, 25, s, progress=False)
+
+
+def _trainer(trainer_parts, out):
+    from asc_ray.train import Trainer
+
+    cfg, s, data = trainer_parts
+    return Trainer(s, cfg, data, out, 25, log=lambda m: None)
+
+
+def test_checkpoint_replaced_atomically_and_temp_leftovers_ignored(trainer_parts, tmp_path):
+    t = _trainer(trainer_parts, tmp_path)
+    t.epoch = 1
+    final = t.save_checkpoint()
+    assert sorted(p.name for p in final.iterdir()) == ["best.pt", "checkpoint.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temp or old folder left behind
+    # a run killed while writing leaves a temp folder: it is never read, the last complete checkpoint is
+    (tmp_path / ".checkpoint.tmp-999").mkdir()
+    (tmp_path / ".checkpoint.tmp-999" / "checkpoint.pt").write_bytes(b"half")
+    t2 = _trainer(trainer_parts, tmp_path)
+    t2.load_checkpoint(final)
+    assert t2.epoch == 1
+
+
+def test_truncated_checkpoint_gives_a_clear_error(trainer_parts, tmp_path):
+    t = _trainer(trainer_parts, tmp_path)
+    final = t.save_checkpoint()
+    ck = final / "checkpoint.pt"
+    ck.write_bytes(ck.read_bytes()[:2000])
+    _err(lambda: _trainer(trainer_parts, tmp_path).load_checkpoint(final), ck, "--fresh")
