@@ -258,8 +258,29 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def train_epoch(self) -> dict:
+    def prepare_inputs(self, batch: dict, gen: torch.Generator):
+        """One training batch -> (spectrogram x, soft targets y, teacher logits zt or None), augmented."""
         s, a = self.system, self.cfg["augment"]
+        wave = batch["wave"].to(self.device, non_blocking=True)
+        if s.dir and self.data.irs:
+            wave = augment.dir_augment(wave, batch["device"], self.data.irs, p=a["dir_p"], device_a=DEVICE_A,
+                                       generator=gen)
+        x = self.frontend(wave)
+        if s.fms:
+            x = augment.freq_mixstyle(x, p=a["fms_p"], alpha=a["fms_alpha"], generator=gen)
+        y = F.one_hot(batch["label"].to(self.device), N_CLASSES).float()
+        zt = batch.get("teacher_logits")
+        zt = None if zt is None else zt.to(self.device)
+        if s.mixup:
+            x, y, lam, perm = augment.mixup(x, y, alpha=a["mixup_alpha"], generator=gen)
+            if zt is not None:
+                zt = lam * zt + (1 - lam) * zt[perm.to(self.device)]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y, zt
+
+    def train_epoch(self) -> dict:
+        s = self.system
         self.model.train()
         self.frontend.train()
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -268,22 +289,7 @@ class Trainer:
         n = 0
         t0 = time.perf_counter()
         for batch in self.batches:
-            wave = batch["wave"].to(self.device, non_blocking=True)
-            if s.dir and self.data.irs:
-                wave = augment.dir_augment(wave, batch["device"], self.data.irs, p=a["dir_p"], device_a=DEVICE_A,
-                                           generator=gen)
-            x = self.frontend(wave)
-            if s.fms:
-                x = augment.freq_mixstyle(x, p=a["fms_p"], alpha=a["fms_alpha"], generator=gen)
-            y = F.one_hot(batch["label"].to(self.device), N_CLASSES).float()
-            zt = batch.get("teacher_logits")
-            zt = None if zt is None else zt.to(self.device)
-            if s.mixup:
-                x, y, lam, perm = augment.mixup(x, y, alpha=a["mixup_alpha"], generator=gen)
-                if zt is not None:
-                    zt = lam * zt + (1 - lam) * zt[perm.to(self.device)]
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y, zt = self.prepare_inputs(batch, gen)
             with self._autocast():
                 z = self.net(x)
             loss = compute_loss(s, self.cfg, z.float(), y, zt)
@@ -291,8 +297,8 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.sched.step()
-            total += loss.detach() * len(wave)  # no per-step host sync
-            n += len(wave)
+            total += loss.detach() * len(x)  # no per-step host sync
+            n += len(x)
         dt = time.perf_counter() - t0
         return {"train_loss": float(total) / max(n, 1), "samples_per_s": n / max(dt, 1e-9),
                 "lr": self.opt.param_groups[0]["lr"], "epoch_s": dt}

@@ -32,10 +32,9 @@ import torch  # noqa: E402
 import torchaudio.functional as AF  # noqa: E402
 from _common import figure, footer, header, random_teacher_logits  # noqa: E402
 
-from asc_ray import augment  # noqa: E402
 from asc_ray.config import load_config  # noqa: E402
 from asc_ray.systems import get_system  # noqa: E402
-from asc_ray.train import DEVICE_A, Trainer, prepare_data  # noqa: E402
+from asc_ray.train import Trainer, prepare_data  # noqa: E402
 
 
 class Counter:
@@ -117,7 +116,6 @@ def run_epochs(trainer: Trainer, epochs: int, label: str) -> float:
 
 def breakdown(trainer: Trainer, full_epoch_s: float) -> dict:
     """One epoch's data reading and front-end work alone (the same calls as train_epoch, no model)."""
-    s, a = trainer.system, trainer.cfg["augment"]
     gen = torch.Generator().manual_seed(12345)
     trainer.frontend.train()
     t_data = t_front = 0.0
@@ -125,15 +123,7 @@ def breakdown(trainer: Trainer, full_epoch_s: float) -> dict:
     for batch in trainer.batches:
         t1 = time.perf_counter()
         t_data += t1 - t
-        wave = batch["wave"].to(trainer.device)
-        if s.dir and trainer.data.irs:
-            wave = augment.dir_augment(wave, batch["device"], trainer.data.irs, p=a["dir_p"], device_a=DEVICE_A,
-                                       generator=gen)
-        x = trainer.frontend(wave)
-        if s.fms:
-            x = augment.freq_mixstyle(x, p=a["fms_p"], alpha=a["fms_alpha"], generator=gen)
-        if trainer.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        trainer.prepare_inputs(batch, gen)  # the training step's own input path, without the model
         t = time.perf_counter()
         t_front += t - t1
     model = max(full_epoch_s - t_data - t_front, 1e-9)
