@@ -9,7 +9,6 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -48,7 +47,7 @@ def search_grid(search: dict) -> list[dict]:
     if not search:
         return [{}]
     keys = sorted(search)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(search[k] for k in keys))]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(search[k] for k in keys))]
 
 
 def train_students(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str) -> list:
