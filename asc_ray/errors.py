@@ -68,7 +68,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill PID`, a scheduler stopping the job), handled like Ctrl-C: finished work is kept."""
 
 
+_SIGTERM_SEEN = []  # Ray re-raises an interrupt inside ray.get() as a plain KeyboardInterrupt: remember the signal
+
+
 def _on_sigterm(signum, frame):
+    _SIGTERM_SEEN.append(signum)
     raise Terminated()
 
 
@@ -102,11 +106,18 @@ def run_cli(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
+        terminated = isinstance(exc, Terminated) or bool(_SIGTERM_SEEN)
         _stop_ray_quietly()
         print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: finished work is kept; "
               "run the same command again to resume.", file=sys.stderr, flush=True)
-        sys.exit(143 if terminated else 130)
+        code = 143 if terminated else 130
+        if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+            # a teacher fit blocked in a Ray call may never return once Ray is down, and Python joins such
+            # threads before exiting: leave now (MLflow runs are closed and finished work is on disk already)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
     except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
         err = find_user_error(exc)
         if err is None:

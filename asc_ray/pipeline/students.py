@@ -94,12 +94,16 @@ def _tuner(jobs: list[dict], grid: list[dict], cfg: dict, storage_path: str, use
         verbose=0,  # progress comes from our own log lines; Tune's tables would print every config
     )
     path = f"{storage_path.rstrip('/')}/{name}"
+    param_space = {"trial": tune.grid_search(trials)}
     if tune.Tuner.can_restore(path):
-        # the driver stopped mid-run last time: continue the unfinished trials from their checkpoints
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
+        # the driver stopped mid-run last time: continue the unfinished trials from their checkpoints. The
+        # param space is given again: Tune stored the jobs' object references (LogitAggregator handle, tracker)
+        # as placeholders, which only the new session's objects can fill (else the trials get no config)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
+                                  param_space=param_space)
     return tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(trials)},
+        param_space=param_space,
         tune_config=tune.TuneConfig(metric="val_macro_acc", mode="max", scheduler=scheduler,
                                     num_samples=s["num_samples"],
                                     max_concurrent_trials=s["max_concurrent_trials"] or None),
