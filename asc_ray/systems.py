@@ -31,6 +31,14 @@ class System:
         """Hyper-parameter section of the config: 'passt' or 'bcbl'."""
         return "passt" if self.model == "passt" else "bcbl"
 
+    @property
+    def feeds(self) -> str | None:
+        """The logits table this system's logits go into for a later stage: "teachers" for every teacher,
+        its own name for a student another system learns from (kd_ensemble), else None."""
+        if self.role == "teacher":
+            return "teachers"
+        return self.name if any(s.needs == self.name for s in _SYSTEMS) else None
+
     def reads(self, key: str) -> bool:
         """Whether a dotted config key changes this system's training (used to apply searches where they matter)."""
         section, _, name = key.partition(".")

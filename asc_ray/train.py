@@ -384,7 +384,7 @@ class Trainer:
         files["confusion_plot"] = plot_confusion(res.confusion, out / "confusion.png",
                                                  f"{self.system.name}, split {self.split}: test confusion")
         np.save(out / "confusion.npy", res.confusion)
-        if self.system.role == "teacher" or self.system.name == "kd_ensemble":
+        if self.system.feeds:
             # logits over the split's training files: what the next stage learns from
             split_logits = self.predict(self.data.split_files, best)
             np.save(out / "split_logits.npy", split_logits)

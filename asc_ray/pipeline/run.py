@@ -107,8 +107,9 @@ class Pipeline:
         init_ray()
         from asc_ray.pipeline.aggregator import start_aggregator
 
-        expected = {"teachers": list(self.cfg["teachers"]["systems"]), "kd_ensemble": ["kd_ensemble"]}
-        self.aggregator = start_aggregator(self.paths["logits_dir"], self.split_meta, expected, self.data_key)
+        self.aggregator_expected = {"teachers": list(self.cfg["teachers"]["systems"]), "kd_ensemble": ["kd_ensemble"]}
+        self.aggregator = start_aggregator(self.paths["logits_dir"], self.split_meta, self.aggregator_expected,
+                                           self.data_key)
         self.parent_run_id = self.tracker.start_run(
             f"pipeline {time.strftime('%Y-%m-%d %H:%M')}",
             {"role": "pipeline", "splits": ",".join(map(str, self.splits)), "profile": self.cfg["profile"],
@@ -197,13 +198,19 @@ class Pipeline:
         self._raise_failures("teacher", {k: v for k, v in outcomes.items() if isinstance(v, Exception)})
 
     def logits(self) -> None:
+        self._write_tables("teachers", "run the teachers stage first (jobs/teachers.py or jobs/full_pipeline.py)")
+
+    def _write_tables(self, source: str, fix: str) -> None:
+        """Have the aggregator write (or confirm) each split's table of `source`, then read it back validated."""
+        models = self.aggregator_expected[source]
         for split in self.splits:
-            path = ray.get(self.aggregator.maybe_write.remote("teachers", split))
+            path = ray.get(self.aggregator.maybe_write.remote(source, split))
             if path is None:
-                raise AscRayError(f"teacher logits for split {split} are incomplete", path=self.paths["logits_dir"],
-                                  fix="run the teachers stage first (jobs/teachers.py or jobs/full_pipeline.py)")
-            files, _ = ray.get(self.aggregator.table.remote("teachers", split))  # validates the table
-            log(f"logits: {path} ({len(files)} clips x {len(self.cfg['teachers']['systems'])} teachers + mean)")
+                raise AscRayError(f"{source} logits for split {split} are incomplete", path=self.paths["logits_dir"],
+                                  fix=fix)
+            files, _ = ray.get(self.aggregator.table.remote(source, split))  # validates the table
+            log(f"logits: {path} ({len(files)} clips x {len(models)} {'+'.join(models)}"
+                + (" + mean)" if len(models) > 1 else ")"))
 
     def students(self) -> None:
         from asc_ray.pipeline.students import train_students
@@ -214,8 +221,9 @@ class Pipeline:
             for split in self.splits:
                 for s in phase:
                     prev = self.done(s, split)
-                    if prev is not None and (s != "kd_ensemble" or ray.get(self.aggregator.has.remote(
-                            "kd_ensemble", split, s, prev["key"])) is not None):
+                    feeds = get_system(s).feeds  # its logits must be in the aggregator too, to reuse it
+                    if prev is not None and (feeds is None or ray.get(self.aggregator.has.remote(
+                            feeds, split, s, prev["key"])) is not None):
                         self.record(prev, reused=True)
                     else:
                         todo.append(self.job(s, split, self.key(s, split)))
@@ -224,8 +232,7 @@ class Pipeline:
             log(f"students ({', '.join(phase)}): {len(todo)} trials to run, "
                 f"{len(phase) * len(self.splits) - len(todo)} reused (Ray Tune, all splits at once)")
             if not todo:
-                if "kd_ensemble" in phase:
-                    self._kd_tables()
+                self._student_tables(phase)
                 continue
             name = "students-" + config_hash(sorted(j["key"] for j in todo))
             grids = train_students(todo, self.cfg, self.storage, self.use_gpu, name)
@@ -250,16 +257,12 @@ class Pipeline:
                     log(f"student done: {k[0]} split{k[1]} test macro accuracy {100 * m['test_macro_acc']:.2f}%"
                         + (f" (best of search on val: {m['overrides']})" if m["overrides"] else ""))
             self._raise_failures("student", failures)
-            if "kd_ensemble" in phase:
-                self._kd_tables()
+            self._student_tables(phase)
 
-    def _kd_tables(self) -> None:
-        for split in self.splits:
-            path = ray.get(self.aggregator.maybe_write.remote("kd_ensemble", split))
-            if path is None:
-                raise AscRayError(f"kd_ensemble logits for split {split} are missing", path=self.paths["logits_dir"],
-                                  fix="re-run the students stage (the kd_ensemble student writes them)")
-            log(f"logits: {path} (kd_ensemble student, the teacher of tfs)")
+    def _student_tables(self, phase: list[str]) -> None:
+        for s in phase:
+            if get_system(s).feeds:  # kd_ensemble: its logits teach tfs
+                self._write_tables(s, f"re-run the students stage (the {s} student writes them)")
 
     def evaluate(self) -> Path:
         from asc_ray.export import plot_class_accuracy, write_results_table

@@ -82,12 +82,11 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
     result["key"] = job["key"]
     result["run_id"] = run_id
     result["node_id"] = node_id
-    if system.role == "teacher" or system.name == "kd_ensemble":
+    if system.feeds:
         import numpy as np
 
         split_logits = np.load(result["files"]["split_logits"])
-        source = "teachers" if system.role == "teacher" else "kd_ensemble"
-        ray.get(job["aggregator"].submit.remote(source, split, system.name, split_logits, job["key"], run_id,
+        ray.get(job["aggregator"].submit.remote(system.feeds, split, system.name, split_logits, job["key"], run_id,
                                                 result))
     if run_id:
         finals = {k: v for k, v in result.items() if k.startswith(("test_", "val_macro")) or k in ("params", "macs",

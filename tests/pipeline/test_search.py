@@ -54,3 +54,12 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         (row,) = list(csv.DictReader(f))
     allowed = {measure(bcbl(n), (1, *input_shape("bcbl24"))).params: n for n in (8, 16)}
     assert row["system"] == "bcbl24" and int(row["params"]) in allowed
+
+
+def test_which_systems_feed_a_logits_table_is_derived_from_who_needs_them():
+    from asc_ray.systems import SYSTEMS, TEACHERS
+
+    feeds = {n: s.feeds for n, s in SYSTEMS.items()}
+    assert all(feeds[t] == "teachers" for t in TEACHERS)
+    assert feeds["kd_ensemble"] == "kd_ensemble"  # tfs learns from it
+    assert feeds["tfs"] is None and feeds["bcbl24"] is None and feeds["baseline"] is None
