@@ -33,8 +33,9 @@ def _beta(alpha: float, n: int, generator) -> Tensor:
         return dist.sample((n,))
 
 
-def mixup(x: Tensor, y: Tensor, alpha: float = 1.0, generator: torch.Generator | None = None
-          ) -> tuple[Tensor, Tensor, float, Tensor]:
+def mixup(
+    x: Tensor, y: Tensor, alpha: float = 1.0, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, float, Tensor]:
     """x [B, ...], y [B, C] (one-hot or soft) -> (mixed x, mixed y, lam, perm); lam ~ Beta(alpha, alpha)."""
     if y.dim() != 2:
         raise ValueError(f"mixup needs soft/one-hot targets [B, C], got shape {tuple(y.shape)}")
@@ -45,8 +46,9 @@ def mixup(x: Tensor, y: Tensor, alpha: float = 1.0, generator: torch.Generator |
     return x_mix, y_mix, lam, perm
 
 
-def freq_mixstyle(x: Tensor, p: float = 0.4, alpha: float = 0.3, eps: float = 1e-6,
-                  generator: torch.Generator | None = None) -> Tensor:
+def freq_mixstyle(
+    x: Tensor, p: float = 0.4, alpha: float = 0.3, eps: float = 1e-6, generator: torch.Generator | None = None
+) -> Tensor:
     """x [B, C, F, T]; with probability p (once for the whole batch) each sample's per-frequency-band
     statistics (over channel and time, detached) are replaced by a mix with a random partner's."""
     if p <= 0 or float(_rand((1,), generator, "cpu")) > p:
@@ -63,8 +65,14 @@ def freq_mixstyle(x: Tensor, p: float = 0.4, alpha: float = 0.3, eps: float = 1e
     return x_normed * sig_mix + mu_mix
 
 
-def dir_augment(wave: Tensor, device_ids: Tensor, irs: Sequence[Tensor], p: float = 0.6, device_a: int = 0,
-                generator: torch.Generator | None = None) -> Tensor:
+def dir_augment(
+    wave: Tensor,
+    device_ids: Tensor,
+    irs: Sequence[Tensor],
+    p: float = 0.6,
+    device_a: int = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """wave [B, n]; each clip recorded by `device_a` is, with probability p, convolved with a random device
     impulse response (1-D tensors at the wave's sample rate) and cut to n samples. Others stay bit-identical."""
     out = wave.clone()
@@ -91,8 +99,9 @@ def dir_augment(wave: Tensor, device_ids: Tensor, irs: Sequence[Tensor], p: floa
     return out
 
 
-def freq_mask(x: Tensor, max_bins: int = 48, generator: torch.Generator | None = None, value: float = 0.0
-              ) -> Tensor:
+def freq_mask(
+    x: Tensor, max_bins: int = 48, generator: torch.Generator | None = None, value: float = 0.0
+) -> Tensor:
     """x [B, ..., F, T]: per sample, set a band of width ~U[0, max_bins) at a random start to `value`."""
     if max_bins <= 0:
         return x

@@ -12,17 +12,27 @@ def parse(argv: list[str] | None, description: str) -> tuple[argparse.Namespace,
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data-dir", required=True, help="TAU22 development set (meta.csv, audio/, split files)")
     p.add_argument("--output-dir", required=True, help="where teachers, logits, students and results go")
-    p.add_argument("--splits", default="5,10,25,50,100", help="comma-separated training splits (default: all)")
+    p.add_argument(
+        "--splits", default="5,10,25,50,100", help="comma-separated training splits (default: all)"
+    )
     p.add_argument("--config", default=None, help="YAML file with config overrides")
-    p.add_argument("--profile", default="full", choices=("full", "smoke"),
-                   help="full = the report's settings; smoke = minutes on a laptop CPU")
-    p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished work")
+    p.add_argument(
+        "--profile",
+        default="full",
+        choices=("full", "smoke"),
+        help="full = the report's settings; smoke = minutes on a laptop CPU",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="recompute everything instead of reusing finished work"
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. bcbl.epochs=10")
     a = p.parse_args(argv)
     try:
         a.splits = [int(s) for s in a.splits.split(",") if s.strip()]
     except ValueError:
-        raise AscRayError(f"--splits must be numbers, got '{a.splits}'", path="--splits", fix="e.g. --splits 5,25,100") from None
+        raise AscRayError(
+            f"--splits must be numbers, got '{a.splits}'", path="--splits", fix="e.g. --splits 5,25,100"
+        ) from None
     bad = [s for s in a.splits if s not in (5, 10, 25, 50, 100)]
     if bad or not a.splits:
         raise AscRayError(f"unknown split(s) {bad}", path="--splits", fix="choose from 5,10,25,50,100")

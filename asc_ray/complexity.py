@@ -3,8 +3,6 @@ the student limits of DCASE 2024 Task 1, and the fp16 export of a student's weig
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torchinfo
 from torch import nn
 
 from asc_ray.errors import AscRayError
+from asc_ray.io import atomic_torch_save
 
 MAX_PARAM_BYTES = 128_000  # 128 kB of parameters at the deployed precision
 MAX_MACS = 30_000_000  # per 1 s clip
@@ -41,8 +40,11 @@ def measure(model: nn.Module, input_shape: tuple[int, ...]) -> Complexity:
         s = torchinfo.summary(model, input_size=shape, device=device, verbose=0, mode="eval")
     finally:
         model.train(was_training)
-    return Complexity(params=int(s.total_params), macs=int(s.total_mult_adds),
-                      bytes_fp16=int(s.total_params) * BYTES_PER_PARAM)
+    return Complexity(
+        params=int(s.total_params),
+        macs=int(s.total_mult_adds),
+        bytes_fp16=int(s.total_params) * BYTES_PER_PARAM,
+    )
 
 
 def check_student(c: Complexity, name: str = "student") -> None:
@@ -57,7 +59,7 @@ def check_student(c: Complexity, name: str = "student") -> None:
             f"model '{name}' is over the DCASE 2024 Task 1 complexity limits: " + "; ".join(problems),
             path=name,
             fix="use a smaller student (e.g. fewer base channels for N-BCBL: 32 gives 61,148 params and "
-                "29.4 M MACs) or a front-end with fewer frames per second.",
+            "29.4 M MACs) or a front-end with fewer frames per second.",
         )
 
 
@@ -66,14 +68,9 @@ def export_fp16(model: nn.Module, path: str | Path) -> Path:
     atomically: a temporary file in the same folder, then rename, so a crash never leaves a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
-             for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    state = {
+        k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
+        for k, v in model.state_dict().items()
+    }
+    atomic_torch_save(path, state)
     return path

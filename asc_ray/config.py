@@ -33,8 +33,14 @@ CHOICES = {
     "use_gpu": ("auto", True, False),
 }
 # Keys whose default is null but which take a path / URI string.
-NULLABLE_STR = {"data.split_dir", "data.cache_dir", "data.irs_dir", "data.eval_dir", "mlflow.tracking_uri",
-                "storage_path"}
+NULLABLE_STR = {
+    "data.split_dir",
+    "data.cache_dir",
+    "data.irs_dir",
+    "data.eval_dir",
+    "mlflow.tracking_uri",
+    "storage_path",
+}
 # Keys that are free-form mappings (their inner keys are checked elsewhere).
 FREE_MAPS = {"students.search", "teachers.resources"}
 
@@ -45,9 +51,13 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise AscRayError(f"config file is not valid YAML: {e}", path=path, fix="fix the YAML syntax") from None
+        raise AscRayError(
+            f"config file is not valid YAML: {e}", path=path, fix="fix the YAML syntax"
+        ) from None
     if not isinstance(data, dict):
-        raise AscRayError("config file must hold a mapping of keys", path=path, fix="write `key: value` lines")
+        raise AscRayError(
+            "config file must hold a mapping of keys", path=path, fix="write `key: value` lines"
+        )
     return data
 
 
@@ -58,8 +68,11 @@ def schema() -> dict:
 
 def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     def bad(expected: str):
-        return AscRayError(f"config key '{key}' has the wrong type: got {value!r}, expected {expected}",
-                           path=source, fix=f"set {key} to {expected} (see docs/config.md)")
+        return AscRayError(
+            f"config key '{key}' has the wrong type: got {value!r}, expected {expected}",
+            path=source,
+            fix=f"set {key} to {expected} (see docs/config.md)",
+        )
 
     if key in CHOICES:
         if value not in CHOICES[key]:
@@ -93,12 +106,18 @@ def _merge(base: dict, update: dict, ref: dict, source: str, prefix: str = "") -
         key = f"{prefix}{k}"
         if k not in ref:
             known = ", ".join(sorted(ref)) if isinstance(ref, dict) else ""
-            raise AscRayError(f"unknown config key '{key}'", path=source,
-                              fix=f"check the spelling; valid keys here: {known}")
+            raise AscRayError(
+                f"unknown config key '{key}'",
+                path=source,
+                fix=f"check the spelling; valid keys here: {known}",
+            )
         if isinstance(ref[k], dict) and key not in FREE_MAPS:
             if not isinstance(v, dict):
-                raise AscRayError(f"config key '{key}' must be a mapping", path=source,
-                                  fix=f"write it as `{key}.<name>=value` or a nested YAML block")
+                raise AscRayError(
+                    f"config key '{key}' must be a mapping",
+                    path=source,
+                    fix=f"write it as `{key}.<name>=value` or a nested YAML block",
+                )
             _merge(base[k], v, ref[k], source, prefix=f"{key}.")
         else:
             base[k] = _check_value(key, v, ref[k], source)
@@ -106,8 +125,11 @@ def _merge(base: dict, update: dict, ref: dict, source: str, prefix: str = "") -
 
 def _override_to_dict(item: str) -> dict:
     if "=" not in item:
-        raise AscRayError(f"override '{item}' is not of the form key=value", path="command line",
-                          fix="write e.g. bcbl.epochs=10")
+        raise AscRayError(
+            f"override '{item}' is not of the form key=value",
+            path="command line",
+            fix="write e.g. bcbl.epochs=10",
+        )
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else None
@@ -125,8 +147,9 @@ def _override_to_dict(item: str) -> dict:
     return out
 
 
-def load_config(profile: str = "full", config_file: str | Path | None = None,
-                overrides: list[str] | None = None) -> dict:
+def load_config(
+    profile: str = "full", config_file: str | Path | None = None, overrides: list[str] | None = None
+) -> dict:
     """Merge profile, file and overrides; validate; return a plain nested dict."""
     if profile not in PROFILES:
         raise AscRayError(f"unknown profile '{profile}'", path="--profile", fix="use --profile full or smoke")
@@ -149,26 +172,43 @@ def _check_semantics(cfg: dict) -> None:
     for group, valid in (("teachers", TEACHERS), ("students", STUDENTS)):
         for name in cfg[group]["systems"]:
             if name not in valid:
-                raise AscRayError(f"unknown {group[:-1]} '{name}' in {group}.systems", path="config",
-                                  fix="choose from " + ", ".join(valid))
+                raise AscRayError(
+                    f"unknown {group[:-1]} '{name}' in {group}.systems",
+                    path="config",
+                    fix="choose from " + ", ".join(valid),
+                )
     if "tfs" in cfg["students"]["systems"] and "kd_ensemble" not in cfg["students"]["systems"]:
-        raise AscRayError("students.systems has tfs without kd_ensemble", path="config",
-                          fix="tfs learns from the kd_ensemble student's logits: add kd_ensemble")
+        raise AscRayError(
+            "students.systems has tfs without kd_ensemble",
+            path="config",
+            fix="tfs learns from the kd_ensemble student's logits: add kd_ensemble",
+        )
     for name, amount in cfg["teachers"]["resources"].items():
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
-            raise AscRayError(f"teachers.resources.{name} must be a number >= 0, got {amount!r}", path="config",
-                              fix="e.g. teachers.resources={large_gpu: 1}")
+            raise AscRayError(
+                f"teachers.resources.{name} must be a number >= 0, got {amount!r}",
+                path="config",
+                fix="e.g. teachers.resources={large_gpu: 1}",
+            )
     if not 0.0 < cfg["data"]["holdout_fraction"] < 0.5:
-        raise AscRayError("data.holdout_fraction must be in (0, 0.5)", path="config", fix="e.g. data.holdout_fraction=0.1")
+        raise AscRayError(
+            "data.holdout_fraction must be in (0, 0.5)", path="config", fix="e.g. data.holdout_fraction=0.1"
+        )
     ref = schema()
     for key, values in cfg["students"]["search"].items():
         section, _, name = key.partition(".")
         if section not in ref or not isinstance(ref[section], dict) or name not in ref[section]:
-            raise AscRayError(f"unknown search key '{key}' in students.search", path="config",
-                              fix="search over existing keys, e.g. kd.lam, kd.temperature")
+            raise AscRayError(
+                f"unknown search key '{key}' in students.search",
+                path="config",
+                fix="search over existing keys, e.g. kd.lam, kd.temperature",
+            )
         if not isinstance(values, list) or not values:
-            raise AscRayError(f"students.search.{key} must be a non-empty list of values", path="config",
-                              fix=f"e.g. students.search.{key}=[0.9,0.98]")
+            raise AscRayError(
+                f"students.search.{key} must be a non-empty list of values",
+                path="config",
+                fix=f"e.g. students.search.{key}=[0.9,0.98]",
+            )
         for v in values:
             _check_value(key, v, ref[section][name], "students.search")
 

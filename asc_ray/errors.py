@@ -108,10 +108,16 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated) or bool(_SIGTERM_SEEN)
         _stop_ray_quietly()
-        print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: finished work is kept; "
-              "run the same command again to resume.", file=sys.stderr, flush=True)
+        print(
+            f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: finished work is kept; "
+            "run the same command again to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
         code = 143 if terminated else 130
-        if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        if any(
+            t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+        ):
             # a teacher fit blocked in a Ray call may never return once Ray is down, and Python joins such
             # threads before exiting: leave now (MLflow runs are closed and finished work is on disk already)
             sys.stdout.flush()

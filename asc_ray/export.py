@@ -1,7 +1,7 @@
 """What leaves the system: the DCASE submission file, plots like the report's figures, the results table.
 
-Every file is written atomically (a temporary file in the same folder, then os.replace), so an
-interrupted run never leaves a half-written output that a resume would trust.
+Every file is written atomically (asc_ray.io), so an interrupted run never leaves a half-written output
+that a resume would trust.
 
 DCASE output: `output.csv` is tab-separated with the header `filename  scene_label  airport ... tram`
 (filenames without the leading "audio/", the argmax scene, then the softmax probability of each scene
@@ -15,9 +15,7 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from asc_ray.data.tau import SCENES  # noqa: E402
 from asc_ray.errors import AscRayError  # noqa: E402
+from asc_ray.io import atomic_write, atomic_write_text  # noqa: E402
 
 MISSING = "–"  # shown in markdown tables where a result does not exist (yet)
 
@@ -48,32 +47,6 @@ REPORT_SYSTEMS: dict[str, str] = {
 }
 
 _HEADER = ["filename", "scene_label", *SCENES]
-
-
-# --- atomic writes ------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> Path:
-    """Write via `write(file)` into a temp file beside `path`, then rename over it; no temp is left on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        mode = "wb" if binary else "w"
-        kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    return _atomic_write(path, lambda f: f.write(text))
 
 
 # --- DCASE submission output --------------------------------------------------------------------------
@@ -120,9 +93,9 @@ def write_dcase_output(
         for name, label, p in zip(names, labels, probs, strict=True):
             w.writerow([name, label, *(f"{x:.8f}" for x in p)])
 
-    out = _atomic_write(Path(path), write)
+    out = atomic_write(Path(path), write)
     if complexity is not None:
-        _atomic_write_text(complexity_path(out), json.dumps(complexity, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(complexity_path(out), json.dumps(complexity, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -159,7 +132,7 @@ def _save_figure(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches=None)
     plt.close(fig)  # figures are kept alive by pyplot otherwise: a leak over many runs
-    return _atomic_write(Path(path), lambda f: f.write(buf.getvalue()), binary=True)
+    return atomic_write(Path(path), lambda f: f.write(buf.getvalue()), binary=True)
 
 
 def plot_class_accuracy(per_system: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
@@ -267,7 +240,7 @@ def write_results_table(rows: list[dict], csv_path: str | Path, md_path: str | P
         w.writeheader()
         w.writerows(rows)
 
-    _atomic_write(Path(csv_path), write_csv)
+    atomic_write(Path(csv_path), write_csv)
 
     order = [s for s in REPORT_SYSTEMS if s in systems] + [s for s in systems if s not in REPORT_SYSTEMS]
     splits = sorted(ours)
@@ -290,4 +263,4 @@ def write_results_table(rows: list[dict], csv_path: str | Path, md_path: str | P
         + "\n## Compared with the report (Table 3)\n\n"
         + _md_table(cmp_header, cmp_body)
     )
-    _atomic_write_text(Path(md_path), text)
+    atomic_write_text(Path(md_path), text)

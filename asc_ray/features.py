@@ -37,8 +37,17 @@ FRONTENDS: dict[str, MelConfig] = {
     "bcbl24": MelConfig(sample_rate=44100, n_fft=4096, win_length=3072, hop_length=500, n_mels=256),
 }
 # PaSST teachers (reference: fmin_aug_range=1 -> no fmin jitter, fmax jitter of +-500 Hz, timem=20)
-PASST_MEL = dict(n_mels=128, sr=44100, win_length=800, hopsize=320, n_fft=1024, freqm=48, timem=20,
-                 fmin_aug_range=1, fmax_aug_range=1000)
+PASST_MEL = dict(
+    n_mels=128,
+    sr=44100,
+    win_length=800,
+    hopsize=320,
+    n_fft=1024,
+    freqm=48,
+    timem=20,
+    fmin_aug_range=1,
+    fmax_aug_range=1000,
+)
 NAMES = ("bcbl32", "bcbl24", "passt")
 
 
@@ -49,8 +58,14 @@ class LogMel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length,
-            hop_length=cfg.hop_length, n_mels=cfg.n_mels, f_min=0.0, f_max=None)
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=cfg.hop_length,
+            n_mels=cfg.n_mels,
+            f_min=0.0,
+            f_max=None,
+        )
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         x = self.mel(wave.float())  # [B, n_mels, T], power

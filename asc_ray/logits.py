@@ -10,7 +10,6 @@ Readers check that a table covers exactly the requested files with finite values
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,26 +17,33 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from asc_ray.data.tau import N_CLASSES
 from asc_ray.errors import AscRayError
-
-N_CLASSES = 10
+from asc_ray.io import atomic_write
 
 
 def table_path(logits_dir: str | Path, source: str, split: int) -> Path:
     return Path(logits_dir) / f"{source}_split{split}.parquet"
 
 
-def write_logits_table(path: str | Path, filenames: Sequence[str], scene_labels: Sequence[str],
-                       devices: Sequence[str], per_model: Mapping[str, np.ndarray],
-                       metadata: Mapping[str, object] | None = None) -> Path:
+def write_logits_table(
+    path: str | Path,
+    filenames: Sequence[str],
+    scene_labels: Sequence[str],
+    devices: Sequence[str],
+    per_model: Mapping[str, np.ndarray],
+    metadata: Mapping[str, object] | None = None,
+) -> Path:
     """Write per-model logits and their mean as `logits`; atomic (temp file + rename)."""
     path = Path(path)
     n = len(filenames)
     if not per_model:
         raise ValueError("no logits to write")
-    cols = {"filename": pa.array(list(filenames), pa.string()),
-            "scene_label": pa.array(list(scene_labels), pa.string()),
-            "device": pa.array(list(devices), pa.string())}
+    cols = {
+        "filename": pa.array(list(filenames), pa.string()),
+        "scene_label": pa.array(list(scene_labels), pa.string()),
+        "device": pa.array(list(devices), pa.string()),
+    }
     stack = []
     for name, arr in per_model.items():
         arr = np.asarray(arr, dtype=np.float32)
@@ -50,13 +56,7 @@ def write_logits_table(path: str | Path, filenames: Sequence[str], scene_labels:
     for k, v in (metadata or {}).items():
         meta[f"asc_ray.{k}".encode()] = json.dumps(v, default=str).encode()
     table = pa.table(cols).replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write leaves no half file behind (after the rename: a no-op)
+    atomic_write(path, lambda f: pq.write_table(table, f), binary=True)
     return path
 
 
@@ -68,7 +68,9 @@ def _list_column(arr: np.ndarray) -> pa.Array:
 
 def table_metadata(path: str | Path) -> dict:
     meta = pq.read_schema(path).metadata or {}
-    return {k.decode()[len("asc_ray."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"asc_ray.")}
+    return {
+        k.decode()[len("asc_ray.") :]: json.loads(v) for k, v in meta.items() if k.startswith(b"asc_ray.")
+    }
 
 
 def read_logits(path: str | Path, files: Sequence[str], column: str = "logits") -> np.ndarray:
@@ -84,7 +86,9 @@ def read_logits(path: str | Path, files: Sequence[str], column: str = "logits") 
     try:
         table = pq.read_table(path, columns=["filename", column])
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for corrupt files
-        raise AscRayError(f"logits table is unreadable or has no column '{column}': {e}", path=path, fix=fix) from None
+        raise AscRayError(
+            f"logits table is unreadable or has no column '{column}': {e}", path=path, fix=fix
+        ) from None
     names = table.column("filename").to_pylist()
     if len(set(names)) != len(names):
         raise AscRayError("logits table lists a filename twice", path=path, fix=fix)
@@ -93,13 +97,18 @@ def read_logits(path: str | Path, files: Sequence[str], column: str = "logits") 
         missing, extra = sorted(want - have), sorted(have - want)
         raise AscRayError(
             f"logits table does not match the split: {len(missing)} files missing (e.g. {missing[:2]}), "
-            f"{len(extra)} unexpected (e.g. {extra[:2]})", path=path,
-            fix="the table was made for other data or another split; " + fix)
+            f"{len(extra)} unexpected (e.g. {extra[:2]})",
+            path=path,
+            fix="the table was made for other data or another split; " + fix,
+        )
     col = table.column(column).combine_chunks()
     widths = np.diff(col.offsets.to_numpy())
     if len(widths) and (widths.min() != N_CLASSES or widths.max() != N_CLASSES):
-        raise AscRayError(f"logits table has rows with {sorted(set(widths.tolist()))} classes, expected {N_CLASSES}",
-                          path=path, fix=fix)
+        raise AscRayError(
+            f"logits table has rows with {sorted(set(widths.tolist()))} classes, expected {N_CLASSES}",
+            path=path,
+            fix=fix,
+        )
     values = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, N_CLASSES)
     if not np.isfinite(values).all():
         bad = names[int(np.where(~np.isfinite(values).all(axis=1))[0][0])]

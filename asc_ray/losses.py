@@ -28,7 +28,9 @@ def _soft_targets(target: Tensor, n_classes: int) -> Tensor:
         return F.one_hot(target.long(), n_classes).float()
     if target.dim() == 2 and target.shape[1] == n_classes:
         return target.float()
-    raise ValueError(f"target must be class indices [B] or soft targets [B, {n_classes}], got {tuple(target.shape)}")
+    raise ValueError(
+        f"target must be class indices [B] or soft targets [B, {n_classes}], got {tuple(target.shape)}"
+    )
 
 
 def _cross_entropy(log_probs: Tensor, y: Tensor) -> Tensor:
@@ -36,8 +38,13 @@ def _cross_entropy(log_probs: Tensor, y: Tensor) -> Tensor:
     return -(y * log_probs).sum(dim=1).mean()
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, lam: float = KD_LAMBDA,
-            temperature: float = KD_TEMPERATURE) -> Tensor:
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    lam: float = KD_LAMBDA,
+    temperature: float = KD_TEMPERATURE,
+) -> Tensor:
     """Eq. (1); KL summed over classes, mean over the batch."""
     zs, zt = student_logits.float(), teacher_logits.detach().float()
     y = _soft_targets(target, zs.shape[1])
@@ -45,11 +52,17 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, lam:
     log_ps_t = F.log_softmax(zs / temperature, dim=1)
     log_pt_t = F.log_softmax(zt / temperature, dim=1)
     kl = (log_pt_t.exp() * (log_pt_t - log_ps_t)).sum(dim=1).mean()
-    return (1.0 - lam) * label_loss + lam * temperature ** 2 * kl
+    return (1.0 - lam) * label_loss + lam * temperature**2 * kl
 
 
-def focusnet_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alpha: float = 1.0,
-                  beta: float = 1.0, variant: str = "report") -> Tensor:
+def focusnet_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    variant: str = "report",
+) -> Tensor:
     """Eqs. (2)-(8); variant "report" (default) or "reference" (see module docstring)."""
     if variant not in ("report", "reference"):
         raise ValueError(f"focusnet variant must be 'report' or 'reference', got {variant!r}")

@@ -20,14 +20,18 @@ def load_trained(system: System, cfg: dict, model_path: str | Path) -> torch.nn.
     try:
         model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError, KeyError) as e:
-        raise AscRayError(f"model file does not fit {system.name}: {str(e).splitlines()[0][:200]}", path=model_path,
-                          fix="re-run the stage that trained it (or --fresh)") from None
+        raise AscRayError(
+            f"model file does not fit {system.name}: {str(e).splitlines()[0][:200]}",
+            path=model_path,
+            fix="re-run the stage that trained it (or --fresh)",
+        ) from None
     return model.eval()
 
 
 @torch.no_grad()
-def predict_files(system: System, cfg: dict, model_path: str | Path, store: WaveformStore,
-                  files: Sequence[str]) -> np.ndarray:
+def predict_files(
+    system: System, cfg: dict, model_path: str | Path, store: WaveformStore, files: Sequence[str]
+) -> np.ndarray:
     """Logits [len(files), 10], eval mode, batched on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_trained(system, cfg, model_path).to(device)
@@ -35,6 +39,6 @@ def predict_files(system: System, cfg: dict, model_path: str | Path, store: Wave
     rows = np.array([store.index_of(f) for f in files])
     out = []
     for i in range(0, len(rows), EVAL_BATCH):
-        wave = torch.from_numpy(store.rows(rows[i:i + EVAL_BATCH])).to(device)
+        wave = torch.from_numpy(store.rows(rows[i : i + EVAL_BATCH])).to(device)
         out.append(model(frontend(wave)).float().cpu())
     return torch.cat(out).numpy()

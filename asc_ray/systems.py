@@ -13,13 +13,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class System:
     name: str
-    role: str            # "teacher" | "student"
-    model: str           # "passt" | "bcbl32" | "bcbl24"  (also the front-end's name)
-    fms: bool            # Freq-MixStyle on the spectrogram
-    dir: bool            # device impulse responses on device-a waveforms
-    mixup: bool          # mixup of inputs and targets
-    loss: str            # "ce" | "kd" | "focusnet"
-    needs: str | None    # logits it learns from: "teachers" (ensemble table) | "kd_ensemble" (student table)
+    role: str  # "teacher" | "student"
+    model: str  # "passt" | "bcbl32" | "bcbl24"  (also the front-end's name)
+    fms: bool  # Freq-MixStyle on the spectrogram
+    dir: bool  # device impulse responses on device-a waveforms
+    mixup: bool  # mixup of inputs and targets
+    loss: str  # "ce" | "kd" | "focusnet"
+    needs: str | None  # logits it learns from: "teachers" (ensemble table) | "kd_ensemble" (student table)
 
     @property
     def augment(self) -> str:
@@ -42,8 +42,13 @@ class System:
     def reads(self, key: str) -> bool:
         """Whether a dotted config key changes this system's training (used to apply searches where they matter)."""
         section, _, name = key.partition(".")
-        return {"kd": self.loss == "kd", "focusnet": self.loss == "focusnet", "channels": name == self.model,
-                "bcbl": self.family == "bcbl", "passt": self.family == "passt"}.get(section, True)
+        return {
+            "kd": self.loss == "kd",
+            "focusnet": self.loss == "focusnet",
+            "channels": name == self.model,
+            "bcbl": self.family == "bcbl",
+            "passt": self.family == "passt",
+        }.get(section, True)
 
 
 _SYSTEMS = [
@@ -71,5 +76,7 @@ def get_system(name: str) -> System:
     from asc_ray.errors import AscRayError
 
     if name not in SYSTEMS:
-        raise AscRayError(f"unknown system '{name}'", path="--system", fix="choose from " + ", ".join(SYSTEMS))
+        raise AscRayError(
+            f"unknown system '{name}'", path="--system", fix="choose from " + ", ".join(SYSTEMS)
+        )
     return SYSTEMS[name]

@@ -25,7 +25,7 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     """Config value, else $MLFLOW_TRACKING_URI, else MLflow's default; relative sqlite/file paths made absolute."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     elif "://" not in uri:  # a bare folder: legacy file store
         uri = Path(uri).resolve().as_uri()
     return uri
@@ -33,18 +33,21 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """Fail at start-up, before any training, when the tracking store cannot be reached."""
-    fix = ("start the server (e.g. scripts/mlflow_server.sh), fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, "
-           "or unset it to log to ./mlflow.db")
+    fix = (
+        "start the server (e.g. scripts/mlflow_server.sh), fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, "
+        "or unset it to log to ./mlflow.db"
+    )
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
                 if r.status != 200:
                     raise AscRayError(f"MLflow tracking server answered {r.status}", path=uri, fix=fix)
         except (urllib.error.URLError, OSError) as e:
-            raise AscRayError(f"MLflow tracking server unreachable: {getattr(e, 'reason', e)}", path=uri,
-                              fix=fix) from None
+            raise AscRayError(
+                f"MLflow tracking server unreachable: {getattr(e, 'reason', e)}", path=uri, fix=fix
+            ) from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+        folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise AscRayError("MLflow SQLite store's folder is missing or not writable", path=folder, fix=fix)
     Tracker(uri, "asc-ray-check")._client.search_experiments(max_results=1)
@@ -60,8 +63,12 @@ class Tracker:
         self._warned = False
 
     def __getstate__(self):
-        return {"uri": self.uri, "experiment": self.experiment, "_experiment_id": self._experiment_id,
-                "_warned": False}
+        return {
+            "uri": self.uri,
+            "experiment": self.experiment,
+            "_experiment_id": self._experiment_id,
+            "_warned": False,
+        }
 
     @property
     def _client(self):
@@ -82,8 +89,13 @@ class Tracker:
                 self._experiment_id = exp.experiment_id
         return self._experiment_id
 
-    def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_id: str | None = None,
-                  run_id: str | None = None) -> str:
+    def start_run(
+        self,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
         """A new run (child when parent_id is given), or the existing `run_id` reopened (resume)."""
         c = self._client
         if run_id:
@@ -105,7 +117,9 @@ class Tracker:
             except Exception as e:  # noqa: BLE001 - tracking must never kill training
                 if attempt == 2:
                     if not self._warned:
-                        warnings.warn(f"MLflow logging to {self.uri} failed ({e}); metrics stay on disk", stacklevel=2)
+                        warnings.warn(
+                            f"MLflow logging to {self.uri} failed ({e}); metrics stay on disk", stacklevel=2
+                        )
                         self._warned = True
                     return None
                 time.sleep(0.5 * (attempt + 1))  # sqlite "database is locked" under concurrent writers
@@ -115,7 +129,7 @@ class Tracker:
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self._safe(self._client.log_batch, run_id, params=items[i:i + 100])
+            self._safe(self._client.log_batch, run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -123,14 +137,16 @@ class Tracker:
         ts = int(time.time() * 1000)
         items = [Metric(k.replace("/", "."), float(v), ts, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
-            self._safe(self._client.log_batch, run_id, metrics=items[i:i + 500])
+            self._safe(self._client.log_batch, run_id, metrics=items[i : i + 500])
 
     def set_tags(self, run_id: str, tags: Mapping[str, object]) -> None:
         from mlflow.entities import RunTag
 
         self._safe(self._client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_artifacts(self, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+    def log_artifacts(
+        self, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None
+    ) -> None:
         for p in paths:
             p = Path(p)
             if p.is_file():

@@ -36,12 +36,12 @@ from asc_ray.data.cache import WaveformStore, build_cache
 from asc_ray.data.dataset import ClipBatches
 from asc_ray.data.holdout import split_holdout
 from asc_ray.data.irs import load_irs
-from asc_ray.data.tau import DEVICE_INDEX, SCENES, TauDataset
+from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES, TauDataset
 from asc_ray.errors import AscRayError, run_cli
 from asc_ray.features import build_frontend, frontend_sample_rate, input_shape
+from asc_ray.io import atomic_write_json
 from asc_ray.systems import System, get_system
 
-N_CLASSES = len(SCENES)
 DEVICE_A = DEVICE_INDEX["a"]
 EVAL_BATCH = 256
 
@@ -52,11 +52,11 @@ class RunData:
     """What one training needs, prepared once per process."""
 
     ds: TauDataset
-    store: WaveformStore          # waveforms at the system's sample rate
-    split_files: list[str]        # the split's training files (what teacher logits cover)
-    train_files: list[str]        # split_files minus the validation holdout
-    val_files: list[str]          # holdout: model selection only
-    test_files: list[str]         # reported, never used for selection
+    store: WaveformStore  # waveforms at the system's sample rate
+    split_files: list[str]  # the split's training files (what teacher logits cover)
+    train_files: list[str]  # split_files minus the validation holdout
+    val_files: list[str]  # holdout: model selection only
+    test_files: list[str]  # reported, never used for selection
     irs: list[torch.Tensor] | None
     teacher_logits: np.ndarray | None  # aligned with train_files (kd / focusnet students)
 
@@ -86,8 +86,15 @@ def resolve_paths(cfg: dict, data_dir: str | Path, output_dir: str | Path) -> di
     }
 
 
-def prepare_data(cfg: dict, data_dir: str | Path, output_dir: str | Path, split: int, system: System,
-                 logits: str | Path | tuple[list[str], np.ndarray] | None = None, progress: bool = True) -> RunData:
+def prepare_data(
+    cfg: dict,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    split: int,
+    system: System,
+    logits: str | Path | tuple[list[str], np.ndarray] | None = None,
+    progress: bool = True,
+) -> RunData:
     """Open the data, carve the holdout, reuse/build the waveform cache, load IRs and (for KD/TFS) the
     teacher logits: a Parquet path, or (files, logits) as the LogitAggregator hands them out."""
     from asc_ray.logits import read_logits
@@ -96,7 +103,9 @@ def prepare_data(cfg: dict, data_dir: str | Path, output_dir: str | Path, split:
     ds = TauDataset.open(paths["data_dir"], cfg["data"]["split_dir"])
     split_files = ds.split_files(split)
     train_files, val_files = split_holdout(ds, split_files, cfg["data"]["holdout_fraction"], cfg["seed"])
-    store = build_cache(ds, cache_file_list(ds), frontend_sample_rate(system.model), paths["cache_dir"], progress)
+    store = build_cache(
+        ds, cache_file_list(ds), frontend_sample_rate(system.model), paths["cache_dir"], progress
+    )
     irs = load_irs(paths["irs_dir"], store.sample_rate) if system.dir else None
     teacher_logits = None
     if system.needs:
@@ -104,8 +113,11 @@ def prepare_data(cfg: dict, data_dir: str | Path, output_dir: str | Path, split:
             pos = {f: i for i, f in enumerate(logits[0])}
             table = logits[1]
             if set(pos) != set(split_files):
-                raise AscRayError(f"teacher logits do not cover split {split}'s files", path=paths["logits_dir"],
-                                  fix="re-run the teachers stage for this split (or --fresh)")
+                raise AscRayError(
+                    f"teacher logits do not cover split {split}'s files",
+                    path=paths["logits_dir"],
+                    fix="re-run the teachers stage for this split (or --fresh)",
+                )
         else:
             path = logits or paths["logits_dir"] / f"{system.needs}_split{split}.parquet"
             table = read_logits(path, split_files)
@@ -146,6 +158,7 @@ def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per
             if step < warm:
                 return (step + 1) / warm
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -167,9 +180,18 @@ def use_channels_last(system: System, cfg: dict) -> bool:
 class Trainer:
     """Trains one system on one split; see the module docstring."""
 
-    def __init__(self, system: System, cfg: dict, data: RunData, out_dir: str | Path, split: int,
-                 log: Callable[[str], None] = print, rank: int = 0, world_size: int = 1,
-                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+    def __init__(
+        self,
+        system: System,
+        cfg: dict,
+        data: RunData,
+        out_dir: str | Path,
+        split: int,
+        log: Callable[[str], None] = print,
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
         self.out_dir = Path(out_dir)
         self.log = log if rank == 0 else (lambda _msg: None)
@@ -201,8 +223,16 @@ class Trainer:
             sel = np.arange(rank, per * world_size, world_size)
             files = [files[i] for i in sel]
             tl = None if tl is None else tl[sel]
-        self.batches = ClipBatches(data.ds, data.store, files, self.h["batch_size"], shuffle=True,
-                                   seed=self.seed, teacher_logits=tl, drop_last=len(files) > self.h["batch_size"])
+        self.batches = ClipBatches(
+            data.ds,
+            data.store,
+            files,
+            self.h["batch_size"],
+            shuffle=True,
+            seed=self.seed,
+            teacher_logits=tl,
+            drop_last=len(files) > self.h["batch_size"],
+        )
         self.opt, self.sched = build_optimizer(system, cfg, self.model, len(self.batches))
         self.epoch = 0
         self.history: list[dict] = []
@@ -210,9 +240,17 @@ class Trainer:
 
     # -- checkpoints: a folder with checkpoint.pt (+ best.pt), replaced atomically each epoch
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "epoch": self.epoch, "history": self.history, "best": self.best,
-                "torch_rng": torch.get_rng_state(), "system": self.system.name, "split": self.split}
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "torch_rng": torch.get_rng_state(),
+            "system": self.system.name,
+            "split": self.split,
+        }
 
     def save_checkpoint(self) -> Path:
         final = self.out_dir / "checkpoint"
@@ -238,13 +276,18 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=False)
             self.model.load_state_dict(state["model"])
         except (RuntimeError, KeyError, EOFError, OSError) as e:
-            raise AscRayError(f"checkpoint does not fit {self.system.name} ({str(e).splitlines()[0][:200]})",
-                              path=path, fix="delete it (or run with --fresh) to train from scratch") from None
+            raise AscRayError(
+                f"checkpoint does not fit {self.system.name} ({str(e).splitlines()[0][:200]})",
+                path=path,
+                fix="delete it (or run with --fresh) to train from scratch",
+            ) from None
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
         torch.set_rng_state(state["torch_rng"])
-        if (Path(folder) / "best.pt").is_file() and Path(folder).resolve() != (self.out_dir / "checkpoint").resolve():
+        if (Path(folder) / "best.pt").is_file() and Path(folder).resolve() != (
+            self.out_dir / "checkpoint"
+        ).resolve():
             (self.out_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(folder) / "best.pt", self.out_dir / "checkpoint" / "best.pt")
         self.log(f"[{self.tag}] resumed from epoch {self.epoch}")
@@ -263,8 +306,9 @@ class Trainer:
         s, a = self.system, self.cfg["augment"]
         wave = batch["wave"].to(self.device, non_blocking=True)
         if s.dir and self.data.irs:
-            wave = augment.dir_augment(wave, batch["device"], self.data.irs, p=a["dir_p"], device_a=DEVICE_A,
-                                       generator=gen)
+            wave = augment.dir_augment(
+                wave, batch["device"], self.data.irs, p=a["dir_p"], device_a=DEVICE_A, generator=gen
+            )
         x = self.frontend(wave)
         if s.fms:
             x = augment.freq_mixstyle(x, p=a["fms_p"], alpha=a["fms_alpha"], generator=gen)
@@ -300,8 +344,12 @@ class Trainer:
             total += loss.detach() * len(x)  # no per-step host sync
             n += len(x)
         dt = time.perf_counter() - t0
-        return {"train_loss": float(total) / max(n, 1), "samples_per_s": n / max(dt, 1e-9),
-                "lr": self.opt.param_groups[0]["lr"], "epoch_s": dt}
+        return {
+            "train_loss": float(total) / max(n, 1),
+            "samples_per_s": n / max(dt, 1e-9),
+            "lr": self.opt.param_groups[0]["lr"],
+            "epoch_s": dt,
+        }
 
     @torch.no_grad()
     def predict(self, files: list[str], state_dict: dict | None = None) -> np.ndarray:
@@ -335,7 +383,9 @@ class Trainer:
         select = self.cfg["train"]["select"]
         if select == "val" and not self.data.val_files:
             # a tiny split with one recording per scene has no holdout: fall back honestly, never to test
-            self.log(f"[{self.tag}] no validation holdout (one recording per scene): selecting the last epoch")
+            self.log(
+                f"[{self.tag}] no validation holdout (one recording per scene): selecting the last epoch"
+            )
             select = "last"
         self.select = select
         every = max(1, self.cfg["train"]["eval_every"])
@@ -349,13 +399,17 @@ class Trainer:
                     self.best = {"val_macro_acc": m["val_macro_acc"], "epoch": self.epoch - 1}
             elif select == "last":
                 self.best = {"val_macro_acc": float("nan"), "epoch": self.epoch - 1}
-            m.setdefault("val_macro_acc", float("nan"))  # every report carries the selection metric (Tune needs it)
+            m.setdefault(
+                "val_macro_acc", float("nan")
+            )  # every report carries the selection metric (Tune needs it)
             m["epoch"] = self.epoch
             self.history.append(m)
             ckpt = self.save_checkpoint() if self.rank == 0 else None
             val = "" if math.isnan(m["val_macro_acc"]) else f" val_macro_acc {100 * m['val_macro_acc']:.1f}%"
-            self.log(f"[{self.tag}] epoch {self.epoch}/{epochs} loss {m['train_loss']:.3f}{val} "
-                     f"({m['epoch_s']:.0f}s, {m['samples_per_s']:.0f} samples/s)")
+            self.log(
+                f"[{self.tag}] epoch {self.epoch}/{epochs} loss {m['train_loss']:.3f}{val} "
+                f"({m['epoch_s']:.0f}s, {m['samples_per_s']:.0f} samples/s)"
+            )
             if report is not None:
                 report(m, ckpt)
         return self.finish() if self.rank == 0 else {}
@@ -365,7 +419,9 @@ class Trainer:
         from asc_ray.complexity import check_student, export_fp16, measure
         from asc_ray.export import plot_class_accuracy, plot_confusion, write_dcase_output
 
-        best = torch.load(self.out_dir / "checkpoint" / "best.pt", map_location=self.device, weights_only=True)
+        best = torch.load(
+            self.out_dir / "checkpoint" / "best.pt", map_location=self.device, weights_only=True
+        )
         test_logits, res = self.evaluate(self.data.test_files, best)
         model = build_model(self.system, self.cfg, pretrained=False)
         model.load_state_dict(best)
@@ -376,13 +432,19 @@ class Trainer:
         if self.system.role == "student":
             check_student(cx, self.system.name)
             files["model_fp16"] = export_fp16(model, out / "model_fp16.pt")
-        files["output"] = write_dcase_output(out / "output.csv", self.data.test_files, test_logits, cx.to_dict())
+        files["output"] = write_dcase_output(
+            out / "output.csv", self.data.test_files, test_logits, cx.to_dict()
+        )
         files["complexity"] = out / "output.complexity.json"
         class_acc = {k.split("/", 1)[1]: v for k, v in res.metrics.items() if k.startswith("class_acc/")}
-        files["class_plot"] = plot_class_accuracy({self.system.name: class_acc}, out / "class_accuracy.png",
-                                                  f"{self.system.name}, split {self.split}: class-wise test accuracy")
-        files["confusion_plot"] = plot_confusion(res.confusion, out / "confusion.png",
-                                                 f"{self.system.name}, split {self.split}: test confusion")
+        files["class_plot"] = plot_class_accuracy(
+            {self.system.name: class_acc},
+            out / "class_accuracy.png",
+            f"{self.system.name}, split {self.split}: class-wise test accuracy",
+        )
+        files["confusion_plot"] = plot_confusion(
+            res.confusion, out / "confusion.png", f"{self.system.name}, split {self.split}: test confusion"
+        )
         np.save(out / "confusion.npy", res.confusion)
         if self.system.feeds:
             # logits over the split's training files: what the next stage learns from
@@ -390,31 +452,33 @@ class Trainer:
             np.save(out / "split_logits.npy", split_logits)
             files["split_logits"] = out / "split_logits.npy"
         result = {
-            "system": self.system.name, "split": self.split, "role": self.system.role,
-            "augment": self.system.augment, "selected_epoch": self.best["epoch"] + 1,
+            "system": self.system.name,
+            "split": self.split,
+            "role": self.system.role,
+            "augment": self.system.augment,
+            "selected_epoch": self.best["epoch"] + 1,
             "selected_on": getattr(self, "select", self.cfg["train"]["select"]),
             "val_macro_acc": self.best["val_macro_acc"],
             **{f"test_{k}": v for k, v in res.metrics.items()},
-            "params": cx.params, "macs": cx.macs,
+            "params": cx.params,
+            "macs": cx.macs,
             "files": {k: str(v) for k, v in files.items()},
         }
-        _write_json(out / "result.json", result)
-        self.log(f"[{self.tag}] done: test macro accuracy {100 * result['test_macro_acc']:.2f}% "
-                 f"(selected epoch {result['selected_epoch']} on {getattr(self, 'select', 'val')}), "
-                 f"{cx.params:,} params, {cx.macs / 1e6:.1f} M MACs")
+        atomic_write_json(out / "result.json", result)
+        self.log(
+            f"[{self.tag}] done: test macro accuracy {100 * result['test_macro_acc']:.2f}% "
+            f"(selected epoch {result['selected_epoch']} on {getattr(self, 'select', 'val')}), "
+            f"{cx.params:,} params, {cx.macs / 1e6:.1f} M MACs"
+        )
         return result
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def unit_key(cfg: dict, system: System, split: int, data_key: str, upstream: str = "") -> str:
     """What a trained model depends on: the parts of the config it reads, the data, and its inputs' keys."""
     parts = {k: cfg[k] for k in ("seed", "augment", "train")}
-    parts.update({system.family: cfg[system.family], "data": {k: cfg["data"][k] for k in ("holdout_fraction",)}})
+    parts.update(
+        {system.family: cfg[system.family], "data": {k: cfg["data"][k] for k in ("holdout_fraction",)}}
+    )
     if system.model in cfg["channels"]:
         parts["channels"] = cfg["channels"][system.model]
     if system.loss == "kd":
@@ -426,16 +490,24 @@ def unit_key(cfg: dict, system: System, split: int, data_key: str, upstream: str
 
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m asc_ray.train", description="Train and evaluate one model (no Ray).")
-    p.add_argument("--system", required=True, help="teacher or student name, e.g. baseline, bcbl24, bcbl32_fms")
+    p = argparse.ArgumentParser(
+        prog="python -m asc_ray.train", description="Train and evaluate one model (no Ray)."
+    )
+    p.add_argument(
+        "--system", required=True, help="teacher or student name, e.g. baseline, bcbl24, bcbl32_fms"
+    )
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", type=int, required=True, choices=(5, 10, 25, 50, 100))
     p.add_argument("--output-dir", required=True)
     p.add_argument("--epochs", type=int, default=None, help="override the system's epochs")
     p.add_argument("--profile", default="full", choices=("full", "smoke"))
     p.add_argument("--config", default=None)
-    p.add_argument("--logits", default=None, help="logits table for kd_ensemble / tfs "
-                                                  "(default <output-dir>/logits/<teachers|kd_ensemble>_split<N>.parquet)")
+    p.add_argument(
+        "--logits",
+        default=None,
+        help="logits table for kd_ensemble / tfs "
+        "(default <output-dir>/logits/<teachers|kd_ensemble>_split<N>.parquet)",
+    )
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
@@ -447,14 +519,26 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.output_dir) / f"split{a.split}" / system.name
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, a.data_dir, a.output_dir, a.split, system, a.logits)
-    print(f"[{system.name} split{a.split}] {len(data.train_files)} train / {len(data.val_files)} validation / "
-          f"{len(data.test_files)} test clips; device {'cuda' if torch.cuda.is_available() else 'cpu'}", flush=True)
+    print(
+        f"[{system.name} split{a.split}] {len(data.train_files)} train / {len(data.val_files)} validation / "
+        f"{len(data.test_files)} test clips; device {'cuda' if torch.cuda.is_available() else 'cpu'}",
+        flush=True,
+    )
     trainer = Trainer(system, cfg, data, out, a.split, log=lambda m: print(m, flush=True))
     if (out / "checkpoint" / "checkpoint.pt").is_file() and not a.fresh:
         trainer.load_checkpoint(out / "checkpoint")
     result = trainer.fit()
-    print(json.dumps({k: v for k, v in result.items() if not k.startswith(("test_class_acc", "test_device_acc"))
-                      and k != "files"}, indent=1, default=float))
+    print(
+        json.dumps(
+            {
+                k: v
+                for k, v in result.items()
+                if not k.startswith(("test_class_acc", "test_device_acc")) and k != "files"
+            },
+            indent=1,
+            default=float,
+        )
+    )
     print(f"outputs in {out}")
     return 0
 

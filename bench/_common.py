@@ -32,8 +32,10 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{os.cpu_count()} cores, {cpu_model()}, {gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); {time.strftime('%Y-%m-%d %H:%M')}")
+    return (
+        f"{os.cpu_count()} cores, {cpu_model()}, {gpu}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); {time.strftime('%Y-%m-%d %H:%M')}"
+    )
 
 
 def load1() -> float:
@@ -46,7 +48,11 @@ def header(name: str) -> None:
 
 def footer() -> None:
     la = load1()
-    warn = " (HIGH: others were using the CPU, re-run under the lock)" if la > (os.cpu_count() or 1) + 0.5 else ""
+    warn = (
+        " (HIGH: others were using the CPU, re-run under the lock)"
+        if la > (os.cpu_count() or 1) + 0.5
+        else ""
+    )
     print(f"# load average after: {la:.2f}{warn}", flush=True)
 
 
@@ -65,6 +71,11 @@ def random_teacher_logits(data_dir: str | Path, split: int, out_path: str | Path
     ds = TauDataset.open(data_dir)
     files = ds.split_files(split)
     rng = np.random.default_rng(seed)
-    return write_logits_table(out_path, files, [ds.clips[f].scene_label for f in files], ds.devices(files),
-                              {"random_teacher": rng.normal(0, 2, (len(files), 10)).astype(np.float32)},
-                              metadata={"note": "random logits made by bench/ for a throughput measurement"})
+    return write_logits_table(
+        out_path,
+        files,
+        [ds.clips[f].scene_label for f in files],
+        ds.devices(files),
+        {"random_teacher": rng.normal(0, 2, (len(files), 10)).astype(np.float32)},
+        metadata={"note": "random logits made by bench/ for a throughput measurement"},
+    )

@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--sample-rate", type=int, default=32000)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--passes", type=int, default=5, help="shuffled passes over the cache (the first is not counted)")
+    p.add_argument(
+        "--passes", type=int, default=5, help="shuffled passes over the cache (the first is not counted)"
+    )
     a = p.parse_args(argv)
     header("cache_throughput (build_cache, WaveformStore.rows)")
     ds = TauDataset.open(a.data_dir)

@@ -32,9 +32,18 @@ class UtilSampler:
     def _run(self):
         while not self._stop:
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                      "-i", str(torch.cuda.current_device())], capture_output=True, text=True,
-                                     timeout=5).stdout.strip()
+                out = subprocess.run(
+                    [
+                        "nvidia-smi",
+                        "--query-gpu=utilization.gpu",
+                        "--format=csv,noheader,nounits",
+                        "-i",
+                        str(torch.cuda.current_device()),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.strip()
                 self.values.append(float(out.splitlines()[0]))
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 pass

@@ -66,8 +66,9 @@ def tree_memory(root: int) -> tuple[float, float]:
 def run_once(cmd: list[str], env: dict, label: str) -> dict:
     """Run cmd, echo its output, return wall time, stage times and per-stage peak memory."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     state = {"stage": "setup", "peak": {}, "stages": {}, "stop": False}
     order = ["setup", "teachers", "logits", "students", "evaluate", "shutdown"]
 
@@ -104,8 +105,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output-dir", default=None)
     p.add_argument("--keep", action="store_true", help="keep the output dir")
-    p.add_argument("--command", default="bash scripts/run_local.sh",
-                   help="the command to measure (default: the README main command)")
+    p.add_argument(
+        "--command",
+        default="bash scripts/run_local.sh",
+        help="the command to measure (default: the README main command)",
+    )
     p.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra args for the command")
     a = p.parse_args(argv)
     extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra

@@ -40,7 +40,11 @@ def train_once(cfg: dict, data_dir: str, work: str, split: int, table: str, out:
     t2 = time.perf_counter()
     sps = [h["samples_per_s"] for h in trainer.history]
     eps = [h["epoch_s"] for h in trainer.history]
-    steady = sum(s * e for s, e in zip(sps[1:], eps[1:], strict=True)) / max(sum(eps[1:]), 1e-9) if len(sps) > 1 else sps[0]
+    steady = (
+        sum(s * e for s, e in zip(sps[1:], eps[1:], strict=True)) / max(sum(eps[1:]), 1e-9)
+        if len(sps) > 1
+        else sps[0]
+    )
     return {"setup_s": t1 - t0, "fit_s": t2 - t1, "steady_sps": steady, "epoch_s": eps}
 
 
@@ -50,26 +54,50 @@ def tune_side(cfg, a, work, table) -> dict:
 
     def trainable(config):
         def report(m, ckpt):
-            tune.report({k: v for k, v in m.items() if isinstance(v, (int, float))},
-                        checkpoint=tune.Checkpoint.from_directory(str(ckpt)) if ckpt else None)
+            tune.report(
+                {k: v for k, v in m.items() if isinstance(v, (int, float))},
+                checkpoint=tune.Checkpoint.from_directory(str(ckpt)) if ckpt else None,
+            )
 
-        r = train_once(config["cfg"], config["data_dir"], config["work"], config["split"], config["table"],
-                       config["out"], report)
+        r = train_once(
+            config["cfg"],
+            config["data_dir"],
+            config["work"],
+            config["split"],
+            config["table"],
+            config["out"],
+            report,
+        )
         tune.report({"final": 1, "fit_s": r["fit_s"], "setup_s": r["setup_s"], "steady_sps": r["steady_sps"]})
 
     n = os.cpu_count() or 1
     t0 = time.perf_counter()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    ray.init(
+        address="local",
+        num_cpus=n,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
     t1 = time.perf_counter()
     try:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": n}),
-            param_space={"cfg": cfg, "data_dir": str(Path(a.data_dir).resolve()), "work": str(work),
-                         "split": a.split, "table": str(table), "out": str(work / "tune_out")},
-            run_config=tune.RunConfig(name="ray_overhead", storage_path=str(work / "ray_results"), verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            param_space={
+                "cfg": cfg,
+                "data_dir": str(Path(a.data_dir).resolve()),
+                "work": str(work),
+                "split": a.split,
+                "table": str(table),
+                "out": str(work / "tune_out"),
+            },
+            run_config=tune.RunConfig(
+                name="ray_overhead",
+                storage_path=str(work / "ray_results"),
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
         )
         grid = tuner.fit()
         t2 = time.perf_counter()
@@ -80,8 +108,15 @@ def tune_side(cfg, a, work, table) -> dict:
     if res.error:
         raise SystemExit(f"the Tune trial failed: {res.error}")
     m = res.metrics
-    return {"init_s": t1 - t0, "tuner_fit_s": t2 - t1, "shutdown_s": t3 - t2, "total_s": t3 - t0,
-            "fit_s": m["fit_s"], "setup_s": m["setup_s"], "steady_sps": m["steady_sps"]}
+    return {
+        "init_s": t1 - t0,
+        "tuner_fit_s": t2 - t1,
+        "shutdown_s": t3 - t2,
+        "total_s": t3 - t0,
+        "fit_s": m["fit_s"],
+        "setup_s": m["setup_s"],
+        "steady_sps": m["steady_sps"],
+    }
 
 
 def main(argv=None) -> int:

@@ -77,18 +77,28 @@ class NaiveClips(torch.utils.data.Dataset):
     def __getitem__(self, i):
         wave, sr = sf.read(self.paths[i], dtype="float32")
         wave = AF.resample(torch.from_numpy(wave), sr, self.sr)
-        return {"wave": wave, "label": self.labels[i], "device": self.devices[i], "index": i,
-                "teacher_logits": self.teacher[i]}
+        return {
+            "wave": wave,
+            "label": self.labels[i],
+            "device": self.devices[i],
+            "index": i,
+            "teacher_logits": self.teacher[i],
+        }
 
 
 class NaiveBatches:
     """Drop-in for ClipBatches in Trainer (set_epoch, len, iter) backed by a DataLoader."""
 
     def __init__(self, dataset, batch_size, seed, workers, drop_last):
-        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                                  num_workers=workers, drop_last=drop_last,
-                                                  generator=torch.Generator().manual_seed(seed),
-                                                  persistent_workers=workers > 0)
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=workers > 0,
+        )
 
     def set_epoch(self, epoch):
         pass
@@ -106,8 +116,10 @@ def run_epochs(trainer: Trainer, epochs: int, label: str) -> float:
     for e in range(epochs):
         m = trainer.train_epoch()
         trainer.epoch += 1
-        print(f"  {label} epoch {e + 1}/{epochs}: {m['samples_per_s']:.1f} samples/s ({m['epoch_s']:.1f}s)",
-              flush=True)
+        print(
+            f"  {label} epoch {e + 1}/{epochs}: {m['samples_per_s']:.1f} samples/s ({m['epoch_s']:.1f}s)",
+            flush=True,
+        )
         if e > 0 or epochs == 1:
             n += m["samples_per_s"] * m["epoch_s"]
             dt += m["epoch_s"]
@@ -134,15 +146,29 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=3, help="epochs per path; the first is not counted (unless 1)")
-    p.add_argument("--profile", default="full", choices=("full", "smoke"),
-                   help="config profile (full: batch 256, the report's; smoke: batch 16, 1 thread)")
+    p.add_argument(
+        "--epochs", type=int, default=3, help="epochs per path; the first is not counted (unless 1)"
+    )
+    p.add_argument(
+        "--profile",
+        default="full",
+        choices=("full", "smoke"),
+        help="config profile (full: batch 256, the report's; smoke: batch 16, 1 thread)",
+    )
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--work-dir", default=None, help="cache + logits table + checkpoints (default: a temp dir)")
+    p.add_argument(
+        "--work-dir", default=None, help="cache + logits table + checkpoints (default: a temp dir)"
+    )
     p.add_argument("--skip-naive", action="store_true", help="measure the real path only")
-    p.add_argument("--naive-workers", type=int, default=0,
-                   help="DataLoader workers of the naive loop (default 0: on 2 cores workers compete with the model)")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.compile=true train.num_threads=2")
+    p.add_argument(
+        "--naive-workers",
+        type=int,
+        default=0,
+        help="DataLoader workers of the naive loop (default 0: on 2 cores workers compete with the model)",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. train.compile=true train.num_threads=2"
+    )
     a = p.parse_args(argv)
     header("student_throughput (kd_ensemble, Trainer.train_epoch)")
     overrides = list(a.overrides) + [f"bcbl.epochs={a.epochs}"]
@@ -155,9 +181,12 @@ def main(argv=None) -> int:
     print(f"# teachers table with RANDOM logits: {table}", flush=True)
     t = time.perf_counter()
     data = prepare_data(cfg, a.data_dir, work, a.split, system, logits=table, progress=False)
-    print(f"# data prepared (cache reused or built) in {time.perf_counter() - t:.1f}s; {len(data.train_files)} "
-          f"training clips; batch {cfg['bcbl']['batch_size']}; channels_last {cfg['train']['channels_last']}, "
-          f"compile {cfg['train']['compile']}, num_threads {cfg['train']['num_threads']}", flush=True)
+    print(
+        f"# data prepared (cache reused or built) in {time.perf_counter() - t:.1f}s; {len(data.train_files)} "
+        f"training clips; batch {cfg['bcbl']['batch_size']}; channels_last {cfg['train']['channels_last']}, "
+        f"compile {cfg['train']['compile']}, num_threads {cfg['train']['num_threads']}",
+        flush=True,
+    )
 
     trainer = Trainer(system, cfg, data, work / "real", a.split, log=lambda m: None)
     print(f"# torch threads {torch.get_num_threads()}", flush=True)
@@ -176,10 +205,13 @@ def main(argv=None) -> int:
 
     if not a.skip_naive:
         naive = Trainer(system, cfg, data, work / "naive", a.split, log=lambda m: None)
-        naive.batches = NaiveBatches(NaiveClips(data.ds, data.train_files, data.store.sample_rate,
-                                                data.teacher_logits),
-                                     cfg["bcbl"]["batch_size"], cfg["seed"], a.naive_workers,
-                                     drop_last=len(data.train_files) > cfg["bcbl"]["batch_size"])
+        naive.batches = NaiveBatches(
+            NaiveClips(data.ds, data.train_files, data.store.sample_rate, data.teacher_logits),
+            cfg["bcbl"]["batch_size"],
+            cfg["seed"],
+            a.naive_workers,
+            drop_last=len(data.train_files) > cfg["bcbl"]["batch_size"],
+        )
         with Counter() as c:
             slow = run_epochs(naive, a.epochs, "naive")
         figure("naive_decodes_during_epochs", c.reads, "d")

@@ -20,18 +20,23 @@ LENGTH_TOLERANCE = 1  # samples; a clip one sample long or short is padded / tri
 REPLACE = "replace the file with a good copy from the dataset archive (re-extract it)"
 
 
-def read_wav(path: Path, expected_sr: int = SOURCE_SAMPLE_RATE,
-             expected_seconds: float | None = CLIP_SECONDS) -> np.ndarray:  # fmt: skip
+def read_wav(
+    path: Path, expected_sr: int = SOURCE_SAMPLE_RATE, expected_seconds: float | None = CLIP_SECONDS
+) -> np.ndarray:
     """float32 mono waveform [n] of a WAV file; AscRayError naming the file when it is not usable."""
     path = Path(path)
     if not path.is_file():
-        raise AscRayError("audio file not found", path=path,
-                          fix="check that the data directory is complete (audio/ as in meta.csv); " + REPLACE)  # fmt: skip
+        raise AscRayError(
+            "audio file not found",
+            path=path,
+            fix="check that the data directory is complete (audio/ as in meta.csv); " + REPLACE,
+        )
     try:
         wave, sr = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as e:
-        raise AscRayError(f"cannot read audio file (corrupt, truncated or not a WAV): {e}", path=path,
-                          fix=REPLACE) from None  # fmt: skip
+        raise AscRayError(
+            f"cannot read audio file (corrupt, truncated or not a WAV): {e}", path=path, fix=REPLACE
+        ) from None
     if wave.shape[0] == 0:
         raise AscRayError("audio file is empty (no samples)", path=path, fix=REPLACE)
     if sr != expected_sr:

@@ -48,8 +48,11 @@ class WaveformStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not (self.path / COMPLETE).is_file():
-            raise AscRayError("waveform cache is incomplete (no COMPLETE marker)", path=self.path,
-                              fix="delete this folder; it is rebuilt on the next run")  # fmt: skip
+            raise AscRayError(
+                "waveform cache is incomplete (no COMPLETE marker)",
+                path=self.path,
+                fix="delete this folder; it is rebuilt on the next run",
+            )
         index = json.loads((self.path / "index.json").read_text())
         self.sample_rate: int = index["sample_rate"]
         self.n_samples: int = index["n_samples"]
@@ -57,8 +60,11 @@ class WaveformStore:
         self._row = {f: i for i, f in enumerate(self.files)}
         self._data = np.load(self.path / "waves.npy", mmap_mode="r")
         if self._data.shape != (len(self.files), self.n_samples) or self._data.dtype != np.int16:
-            raise AscRayError(f"waveform cache is inconsistent: array {self._data.shape} {self._data.dtype}",
-                              path=self.path, fix="delete this folder; it is rebuilt on the next run")  # fmt: skip
+            raise AscRayError(
+                f"waveform cache is inconsistent: array {self._data.shape} {self._data.dtype}",
+                path=self.path,
+                fix="delete this folder; it is rebuilt on the next run",
+            )
 
     def __reduce__(self):  # pickled (to Ray workers) as its path: never copy the memory map itself
         return (WaveformStore, (self.path,))
@@ -70,8 +76,11 @@ class WaveformStore:
         try:
             return self._row[filename]
         except KeyError:
-            raise AscRayError(f"{filename} is not in the waveform cache", path=self.path,
-                              fix="build the cache over every file you use (build_cache(ds, files, ...))") from None  # fmt: skip
+            raise AscRayError(
+                f"{filename} is not in the waveform cache",
+                path=self.path,
+                fix="build the cache over every file you use (build_cache(ds, files, ...))",
+            ) from None
 
     def rows(self, idx: np.ndarray | Sequence[int]) -> np.ndarray:
         """float32 [len(idx), n_samples] in [-1, 1)."""
@@ -91,8 +100,11 @@ def _stat(ds: TauDataset, filename: str) -> os.stat_result:
     try:
         return path.stat()
     except OSError:
-        raise AscRayError("audio file not found", path=path,
-                          fix="check that the data directory is complete (audio/ as listed in meta.csv)") from None  # fmt: skip
+        raise AscRayError(
+            "audio file not found",
+            path=path,
+            fix="check that the data directory is complete (audio/ as listed in meta.csv)",
+        ) from None
 
 
 def cache_key(ds: TauDataset, files: Sequence[str], sample_rate: int) -> str:
@@ -118,12 +130,14 @@ def _to_pcm16(x: torch.Tensor) -> np.ndarray:
     return torch.round(x * PCM_SCALE).to(torch.int16).numpy()
 
 
-def build_cache(ds: TauDataset, files: Sequence[str], sample_rate: int, cache_dir: str | Path,
-                progress: bool = True) -> WaveformStore:  # fmt: skip
+def build_cache(
+    ds: TauDataset, files: Sequence[str], sample_rate: int, cache_dir: str | Path, progress: bool = True
+) -> WaveformStore:
     """Decode `files` once at `sample_rate` into cache_dir/<sr>_<key16>/, or reuse that folder if it is there."""
     if not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise AscRayError(f"sample rate must be a positive integer, got {sample_rate!r}",
-                          fix="use e.g. 32000 or 44100")  # fmt: skip
+        raise AscRayError(
+            f"sample rate must be a positive integer, got {sample_rate!r}", fix="use e.g. 32000 or 44100"
+        )
     files = sorted(set(files))
     if not files:
         raise AscRayError("no files to cache", fix="pass the split's (or test set's) file names")
@@ -131,8 +145,9 @@ def build_cache(ds: TauDataset, files: Sequence[str], sample_rate: int, cache_di
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise AscRayError(f"cannot create the cache folder: {e.strerror}", path=cache_dir,
-                          fix="choose a writable cache_dir") from None  # fmt: skip
+        raise AscRayError(
+            f"cannot create the cache folder: {e.strerror}", path=cache_dir, fix="choose a writable cache_dir"
+        ) from None
     name = f"{sample_rate}_{cache_key(ds, files, sample_rate)[:16]}"
     final = cache_dir / name
     with _locked(cache_dir / f"{name}.lock"):
@@ -155,8 +170,14 @@ def _decode_into(ds: TauDataset, files: list[str], sample_rate: int, out: Path, 
     n_src = round(CLIP_SECONDS * SOURCE_SAMPLE_RATE)
     n_out = int(AF.resample(torch.zeros(1, n_src), SOURCE_SAMPLE_RATE, sample_rate).shape[-1])
     waves = np.lib.format.open_memmap(out / "waves.npy", mode="w+", dtype=np.int16, shape=(len(files), n_out))
-    bar = tqdm(total=len(files), desc=f"decoding clips at {sample_rate} Hz", unit="clip", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(files),
+        desc=f"decoding clips at {sample_rate} Hz",
+        unit="clip",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for start in range(0, len(files), BATCH):
             names = files[start : start + BATCH]

@@ -20,9 +20,17 @@ from asc_ray.errors import AscRayError
 class ClipBatches:
     """Iterable of batch dicts; one pass is one epoch. Call set_epoch(e) before each epoch when shuffling."""
 
-    def __init__(self, ds: TauDataset, store: WaveformStore, files: Sequence[str], batch_size: int,
-                 shuffle: bool, seed: int = 0, teacher_logits: np.ndarray | None = None,
-                 drop_last: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        ds: TauDataset,
+        store: WaveformStore,
+        files: Sequence[str],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        teacher_logits: np.ndarray | None = None,
+        drop_last: bool = False,
+    ):
         if batch_size < 1:
             raise AscRayError(f"batch size must be >= 1, got {batch_size}", fix="set batch_size to e.g. 256")
         self.files = list(files)
@@ -44,8 +52,9 @@ class ClipBatches:
                     fix="join the logits table to the file list by filename before passing it",
                 )
             if not np.isfinite(t).all():
-                raise AscRayError("teacher logits contain NaN or infinite values",
-                                  fix="recompute the teacher logits")  # fmt: skip
+                raise AscRayError(
+                    "teacher logits contain NaN or infinite values", fix="recompute the teacher logits"
+                )
             self._teacher = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
 
     def set_epoch(self, epoch: int) -> None:

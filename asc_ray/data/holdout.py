@@ -16,8 +16,9 @@ from asc_ray.data.tau import SCENE_INDEX, SCENES, TauDataset
 from asc_ray.errors import AscRayError
 
 
-def split_holdout(ds: TauDataset, files: Sequence[str], fraction: float = 0.1,
-                  seed: int = 0) -> tuple[list[str], list[str]]:  # fmt: skip
+def split_holdout(
+    ds: TauDataset, files: Sequence[str], fraction: float = 0.1, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """(train, val), both in the order of `files`: disjoint, union == files, no recording on both sides.
 
     Per scene: a random (seeded) order of its recordings; each is moved to validation when that brings the
@@ -26,12 +27,15 @@ def split_holdout(ds: TauDataset, files: Sequence[str], fraction: float = 0.1,
     validation (its smallest) when fraction > 0, unless that would take more than half of the scene.
     """
     if not 0.0 <= fraction < 1.0:
-        raise AscRayError(f"holdout fraction must be in [0, 1), got {fraction!r}",
-                          fix="use e.g. 0.1 (10 % of each scene's clips for validation)")  # fmt: skip
+        raise AscRayError(
+            f"holdout fraction must be in [0, 1), got {fraction!r}",
+            fix="use e.g. 0.1 (10 % of each scene's clips for validation)",
+        )
     files = list(files)
     if len(set(files)) != len(files):
-        raise AscRayError("the file list given to the holdout has duplicates",
-                          fix="pass each training file once")  # fmt: skip
+        raise AscRayError(
+            "the file list given to the holdout has duplicates", fix="pass each training file once"
+        )
 
     # recordings: identifier -> files; a recording belongs to its majority scene (TAU: its only scene)
     rec_files: dict[str, list[str]] = defaultdict(list)

@@ -23,12 +23,18 @@ def load_irs(folder: str | Path, sample_rate: int) -> list[torch.Tensor]:
     """float32 mono IRs [length] at `sample_rate`, each with sum of squares 1, in file-name order."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise AscRayError("impulse response folder not found", path=folder,
-                          fix=f"point data.irs_dir (default <data-dir>/irs) at {EXPECTED}, or leave the *_dir teachers out of teachers.systems")  # fmt: skip
+        raise AscRayError(
+            "impulse response folder not found",
+            path=folder,
+            fix=f"point data.irs_dir (default <data-dir>/irs) at {EXPECTED}, or leave the *_dir teachers out of teachers.systems",
+        )
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".wav")
     if not paths:
-        raise AscRayError("impulse response folder has no .wav file", path=folder,
-                          fix=f"point data.irs_dir (default <data-dir>/irs) at {EXPECTED}, or leave the *_dir teachers out of teachers.systems")  # fmt: skip
+        raise AscRayError(
+            "impulse response folder has no .wav file",
+            path=folder,
+            fix=f"point data.irs_dir (default <data-dir>/irs) at {EXPECTED}, or leave the *_dir teachers out of teachers.systems",
+        )
     irs = []
     for p in paths:
         fix = f"replace or remove this file; the folder must hold only usable IRs ({EXPECTED})"

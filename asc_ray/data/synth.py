@@ -47,17 +47,17 @@ CHUNK = 64  # clips synthesised at once (bounded memory)
 # scene -> (noise slope, band centre Hz, band width oct, band gain dB, tones Hz, tone level,
 #           AM rate Hz, AM depth, transients per s, transient decay s, transient centre Hz)
 SCENE_PARAMS = {
-    "airport":           (1.0, 500, 1.5, 6, (), 0.0, 0.3, 0.2, 1.0, 0.080, 1000),
-    "bus":               (1.6, 120, 1.0, 10, (95, 190), 0.3, 1.5, 0.3, 0.5, 0.050, 300),
-    "metro":             (1.3, 250, 1.0, 8, (400, 800), 0.25, 4.0, 0.4, 2.0, 0.030, 2000),
-    "metro_station":     (1.1, 800, 1.5, 5, (400,), 0.1, 0.5, 0.3, 2.5, 0.060, 1500),
-    "park":              (0.6, 4000, 1.0, 8, (3200, 4100), 0.15, 8.0, 0.5, 3.0, 0.020, 4000),
-    "public_square":     (0.9, 1500, 2.0, 4, (), 0.0, 1.0, 0.3, 4.0, 0.025, 2500),
-    "shopping_mall":     (1.0, 700, 1.5, 5, (), 0.0, 0.4, 0.2, 1.5, 0.100, 1200),
+    "airport": (1.0, 500, 1.5, 6, (), 0.0, 0.3, 0.2, 1.0, 0.080, 1000),
+    "bus": (1.6, 120, 1.0, 10, (95, 190), 0.3, 1.5, 0.3, 0.5, 0.050, 300),
+    "metro": (1.3, 250, 1.0, 8, (400, 800), 0.25, 4.0, 0.4, 2.0, 0.030, 2000),
+    "metro_station": (1.1, 800, 1.5, 5, (400,), 0.1, 0.5, 0.3, 2.5, 0.060, 1500),
+    "park": (0.6, 4000, 1.0, 8, (3200, 4100), 0.15, 8.0, 0.5, 3.0, 0.020, 4000),
+    "public_square": (0.9, 1500, 2.0, 4, (), 0.0, 1.0, 0.3, 4.0, 0.025, 2500),
+    "shopping_mall": (1.0, 700, 1.5, 5, (), 0.0, 0.4, 0.2, 1.5, 0.100, 1200),
     "street_pedestrian": (0.9, 1800, 2.0, 4, (), 0.0, 1.5, 0.4, 5.0, 0.015, 3000),
-    "street_traffic":    (1.8, 80, 1.5, 10, (), 0.0, 0.2, 0.6, 0.5, 0.200, 500),
-    "tram":              (1.3, 300, 1.0, 8, (600, 1200), 0.2, 3.0, 0.4, 1.5, 0.040, 1800),
-}  # fmt: skip
+    "street_traffic": (1.8, 80, 1.5, 10, (), 0.0, 0.2, 0.6, 0.5, 0.200, 500),
+    "tram": (1.3, 300, 1.0, 8, (600, 1200), 0.2, 3.0, 0.4, 1.5, 0.040, 1800),
+}
 
 # device -> (high-pass Hz, low-pass Hz, (resonance Hz, gain dB), tilt dB/oct above 1 kHz, noise floor)
 DEVICE_PARAMS = {
@@ -164,11 +164,17 @@ def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
     """Write the dataset to `out` (must be empty or absent); returns `out`."""
     out = Path(out).expanduser()
     if clips_per_class < 3:
-        raise AscRayError(f"--clips-per-class must be >= 3 (two train recordings and one test recording "
-                          f"per scene), got {clips_per_class}", fix="use e.g. 40")  # fmt: skip
+        raise AscRayError(
+            f"--clips-per-class must be >= 3 (two train recordings and one test recording "
+            f"per scene), got {clips_per_class}",
+            fix="use e.g. 40",
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AscRayError("output directory exists and is not empty", path=out,
-                          fix="choose a new --out directory or delete this one")  # fmt: skip
+        raise AscRayError(
+            "output directory exists and is not empty",
+            path=out,
+            fix="choose a new --out directory or delete this one",
+        )
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
@@ -239,9 +245,12 @@ def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
             out / "irs" / f"ir{i:02d}_{sr}hz_{ch}ch.wav", ir if ch > 1 else ir[:, 0], sr, subtype=subtype
         )
 
-    print(f"wrote a synthetic TAU22-layout dataset to {out}: {len(rows)} clips "
-          f"(train {len(train_rows)}, test {len(test_rows)}), {len(SCENES)} scenes, splits "
-          + ", ".join(f"{p}%={len(splits[p])}" for p in SPLITS) + f", {len(IR_SPECS)} impulse responses")  # fmt: skip
+    print(
+        f"wrote a synthetic TAU22-layout dataset to {out}: {len(rows)} clips "
+        f"(train {len(train_rows)}, test {len(test_rows)}), {len(SCENES)} scenes, splits "
+        + ", ".join(f"{p}%={len(splits[p])}" for p in SPLITS)
+        + f", {len(IR_SPECS)} impulse responses"
+    )
     return out
 
 

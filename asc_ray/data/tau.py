@@ -22,9 +22,18 @@ import numpy as np
 from asc_ray.errors import AscRayError
 
 SCENES: tuple[str, ...] = (
-    "airport", "bus", "metro", "metro_station", "park",
-    "public_square", "shopping_mall", "street_pedestrian", "street_traffic", "tram",
-)  # fmt: skip
+    "airport",
+    "bus",
+    "metro",
+    "metro_station",
+    "park",
+    "public_square",
+    "shopping_mall",
+    "street_pedestrian",
+    "street_traffic",
+    "tram",
+)
+N_CLASSES = len(SCENES)
 SCENE_INDEX: dict[str, int] = {s: i for i, s in enumerate(SCENES)}
 DEVICES: tuple[str, ...] = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
 DEVICE_INDEX: dict[str, int] = {d: i for i, d in enumerate(DEVICES)}
@@ -189,8 +198,11 @@ class TauDataset:
             if (d / name).is_file():
                 return d / name
         looked = " and ".join(str(d) for d in self._split_dirs)
-        raise AscRayError(f"split file {name} not found (looked in {looked})", path=self._split_dirs[0] / name,
-                          fix=GET_SPLITS)  # fmt: skip
+        raise AscRayError(
+            f"split file {name} not found (looked in {looked})",
+            path=self._split_dirs[0] / name,
+            fix=GET_SPLITS,
+        )
 
     def _read_split(self, name: str, need_labels: bool = True) -> list[str]:
         path = self._split_path(name)
@@ -212,8 +224,11 @@ class TauDataset:
             label = r.get("scene_label")
             if label is not None:
                 if label not in SCENE_INDEX:
-                    raise AscRayError(f"{where}: unknown scene label {label!r}", path=path,
-                                      fix=f"scene labels must be one of {list(SCENES)}")  # fmt: skip
+                    raise AscRayError(
+                        f"{where}: unknown scene label {label!r}",
+                        path=path,
+                        fix=f"scene labels must be one of {list(SCENES)}",
+                    )
                 if label != self.clips[fn].scene_label:
                     raise AscRayError(
                         f"{where}: {fn} is labelled {label!r} but meta.csv says {self.clips[fn].scene_label!r}",
@@ -243,8 +258,11 @@ class TauDataset:
         try:
             return self.clips[filename]
         except KeyError:
-            raise AscRayError(f"{filename} is not in meta.csv", path=self.root / "meta.csv",
-                              fix="use file names exactly as meta.csv lists them ('audio/...wav')") from None  # fmt: skip
+            raise AscRayError(
+                f"{filename} is not in meta.csv",
+                path=self.root / "meta.csv",
+                fix="use file names exactly as meta.csv lists them ('audio/...wav')",
+            ) from None
 
     def audio_path(self, filename: str) -> Path:
         return self.root / filename

@@ -26,10 +26,14 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
-def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride=1, groups: int = 1, relu: bool = True) -> nn.Sequential:
+def conv_bn(
+    c_in: int, c_out: int, kernel: int = 3, stride=1, groups: int = 1, relu: bool = True
+) -> nn.Sequential:
     """Conv (no bias: BN follows) + BN (+ ReLU), 'same' padding; what torchvision's Conv2dNormActivation builds."""
-    layers = [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(c_out)]
+    layers = [
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+    ]
     if relu:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -71,13 +75,20 @@ def initialize_weights(m: nn.Module) -> None:
 
 
 class BCBL(nn.Module):
-    def __init__(self, base_channels: int = 32, n_classes: int = 10, in_channels: int = 1,
-                 channels_multiplier: float = CHANNELS_MULTIPLIER, expansion_rate: float = EXPANSION_RATE,
-                 n_blocks: tuple[int, ...] = N_BLOCKS, strides: dict | None = None):
+    def __init__(
+        self,
+        base_channels: int = 32,
+        n_classes: int = 10,
+        in_channels: int = 1,
+        channels_multiplier: float = CHANNELS_MULTIPLIER,
+        expansion_rate: float = EXPANSION_RATE,
+        n_blocks: tuple[int, ...] = N_BLOCKS,
+        strides: dict | None = None,
+    ):
         super().__init__()
         strides = STRIDES if strides is None else strides
         base = make_divisible(base_channels, 8)
-        channels = [base] + [make_divisible(base * channels_multiplier ** s, 8) for s in range(len(n_blocks))]
+        channels = [base] + [make_divisible(base * channels_multiplier**s, 8) for s in range(len(n_blocks))]
         # stem: two strided 3x3 convs, 1 -> N/4 -> N
         self.in_c = nn.Sequential(
             conv_bn(in_channels, channels[0] // 4, kernel=3, stride=2),
@@ -91,7 +102,9 @@ class BCBL(nn.Module):
             for _ in range(n):
                 block_id += 1
                 name = f"b{block_id}"
-                stage.add_module(name, Block(c_in, channels[s + 1], expansion_rate, strides.get(name, (1, 1))))
+                stage.add_module(
+                    name, Block(c_in, channels[s + 1], expansion_rate, strides.get(name, (1, 1)))
+                )
                 c_in = channels[s + 1]
             self.stages.add_module(f"s{s + 1}", stage)
         # head: 1x1 conv to classes, BN, global average pool (no linear layer)

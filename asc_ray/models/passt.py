@@ -67,23 +67,46 @@ def _build(size: str, n_classes: int, input_tdim: int) -> nn.Module:
     common = dict(s_patchout_t=S_PATCHOUT_T, s_patchout_f=S_PATCHOUT_F)
     with contextlib.redirect_stdout(io.StringIO()):  # get_model prints "Loading ..." and the whole model
         if size == "full":
-            return module.get_model(arch=ARCH, pretrained=False, n_classes=n_classes, fstride=FSTRIDE,
-                                    tstride=TSTRIDE, input_fdim=INPUT_FDIM, input_tdim=input_tdim, **common)
-        return module.PaSST(img_size=(INPUT_FDIM, input_tdim), patch_size=16, stride=(FSTRIDE, TSTRIDE),
-                            in_chans=1, num_classes=n_classes, distilled=True, **SMALL, **common)
+            return module.get_model(
+                arch=ARCH,
+                pretrained=False,
+                n_classes=n_classes,
+                fstride=FSTRIDE,
+                tstride=TSTRIDE,
+                input_fdim=INPUT_FDIM,
+                input_tdim=input_tdim,
+                **common,
+            )
+        return module.PaSST(
+            img_size=(INPUT_FDIM, input_tdim),
+            patch_size=16,
+            stride=(FSTRIDE, TSTRIDE),
+            in_chans=1,
+            num_classes=n_classes,
+            distilled=True,
+            **SMALL,
+            **common,
+        )
 
 
-def passt(pretrained: bool | str | Path = True, size: str = "full", n_classes: int = 10,
-          input_tdim: int = 998) -> nn.Module:
+def passt(
+    pretrained: bool | str | Path = True, size: str = "full", n_classes: int = 10, input_tdim: int = 998
+) -> nn.Module:
     """PaSST teacher; pretrained: True (AudioSet checkpoint), a checkpoint path, or False (random init)."""
     if size not in SIZES:
-        raise AscRayError(f"unknown PaSST size {size!r}", path="passt size",
-                          fix=f"use one of {', '.join(SIZES)} ('small' is meant for CPU runs).")
+        raise AscRayError(
+            f"unknown PaSST size {size!r}",
+            path="passt size",
+            fix=f"use one of {', '.join(SIZES)} ('small' is meant for CPU runs).",
+        )
     checkpoint = None
     if pretrained is True:
         if size != "full":
-            raise AscRayError("the AudioSet PaSST checkpoint only fits the full-size PaSST", path="passt size",
-                              fix="set passt.pretrained=false for the small PaSST, or use size 'full'.")
+            raise AscRayError(
+                "the AudioSet PaSST checkpoint only fits the full-size PaSST",
+                path="passt size",
+                fix="set passt.pretrained=false for the small PaSST, or use size 'full'.",
+            )
         checkpoint = find_checkpoint()  # before building: a missing file fails fast
     elif pretrained is not False and pretrained is not None:
         checkpoint = Path(pretrained)
@@ -94,6 +117,7 @@ def passt(pretrained: bool | str | Path = True, size: str = "full", n_classes: i
 
 
 # --- checkpoint files -----------------------------------------------------------------------------------------
+
 
 def default_checkpoint_path() -> Path:
     return Path.home() / ".cache" / "asc_ray" / CHECKPOINT_NAME
@@ -119,9 +143,12 @@ def find_checkpoint() -> Path:
         path = Path(env).expanduser()
         if path.is_file():
             return path
-        raise AscRayError(f"${CHECKPOINT_ENV} points to a file that does not exist", path=path,
-                          fix=f"put {CHECKPOINT_NAME} there (download it from {CHECKPOINT_URL} on a connected "
-                              f"machine), unset {CHECKPOINT_ENV}, or set passt.pretrained=false.")
+        raise AscRayError(
+            f"${CHECKPOINT_ENV} points to a file that does not exist",
+            path=path,
+            fix=f"put {CHECKPOINT_NAME} there (download it from {CHECKPOINT_URL} on a connected "
+            f"machine), unset {CHECKPOINT_ENV}, or set passt.pretrained=false.",
+        )
     path = default_checkpoint_path()
     if path.is_file():
         return path
@@ -130,17 +157,19 @@ def find_checkpoint() -> Path:
     except Exception as exc:  # noqa: BLE001 - any network failure means the same thing to the user
         raise AscRayError(
             f"the AudioSet-pretrained PaSST checkpoint is not on this machine and could not be downloaded "
-            f"({type(exc).__name__}: {exc})", path=path,
+            f"({type(exc).__name__}: {exc})",
+            path=path,
             fix=f"download {CHECKPOINT_URL} on a connected machine and put it at {path} "
-                f"(or anywhere, with {CHECKPOINT_ENV}=/path/to/{CHECKPOINT_NAME}); "
-                f"or train the PaSST teachers from scratch with passt.pretrained=false.") from None
+            f"(or anywhere, with {CHECKPOINT_ENV}=/path/to/{CHECKPOINT_NAME}); "
+            f"or train the PaSST teachers from scratch with passt.pretrained=false.",
+        ) from None
     return path
 
 
 def _strip_prefixes(state: dict) -> dict:
     for prefix in ("module.", "_orig_mod.", "net."):  # DDP / torch.compile / our wrapper
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -150,15 +179,18 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
     embeddings cut to a shorter input_tdim. Anything else that does not fit -> AscRayError naming the file."""
     net = model.net if isinstance(model, PaSSTClassifier) else model
     path = Path(path)
-    fix = ("pass a PaSST checkpoint saved from this architecture (e.g. passt-s-f128-p16-s10-ap.476-swa.pt for "
-           "size 'full' with fstride = tstride = 10), or set passt.pretrained=false.")
+    fix = (
+        "pass a PaSST checkpoint saved from this architecture (e.g. passt-s-f128-p16-s10-ap.476-swa.pt for "
+        "size 'full' with fstride = tstride = 10), or set passt.pretrained=false."
+    )
     if not path.is_file():
         raise AscRayError("PaSST checkpoint file not found", path=path, fix=fix)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise AscRayError(f"cannot read the PaSST checkpoint ({type(exc).__name__}: {exc})", path=path,
-                          fix=fix) from None
+        raise AscRayError(
+            f"cannot read the PaSST checkpoint ({type(exc).__name__}: {exc})", path=path, fix=fix
+        ) from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -169,22 +201,30 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
         if "pos_embed" in state or "time_new_pos_embed" in state:  # else: not a ViT at all, reported below
             state = _passt_module().checkpoint_filter_fn(state, net)
     except Exception as exc:  # noqa: BLE001 - e.g. an ImageNet pos_embed that cannot be reshaped
-        raise AscRayError(f"cannot adapt the checkpoint to PaSST ({type(exc).__name__}: {exc})", path=path,
-                          fix=fix) from None
+        raise AscRayError(
+            f"cannot adapt the checkpoint to PaSST ({type(exc).__name__}: {exc})", path=path, fix=fix
+        ) from None
 
     target = net.state_dict()
     for k in HEAD_KEYS:  # another number of classes: new head, as the package does
         if k in state and k in target and state[k].shape != target[k].shape:
             del state[k]
     k = "time_new_pos_embed"
-    if k in state and k in target and state[k].shape[:3] == target[k].shape[:3] \
-            and state[k].shape[3] > target[k].shape[3]:
+    if (
+        k in state
+        and k in target
+        and state[k].shape[:3] == target[k].shape[:3]
+        and state[k].shape[3] > target[k].shape[3]
+    ):
         state[k] = state[k][..., : target[k].shape[3]]  # forward() cuts it the same way for short inputs
 
     missing = [k for k in target if k not in state and k not in HEAD_KEYS]
     unexpected = [k for k in state if k not in target]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-             for k in state if k in target and state[k].shape != target[k].shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in state
+        if k in target and state[k].shape != target[k].shape
+    ]
     if missing or unexpected or wrong:
         details = []
         if wrong:
@@ -193,7 +233,8 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
             details.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise AscRayError("the checkpoint does not fit this PaSST architecture: " + "; ".join(details),
-                          path=path, fix=fix)
+        raise AscRayError(
+            "the checkpoint does not fit this PaSST architecture: " + "; ".join(details), path=path, fix=fix
+        )
     net.load_state_dict(state, strict=False)
     return model

@@ -20,8 +20,13 @@ from asc_ray.logits import table_metadata, table_path, write_logits_table
 
 
 class LogitAggregatorImpl:
-    def __init__(self, logits_dir: str, split_meta: dict[int, tuple[list[str], list[str], list[str]]],
-                 expected: dict[str, list[str]], data_key: str):
+    def __init__(
+        self,
+        logits_dir: str,
+        split_meta: dict[int, tuple[list[str], list[str], list[str]]],
+        expected: dict[str, list[str]],
+        data_key: str,
+    ):
         """split_meta: split -> (files, scene_labels, devices); expected: source -> model names per split."""
         self.dir = Path(logits_dir)
         self.split_meta = {int(k): v for k, v in split_meta.items()}
@@ -41,14 +46,24 @@ class LogitAggregatorImpl:
                 return None
             return json.loads(str(z["result"]))
 
-    def submit(self, source: str, split: int, model: str, logits: np.ndarray, key: str, run_id: str | None,
-               result: dict) -> str | None:
+    def submit(
+        self,
+        source: str,
+        split: int,
+        model: str,
+        logits: np.ndarray,
+        key: str,
+        run_id: str | None,
+        result: dict,
+    ) -> str | None:
         """Store one model's logits over the split's training files; returns the table path once complete."""
         files = self.split_meta[split][0]
         logits = np.asarray(logits, dtype=np.float32)
         if logits.shape != (len(files), 10) or not np.isfinite(logits).all():
-            raise ValueError(f"{model} split{split}: logits of shape {logits.shape} (finite: "
-                             f"{bool(np.isfinite(logits).all())}), expected ({len(files)}, 10)")
+            raise ValueError(
+                f"{model} split{split}: logits of shape {logits.shape} (finite: "
+                f"{bool(np.isfinite(logits).all())}), expected ({len(files)}, 10)"
+            )
         p = self._part(source, split, model)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}.npz")
@@ -79,9 +94,14 @@ class LogitAggregatorImpl:
             with np.load(self._part(source, split, m)) as z:
                 per_model[m] = z["logits"]
                 runs[m] = str(z["run_id"])
-        write_logits_table(path, files, scenes, devices, per_model,
-                           metadata={"key": key, "data_key": self.data_key, "runs": runs, "source": source,
-                                     "split": split})
+        write_logits_table(
+            path,
+            files,
+            scenes,
+            devices,
+            per_model,
+            metadata={"key": key, "data_key": self.data_key, "runs": runs, "source": source, "split": split},
+        )
         return str(path)
 
     def table(self, source: str, split: int) -> tuple[list[str], np.ndarray]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import ray
 
 from asc_ray.config import config_hash, flatten
-from asc_ray.errors import AscRayError, find_user_error, handle_sigterm
+from asc_ray.errors import AscRayError, find_user_error
+from asc_ray.pipeline.runtime import detect_gpu, init_ray, log
 from asc_ray.systems import TEACHERS, get_system
 from asc_ray.train import cache_file_list, resolve_paths, unit_key
 
@@ -26,13 +27,10 @@ STAGES = ("teachers", "logits", "students", "evaluate")
 STUDENTS_FIRST = ("kd_ensemble", "bcbl24", "baseline")  # tfs learns from kd_ensemble: after them
 
 
-def log(msg: str) -> None:
-    print(f"[asc-ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 class Pipeline:
-    def __init__(self, cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: list[int],
-                 fresh: bool = False):
+    def __init__(
+        self, cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: list[int], fresh: bool = False
+    ):
         self.cfg, self.splits, self.fresh = cfg, sorted(splits), fresh
         self.data_dir = Path(data_dir).resolve()
         self.out = Path(output_dir).resolve()
@@ -59,17 +57,23 @@ class Pipeline:
         log(f"MLflow tracking at {uri} (experiment '{self.tracker.experiment}')")
 
         if not self.data_dir.is_dir():
-            raise AscRayError("data dir not found", path=self.data_dir,
-                              fix="pass --data-dir with the TAU22 development set (or run "
-                                  "`python -m asc_ray.data.synth --out DIR` for a synthetic one)")
+            raise AscRayError(
+                "data dir not found",
+                path=self.data_dir,
+                fix="pass --data-dir with the TAU22 development set (or run "
+                "`python -m asc_ray.data.synth --out DIR` for a synthetic one)",
+            )
         ds = TauDataset.open(self.data_dir, self.cfg["data"]["split_dir"])
         self.split_meta = {}
         for s in self.splits:
             files = ds.split_files(s)
             self.split_meta[s] = (files, [ds.clips[f].scene_label for f in files], ds.devices(files))
         test = ds.test_files()
-        log(f"data: {len(ds.clips)} clips in meta.csv; splits "
-            + ", ".join(f"{s}%={len(self.split_meta[s][0])}" for s in self.splits) + f"; test {len(test)}")
+        log(
+            f"data: {len(ds.clips)} clips in meta.csv; splits "
+            + ", ".join(f"{s}%={len(self.split_meta[s][0])}" for s in self.splits)
+            + f"; test {len(test)}"
+        )
         systems = [get_system(n) for n in self.cfg["teachers"]["systems"] + self.cfg["students"]["systems"]]
         files = cache_file_list(ds)
         for rate in sorted({frontend_sample_rate(s.model) for s in systems}):
@@ -79,7 +83,9 @@ class Pipeline:
             from asc_ray.data.tau import EvalSet
 
             self.eval_set = EvalSet(self.cfg["data"]["eval_dir"])
-            for rate in sorted({frontend_sample_rate(get_system(n).model) for n in self.cfg["students"]["systems"]}):
+            for rate in sorted(
+                {frontend_sample_rate(get_system(n).model) for n in self.cfg["students"]["systems"]}
+            ):
                 build_cache(self.eval_set, self.eval_set.files, rate, self.paths["cache_dir"], progress=True)
             log(f"evaluation set: {len(self.eval_set.files)} clips from {self.eval_set.root}")
         if any(s.dir for s in systems):
@@ -107,23 +113,44 @@ class Pipeline:
         init_ray()
         from asc_ray.pipeline.aggregator import start_aggregator
 
-        self.aggregator_expected = {"teachers": list(self.cfg["teachers"]["systems"]), "kd_ensemble": ["kd_ensemble"]}
-        self.aggregator = start_aggregator(self.paths["logits_dir"], self.split_meta, self.aggregator_expected,
-                                           self.data_key)
+        self.aggregator_expected = {
+            "teachers": list(self.cfg["teachers"]["systems"]),
+            "kd_ensemble": ["kd_ensemble"],
+        }
+        self.aggregator = start_aggregator(
+            self.paths["logits_dir"], self.split_meta, self.aggregator_expected, self.data_key
+        )
         self.parent_run_id = self.tracker.start_run(
             f"pipeline {time.strftime('%Y-%m-%d %H:%M')}",
-            {"role": "pipeline", "splits": ",".join(map(str, self.splits)), "profile": self.cfg["profile"],
-             "data_dir": str(self.data_dir), "output_dir": str(self.out), "data_key": self.data_key})
+            {
+                "role": "pipeline",
+                "splits": ",".join(map(str, self.splits)),
+                "profile": self.cfg["profile"],
+                "data_dir": str(self.data_dir),
+                "output_dir": str(self.out),
+                "data_key": self.data_key,
+            },
+        )
         self.tracker.log_params(self.parent_run_id, {**flatten(self.cfg), "splits": self.splits})
         (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
         self.use_gpu = detect_gpu(self.cfg)
-        log(f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs;"
-            f" results and checkpoints in {self.storage}")
+        log(
+            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs;"
+            f" results and checkpoints in {self.storage}"
+        )
 
     def job(self, system: str, split: int, key: str) -> dict:
-        return {"system": system, "split": split, "key": key, "cfg": self.cfg, "data_dir": str(self.data_dir),
-                "output_dir": str(self.out), "tracker": self.tracker, "parent_run_id": self.parent_run_id,
-                "aggregator": self.aggregator}
+        return {
+            "system": system,
+            "split": split,
+            "key": key,
+            "cfg": self.cfg,
+            "data_dir": str(self.data_dir),
+            "output_dir": str(self.out),
+            "tracker": self.tracker,
+            "parent_run_id": self.parent_run_id,
+            "aggregator": self.aggregator,
+        }
 
     def key(self, system: str, split: int) -> str:
         s = get_system(system)
@@ -153,12 +180,23 @@ class Pipeline:
         tmp = p.with_name(f".{p.name}.tmp")
         tmp.write_text(json.dumps(result, indent=1, default=float))
         os.replace(tmp, p)
-        if reused:  # the new parent run shows every unit, reused ones as small children pointing to the original
-            rid = self.tracker.start_run(f"{system} split{split}", {
-                "role": result["role"], "system": system, "split": split, "augment": result["augment"],
-                "reused_from": result.get("run_id") or ""}, self.parent_run_id)
-            self.tracker.log_metrics(rid, {k: v for k, v in result.items()
-                                           if isinstance(v, (int, float)) and k not in ("split",)})
+        if (
+            reused
+        ):  # the new parent run shows every unit, reused ones as small children pointing to the original
+            rid = self.tracker.start_run(
+                f"{system} split{split}",
+                {
+                    "role": result["role"],
+                    "system": system,
+                    "split": split,
+                    "augment": result["augment"],
+                    "reused_from": result.get("run_id") or "",
+                },
+                self.parent_run_id,
+            )
+            self.tracker.log_metrics(
+                rid, {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("split",)}
+            )
             self.tracker.finish(rid)
 
     # ---------------------------------------------------------------------------------------- stages
@@ -167,7 +205,9 @@ class Pipeline:
         for split in self.splits:
             for t in self.cfg["teachers"]["systems"]:
                 key = self.key(t, split)
-                prev = ray.get(self.aggregator.has.remote("teachers", split, t, key))  # logits + result kept together
+                prev = ray.get(
+                    self.aggregator.has.remote("teachers", split, t, key)
+                )  # logits + result kept together
                 if prev is not None:
                     prev.update(key=key)
                     self.record(prev, reused=True)
@@ -175,8 +215,10 @@ class Pipeline:
                     todo.append(self.job(t, split, key))
         n_all = len(self.splits) * len(self.cfg["teachers"]["systems"])
         cap = self.cfg["teachers"]["max_concurrent"]
-        log(f"teachers: {len(todo)} to train, {n_all - len(todo)} reused (Ray Train; "
-            f"{'all launched at once' if not cap else f'{cap} at a time'})")
+        log(
+            f"teachers: {len(todo)} to train, {n_all - len(todo)} reused (Ray Train; "
+            f"{'all launched at once' if not cap else f'{cap} at a time'})"
+        )
         if not todo:
             return
         from asc_ray.pipeline.teachers import train_teachers
@@ -188,17 +230,25 @@ class Pipeline:
             got = ray.get(self.aggregator.has.remote("teachers", job["split"], job["system"], job["key"]))
             if got is not None and not isinstance(res, Exception):
                 self.record(got)
-                log(f"teacher {finished[0]}/{len(todo)} done: {job['system']} split{job['split']} "
-                    f"test macro accuracy {100 * got['test_macro_acc']:.2f}%")
+                log(
+                    f"teacher {finished[0]}/{len(todo)} done: {job['system']} split{job['split']} "
+                    f"test macro accuracy {100 * got['test_macro_acc']:.2f}%"
+                )
             else:
-                log(f"teacher {finished[0]}/{len(todo)} FAILED: {job['system']} split{job['split']}: "
-                    f"{_short(res)}")
+                log(
+                    f"teacher {finished[0]}/{len(todo)} FAILED: {job['system']} split{job['split']}: "
+                    f"{_short(res)}"
+                )
 
-        outcomes = train_teachers(todo, self.storage, self.use_gpu, on_done, self.cfg["teachers"]["max_concurrent"])
+        outcomes = train_teachers(
+            todo, self.storage, self.use_gpu, on_done, self.cfg["teachers"]["max_concurrent"]
+        )
         self._raise_failures("teacher", {k: v for k, v in outcomes.items() if isinstance(v, Exception)})
 
     def logits(self) -> None:
-        self._write_tables("teachers", "run the teachers stage first (jobs/teachers.py or jobs/full_pipeline.py)")
+        self._write_tables(
+            "teachers", "run the teachers stage first (jobs/teachers.py or jobs/full_pipeline.py)"
+        )
 
     def _write_tables(self, source: str, fix: str) -> None:
         """Have the aggregator write (or confirm) each split's table of `source`, then read it back validated."""
@@ -206,11 +256,16 @@ class Pipeline:
         for split in self.splits:
             path = ray.get(self.aggregator.maybe_write.remote(source, split))
             if path is None:
-                raise AscRayError(f"{source} logits for split {split} are incomplete", path=self.paths["logits_dir"],
-                                  fix=fix)
+                raise AscRayError(
+                    f"{source} logits for split {split} are incomplete",
+                    path=self.paths["logits_dir"],
+                    fix=fix,
+                )
             files, _ = ray.get(self.aggregator.table.remote(source, split))  # validates the table
-            log(f"logits: {path} ({len(files)} clips x {len(models)} {'+'.join(models)}"
-                + (" + mean)" if len(models) > 1 else ")"))
+            log(
+                f"logits: {path} ({len(files)} clips x {len(models)} {'+'.join(models)}"
+                + (" + mean)" if len(models) > 1 else ")")
+            )
 
     def students(self) -> None:
         from asc_ray.pipeline.students import train_students
@@ -222,15 +277,19 @@ class Pipeline:
                 for s in phase:
                     prev = self.done(s, split)
                     feeds = get_system(s).feeds  # its logits must be in the aggregator too, to reuse it
-                    if prev is not None and (feeds is None or ray.get(self.aggregator.has.remote(
-                            feeds, split, s, prev["key"])) is not None):
+                    if prev is not None and (
+                        feeds is None
+                        or ray.get(self.aggregator.has.remote(feeds, split, s, prev["key"])) is not None
+                    ):
                         self.record(prev, reused=True)
                     else:
                         todo.append(self.job(s, split, self.key(s, split)))
             if not phase:
                 continue
-            log(f"students ({', '.join(phase)}): {len(todo)} trials to run, "
-                f"{len(phase) * len(self.splits) - len(todo)} reused (Ray Tune, all splits at once)")
+            log(
+                f"students ({', '.join(phase)}): {len(todo)} trials to run, "
+                f"{len(phase) * len(self.splits) - len(todo)} reused (Ray Tune, all splits at once)"
+            )
             if not todo:
                 self._student_tables(phase)
                 continue
@@ -250,12 +309,30 @@ class Pipeline:
                         best[k] = {**m, "overrides": cfg_trial.get("overrides", {})}
                 for k, m in best.items():
                     failures.pop(k, None)
-                    result = {x: m[x] for x in m if not x.startswith(("time_", "training_iteration", "timestamp",
-                                                                     "date", "hostname", "node_ip", "pid", "done",
-                                                                     "trial_id", "config", "checkpoint_dir_name"))}
+                    result = {
+                        x: m[x]
+                        for x in m
+                        if not x.startswith(
+                            (
+                                "time_",
+                                "training_iteration",
+                                "timestamp",
+                                "date",
+                                "hostname",
+                                "node_ip",
+                                "pid",
+                                "done",
+                                "trial_id",
+                                "config",
+                                "checkpoint_dir_name",
+                            )
+                        )
+                    }
                     self.record(result)
-                    log(f"student done: {k[0]} split{k[1]} test macro accuracy {100 * m['test_macro_acc']:.2f}%"
-                        + (f" (best of search on val: {m['overrides']})" if m["overrides"] else ""))
+                    log(
+                        f"student done: {k[0]} split{k[1]} test macro accuracy {100 * m['test_macro_acc']:.2f}%"
+                        + (f" (best of search on val: {m['overrides']})" if m["overrides"] else "")
+                    )
             self._raise_failures("student", failures)
             self._student_tables(phase)
 
@@ -274,33 +351,55 @@ class Pipeline:
                 r = self.results.get((name, split)) or self.done(name, split)
                 if r is None:
                     continue
-                row = {"system": name, "split": split, "test_macro_acc": round(100 * r["test_macro_acc"], 2),
-                       "val_macro_acc": round(100 * r["val_macro_acc"], 2),
-                       "test_acc": round(100 * r["test_acc"], 2),
-                       **{k[len("test_"):]: round(100 * v, 2) for k, v in r.items() if k.startswith("test_group_acc/")},
-                       "params": r["params"], "macs": r["macs"], "selected_epoch": r["selected_epoch"],
-                       "mlflow_run_id": r.get("run_id") or ""}
+                row = {
+                    "system": name,
+                    "split": split,
+                    "test_macro_acc": round(100 * r["test_macro_acc"], 2),
+                    "val_macro_acc": round(100 * r["val_macro_acc"], 2),
+                    "test_acc": round(100 * r["test_acc"], 2),
+                    **{
+                        k[len("test_") :]: round(100 * v, 2)
+                        for k, v in r.items()
+                        if k.startswith("test_group_acc/")
+                    },
+                    "params": r["params"],
+                    "macs": r["macs"],
+                    "selected_epoch": r["selected_epoch"],
+                    "mlflow_run_id": r.get("run_id") or "",
+                }
                 if name in TEACHERS:
                     teacher_rows.append(row)
                 else:
                     rows.append(row)
-                    per_system[name] = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("test_class_acc/")}
+                    per_system[name] = {
+                        k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("test_class_acc/")
+                    }
             if per_system:
-                plot_class_accuracy(per_system, self.out / "plots" / f"class_accuracy_split{split}.png",
-                                    f"Class-wise test accuracy, split {split}%")
+                plot_class_accuracy(
+                    per_system,
+                    self.out / "plots" / f"class_accuracy_split{split}.png",
+                    f"Class-wise test accuracy, split {split}%",
+                )
         if not rows:
-            raise AscRayError("no student results to evaluate", path=self.out,
-                              fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)")
+            raise AscRayError(
+                "no student results to evaluate",
+                path=self.out,
+                fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)",
+            )
         write_results_table(rows, self.out / "results.csv", self.out / "results.md")
         if self.eval_set is not None:
             self._predict_eval_set(rows)
         if teacher_rows:
             write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md")
         t = self.tracker
-        t.log_metrics(self.parent_run_id, {f"{r['system']}.split{r['split']}.test_macro_acc": r["test_macro_acc"]
-                                           for r in rows})
-        t.log_artifacts(self.parent_run_id, [self.out / n for n in ("results.csv", "results.md", "teachers.csv",
-                                                                     "teachers.md")])
+        t.log_metrics(
+            self.parent_run_id,
+            {f"{r['system']}.split{r['split']}.test_macro_acc": r["test_macro_acc"] for r in rows},
+        )
+        t.log_artifacts(
+            self.parent_run_id,
+            [self.out / n for n in ("results.csv", "results.md", "teachers.csv", "teachers.md")],
+        )
         t.log_artifacts(self.parent_run_id, sorted((self.out / "plots").glob("*.png")), "plots")
         log(f"results: {self.out / 'results.md'}")
         print((self.out / "results.md").read_text(), flush=True)
@@ -313,8 +412,16 @@ class Pipeline:
         refs = []
         for r in rows:
             unit = self.out / "students" / f"split{r['split']}" / r["system"]
-            refs.append(task.remote(r["system"], self.cfg, str(unit / "model.pt"), str(self.eval_set.root),
-                                    str(self.paths["cache_dir"]), str(unit / "eval_output.csv")))
+            refs.append(
+                task.remote(
+                    r["system"],
+                    self.cfg,
+                    str(unit / "model.pt"),
+                    str(self.eval_set.root),
+                    str(self.paths["cache_dir"]),
+                    str(unit / "eval_output.csv"),
+                )
+            )
         for path in ray.get(refs):
             log(f"evaluation set predictions: {path}")
 
@@ -326,9 +433,10 @@ class Pipeline:
             if err is not None:
                 raise err
         names = ", ".join(f"{s} split{sp}" for s, sp in failures)
-        raise RuntimeError(f"{len(failures)} {what}(s) failed: {names}. Finished work is kept; fix the cause "
-                           f"(see the log above) and run the same command again to resume.") from next(
-            (e for e in failures.values() if isinstance(e, BaseException)), None)
+        raise RuntimeError(
+            f"{len(failures)} {what}(s) failed: {names}. Finished work is kept; fix the cause "
+            f"(see the log above) and run the same command again to resume."
+        ) from next((e for e in failures.values() if isinstance(e, BaseException)), None)
 
     def run(self, stages=STAGES) -> None:
         t0 = time.time()
@@ -375,40 +483,3 @@ def _short(exc) -> str:
         return str(err).replace("\n ", ";")
     text = str(exc).strip()
     return text.splitlines()[-1][:300] if text else type(exc).__name__
-
-
-def init_ray() -> None:
-    """Join the cluster when RAY_ADDRESS is set (e.g. under `ray job submit`), else start a local Ray."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    # env vars that `ray job submit --runtime-env-json` already gives every worker are left out: Ray refuses
-    # a ray.init() runtime env that names the job's own env vars again ("Failed to merge the Job's runtime env")
-    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
-    env = {"env_vars": {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "ASC_RAY_PASST_CHECKPOINT")
-                        if k in os.environ and k not in (job_env.get("env_vars") or {})}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(namespace="asc_ray", runtime_env=env, log_to_driver=True)
-    else:
-        # a laptop: a private local Ray, reachable from this machine only. With node IP 127.0.0.1 every Ray
-        # server (GCS, raylet, object manager, workers, agents) binds to loopback; by default Ray takes the
-        # machine's routable IP and listens on all interfaces. (Ray resolves "127.0.0.1" to that routable IP
-        # unless ENABLE_RAY_CLUSTER is off, as on macOS / Windows: switch it off for this start only.)
-        from ray._private import ray_constants
-
-        cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        try:
-            ray.init(address="local", num_cpus=os.cpu_count(), namespace="asc_ray", runtime_env=env,
-                     dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True,
-                     _node_ip_address="127.0.0.1")
-        finally:
-            ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
-    handle_sigterm()  # ray.init() installed its own SIGTERM handler (abort, no cleanup): a stop keeps finished work
-
-
-def detect_gpu(cfg: dict) -> bool:
-    v = cfg["use_gpu"]
-    if v != "auto":
-        return bool(v)
-    return ray.cluster_resources().get("GPU", 0) > 0

@@ -64,7 +64,9 @@ def train_students(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool
         system = get_system(group[0]["system"])
         grid = search_grid({k: v for k, v in s["search"].items() if system.reads(k)})
         tag = name if not searching else f"{name}-{group[0]['system']}-split{group[0]['split']}"
-        return _tuner(group, grid, cfg, storage_path, use_gpu, tag, len(grid) > 1 or s["num_samples"] > 1).fit()
+        return _tuner(
+            group, grid, cfg, storage_path, use_gpu, tag, len(grid) > 1 or s["num_samples"] > 1
+        ).fit()
 
     if len(groups) == 1:
         return [fit(groups[0])]
@@ -75,8 +77,15 @@ def train_students(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _tuner(jobs: list[dict], grid: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str,
-           searching: bool) -> tune.Tuner:
+def _tuner(
+    jobs: list[dict],
+    grid: list[dict],
+    cfg: dict,
+    storage_path: str,
+    use_gpu: bool,
+    name: str,
+    searching: bool,
+) -> tune.Tuner:
     s = cfg["students"]
     resources = {"cpu": s["cpus_per_trial"]}
     if use_gpu:
@@ -88,7 +97,8 @@ def _tuner(jobs: list[dict], grid: list[dict], cfg: dict, storage_path: str, use
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t + 1, grace_period=max(1, max_t // 4))
     trainable = tune.with_resources(student_trial, resources)
     run_config = tune.RunConfig(
-        name=name, storage_path=storage_path,
+        name=name,
+        storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=0,  # progress comes from our own log lines; Tune's tables would print every config
@@ -99,13 +109,18 @@ def _tuner(jobs: list[dict], grid: list[dict], cfg: dict, storage_path: str, use
         # the driver stopped mid-run last time: continue the unfinished trials from their checkpoints. The
         # param space is given again: Tune stored the jobs' object references (LogitAggregator handle, tracker)
         # as placeholders, which only the new session's objects can fill (else the trials get no config)
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
-                                  param_space=param_space)
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, restart_errored=True, param_space=param_space
+        )
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric="val_macro_acc", mode="max", scheduler=scheduler,
-                                    num_samples=s["num_samples"],
-                                    max_concurrent_trials=s["max_concurrent_trials"] or None),
+        tune_config=tune.TuneConfig(
+            metric="val_macro_acc",
+            mode="max",
+            scheduler=scheduler,
+            num_samples=s["num_samples"],
+            max_concurrent_trials=s["max_concurrent_trials"] or None,
+        ),
         run_config=run_config,
     )

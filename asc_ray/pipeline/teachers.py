@@ -46,8 +46,9 @@ def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
     return TorchTrainer(
         teacher_worker,
         train_loop_config=job,
-        scaling_config=ray.train.ScalingConfig(num_workers=t["num_workers"], use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t["num_workers"], use_gpu=use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
             name=f"teacher-{job['system']}-split{job['split']}-{job['key'][:8]}",
             storage_path=storage_path,
@@ -58,9 +59,11 @@ def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
     )
 
 
-def train_teachers(jobs: list[dict], storage_path: str, use_gpu: bool, on_done=None,
-                   max_concurrent: int = 0) -> dict[tuple, object]:
+def train_teachers(
+    jobs: list[dict], storage_path: str, use_gpu: bool, on_done=None, max_concurrent: int = 0
+) -> dict[tuple, object]:
     """Fit the teachers concurrently (at most max_concurrent at once; 0 = all); {(system, split): Result | Exception}."""
+
     def fit(job):
         try:
             res = build_trainer(job, storage_path, use_gpu).fit()

@@ -31,8 +31,14 @@ def unit_dir(output_dir: str | Path, role: str, split: int, system: str) -> Path
     return Path(output_dir) / f"{role}s" / f"split{split}" / system
 
 
-def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_dir: str | None,
-             rank: int = 0, world_size: int = 1, wrap_model=None) -> dict:
+def run_unit(
+    job: dict,
+    report: Callable[[dict, Path | None], None],
+    checkpoint_dir: str | None,
+    rank: int = 0,
+    world_size: int = 1,
+    wrap_model=None,
+) -> dict:
     system = get_system(job["system"])
     split, cfg = job["split"], job["cfg"]
     out = unit_dir(job["output_dir"], system.role, split, system.name)
@@ -50,8 +56,9 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
         files, table = ray.get(job["aggregator"].table.remote(system.needs, split))
         logits = (files, table)
     data = prepare_data(cfg, job["data_dir"], job["output_dir"], split, system, logits=logits, progress=False)
-    trainer = Trainer(system, cfg, data, out, split, log=_say, rank=rank,
-                      world_size=world_size, wrap_model=wrap_model)
+    trainer = Trainer(
+        system, cfg, data, out, split, log=_say, rank=rank, world_size=world_size, wrap_model=wrap_model
+    )
     if checkpoint_dir:
         trainer.load_checkpoint(checkpoint_dir)
 
@@ -59,12 +66,26 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
     if rank == 0 and tracker is not None:
         id_file = out / "mlflow_run_id"
         old = id_file.read_text().strip() if id_file.is_file() else None
-        tags = {"role": system.role, "system": system.name, "split": split, "augment": system.augment,
-                "key": job["key"], "seed": cfg["seed"]}
+        tags = {
+            "role": system.role,
+            "system": system.name,
+            "split": split,
+            "augment": system.augment,
+            "key": job["key"],
+            "seed": cfg["seed"],
+        }
         run_id = tracker.start_run(f"{system.name} split{split}", tags, job["parent_run_id"], run_id=old)
         id_file.write_text(run_id)
-        tracker.log_params(run_id, {**flatten(cfg), "system": system.name, "split": split,
-                                    "train_files": len(data.train_files), "val_files": len(data.val_files)})
+        tracker.log_params(
+            run_id,
+            {
+                **flatten(cfg),
+                "system": system.name,
+                "split": split,
+                "train_files": len(data.train_files),
+                "val_files": len(data.val_files),
+            },
+        )
 
     pid_dir = os.environ.get("ASC_RAY_TEST_PID_DIR") if rank == 0 else None
 
@@ -86,15 +107,22 @@ def run_unit(job: dict, report: Callable[[dict, Path | None], None], checkpoint_
         import numpy as np
 
         split_logits = np.load(result["files"]["split_logits"])
-        ray.get(job["aggregator"].submit.remote(system.feeds, split, system.name, split_logits, job["key"], run_id,
-                                                result))
+        ray.get(
+            job["aggregator"].submit.remote(
+                system.feeds, split, system.name, split_logits, job["key"], run_id, result
+            )
+        )
     if run_id:
-        finals = {k: v for k, v in result.items() if k.startswith(("test_", "val_macro")) or k in ("params", "macs",
-                                                                                                    "selected_epoch")}
+        finals = {
+            k: v
+            for k, v in result.items()
+            if k.startswith(("test_", "val_macro")) or k in ("params", "macs", "selected_epoch")
+        }
         tracker.log_metrics(run_id, finals, step=trainer.epoch)
         files = result["files"]
-        tracker.log_artifacts(run_id, [files[k] for k in ("output", "complexity", "class_plot", "confusion_plot")
-                                       if k in files])
+        tracker.log_artifacts(
+            run_id, [files[k] for k in ("output", "complexity", "class_plot", "confusion_plot") if k in files]
+        )
         tracker.log_artifacts(run_id, [files[k] for k in ("model", "model_fp16") if k in files], "model")
         tracker.finish(run_id)
     return result

@@ -19,8 +19,13 @@ BENCH = ROOT / "bench"
 
 
 def run(script: str, *args: str, timeout: int = 120) -> str:
-    p = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, f"{script} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p.stdout
 
@@ -44,8 +49,20 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def test_student_throughput_prints_samples_per_s_and_the_naive_ratio(synth_dataset, cache_dir):
-    out = run("student_throughput.py", "--data-dir", str(synth_dataset), "--split", "25", "--epochs", "1",
-              "--batch-size", "8", "--work-dir", str(cache_dir), "train.num_threads=1")
+    out = run(
+        "student_throughput.py",
+        "--data-dir",
+        str(synth_dataset),
+        "--split",
+        "25",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--work-dir",
+        str(cache_dir),
+        "train.num_threads=1",
+    )
     assert last_figure(out, "samples/s") > 0
     # the real path never decodes nor resamples in its epochs; the naive loop decodes every clip it trains on
     assert figure(out, "decodes_during_epochs") == 0
@@ -69,7 +86,8 @@ def test_pipeline_wall_parses_stages_memory_and_rerun(tmp_path):
         'echo "[asc-ray 10:00:00] Ray: 2 CPUs, 0 GPUs; results in x"\n'
         f'{sys.executable} -c "x = bytearray(60_000_000); import time; time.sleep(1.2)"\n'
         'echo "[asc-ray 10:00:02] stage teachers finished in 1s"\n'
-        'echo "[asc-ray 10:00:02] stage students finished in 0s"\n')
+        'echo "[asc-ray 10:00:02] stage students finished in 0s"\n'
+    )
     out = run("pipeline_wall.py", "--command", f"bash {fake}", "--output-dir", str(tmp_path / "o"))
     assert figure(out, "stage_teachers_s") == 1
     assert figure(out, "peak_pss_MB_teachers") >= 50  # the 60 MB buffer of a grandchild process was seen
@@ -80,8 +98,13 @@ def test_pipeline_wall_parses_stages_memory_and_rerun(tmp_path):
 def test_pipeline_wall_reports_a_failed_run(tmp_path):
     fake = tmp_path / "failing.sh"
     fake.write_text('echo "boom"; exit 3\n')
-    p = subprocess.run([sys.executable, str(BENCH / "pipeline_wall.py"), "--command", f"bash {fake}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, str(BENCH / "pipeline_wall.py"), "--command", f"bash {fake}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode != 0 and "exit 3" in p.stderr and "boom" in p.stderr
 
 
@@ -96,13 +119,24 @@ def test_ray_overhead_plain_side_measures_steady_state(synth_dataset, cache_dir)
 
     cfg = load_config("smoke", None, ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1"])
     table = random_teacher_logits(synth_dataset, 25, cache_dir / "ray" / "teachers_split25.parquet")
-    r = ray_overhead.train_once(cfg, str(synth_dataset), str(cache_dir), 25, str(table), str(cache_dir / "ro"))
+    r = ray_overhead.train_once(
+        cfg, str(synth_dataset), str(cache_dir), 25, str(table), str(cache_dir / "ro")
+    )
     assert r["steady_sps"] > 0 and len(r["epoch_s"]) == 2 and r["fit_s"] > 0
     assert (cache_dir / "ro" / "result.json").is_file()  # the real Trainer.fit ran to its end
 
 
 def test_gpu_throughput_skips_or_measures():
-    out = run("gpu_throughput.py", "--steps", "3", "--student-batch", "8", "--passt-batch", "2",
-              "--passt-size", "small")
+    out = run(
+        "gpu_throughput.py",
+        "--steps",
+        "3",
+        "--student-batch",
+        "8",
+        "--passt-batch",
+        "2",
+        "--passt-size",
+        "small",
+    )
     lines = out.strip().splitlines()
     assert lines[-1] == "no GPU: skipped" or re.fullmatch(r"student samples/s [0-9.]+", lines[-1])

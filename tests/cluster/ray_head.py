@@ -56,8 +56,11 @@ class RayHead:
 
     def env(self, token: bool = True, **extra: str) -> dict:
         """Environment of a process that talks to this head (the head itself, `ray job ...` clients)."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI"))
+        }
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env["RAY_TMPDIR"] = str(self.tmp)  # nothing of ours in /tmp/ray (ray_current_cluster stays untouched)
         if token:
@@ -67,19 +70,40 @@ class RayHead:
         return env
 
     def start(self, timeout: float = 120) -> RayHead:
-        cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={self.port}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-               "--include-dashboard=true", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
-               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-               f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
+        cmd = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={self.port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            "--include-dashboard=true",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            "--disable-usage-stats",
+        ]
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.tmp, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.tmp,
+                start_new_session=True,
+            )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start --head exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                raise RuntimeError(
+                    f"ray start --head exited with {self.proc.returncode}:\n{self.log.read_text()}"
+                )
             try:  # the job API answers once the head (dashboard + job manager) is up
                 if http_get(f"{self.address}/api/jobs/", self.token())[0] == 200:
                     return self
@@ -95,11 +119,18 @@ class RayHead:
     def auth_mode(self) -> str:
         return json.loads(http_get(f"{self.address}/api/authentication_mode")[1])["authentication_mode"]
 
-    def ray(self, *args: str, token: bool = True, cwd: str | Path | None = None, timeout: float = 600,
-            **env: str) -> subprocess.CompletedProcess:
+    def ray(
+        self, *args: str, token: bool = True, cwd: str | Path | None = None, timeout: float = 600, **env: str
+    ) -> subprocess.CompletedProcess:
         """`ray <args>` as a client of this head, with this head's token (or none, token=False)."""
-        return subprocess.run([str(VENV_BIN / "ray"), *args], env=self.env(token, **env), capture_output=True,
-                              text=True, timeout=timeout, cwd=cwd)
+        return subprocess.run(
+            [str(VENV_BIN / "ray"), *args],
+            env=self.env(token, **env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+        )
 
     def session_dir(self) -> Path:
         return (self.temp_dir / "session_latest").resolve()

@@ -43,13 +43,31 @@ def test_head_has_token_auth_on_and_refuses_clients_without_the_token(head):
     assert http_get(f"{head.address}/api/jobs/", token=head.token())[0] == 200
 
     # the CLI: without RAY_AUTH_MODE=token the client sends no token and is refused ...
-    r = head.ray("job", "submit", "--address", head.address, "--", "python", "-c", "print('should not run')",
-                 token=False, timeout=120)
+    r = head.ray(
+        "job",
+        "submit",
+        "--address",
+        head.address,
+        "--",
+        "python",
+        "-c",
+        "print('should not run')",
+        token=False,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "Authentication required" in r.stdout + r.stderr
     # ... and with a token that is not the head's as well
-    r = head.ray("job", "list", "--address", head.address, token=False, timeout=120,
-                 RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="f" * 64)
+    r = head.ray(
+        "job",
+        "list",
+        "--address",
+        head.address,
+        token=False,
+        timeout=120,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN="f" * 64,
+    )
     assert r.returncode != 0
     assert "Authentication failed" in r.stdout + r.stderr
     # nothing was submitted by the refused clients
@@ -59,8 +77,10 @@ def test_head_has_token_auth_on_and_refuses_clients_without_the_token(head):
 
 def test_job_runs_the_venv_python_and_joins_the_cluster(head):
     """The job's `python` resolves on the head's PATH (the venv), and RAY_ADDRESS points at this cluster."""
-    code = "import os, sys, ray; ray.init(); print('JOB', sys.executable, os.environ.get('RAY_ADDRESS'), " \
-           "ray.get_runtime_context().get_node_id(), int(ray.cluster_resources()['CPU']))"
+    code = (
+        "import os, sys, ray; ray.init(); print('JOB', sys.executable, os.environ.get('RAY_ADDRESS'), "
+        "ray.get_runtime_context().get_node_id(), int(ray.cluster_resources()['CPU']))"
+    )
     r = head.ray("job", "submit", "--address", head.address, "--", "python", "-c", code, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "succeeded" in r.stdout
@@ -76,19 +96,42 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
     mlflow_db = tmp_path / "mlflow.db"
     env_json = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}"}})
     r = head.ray(
-        "job", "submit", "--address", head.address, "--working-dir", ".", "--runtime-env-json", env_json, "--",
-        "python", "jobs/full_pipeline.py", "--data-dir", str(synth_dataset), "--output-dir", str(out),
-        "--profile", "smoke", "--splits", str(SPLIT),
-        "teachers.systems=[bcbl32_fms,bcbl32_dir]", "students.systems=[kd_ensemble]", "bcbl.epochs=1",
-        cwd=REPO, timeout=480)
+        "job",
+        "submit",
+        "--address",
+        head.address,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        env_json,
+        "--",
+        "python",
+        "jobs/full_pipeline.py",
+        "--data-dir",
+        str(synth_dataset),
+        "--output-dir",
+        str(out),
+        "--profile",
+        "smoke",
+        "--splits",
+        str(SPLIT),
+        "teachers.systems=[bcbl32_fms,bcbl32_dir]",
+        "students.systems=[kd_ensemble]",
+        "bcbl.epochs=1",
+        cwd=REPO,
+        timeout=480,
+    )
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-6000:]
     assert re.search(r"Job '[^']+' succeeded", text), text[-3000:]
 
     # the working dir was uploaded as a small package: .gitignore kept .venv, data and outputs out
     assert re.search(r"Uploading package gcs://_ray_pkg_[0-9a-f]+\.zip", text), text[:3000]
-    pkgs = [p for p in (head.session_dir() / "runtime_resources" / "working_dir_files").glob("_ray_pkg_*")
-            if p.is_dir()]
+    pkgs = [
+        p
+        for p in (head.session_dir() / "runtime_resources" / "working_dir_files").glob("_ray_pkg_*")
+        if p.is_dir()
+    ]
     assert len(pkgs) == 1, pkgs
     files = [p for p in pkgs[0].rglob("*") if p.is_file()]
     names = {p.relative_to(pkgs[0]).parts[0] for p in files}
@@ -100,7 +143,9 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["system"] for r in rows] == ["kd_ensemble"] and rows[0]["split"] == str(SPLIT)
     assert 0 <= float(rows[0]["test_macro_acc"]) <= 100
-    split_files = [ln.split("\t")[0] for ln in (synth_dataset / f"split{SPLIT}.csv").read_text().splitlines()[1:]]
+    split_files = [
+        ln.split("\t")[0] for ln in (synth_dataset / f"split{SPLIT}.csv").read_text().splitlines()[1:]
+    ]
     table = pq.read_table(out / "logits" / f"teachers_split{SPLIT}.parquet")
     assert table.num_rows == len(split_files)
     assert {"bcbl32_fms", "bcbl32_dir"} <= set(table.column_names)
@@ -117,7 +162,10 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
     runs = client.search_runs([exp.experiment_id])
     parents = [x for x in runs if x.data.tags.get("role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = {(x.data.tags["role"], x.data.tags["system"]) for x in runs
-                if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    children = {
+        (x.data.tags["role"], x.data.tags["system"])
+        for x in runs
+        if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
     assert children == {("teacher", "bcbl32_fms"), ("teacher", "bcbl32_dir"), ("student", "kd_ensemble")}
     assert not (pkgs[0] / "mlflow.db").exists()

@@ -50,8 +50,13 @@ def cluster(monkeypatch):
     (tmp / "ray").mkdir()  # Ray's temp dir under RAY_TMPDIR (sessions, logs, the address file)
     c = Cluster(shutdown_at_exit=True)
     try:
-        c.add_node(num_cpus=0, temp_dir=str(tmp / "ray"), gcs_server_port=free_port(), include_dashboard=False,
-                   dashboard_agent_listen_port=free_port())
+        c.add_node(
+            num_cpus=0,
+            temp_dir=str(tmp / "ray"),
+            gcs_server_port=free_port(),
+            include_dashboard=False,
+            dashboard_agent_listen_port=free_port(),
+        )
         workers = [c.add_node(num_cpus=1, resources={"teacher_slot": 1}) for _ in range(2)]
         c.wait_for_nodes()
         yield c, workers, tmp
@@ -69,13 +74,30 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
     head_id = c.head_node.node_id
     worker_ids = {w.node_id: w for w in workers}
     out, log = tmp_path / "out", tmp_path / "driver.log"
-    env = {**os.environ, "RAY_ADDRESS": c.address, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "RAY_DEDUP_LOGS": "0"}  # every worker line reaches the driver's log (no "[repeated 3x]")
-    cmd = [sys.executable, str(REPO / "jobs" / "full_pipeline.py"), "--data-dir", str(synth_dataset),
-           "--output-dir", str(out), "--profile", "smoke", "--splits", str(SPLIT),
-           f"teachers.systems=[{','.join(TEACHERS)}]", "teachers.cpus_per_worker=1", "teachers.max_failures=2",
-           "students.systems=[baseline]", f"bcbl.epochs={EPOCHS}"]
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": c.address,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "RAY_DEDUP_LOGS": "0",
+    }  # every worker line reaches the driver's log (no "[repeated 3x]")
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "full_pipeline.py"),
+        "--data-dir",
+        str(synth_dataset),
+        "--output-dir",
+        str(out),
+        "--profile",
+        "smoke",
+        "--splits",
+        str(SPLIT),
+        f"teachers.systems=[{','.join(TEACHERS)}]",
+        "teachers.cpus_per_worker=1",
+        "teachers.max_failures=2",
+        "students.systems=[baseline]",
+        f"bcbl.epochs={EPOCHS}",
+    ]
     with open(log, "w") as f:
         driver = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
@@ -94,8 +116,16 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
                 epochs[t] = max(epochs.get(t, 0), int(e))
             running = {t: n for t, n in placed.items() if epochs.get(t, 0) < EPOCHS}
             if len(set(running.values())) == 2:
-                ready = [t for t in running if 1 <= epochs.get(t, 0) <= EPOCHS - 2 and any(
-                    (out / "ray_results").glob(f"teacher-{t}-split{SPLIT}-*/checkpoint_manager_snapshot.json"))]
+                ready = [
+                    t
+                    for t in running
+                    if 1 <= epochs.get(t, 0) <= EPOCHS - 2
+                    and any(
+                        (out / "ray_results").glob(
+                            f"teacher-{t}-split{SPLIT}-*/checkpoint_manager_snapshot.json"
+                        )
+                    )
+                ]
                 if ready:
                     victim = ready[0]
         assert victim is not None, f"never saw two teachers training on two nodes:\n{log.read_text()[-4000:]}"
@@ -123,13 +153,17 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
     assert head_id not in {n for _, n in ON_NODE.findall(text)}
 
     # every teacher's result records the node that finished it; all were worker nodes
-    nodes = {t: json.loads((out / "units" / f"{t}_split{SPLIT}.json").read_text())["node_id"] for t in TEACHERS}
+    nodes = {
+        t: json.loads((out / "units" / f"{t}_split{SPLIT}.json").read_text())["node_id"] for t in TEACHERS
+    }
     assert nodes[victim] == survivor
     assert set(nodes.values()) <= set(worker_ids)
 
     # the logits table is complete: every teacher, every training file of the split, finite
     path = out / "logits" / f"teachers_split{SPLIT}.parquet"
-    split_files = [ln.split("\t")[0] for ln in (synth_dataset / f"split{SPLIT}.csv").read_text().splitlines()[1:]]
+    split_files = [
+        ln.split("\t")[0] for ln in (synth_dataset / f"split{SPLIT}.csv").read_text().splitlines()[1:]
+    ]
     table = pq.read_table(path)
     assert table.num_rows == len(split_files)
     assert set(TEACHERS) <= set(table.column_names)

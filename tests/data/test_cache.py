@@ -104,8 +104,11 @@ def test_resampling_keeps_a_sine_at_its_frequency(tmp_path):
     fn = "audio/park-lyon-1-0-0-a.wav"
     t = np.arange(44100) / 44100
     write_wav(tmp_path / fn, 0.5 * np.sin(2 * np.pi * 1000 * t), subtype="FLOAT")
-    write_tsv(tmp_path / "meta.csv", ("filename", "scene_label", "identifier", "source_label"),
-              [(fn, "park", "lyon-1", "a")])  # fmt: skip
+    write_tsv(
+        tmp_path / "meta.csv",
+        ("filename", "scene_label", "identifier", "source_label"),
+        [(fn, "park", "lyon-1", "a")],
+    )
     store = build_cache(TauDataset.open(tmp_path), [fn], 32000, tmp_path / "cache", progress=False)
     x = store.get(fn)
     assert x.shape == (32000,)

@@ -28,21 +28,36 @@ def test_constants_follow_the_spec():
 
 def test_parse_filename():
     assert parse_filename("audio/street_traffic-lisbon-1000-40000-0-s4.wav") == (
-        "street_traffic", "lisbon", "1000", "40000", "0", "s4")  # fmt: skip
+        "street_traffic",
+        "lisbon",
+        "1000",
+        "40000",
+        "0",
+        "s4",
+    )
     with pytest.raises(ValueError):
         parse_filename("audio/airport-lisbon-1000-a.wav")
 
 
 def test_clip_fields_from_a_handwritten_meta(tmp_path):
-    write_tsv(tmp_path / "meta.csv", META, [
-        ("audio/airport-lisbon-1000-40000-0-a.wav", "airport", "lisbon-1000", "a"),
-        ("audio/street_traffic-paris-7-3-9-s2.wav", "street_traffic", "paris-7", "s2"),
-        ("audio/tram-vienna-4-0-1-s6.wav", "tram", "vienna-4", "s6"),
-    ])  # fmt: skip
+    write_tsv(
+        tmp_path / "meta.csv",
+        META,
+        [
+            ("audio/airport-lisbon-1000-40000-0-a.wav", "airport", "lisbon-1000", "a"),
+            ("audio/street_traffic-paris-7-3-9-s2.wav", "street_traffic", "paris-7", "s2"),
+            ("audio/tram-vienna-4-0-1-s6.wav", "tram", "vienna-4", "s6"),
+        ],
+    )
     ds = TauDataset.open(tmp_path)
     c = ds.clips["audio/street_traffic-paris-7-3-9-s2.wav"]
     assert (c.scene_label, c.identifier, c.city, c.device, c.device_group) == (
-        "street_traffic", "paris-7", "paris", "s2", "seen")  # fmt: skip
+        "street_traffic",
+        "paris-7",
+        "paris",
+        "s2",
+        "seen",
+    )
     assert ds.clips["audio/tram-vienna-4-0-1-s6.wav"].device_group == "unseen"
     files = list(ds.clips)
     assert ds.labels(files).dtype == np.int64

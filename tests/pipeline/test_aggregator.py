@@ -25,7 +25,10 @@ def ray_runtime():
 def test_table_is_written_once_all_teachers_are_in(ray_runtime, tmp_path):
     agg = start_aggregator(tmp_path, META, EXPECTED, "datakey")
     a, b = np.arange(50, dtype=np.float32).reshape(5, 10), np.ones((5, 10), np.float32)
-    assert ray.get(agg.submit.remote("teachers", 25, "bcbl32_fms", a, "k1", "run1", {"test_macro_acc": 0.5})) is None
+    assert (
+        ray.get(agg.submit.remote("teachers", 25, "bcbl32_fms", a, "k1", "run1", {"test_macro_acc": 0.5}))
+        is None
+    )
     assert not (tmp_path / "teachers_split25.parquet").exists()
     path = ray.get(agg.submit.remote("teachers", 25, "passt_dir", b, "k2", "run2", {"test_macro_acc": 0.6}))
     table = pq.read_table(path)

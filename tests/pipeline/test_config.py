@@ -24,22 +24,27 @@ def test_smoke_profile_overrides_only_what_it_names():
 def test_file_then_overrides_win(tmp_path):
     f = tmp_path / "my.yaml"
     f.write_text("bcbl:\n  epochs: 7\nkd:\n  lam: 0.5\n")
-    cfg = load_config("smoke", f, ["bcbl.epochs=9", "teachers.systems=[bcbl32_fms]", "mlflow.tracking_uri=http://x"])
+    cfg = load_config(
+        "smoke", f, ["bcbl.epochs=9", "teachers.systems=[bcbl32_fms]", "mlflow.tracking_uri=http://x"]
+    )
     assert cfg["bcbl"]["epochs"] == 9 and cfg["kd"]["lam"] == 0.5
     assert cfg["teachers"]["systems"] == ["bcbl32_fms"] and cfg["mlflow"]["tracking_uri"] == "http://x"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("bcbl.epoch=3", "unknown config key 'bcbl.epoch'"),
-    ("bcbl.epochs=three", "wrong type"),
-    ("bcbl.epochs=true", "wrong type"),
-    ("kd.lam=[1]", "wrong type"),
-    ("train.select=test", "one of val, last"),
-    ("teachers.systems=[resnet]", "unknown teacher 'resnet'"),
-    ("students.systems=[tfs]", "tfs without kd_ensemble"),
-    ("students.search.kd.lamda=[0.5]", "unknown search key"),
-    ("nonsense", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("bcbl.epoch=3", "unknown config key 'bcbl.epoch'"),
+        ("bcbl.epochs=three", "wrong type"),
+        ("bcbl.epochs=true", "wrong type"),
+        ("kd.lam=[1]", "wrong type"),
+        ("train.select=test", "one of val, last"),
+        ("teachers.systems=[resnet]", "unknown teacher 'resnet'"),
+        ("students.systems=[tfs]", "tfs without kd_ensemble"),
+        ("students.search.kd.lamda=[0.5]", "unknown search key"),
+        ("nonsense", "key=value"),
+    ],
+)
 def test_bad_overrides_are_refused_with_a_fix(override, words):
     with pytest.raises(AscRayError) as e:
         load_config("smoke", None, [override])

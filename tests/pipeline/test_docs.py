@@ -17,7 +17,18 @@ def test_readme_commands_and_ci_agree():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/run_local.sh" in readme and "bash scripts/test.sh" in readme
     assert "bash scripts/test.sh\n" in (ROOT / ".ci" / "run").read_text()  # CI runs the README's test command
-    for rel in ("scripts/run_local.sh", "scripts/test.sh", "jobs/full_pipeline.py", "jobs/teachers.py",
-                "jobs/logits.py", "jobs/students.py", "jobs/evaluate.py", "cluster.yaml", "docker/Dockerfile",
-                "docs/cluster.md", "docs/config.md", "docs/architecture.md"):
+    for rel in (
+        "scripts/run_local.sh",
+        "scripts/test.sh",
+        "jobs/full_pipeline.py",
+        "jobs/teachers.py",
+        "jobs/logits.py",
+        "jobs/students.py",
+        "jobs/evaluate.py",
+        "cluster.yaml",
+        "docker/Dockerfile",
+        "docs/cluster.md",
+        "docs/config.md",
+        "docs/architecture.md",
+    ):
         assert (ROOT / rel).is_file(), rel

@@ -27,10 +27,28 @@ def _run(data, out, cwd, *extra):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     t0 = time.time()
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "full_pipeline.py"), "--data-dir", str(data),
-                        "--output-dir", str(out), "--splits", ",".join(map(str, SPLITS)), "--profile", "smoke",
-                        "bcbl.epochs=2", "passt.epochs=1", *extra],
-                       cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "full_pipeline.py"),
+            "--data-dir",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--splits",
+            ",".join(map(str, SPLITS)),
+            "--profile",
+            "smoke",
+            "bcbl.epochs=2",
+            "passt.epochs=1",
+            *extra,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     return r, time.time() - t0
 
 
@@ -49,8 +67,15 @@ def pipeline(synth_dataset, tmp_path_factory):
     (ev / "evaluation_setup" / "fold1_test.csv").write_text("filename\n" + "\n".join(names) + "\n")
     first, t_first = _run(synth_dataset, out, cwd, f"data.eval_dir={ev}")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return {"data": synth_dataset, "out": out, "cwd": cwd, "first": first, "t_first": t_first, "eval": ev,
-            "eval_names": names}
+    return {
+        "data": synth_dataset,
+        "out": out,
+        "cwd": cwd,
+        "first": first,
+        "t_first": t_first,
+        "eval": ev,
+        "eval_names": names,
+    }
 
 
 def _results(path):
@@ -86,7 +111,9 @@ def test_results_table_has_every_student_and_split(pipeline):
     for sp in SPLITS:
         assert (pipeline["out"] / "plots" / f"class_accuracy_split{sp}.png").stat().st_size > 1000
     out = pipeline["first"].stdout
-    assert "stage teachers finished" in out and "stage students finished" in out and "teacher 12/12 done" in out
+    assert (
+        "stage teachers finished" in out and "stage students finished" in out and "teacher 12/12 done" in out
+    )
 
 
 def test_students_predict_the_evaluation_set_in_dcase_format(pipeline):
@@ -94,8 +121,10 @@ def test_students_predict_the_evaluation_set_in_dcase_format(pipeline):
 
     for sp in SPLITS:
         for s in STUDENTS:
-            files, labels, probs = read_dcase_output(pipeline["out"] / "students" / f"split{sp}" / s / "eval_output.csv")
-            assert files == [n[len("audio/"):] for n in pipeline["eval_names"]]
+            files, labels, probs = read_dcase_output(
+                pipeline["out"] / "students" / f"split{sp}" / s / "eval_output.csv"
+            )
+            assert files == [n[len("audio/") :] for n in pipeline["eval_names"]]
             assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
 
 
@@ -109,8 +138,12 @@ def test_mlflow_has_a_parent_run_with_tagged_children(pipeline):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     pid = parents[0].info.run_id
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid]
-    teachers = {(r.data.tags["system"], r.data.tags["split"]) for r in kids if r.data.tags["role"] == "teacher"}
-    students = {(r.data.tags["system"], r.data.tags["split"]) for r in kids if r.data.tags["role"] == "student"}
+    teachers = {
+        (r.data.tags["system"], r.data.tags["split"]) for r in kids if r.data.tags["role"] == "teacher"
+    }
+    students = {
+        (r.data.tags["system"], r.data.tags["split"]) for r in kids if r.data.tags["role"] == "student"
+    }
     assert teachers == {(t, str(s)) for t in TEACHERS for s in SPLITS}
     assert students == {(t, str(s)) for t in STUDENTS for s in SPLITS}
     kd = next(r for r in kids if r.data.tags["system"] == "kd_ensemble" and r.data.tags["split"] == "100")
@@ -121,14 +154,21 @@ def test_mlflow_has_a_parent_run_with_tagged_children(pipeline):
     assert {"output.csv", "class_accuracy.png", "confusion.png", "output.complexity.json", "model"} <= arts
     assert any(a.path.endswith(".md") for a in c.list_artifacts(pid))
     rows = _results(pipeline["out"] / "results.csv")
-    assert abs(parents[0].data.metrics["kd_ensemble.split100.test_macro_acc"]
-               - float(rows[("kd_ensemble", 100)]["test_macro_acc"])) < 1e-6
+    assert (
+        abs(
+            parents[0].data.metrics["kd_ensemble.split100.test_macro_acc"]
+            - float(rows[("kd_ensemble", 100)]["test_macro_acc"])
+        )
+        < 1e-6
+    )
 
 
 def test_the_same_command_again_reuses_everything(pipeline):
     before = _results(pipeline["out"] / "results.csv")
     table = (pipeline["out"] / "logits" / "teachers_split100.parquet").read_bytes()
-    again, t_again = _run(pipeline["data"], pipeline["out"], pipeline["cwd"], f"data.eval_dir={pipeline['eval']}")
+    again, t_again = _run(
+        pipeline["data"], pipeline["out"], pipeline["cwd"], f"data.eval_dir={pipeline['eval']}"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "teachers: 0 to train, 12 reused" in again.stdout
     assert "0 trials to run" in again.stdout

@@ -20,13 +20,16 @@ def test_grid_is_the_product_of_the_lists():
     assert search_grid({}) == [{}]
 
 
-@pytest.mark.parametrize("key, readers", [
-    ("kd.lam", {"kd_ensemble"}),
-    ("focusnet.alpha", {"tfs"}),
-    ("channels.bcbl24", {"bcbl24"}),
-    ("channels.bcbl32", {"kd_ensemble", "tfs", "baseline"}),
-    ("augment.fms_p", {"kd_ensemble", "tfs", "bcbl24", "baseline"}),
-])
+@pytest.mark.parametrize(
+    "key, readers",
+    [
+        ("kd.lam", {"kd_ensemble"}),
+        ("focusnet.alpha", {"tfs"}),
+        ("channels.bcbl24", {"bcbl24"}),
+        ("channels.bcbl32", {"kd_ensemble", "tfs", "baseline"}),
+        ("augment.fms_p", {"kd_ensemble", "tfs", "bcbl24", "baseline"}),
+    ],
+)
 def test_a_search_key_applies_only_to_the_students_it_changes(key, readers):
     assert {s for s in ("kd_ensemble", "tfs", "bcbl24", "baseline") if get_system(s).reads(key)} == readers
 
@@ -39,12 +42,28 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     env.pop("RAY_ADDRESS", None)
-    common = ["--data-dir", str(synth_dataset), "--output-dir", str(tmp_path / "o"), "--splits", "100",
-              "--profile", "smoke", "students.systems=[bcbl24]", "students.search.channels.bcbl24=[8,16]",
-              "bcbl.epochs=2"]
+    common = [
+        "--data-dir",
+        str(synth_dataset),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--splits",
+        "100",
+        "--profile",
+        "smoke",
+        "students.systems=[bcbl24]",
+        "students.search.channels.bcbl24=[8,16]",
+        "bcbl.epochs=2",
+    ]
     for job in ("students", "evaluate"):
-        r = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *common], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *common],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         if job == "students":
             assert "best of search on val: {'channels.bcbl24':" in r.stdout

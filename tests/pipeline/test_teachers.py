@@ -5,8 +5,11 @@ from asc_ray.pipeline.teachers import build_trainer
 
 
 def test_trainer_resources_names_and_failure_policy_come_from_the_config(tmp_path):
-    cfg = load_config("full", None, ["teachers.resources={large_gpu: 1}", "teachers.num_workers=2",
-                                     "teachers.max_failures=5"])
+    cfg = load_config(
+        "full",
+        None,
+        ["teachers.resources={large_gpu: 1}", "teachers.num_workers=2", "teachers.max_failures=5"],
+    )
     job = {"cfg": cfg, "system": "passt_fms", "split": 25, "key": "0123456789abcdef"}
     t = build_trainer(job, str(tmp_path), use_gpu=True)
     assert t.scaling_config.num_workers == 2 and t.scaling_config.use_gpu

@@ -42,8 +42,8 @@ def test_fit_selects_on_validation_only_and_writes_outputs(synth_dataset, tmp_pa
     val, test = set(t.data.val_files), set(t.data.test_files)
     assert not val & test and not val & set(t.data.train_files)
     during_fit = [f for when, f in seen if when == "fit"]
-    assert during_fit and all(f == val for f in during_fit)          # selection never sees test
-    assert [f for when, f in seen if when == "finish"] == [test]     # test once, for the report
+    assert during_fit and all(f == val for f in during_fit)  # selection never sees test
+    assert [f for when, f in seen if when == "finish"] == [test]  # test once, for the report
     hist = [h["val_macro_acc"] for h in t.history]
     assert result["selected_epoch"] == int(np.argmax(hist)) + 1 and result["val_macro_acc"] == max(hist)
     out = tmp_path / "baseline"
@@ -91,13 +91,33 @@ def test_checkpoint_of_another_architecture_is_refused(synth_dataset, tmp_path):
 
 def _cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "asc_ray.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "asc_ray.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cli_trains_one_model(synth_dataset, tmp_path):
-    r = _cli("--system", "baseline", "--data-dir", str(synth_dataset), "--split", "100", "--epochs", "1",
-             "--output-dir", str(tmp_path), "--profile", "smoke", "bcbl.batch_size=16", cwd=tmp_path)
+    r = _cli(
+        "--system",
+        "baseline",
+        "--data-dir",
+        str(synth_dataset),
+        "--split",
+        "100",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--profile",
+        "smoke",
+        "bcbl.batch_size=16",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch 1/1" in r.stdout and "test macro accuracy" in r.stdout
     res = json.loads((tmp_path / "split100" / "baseline" / "result.json").read_text())
@@ -105,8 +125,21 @@ def test_cli_trains_one_model(synth_dataset, tmp_path):
 
 
 def test_cli_kd_student_without_logits_says_what_to_do(synth_dataset, tmp_path):
-    r = _cli("--system", "kd_ensemble", "--data-dir", str(synth_dataset), "--split", "100", "--epochs", "1",
-             "--output-dir", str(tmp_path), "--profile", "smoke", cwd=tmp_path)
+    r = _cli(
+        "--system",
+        "kd_ensemble",
+        "--data-dir",
+        str(synth_dataset),
+        "--split",
+        "100",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--profile",
+        "smoke",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert "teachers_split100.parquet" in r.stderr and "fix:" in r.stderr and "Traceback" not in r.stderr
 
@@ -118,11 +151,31 @@ def test_cli_kd_student_trains_from_a_logits_table(synth_dataset, tmp_path):
     ds = TauDataset.open(synth_dataset)
     files = ds.split_files(100)
     rng = np.random.default_rng(0)
-    write_logits_table(tmp_path / "t.parquet", files, [ds.clips[f].scene_label for f in files], ds.devices(files),
-                       {"bcbl32_fms": rng.normal(size=(len(files), 10)), "passt_dir": rng.normal(size=(len(files), 10))})
-    r = _cli("--system", "kd_ensemble", "--data-dir", str(synth_dataset), "--split", "100", "--epochs", "1",
-             "--output-dir", str(tmp_path), "--profile", "smoke", "--logits", str(tmp_path / "t.parquet"),
-             "bcbl.batch_size=16", cwd=tmp_path)
+    write_logits_table(
+        tmp_path / "t.parquet",
+        files,
+        [ds.clips[f].scene_label for f in files],
+        ds.devices(files),
+        {"bcbl32_fms": rng.normal(size=(len(files), 10)), "passt_dir": rng.normal(size=(len(files), 10))},
+    )
+    r = _cli(
+        "--system",
+        "kd_ensemble",
+        "--data-dir",
+        str(synth_dataset),
+        "--split",
+        "100",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--profile",
+        "smoke",
+        "--logits",
+        str(tmp_path / "t.parquet"),
+        "bcbl.batch_size=16",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "split100" / "kd_ensemble" / "split_logits.npy").is_file()  # for tfs
 
@@ -133,8 +186,21 @@ def test_a_32_bcbl_learns_the_synthetic_scenes(tmp_path):
     from asc_ray.data.synth import generate
 
     d = generate(tmp_path / "tau", seed=0)
-    r = _cli("--system", "baseline", "--data-dir", str(d), "--split", "100", "--epochs", "12",
-             "--output-dir", str(tmp_path / "o"), "--profile", "smoke", cwd=tmp_path)
+    r = _cli(
+        "--system",
+        "baseline",
+        "--data-dir",
+        str(d),
+        "--split",
+        "100",
+        "--epochs",
+        "12",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--profile",
+        "smoke",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "o" / "split100" / "baseline" / "result.json").read_text())
     assert res["test_macro_acc"] > 0.25, res["test_macro_acc"]

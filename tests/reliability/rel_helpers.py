@@ -64,7 +64,7 @@ def _socket_inodes(pid: int) -> set[str]:
             except OSError:
                 continue
             if target.startswith("socket:["):
-                out.add(target[len("socket:["):-1])
+                out.add(target[len("socket:[") : -1])
     except OSError:
         pass
     return out
@@ -76,7 +76,7 @@ def _addr(hexaddr: str) -> tuple[str, int]:
     if len(raw) == 4:
         ip = ipaddress.IPv4Address(raw[::-1])
     else:  # four little-endian 32-bit words
-        ip = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+        ip = ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
         if ip.ipv4_mapped:
             ip = ip.ipv4_mapped
     return str(ip), int(port_hex, 16)
@@ -115,7 +115,9 @@ def cli_env(mlflow_uri: str, **extra: str) -> dict:
     return env
 
 
-def run_cli(args: list[str], env: dict, cwd: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def run_cli(
+    args: list[str], env: dict, cwd: Path, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.time()
     r = subprocess.run([PY, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     return r, time.time() - t0

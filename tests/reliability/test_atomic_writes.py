@@ -16,15 +16,24 @@ FILES = [f"audio/airport-x-{i}-0-0-a.wav" for i in range(6)]
 
 def _table(path, per_model=None, files=FILES):
     rng = np.random.default_rng(0)
-    per_model = per_model or {"t1": rng.normal(size=(len(files), 10)), "t2": rng.normal(size=(len(files), 10))}
+    per_model = per_model or {
+        "t1": rng.normal(size=(len(files), 10)),
+        "t2": rng.normal(size=(len(files), 10)),
+    }
     return write_logits_table(path, files, ["airport"] * len(files), ["a"] * len(files), per_model)
 
 
 def _raw(path, rows):
     """A Parquet file written by hand (what another tool or a bug could leave): filename + logits lists."""
-    pq.write_table(pa.table({"filename": [f for f, _ in rows],
-                             "logits": pa.array([list(map(float, v)) for _, v in rows], pa.list_(pa.float32()))}),
-                   path)
+    pq.write_table(
+        pa.table(
+            {
+                "filename": [f for f, _ in rows],
+                "logits": pa.array([list(map(float, v)) for _, v in rows], pa.list_(pa.float32())),
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -43,7 +52,9 @@ def test_round_trip_joins_by_filename_not_row(tmp_path):
     mean = read_logits(p, FILES)
     rev = read_logits(p, FILES[::-1])
     np.testing.assert_array_equal(rev, mean[::-1])
-    np.testing.assert_allclose(mean, (read_logits(p, FILES, "t1") + read_logits(p, FILES, "t2")) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        mean, (read_logits(p, FILES, "t1") + read_logits(p, FILES, "t2")) / 2, rtol=1e-6
+    )
 
 
 def test_leftover_temp_file_is_ignored(tmp_path):
@@ -60,8 +71,7 @@ def test_a_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
     before = p.read_bytes()
 
     def dies_half_way(table, where, **kw):  # disk full / killed while writing
-        with open(where, "wb") as f:
-            f.write(b"PAR1" + b"\0" * 100)
+        where.write(b"PAR1" + b"\0" * 100)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", dies_half_way)

@@ -20,8 +20,16 @@ from asc_ray.data.synth import generate
 from asc_ray.data.tau import TauDataset
 
 PIPELINE = [str(ROOT / "jobs" / "full_pipeline.py")]
-SMALL = ["--splits", "25", "--profile", "smoke", "bcbl.epochs=1", "passt.epochs=1",
-         "teachers.systems=[bcbl32_fms]", "students.systems=[baseline]"]
+SMALL = [
+    "--splits",
+    "25",
+    "--profile",
+    "smoke",
+    "bcbl.epochs=1",
+    "passt.epochs=1",
+    "teachers.systems=[bcbl32_fms]",
+    "students.systems=[baseline]",
+]
 PREFLIGHT_S = 150  # generous for a loaded 2-core machine; a pre-flight failure takes ~5-15 s on an idle one
 
 
@@ -46,8 +54,12 @@ def _copy(tiny, tmp_path):
 def _pipeline(tiny, data, out, *extra, env=None, timeout=PREFLIGHT_S * 2):
     env = env or cli_env(tiny["uri"])
     env["RAY_ADDRESS"] = f"127.0.0.1:{closed_port()}"  # see the module docstring
-    return run_cli([*PIPELINE, "--data-dir", str(data), "--output-dir", str(out), *SMALL, *extra], env, out.parent,
-                   timeout)
+    return run_cli(
+        [*PIPELINE, "--data-dir", str(data), "--output-dir", str(out), *SMALL, *extra],
+        env,
+        out.parent,
+        timeout,
+    )
 
 
 def assert_preflight_error(r, seconds, out, *names, limit=PREFLIGHT_S):
@@ -55,7 +67,7 @@ def assert_preflight_error(r, seconds, out, *names, limit=PREFLIGHT_S):
     assert r.returncode == 2, f"exit {r.returncode}\n{text[-3000:]}"
     assert "Traceback" not in text, text[-3000:]
     assert "error: " in r.stderr and "fix: " in r.stderr, r.stderr[-2000:]
-    msg = r.stderr[r.stderr.index("error: "):]
+    msg = r.stderr[r.stderr.index("error: ") :]
     for name in names:
         assert str(name) in msg, f"{name!r} not in:\n{msg}"
     # pre-flight: Ray never started, no teacher was launched, nothing to resume from was written
@@ -149,9 +161,20 @@ def break_ir_folder_corrupt(d):
     return [d / "irs" / "mic.wav"], ["teachers.systems=[bcbl32_fms_dir]"]
 
 
-DATA_CASES = [break_missing_meta, break_missing_split, break_split_names_unknown_file, break_empty_split,
-              break_unknown_scene, break_empty_wav, break_truncated_wav_in_test_set, break_unreadable_wav,
-              break_sample_rate, break_clip_length, break_ir_folder_empty, break_ir_folder_corrupt]
+DATA_CASES = [
+    break_missing_meta,
+    break_missing_split,
+    break_split_names_unknown_file,
+    break_empty_split,
+    break_unknown_scene,
+    break_empty_wav,
+    break_truncated_wav_in_test_set,
+    break_unreadable_wav,
+    break_sample_rate,
+    break_clip_length,
+    break_ir_folder_empty,
+    break_ir_folder_corrupt,
+]
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +194,7 @@ def data_results(tiny, tmp_path_factory):
         return dict(zip(DATA_CASES, pool.map(one, DATA_CASES), strict=True))
 
 
-@pytest.mark.parametrize("breaker", DATA_CASES, ids=[b.__name__[len("break_"):] for b in DATA_CASES])
+@pytest.mark.parametrize("breaker", DATA_CASES, ids=[b.__name__[len("break_") :] for b in DATA_CASES])
 def test_broken_data_fails_in_preflight(data_results, breaker):
     r, secs, out, names = data_results[breaker]
     assert_preflight_error(r, secs, out, *names)
@@ -184,10 +207,13 @@ def test_missing_data_dir(tiny, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- config
-@pytest.mark.parametrize("override, words", [
-    ("bcbl.epochz=3", ["bcbl.epochz", "epochs"]),
-    ("bcbl.epochs=three", ["bcbl.epochs", "integer"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("bcbl.epochz=3", ["bcbl.epochz", "epochs"]),
+        ("bcbl.epochs=three", ["bcbl.epochs", "integer"]),
+    ],
+)
 def test_bad_config_fails_within_seconds(tiny, tmp_path, override, words):
     out = tmp_path / "out"
     r, secs = _pipeline(tiny, tiny["data"], out, override)
@@ -216,21 +242,52 @@ def test_passt_weights_absent_without_network(tiny, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     dead = f"http://127.0.0.1:{closed_port()}"  # every download goes to a closed proxy: no network
-    env = cli_env(tiny["uri"], HOME=str(home), https_proxy=dead, HTTPS_PROXY=dead, http_proxy=dead, HTTP_PROXY=dead)
+    env = cli_env(
+        tiny["uri"], HOME=str(home), https_proxy=dead, HTTPS_PROXY=dead, http_proxy=dead, HTTP_PROXY=dead
+    )
     for k in ("no_proxy", "NO_PROXY"):
         env.pop(k, None)
     out = tmp_path / "out"
-    r, secs = _pipeline(tiny, tiny["data"], out, "teachers.systems=[passt_fms]", "passt.pretrained=true",
-                        "passt.size=full", env=env)
-    assert_preflight_error(r, secs, out, "passt-s-f128-p16-s10-ap.476-swa.pt", "ASC_RAY_PASST_CHECKPOINT",
-                           "passt.pretrained=false")
+    r, secs = _pipeline(
+        tiny,
+        tiny["data"],
+        out,
+        "teachers.systems=[passt_fms]",
+        "passt.pretrained=true",
+        "passt.size=full",
+        env=env,
+    )
+    assert_preflight_error(
+        r,
+        secs,
+        out,
+        "passt-s-f128-p16-s10-ap.476-swa.pt",
+        "ASC_RAY_PASST_CHECKPOINT",
+        "passt.pretrained=false",
+    )
 
 
 # --------------------------------------------------------------------------- python -m asc_ray.train
 def _train(tiny, out, *args):
     env = cli_env(tiny["uri"])
-    return run_cli(["-m", "asc_ray.train", "--split", "25", "--output-dir", str(out), "--profile", "smoke",
-                    "--epochs", "1", *args], env, out.parent, PREFLIGHT_S * 2)
+    return run_cli(
+        [
+            "-m",
+            "asc_ray.train",
+            "--split",
+            "25",
+            "--output-dir",
+            str(out),
+            "--profile",
+            "smoke",
+            "--epochs",
+            "1",
+            *args,
+        ],
+        env,
+        out.parent,
+        PREFLIGHT_S * 2,
+    )
 
 
 def test_train_cli_corrupt_wav(tiny, tmp_path):

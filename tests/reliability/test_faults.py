@@ -23,13 +23,29 @@ from rel_helpers import PY, ROOT, alive, cli_env, cmdline, descendants, listenin
 pytestmark = pytest.mark.slow
 
 TEACHERS = ("bcbl32_fms", "passt_dir")
-ARGS = ["--splits", "25", "--profile", "smoke", "bcbl.epochs=3", "passt.epochs=1",
-        f"teachers.systems=[{','.join(TEACHERS)}]", "students.systems=[kd_ensemble]"]
+ARGS = [
+    "--splits",
+    "25",
+    "--profile",
+    "smoke",
+    "bcbl.epochs=3",
+    "passt.epochs=1",
+    f"teachers.systems=[{','.join(TEACHERS)}]",
+    "students.systems=[kd_ensemble]",
+]
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def _cmd(data, out, *extra):
-    return [str(ROOT / "jobs" / "full_pipeline.py"), "--data-dir", str(data), "--output-dir", str(out), *ARGS, *extra]
+    return [
+        str(ROOT / "jobs" / "full_pipeline.py"),
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        *ARGS,
+        *extra,
+    ]
 
 
 def _results(out):
@@ -45,7 +61,9 @@ def _tables(out):
         t = pq.read_table(p)
         for c in t.column_names:
             v = t.column(c).to_pylist()
-            got[(p.name, c)] = np.asarray(v, dtype=np.float32) if c not in ("filename", "scene_label", "device") else v
+            got[(p.name, c)] = (
+                np.asarray(v, dtype=np.float32) if c not in ("filename", "scene_label", "device") else v
+            )
     return got
 
 
@@ -76,8 +94,15 @@ class Driver:
         self.log = log
         self.fh = open(log, "w")
         self.t0 = time.time()
-        self.p = subprocess.Popen([PY, *cmd], env=env, cwd=cwd, stdout=self.fh, stderr=subprocess.STDOUT, text=True,
-                                  start_new_session=True)
+        self.p = subprocess.Popen(
+            [PY, *cmd],
+            env=env,
+            cwd=cwd,
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -89,7 +114,9 @@ class Driver:
             if v:
                 return v
             if self.p.poll() is not None:
-                raise AssertionError(f"pipeline exited ({self.p.returncode}) before {what}:\n{self.text()[-4000:]}")
+                raise AssertionError(
+                    f"pipeline exited ({self.p.returncode}) before {what}:\n{self.text()[-4000:]}"
+                )
             time.sleep(0.05)
         self.kill()
         raise AssertionError(f"timed out waiting for {what}:\n{self.text()[-4000:]}")
@@ -137,8 +164,16 @@ def ref(synth_dataset, tmp_path_factory):
     out = cwd / "ref"
     r, secs = run_cli(_cmd(synth_dataset, out), cli_env(uri), cwd, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return {"data": synth_dataset, "cwd": cwd, "uri": uri, "out": out, "secs": secs, "stdout": r.stdout,
-            "results": _results(out), "tables": _tables(out)}
+    return {
+        "data": synth_dataset,
+        "cwd": cwd,
+        "uri": uri,
+        "out": out,
+        "secs": secs,
+        "stdout": r.stdout,
+        "results": _results(out),
+        "tables": _tables(out),
+    }
 
 
 def test_seeds_are_logged_to_mlflow(ref):
@@ -208,8 +243,10 @@ def test_interrupted_driver_keeps_finished_work(ref, tmp_path):
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri=ref["uri"])
-    runs = c.search_runs([c.get_experiment_by_name("asc-ray").experiment_id],
-                         filter_string=f"tags.output_dir = '{out.resolve()}' and tags.role = 'pipeline'")
+    runs = c.search_runs(
+        [c.get_experiment_by_name("asc-ray").experiment_id],
+        filter_string=f"tags.output_dir = '{out.resolve()}' and tags.role = 'pipeline'",
+    )
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED", "KILLED"]
 
 
@@ -217,13 +254,20 @@ def test_ctrl_c_during_a_long_teacher_exits_at_once_and_leaves_no_process(ref, t
     """Without care, the driver waits for every running teacher before it exits (hours in a real run).
     Also checks what listens while a teacher trains: Ray's servers on loopback only."""
     out, env = tmp_path / "out", cli_env(ref["uri"], ASC_RAY_TEST_PID_DIR=str(tmp_path))
-    d = Driver(_cmd(ref["data"], out, "bcbl.epochs=500", "teachers.systems=[bcbl32_fms]"), env, ref["cwd"],
-               tmp_path / "run.log")
+    d = Driver(
+        _cmd(ref["data"], out, "bcbl.epochs=500", "teachers.systems=[bcbl32_fms]"),
+        env,
+        ref["cwd"],
+        tmp_path / "run.log",
+    )
     pid, _ = d.wait_for(lambda: _pid_file(tmp_path, "bcbl32_fms_split25"), what="a teacher epoch")
     procs = descendants(d.p.pid)
     assert pid in procs and "RayTrainWorker" in cmdline(pid)
-    exposed = [(p, ip, port, cmdline(p)[:60]) for p, ip, port in listening_sockets(procs | {d.p.pid})
-               if ip not in LOOPBACK]
+    exposed = [
+        (p, ip, port, cmdline(p)[:60])
+        for p, ip, port in listening_sockets(procs | {d.p.pid})
+        if ip not in LOOPBACK
+    ]
     # the one exception: torch.distributed's TCPStore inside a Train worker binds all interfaces (no option)
     assert all("RayTrainWorker" in c for *_, c in exposed), exposed
     os.killpg(d.p.pid, signal.SIGINT)
@@ -244,16 +288,21 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ref, tmp_path):
     logits table."""
     out, env = tmp_path / "out", cli_env(ref["uri"], ASC_RAY_TEST_PID_DIR=str(tmp_path))
     d = Driver(_cmd(ref["data"], out, "bcbl.epochs=12"), env, ref["cwd"], tmp_path / "run.log")
-    pid, epoch = d.wait_for(lambda: (_checkpointed_epoch(out, "bcbl32_fms") >= 1
-                                     and _pid_file(tmp_path, "bcbl32_fms_split25")), what="a registered checkpoint")
+    pid, epoch = d.wait_for(
+        lambda: _checkpointed_epoch(out, "bcbl32_fms") >= 1 and _pid_file(tmp_path, "bcbl32_fms_split25"),
+        what="a registered checkpoint",
+    )
     assert "RayTrainWorker" in cmdline(pid) and pid in descendants(d.p.pid), cmdline(pid)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
     assert d.finish(900) == 0, d.text()[-4000:]
     text = d.text()
     assert not alive(pid)
-    resumed = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if "[bcbl32_fms split25] resumed from epoch" in line]
+    resumed = [
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if "[bcbl32_fms split25] resumed from epoch" in line
+    ]
     assert resumed and resumed[0] >= 1, text[-4000:]
     assert f"teacher {len(TEACHERS)}/{len(TEACHERS)} done" in text and "FAILED" not in text
     per = _teacher_logits_complete(out, ref["data"])
@@ -265,14 +314,16 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ref, tmp_path):
 
 def test_local_ray_listens_on_loopback_only(ref):
     """init_ray() as the pipeline calls it, in a subprocess: every socket its Ray processes listen on."""
-    code = ("import os, sys, json; sys.path.insert(0, " + repr(str(Path(__file__).parent)) + ")\n"
-            "from rel_helpers import descendants, listening_sockets, cmdline\n"
-            "from asc_ray.pipeline.run import init_ray\nimport ray\ninit_ray()\n"
-            "a = ray.remote(num_cpus=0)(type('A', (), {'pid': lambda self: os.getpid()})).remote()\n"
-            "ray.get(a.pid.remote())\n"
-            "procs = descendants(os.getpid()) | {os.getpid()}\n"
-            "print(json.dumps([(p, ip, port, cmdline(p)[:300]) for p, ip, port in listening_sockets(procs)]))\n"
-            "ray.shutdown()\n")
+    code = (
+        "import os, sys, json; sys.path.insert(0, " + repr(str(Path(__file__).parent)) + ")\n"
+        "from rel_helpers import descendants, listening_sockets, cmdline\n"
+        "from asc_ray.pipeline.runtime import init_ray\nimport ray\ninit_ray()\n"
+        "a = ray.remote(num_cpus=0)(type('A', (), {'pid': lambda self: os.getpid()})).remote()\n"
+        "ray.get(a.pid.remote())\n"
+        "procs = descendants(os.getpid()) | {os.getpid()}\n"
+        "print(json.dumps([(p, ip, port, cmdline(p)[:300]) for p, ip, port in listening_sockets(procs)]))\n"
+        "ray.shutdown()\n"
+    )
     env = cli_env(ref["uri"])
     r = subprocess.run([PY, "-c", code], env=env, cwd=ref["cwd"], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]

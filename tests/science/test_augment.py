@@ -56,7 +56,7 @@ def test_freq_mixstyle_moves_band_stats_toward_partner():
     mu1, sd1 = band_stats(out)
     for i, j in ((0, 1), (1, 0)):
         # new stats = lam * own + (1 - lam) * partner's, one lam per sample for all bands, lam in [0, 1]
-        lam = ((mu1[i] - mu0[j]) / (mu0[i] - mu0[j]))
+        lam = (mu1[i] - mu0[j]) / (mu0[i] - mu0[j])
         torch.testing.assert_close(lam, lam.mean().expand_as(lam), atol=1e-3, rtol=0)
         assert -1e-4 <= lam.mean() <= 1 + 1e-4
         torch.testing.assert_close(sd1[i], lam * sd0[i] + (1 - lam) * sd0[j], atol=1e-3, rtol=1e-3)

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from asc_ray import export
+import asc_ray.io
 from asc_ray.data.tau import SCENES
 from asc_ray.errors import AscRayError
 from asc_ray.export import (
@@ -89,7 +89,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(*args):  # the rename fails after the temp file was fully written
         raise OSError("disk gone")
 
-    monkeypatch.setattr(export.os, "replace", boom)
+    monkeypatch.setattr(asc_ray.io.os, "replace", boom)
     with pytest.raises(OSError, match="disk gone"):
         write_dcase_output(out, ["y.wav"], np.ones((1, 10)))
     monkeypatch.undo()

@@ -17,7 +17,9 @@ def test_bcbl_frontend_shapes_and_config(name, shape):
     assert out.shape == (2, *shape)
     assert torch.isfinite(out).all()
     # silence -> log(0 + 1e-5) everywhere
-    torch.testing.assert_close(fe(torch.zeros(1, 8000)), torch.full_like(fe(torch.zeros(1, 8000)), math.log(1e-5)))
+    torch.testing.assert_close(
+        fe(torch.zeros(1, 8000)), torch.full_like(fe(torch.zeros(1, 8000)), math.log(1e-5))
+    )
 
 
 def test_sample_rates_and_table():

@@ -25,7 +25,9 @@ def t(a):
 def test_kd_trivial_case_by_hand():
     # equal logits, 2 classes: CE = log 2, KL = 0 -> (1 - lam) * log 2
     z = torch.zeros(1, 2)
-    assert kd_loss(z, z, torch.tensor([0]), lam=0.98, temperature=2.0).item() == pytest.approx(0.02 * math.log(2))
+    assert kd_loss(z, z, torch.tensor([0]), lam=0.98, temperature=2.0).item() == pytest.approx(
+        0.02 * math.log(2)
+    )
 
 
 def test_kd_loss_matches_eq1_hard_and_soft_targets():
@@ -60,18 +62,18 @@ def test_kd_gradient_flows_to_student_only():
 def focus_by_hand(zs, zt, y, alpha=1.0, beta=1.0, variant="report"):
     C = zs.shape[1]
     ps, pt = softmax(zs), softmax(zt)
-    d = ps - pt                              # eq. (2)
+    d = ps - pt  # eq. (2)
     y_hat = softmax(d + zs)
     y_cls = y if variant == "report" else y * 0.9 + 0.1 / C
     l_cls = -(y_cls * np.log(y_hat)).sum(axis=1)  # eq. (3)
     if variant == "report":
-        l1 = (zt > 0).astype(float)          # eq. (4)
+        l1 = (zt > 0).astype(float)  # eq. (4)
     else:
         l1 = (softmax(zt / 2) > 1 / C).astype(float)
-    l2 = np.minimum(1.0, l1 + y)             # eq. (5)
+    l2 = np.minimum(1.0, l1 + y)  # eq. (5)
     l_att = l2 / l2.sum(axis=1, keepdims=True)  # eq. (6)
     r_att = -(l_att * np.log(ps)).sum(axis=1)  # eq. (7)
-    r_ent = -(ps * np.log(ps)).sum(axis=1)   # eq. (8)
+    r_ent = -(ps * np.log(ps)).sum(axis=1)  # eq. (8)
     return (l_cls + alpha * r_att - beta * r_ent).mean()
 
 

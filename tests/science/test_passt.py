@@ -69,8 +69,10 @@ def test_checkpoint_round_trip_and_new_head(tmp_path):
     assert five.net.head[1].weight.shape == (5, 64)
     # a checkpoint trained for longer inputs: time position embeddings are cut, as the package's forward does
     short = passt(pretrained=path, size="small", n_classes=10, input_tdim=T)
-    torch.testing.assert_close(short.net.time_new_pos_embed,
-                               src.net.time_new_pos_embed[..., : short.net.time_new_pos_embed.shape[-1]])
+    torch.testing.assert_close(
+        short.net.time_new_pos_embed,
+        src.net.time_new_pos_embed[..., : short.net.time_new_pos_embed.shape[-1]],
+    )
 
 
 def test_wrong_checkpoint_raises_naming_the_file(tmp_path):

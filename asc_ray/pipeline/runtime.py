@@ -1,0 +1,64 @@
+"""The Ray touchpoints of the driver: start or join Ray, see whether it has GPUs, print a progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ray
+
+from asc_ray.errors import handle_sigterm
+
+
+def log(msg: str) -> None:
+    print(f"[asc-ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def init_ray() -> None:
+    """Join the cluster when RAY_ADDRESS is set (e.g. under `ray job submit`), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # env vars that `ray job submit --runtime-env-json` already gives every worker are left out: Ray refuses
+    # a ray.init() runtime env that names the job's own env vars again ("Failed to merge the Job's runtime env")
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    env = {
+        "env_vars": {
+            k: os.environ[k]
+            for k in ("MLFLOW_TRACKING_URI", "ASC_RAY_PASST_CHECKPOINT")
+            if k in os.environ and k not in (job_env.get("env_vars") or {})
+        }
+    }
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(namespace="asc_ray", runtime_env=env, log_to_driver=True)
+    else:
+        # a laptop: a private local Ray, reachable from this machine only. With node IP 127.0.0.1 every Ray
+        # server (GCS, raylet, object manager, workers, agents) binds to loopback; by default Ray takes the
+        # machine's routable IP and listens on all interfaces. (Ray resolves "127.0.0.1" to that routable IP
+        # unless ENABLE_RAY_CLUSTER is off, as on macOS / Windows: switch it off for this start only.)
+        from ray._private import ray_constants
+
+        cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            ray.init(
+                address="local",
+                num_cpus=os.cpu_count(),
+                namespace="asc_ray",
+                runtime_env=env,
+                dashboard_host="127.0.0.1",
+                include_dashboard=False,
+                log_to_driver=True,
+                _node_ip_address="127.0.0.1",
+            )
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+    handle_sigterm()  # ray.init() installed its own SIGTERM handler (abort, no cleanup): a stop keeps finished work
+
+
+def detect_gpu(cfg: dict) -> bool:
+    v = cfg["use_gpu"]
+    if v != "auto":
+        return bool(v)
+    return ray.cluster_resources().get("GPU", 0) > 0
