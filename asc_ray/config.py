@@ -42,7 +42,7 @@ NULLABLE_STR = {
     "storage_path",
 }
 # Keys that are free-form mappings (their inner keys are checked elsewhere).
-FREE_MAPS = {"students.search", "teachers.resources"}
+FREE_MAPS = {"students.search", "teachers.resources", "students.resources"}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -167,7 +167,11 @@ def load_config(
 
 
 def _check_semantics(cfg: dict) -> None:
-    from asc_ray.systems import STUDENTS, TEACHERS  # late import: systems imports nothing from here
+    from asc_ray.systems import (  # late import: systems imports nothing from here
+        STUDENTS,
+        TEACHERS,
+        check_needs,
+    )
 
     for group, valid in (("teachers", TEACHERS), ("students", STUDENTS)):
         for name in cfg[group]["systems"]:
@@ -177,18 +181,15 @@ def _check_semantics(cfg: dict) -> None:
                     path="config",
                     fix="choose from " + ", ".join(valid),
                 )
-    if "tfs" in cfg["students"]["systems"] and "kd_ensemble" not in cfg["students"]["systems"]:
-        raise AscRayError(
-            "students.systems has tfs without kd_ensemble",
-            path="config",
-            fix="tfs learns from the kd_ensemble student's logits: add kd_ensemble",
-        )
-    for name, amount in cfg["teachers"]["resources"].items():
+    check_needs(list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"]))
+    for group, name, amount in [
+        (g, n, a) for g in ("teachers", "students") for n, a in cfg[g]["resources"].items()
+    ]:
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             raise AscRayError(
-                f"teachers.resources.{name} must be a number >= 0, got {amount!r}",
+                f"{group}.resources.{name} must be a number >= 0, got {amount!r}",
                 path="config",
-                fix="e.g. teachers.resources={large_gpu: 1}",
+                fix=f"e.g. {group}.resources={{large_gpu: 1}}",
             )
     if not 0.0 < cfg["data"]["holdout_fraction"] < 0.5:
         raise AscRayError(

@@ -195,6 +195,37 @@ def plot_confusion(confusion: np.ndarray, path: str | Path, title: str) -> Path:
     return _save_figure(fig, path)
 
 
+def plot_timeline(entries: Sequence[dict], path: str | Path, title: str = "Pipeline timeline") -> Path:
+    """Gantt chart of a pipeline run: one bar per unit, one band of rows per node, coloured by role.
+
+    Each entry: label, role (teacher / student / table), node, start and end (epoch seconds).
+    """
+    if not entries:
+        raise ValueError("plot_timeline needs at least one unit")
+    t0 = min(e["start"] for e in entries)
+    nodes = sorted({e["node"] for e in entries})
+    colours = {"teacher": "tab:orange", "student": "tab:blue", "table": "tab:green"}
+    rows = sorted(entries, key=lambda e: (nodes.index(e["node"]), e["start"]))
+    fig, ax = plt.subplots(figsize=(12, max(3, 0.28 * len(rows) + 1.5)))
+    for i, e in enumerate(rows):
+        ax.barh(
+            i, max(e["end"] - e["start"], 0.5), left=e["start"] - t0, color=colours.get(e["role"], "grey")
+        )
+        ax.text(e["end"] - t0, i, " " + e["label"], va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [f"node {str(e['node'])[:8]}" for e in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first unit started")
+    ax.set_title(title)
+    ax.legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=c, label=r) for r, c in colours.items()],
+        loc="lower right",
+        fontsize="small",
+    )
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
 # --- results table ------------------------------------------------------------------------------------
 
 

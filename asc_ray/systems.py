@@ -72,6 +72,22 @@ TEACHERS: tuple[str, ...] = tuple(s.name for s in _SYSTEMS if s.role == "teacher
 STUDENTS: tuple[str, ...] = tuple(s.name for s in _SYSTEMS if s.role == "student")
 
 
+def check_needs(names: list[str]) -> None:
+    """Every configured system's `needs` is fed by a configured system (tfs needs kd_ensemble's logits)."""
+    from asc_ray.errors import AscRayError
+
+    fed = {SYSTEMS[n].feeds for n in names if n in SYSTEMS}
+    for n in names:
+        need = SYSTEMS[n].needs if n in SYSTEMS else None
+        if need and need not in fed:
+            feeders = [s.name for s in _SYSTEMS if s.feeds == need]
+            raise AscRayError(
+                f"{n} learns from the logits of {need}, which no configured system writes",
+                path="config",
+                fix=f"add {' or '.join(feeders)} to the configured systems, or remove {n}",
+            )
+
+
 def get_system(name: str) -> System:
     from asc_ray.errors import AscRayError
 

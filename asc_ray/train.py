@@ -39,7 +39,7 @@ from asc_ray.data.irs import load_irs
 from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES, TauDataset
 from asc_ray.errors import AscRayError, run_cli
 from asc_ray.features import build_frontend, frontend_sample_rate, input_shape
-from asc_ray.io import atomic_write_json
+from asc_ray.outputs import write_record
 from asc_ray.systems import System, get_system
 
 DEVICE_A = DEVICE_INDEX["a"]
@@ -237,6 +237,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.best: dict = {"val_macro_acc": -1.0, "epoch": -1}
+        self.record_extra: dict = {}
 
     # -- checkpoints: a folder with checkpoint.pt (+ best.pt), replaced atomically each epoch
     def state(self) -> dict:
@@ -379,6 +380,7 @@ class Trainer:
 
     def fit(self, report: Callable[[dict, Path | None], None] | None = None) -> dict:
         """Train the remaining epochs (resumes from self.epoch); returns the final result dict."""
+        self.fit_started = time.time()
         epochs = self.h["epochs"]
         select = self.cfg["train"]["select"]
         if select == "val" and not self.data.val_files:
@@ -416,6 +418,7 @@ class Trainer:
 
     def finish(self) -> dict:
         """Evaluate the selected model on test and write every output file."""
+        t_finish = time.time()
         from asc_ray.complexity import check_student, export_fp16, measure
         from asc_ray.export import plot_class_accuracy, plot_confusion, write_dcase_output
 
@@ -464,7 +467,11 @@ class Trainer:
             "macs": cx.macs,
             "files": {k: str(v) for k, v in files.items()},
         }
-        atomic_write_json(out / "result.json", result)
+        # what the caller knows (key, MLflow run, node, when it started): one record, one write
+        result.update(
+            self.record_extra, fit_started=self.fit_started, finish_started=t_finish, finished=time.time()
+        )
+        write_record(out, result)
         self.log(
             f"[{self.tag}] done: test macro accuracy {100 * result['test_macro_acc']:.2f}% "
             f"(selected epoch {result['selected_epoch']} on {getattr(self, 'select', 'val')}), "
@@ -485,6 +492,9 @@ def unit_key(cfg: dict, system: System, split: int, data_key: str, upstream: str
         parts["kd"] = cfg["kd"]
     if system.loss == "focusnet":
         parts["focusnet"] = cfg["focusnet"]
+    if system.role == "student":  # a search picks the unit's model: its space is part of what it reads
+        parts["search"] = {k: v for k, v in cfg["students"]["search"].items() if system.reads(k)}
+        parts["num_samples"] = cfg["students"]["num_samples"]
     return config_hash([parts, system.name, split, data_key, upstream])
 
 

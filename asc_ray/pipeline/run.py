@@ -1,16 +1,14 @@
-"""The whole pipeline: pre-flight checks -> teachers (Ray Train) -> logits tables (LogitAggregator) ->
-students (Ray Tune) -> evaluate (results.csv / results.md / plots), under one MLflow parent run.
+"""A pipeline run: pre-flight -> Ray, the LogitAggregator and the MLflow parent run -> the per-split graph
+(pipeline/graph.py) -> results tables, plots and the timeline, under one MLflow parent run.
 
-Every unit (a teacher or student on a split, a logits table) has a key made of the config it reads, the
-data fingerprint and its inputs' keys. A finished unit whose key matches is reused, so the same command
-after an interruption continues where it stopped; --fresh recomputes everything.
+Every unit has a key made of the config it reads, its split's data and its inputs' keys. A finished unit
+whose record has that key is reused, so the same command after an interruption continues where it
+stopped; --fresh recomputes everything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,12 +17,15 @@ import ray
 
 from asc_ray.config import config_hash, flatten
 from asc_ray.errors import AscRayError, find_user_error
+from asc_ray.io import atomic_write_json
+from asc_ray.outputs import read_record, unit_dir
+from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, run_in_thread, select
+from asc_ray.pipeline.preflight import Context, preflight
 from asc_ray.pipeline.runtime import detect_gpu, init_ray, log
-from asc_ray.systems import TEACHERS, get_system
-from asc_ray.train import cache_file_list, resolve_paths, unit_key
+from asc_ray.systems import get_system
+from asc_ray.train import unit_key
 
 STAGES = ("teachers", "logits", "students", "evaluate")
-STUDENTS_FIRST = ("kd_ensemble", "bcbl24", "baseline")  # tfs learns from kd_ensemble: after them
 
 
 class Pipeline:
@@ -32,77 +33,17 @@ class Pipeline:
         self, cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: list[int], fresh: bool = False
     ):
         self.cfg, self.splits, self.fresh = cfg, sorted(splits), fresh
-        self.data_dir = Path(data_dir).resolve()
-        self.out = Path(output_dir).resolve()
-        self.paths = resolve_paths(cfg, self.data_dir, self.out)
-        self.storage = cfg["storage_path"] or str(self.out / "ray_results")
-        self.units_dir = self.out / "units"
-        self.tracker = None
-        self.parent_run_id: str | None = None
-        self.aggregator = None
-        self.results: dict[tuple[str, int], dict] = {}
-
-    # ------------------------------------------------------------------------------------ pre-flight
-    def preflight(self) -> None:
-        """Everything that can be checked before expensive work: data, audio, IRs, weights, MLflow."""
-        from asc_ray.data.cache import build_cache, cache_key
-        from asc_ray.data.irs import load_irs
-        from asc_ray.data.tau import TauDataset
-        from asc_ray.features import frontend_sample_rate
-        from asc_ray.tracking import Tracker, check_tracking, resolve_tracking_uri
-
-        uri = resolve_tracking_uri(self.cfg["mlflow"]["tracking_uri"])
-        check_tracking(uri)
-        self.tracker = Tracker(uri, self.cfg["mlflow"]["experiment"])
-        log(f"MLflow tracking at {uri} (experiment '{self.tracker.experiment}')")
-
-        if not self.data_dir.is_dir():
-            raise AscRayError(
-                "data dir not found",
-                path=self.data_dir,
-                fix="pass --data-dir with the TAU22 development set (or run "
-                "`python -m asc_ray.data.synth --out DIR` for a synthetic one)",
-            )
-        ds = TauDataset.open(self.data_dir, self.cfg["data"]["split_dir"])
-        self.split_meta = {}
-        for s in self.splits:
-            files = ds.split_files(s)
-            self.split_meta[s] = (files, [ds.clips[f].scene_label for f in files], ds.devices(files))
-        test = ds.test_files()
-        log(
-            f"data: {len(ds.clips)} clips in meta.csv; splits "
-            + ", ".join(f"{s}%={len(self.split_meta[s][0])}" for s in self.splits)
-            + f"; test {len(test)}"
+        self.data_dir, self.out = Path(data_dir).resolve(), Path(output_dir).resolve()
+        self.graph = build_graph(
+            list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"]), self.splits
         )
-        systems = [get_system(n) for n in self.cfg["teachers"]["systems"] + self.cfg["students"]["systems"]]
-        files = cache_file_list(ds)
-        for rate in sorted({frontend_sample_rate(s.model) for s in systems}):
-            build_cache(ds, files, rate, self.paths["cache_dir"], progress=True)  # decodes every file once
-        self.eval_set = None
-        if self.cfg["data"]["eval_dir"]:
-            from asc_ray.data.tau import EvalSet
+        self.ctx: Context | None = None
+        self.parent_run_id: str | None = None
+        self._keys: dict[Unit, str] = {}
 
-            self.eval_set = EvalSet(self.cfg["data"]["eval_dir"])
-            for rate in sorted(
-                {frontend_sample_rate(get_system(n).model) for n in self.cfg["students"]["systems"]}
-            ):
-                build_cache(self.eval_set, self.eval_set.files, rate, self.paths["cache_dir"], progress=True)
-            log(f"evaluation set: {len(self.eval_set.files)} clips from {self.eval_set.root}")
-        if any(s.dir for s in systems):
-            irs = load_irs(self.paths["irs_dir"], 32000)
-            log(f"device impulse responses: {len(irs)} from {self.paths['irs_dir']}")
-        if any(s.model == "passt" for s in systems) and self.cfg["passt"]["pretrained"]:
-            from asc_ray.models.passt import find_checkpoint
-
-            log(f"PaSST AudioSet weights: {find_checkpoint()}")
-        digest = hashlib.sha256()
-        for name in ["meta.csv"] + [f"split{s}.csv" for s in self.splits] + ["test.csv"]:
-            p = ds._split_path(name) if name != "meta.csv" else self.data_dir / "meta.csv"
-            digest.update(Path(p).read_bytes())
-        self.data_key = config_hash([digest.hexdigest(), cache_key(ds, files, 0)])
-
-    # -------------------------------------------------------------------------------------- plumbing
+    # ------------------------------------------------------------------------------------- start-up
     def start(self) -> None:
+        ctx = self.ctx
         if self.fresh:
             for sub in ("units", "logits", "teachers", "students"):
                 shutil.rmtree(self.out / sub, ignore_errors=True)
@@ -113,14 +54,8 @@ class Pipeline:
         init_ray()
         from asc_ray.pipeline.aggregator import start_aggregator
 
-        self.aggregator_expected = {
-            "teachers": list(self.cfg["teachers"]["systems"]),
-            "kd_ensemble": ["kd_ensemble"],
-        }
-        self.aggregator = start_aggregator(
-            self.paths["logits_dir"], self.split_meta, self.aggregator_expected, self.data_key
-        )
-        self.parent_run_id = self.tracker.start_run(
+        self.aggregator = start_aggregator(ctx.paths["logits_dir"], ctx.split_meta, ctx.data_keys)
+        self.parent_run_id = ctx.tracker.start_run(
             f"pipeline {time.strftime('%Y-%m-%d %H:%M')}",
             {
                 "role": "pipeline",
@@ -128,227 +63,164 @@ class Pipeline:
                 "profile": self.cfg["profile"],
                 "data_dir": str(self.data_dir),
                 "output_dir": str(self.out),
-                "data_key": self.data_key,
             },
         )
-        self.tracker.log_params(self.parent_run_id, {**flatten(self.cfg), "splits": self.splits})
+        ctx.tracker.log_params(self.parent_run_id, {**flatten(self.cfg), "splits": self.splits})
         (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
         self.use_gpu = detect_gpu(self.cfg)
+        res = ray.cluster_resources()
         log(
-            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs;"
-            f" results and checkpoints in {self.storage}"
+            f"Ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; results and checkpoints in {ctx.storage}"
         )
 
-    def job(self, system: str, split: int, key: str) -> dict:
+    # ---------------------------------------------------------------------------------------- units
+    def key(self, u: Unit) -> str:
+        """What a unit's result depends on: its config, its split's data and the keys of what it needs."""
+        if u not in self._keys:
+            upstream = config_hash([self.key(d) for d in self.graph[u]])
+            if u.kind == "table":
+                self._keys[u] = config_hash([u.name, u.split, upstream])
+            else:
+                s = get_system(u.name)
+                self._keys[u] = unit_key(self.cfg, s, u.split, self.ctx.data_keys[u.split], upstream)
+        return self._keys[u]
+
+    def unit_dir(self, u: Unit) -> Path:
+        return unit_dir(self.out, get_system(u.name).role, u.split, u.name)
+
+    def table_keys(self, u: Unit) -> dict[str, str]:
+        return {d.name: self.key(d) for d in self.graph[u]}
+
+    def is_done(self, u: Unit) -> dict | None:
+        if u.kind == "table":
+            path = ray.get(self.aggregator.write_table.remote(u.name, u.split, self.table_keys(u)))
+            return None if path is None else {"path": path, "key": self.key(u)}
+        rec = read_record(self.unit_dir(u), self.key(u))
+        if rec is not None and get_system(u.name).feeds:
+            self._collect(u, rec)  # the aggregator may have lost it (e.g. the driver stopped in between)
+        return rec
+
+    def _collect(self, u: Unit, rec: dict) -> None:
+        ray.get(
+            self.aggregator.collect.remote(
+                get_system(u.name).feeds,
+                u.split,
+                u.name,
+                rec["files"]["split_logits"],
+                rec["key"],
+                rec.get("run_id"),
+            )
+        )
+
+    def job(self, u: Unit) -> dict:
         return {
-            "system": system,
-            "split": split,
-            "key": key,
+            "system": u.name,
+            "split": u.split,
+            "key": self.key(u),
             "cfg": self.cfg,
             "data_dir": str(self.data_dir),
             "output_dir": str(self.out),
-            "tracker": self.tracker,
+            "unit_dir": str(self.unit_dir(u)),
+            "tracker": self.ctx.tracker,
             "parent_run_id": self.parent_run_id,
             "aggregator": self.aggregator,
         }
 
-    def key(self, system: str, split: int) -> str:
-        s = get_system(system)
-        upstream = ""
-        if s.needs == "teachers":
-            upstream = config_hash([self.key(t, split) for t in self.cfg["teachers"]["systems"]])
-        elif s.needs == "kd_ensemble":
-            upstream = self.key("kd_ensemble", split)
-        return unit_key(self.cfg, s, split, self.data_key, upstream)
+    def launch(self, units: list[Unit], done) -> None:
+        """Start each unit in the background: tables now, teachers as Ray Train runs, students as Tune runs."""
+        from asc_ray.pipeline import students as st
 
-    def _unit_file(self, system: str, split: int) -> Path:
-        return self.units_dir / f"{system}_split{split}.json"
+        tables = [u for u in units if u.kind == "table"]
+        teachers = [u for u in units if u.kind == "train" and u.role == "teacher"]
+        pupils = [u for u in units if u.kind == "train" and u.role == "student"]
+        for u in tables:
+            rec = self.is_done(u)
+            done(u, rec if rec is not None else RuntimeError(f"logits of {u} are incomplete"))
+        for u in teachers:
+            run_in_thread(lambda u=u: self._run_teacher(u, done))
+        groups = [[u] for u in pupils] if st.searching(self.cfg) else ([pupils] if pupils else [])
+        for g in groups:
+            run_in_thread(lambda g=g: self._run_students(g, done))
 
-    def done(self, system: str, split: int) -> dict | None:
-        p = self._unit_file(system, split)
-        if p.is_file():
-            r = json.loads(p.read_text())
-            if r.get("key") == self.key(system, split):
-                return r
-        return None
-
-    def record(self, result: dict, reused: bool = False) -> None:
-        system, split = result["system"], result["split"]
-        self.results[(system, split)] = result
-        p = self._unit_file(system, split)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=float))
-        os.replace(tmp, p)
-        if (
-            reused
-        ):  # the new parent run shows every unit, reused ones as small children pointing to the original
-            rid = self.tracker.start_run(
-                f"{system} split{split}",
-                {
-                    "role": result["role"],
-                    "system": system,
-                    "split": split,
-                    "augment": result["augment"],
-                    "reused_from": result.get("run_id") or "",
-                },
-                self.parent_run_id,
-            )
-            self.tracker.log_metrics(
-                rid, {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("split",)}
-            )
-            self.tracker.finish(rid)
-
-    # ---------------------------------------------------------------------------------------- stages
-    def teachers(self) -> None:
-        todo = []
-        for split in self.splits:
-            for t in self.cfg["teachers"]["systems"]:
-                key = self.key(t, split)
-                prev = ray.get(
-                    self.aggregator.has.remote("teachers", split, t, key)
-                )  # logits + result kept together
-                if prev is not None:
-                    prev.update(key=key)
-                    self.record(prev, reused=True)
-                else:
-                    todo.append(self.job(t, split, key))
-        n_all = len(self.splits) * len(self.cfg["teachers"]["systems"])
-        cap = self.cfg["teachers"]["max_concurrent"]
-        log(
-            f"teachers: {len(todo)} to train, {n_all - len(todo)} reused (Ray Train; "
-            f"{'all launched at once' if not cap else f'{cap} at a time'})"
-        )
-        if not todo:
+    def _finished(self, u: Unit, done, error: BaseException | None = None) -> None:
+        rec = read_record(self.unit_dir(u), self.key(u))
+        if rec is None:
+            done(u, error or RuntimeError(f"{u} finished without a result record"))
             return
-        from asc_ray.pipeline.teachers import train_teachers
+        try:
+            if get_system(u.name).feeds:
+                self._collect(u, rec)
+        except Exception as e:  # noqa: BLE001 - reported as this unit's failure
+            done(u, e)
+            return
+        done(u, rec)
 
-        finished = [0]
+    def _run_teacher(self, u: Unit, done) -> None:
+        from asc_ray.pipeline.teachers import build_trainer
 
-        def on_done(job, res):
-            finished[0] += 1
-            got = ray.get(self.aggregator.has.remote("teachers", job["split"], job["system"], job["key"]))
-            if got is not None and not isinstance(res, Exception):
-                self.record(got)
-                log(
-                    f"teacher {finished[0]}/{len(todo)} done: {job['system']} split{job['split']} "
-                    f"test macro accuracy {100 * got['test_macro_acc']:.2f}%"
-                )
+        try:
+            build_trainer(self.job(u), self.ctx.storage, self.use_gpu).fit()
+        except Exception as e:  # noqa: BLE001 - one failed teacher must not lose the others' work
+            done(u, e)
+            return
+        self._finished(u, done)
+
+    def _run_students(self, group: list[Unit], done) -> None:
+        from asc_ray.pipeline import students as st
+
+        jobs = [self.job(u) for u in group]
+        name = "students-" + config_hash(sorted(j["key"] for j in jobs))
+        try:
+            grid = st.build_tuner(jobs, self.cfg, self.ctx.storage, self.use_gpu, name).fit()
+            outcomes = st.unit_outcomes(grid, jobs, st.searching(self.cfg))
+        except Exception as e:  # noqa: BLE001
+            for u in group:
+                done(u, e)
+            return
+        for u in group:
+            o = outcomes[(u.name, u.split)]
+            if isinstance(o, BaseException):
+                done(u, o)
             else:
-                log(
-                    f"teacher {finished[0]}/{len(todo)} FAILED: {job['system']} split{job['split']}: "
-                    f"{_short(res)}"
-                )
+                self._finished(u, done)
 
-        outcomes = train_teachers(
-            todo, self.storage, self.use_gpu, on_done, self.cfg["teachers"]["max_concurrent"]
+    def on_reused(self, u: Unit, rec: dict) -> None:
+        """A reused unit shows in the new parent run as a small child pointing to the run that trained it."""
+        if u.kind != "train" or u not in self.selected:
+            return
+        t = self.ctx.tracker
+        rid = t.start_run(
+            str(u),
+            {
+                "role": rec["role"],
+                "system": u.name,
+                "split": u.split,
+                "augment": rec["augment"],
+                "reused_from": rec.get("run_id") or "",
+            },
+            self.parent_run_id,
         )
-        self._raise_failures("teacher", {k: v for k, v in outcomes.items() if isinstance(v, Exception)})
+        t.log_metrics(rid, {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "split"})
+        t.finish(rid)
 
-    def logits(self) -> None:
-        self._write_tables(
-            "teachers", "run the teachers stage first (jobs/teachers.py or jobs/full_pipeline.py)"
+    @staticmethod
+    def describe(u: Unit, rec: dict) -> str:
+        if u.kind == "table":
+            return f": {rec['path']}"
+        return f": test macro accuracy {100 * rec['test_macro_acc']:.2f}%" + (
+            f" (best of search on val: {rec['search_overrides']})" if rec.get("search_overrides") else ""
         )
 
-    def _write_tables(self, source: str, fix: str) -> None:
-        """Have the aggregator write (or confirm) each split's table of `source`, then read it back validated."""
-        models = self.aggregator_expected[source]
-        for split in self.splits:
-            path = ray.get(self.aggregator.maybe_write.remote(source, split))
-            if path is None:
-                raise AscRayError(
-                    f"{source} logits for split {split} are incomplete",
-                    path=self.paths["logits_dir"],
-                    fix=fix,
-                )
-            files, _ = ray.get(self.aggregator.table.remote(source, split))  # validates the table
-            log(
-                f"logits: {path} ({len(files)} clips x {len(models)} {'+'.join(models)}"
-                + (" + mean)" if len(models) > 1 else ")")
-            )
-
-    def students(self) -> None:
-        from asc_ray.pipeline.students import train_students
-
-        wanted = self.cfg["students"]["systems"]
-        for phase in ([s for s in wanted if s in STUDENTS_FIRST], [s for s in wanted if s == "tfs"]):
-            todo = []
-            for split in self.splits:
-                for s in phase:
-                    prev = self.done(s, split)
-                    feeds = get_system(s).feeds  # its logits must be in the aggregator too, to reuse it
-                    if prev is not None and (
-                        feeds is None
-                        or ray.get(self.aggregator.has.remote(feeds, split, s, prev["key"])) is not None
-                    ):
-                        self.record(prev, reused=True)
-                    else:
-                        todo.append(self.job(s, split, self.key(s, split)))
-            if not phase:
-                continue
-            log(
-                f"students ({', '.join(phase)}): {len(todo)} trials to run, "
-                f"{len(phase) * len(self.splits) - len(todo)} reused (Ray Tune, all splits at once)"
-            )
-            if not todo:
-                self._student_tables(phase)
-                continue
-            name = "students-" + config_hash(sorted(j["key"] for j in todo))
-            grids = train_students(todo, self.cfg, self.storage, self.use_gpu, name)
-            failures = {}
-            for grid in grids:
-                best: dict[tuple, dict] = {}
-                for r in grid:
-                    m = r.metrics or {}
-                    cfg_trial = (r.config or {}).get("trial", {})
-                    k = (cfg_trial.get("job", {}).get("system"), cfg_trial.get("job", {}).get("split"))
-                    if r.error is not None or not m.get("done"):
-                        failures[k] = r.error or RuntimeError("trial stopped before it finished")
-                        continue
-                    if k not in best or m["val_macro_acc"] > best[k]["val_macro_acc"]:
-                        best[k] = {**m, "overrides": cfg_trial.get("overrides", {})}
-                for k, m in best.items():
-                    failures.pop(k, None)
-                    result = {
-                        x: m[x]
-                        for x in m
-                        if not x.startswith(
-                            (
-                                "time_",
-                                "training_iteration",
-                                "timestamp",
-                                "date",
-                                "hostname",
-                                "node_ip",
-                                "pid",
-                                "done",
-                                "trial_id",
-                                "config",
-                                "checkpoint_dir_name",
-                            )
-                        )
-                    }
-                    self.record(result)
-                    log(
-                        f"student done: {k[0]} split{k[1]} test macro accuracy {100 * m['test_macro_acc']:.2f}%"
-                        + (f" (best of search on val: {m['overrides']})" if m["overrides"] else "")
-                    )
-            self._raise_failures("student", failures)
-            self._student_tables(phase)
-
-    def _student_tables(self, phase: list[str]) -> None:
-        for s in phase:
-            if get_system(s).feeds:  # kd_ensemble: its logits teach tfs
-                self._write_tables(s, f"re-run the students stage (the {s} student writes them)")
-
-    def evaluate(self) -> Path:
-        from asc_ray.export import plot_class_accuracy, write_results_table
+    # -------------------------------------------------------------------------------------- results
+    def evaluate(self, timeline: list) -> Path:
+        from asc_ray.export import plot_class_accuracy, plot_timeline, write_results_table
 
         rows, teacher_rows = [], []
         for split in self.splits:
             per_system = {}
             for name in self.cfg["students"]["systems"] + self.cfg["teachers"]["systems"]:
-                r = self.results.get((name, split)) or self.done(name, split)
+                u = Unit("train", name, split)
+                r = read_record(self.unit_dir(u), self.key(u))
                 if r is None:
                     continue
                 row = {
@@ -367,7 +239,7 @@ class Pipeline:
                     "selected_epoch": r["selected_epoch"],
                     "mlflow_run_id": r.get("run_id") or "",
                 }
-                if name in TEACHERS:
+                if u.role == "teacher":
                     teacher_rows.append(row)
                 else:
                     rows.append(row)
@@ -380,6 +252,12 @@ class Pipeline:
                     self.out / "plots" / f"class_accuracy_split{split}.png",
                     f"Class-wise test accuracy, split {split}%",
                 )
+        if timeline:  # this run's units (reused ones did not run): a bar each, per node
+            entries = [{"label": str(u), "role": u.role, **t} for u, t in timeline]
+            atomic_write_json(self.out / "timeline.json", entries)
+            plot_timeline(
+                entries, self.out / "plots" / "timeline.png", f"Pipeline timeline ({len(entries)} units)"
+            )
         if not rows:
             raise AscRayError(
                 "no student results to evaluate",
@@ -387,11 +265,11 @@ class Pipeline:
                 fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)",
             )
         write_results_table(rows, self.out / "results.csv", self.out / "results.md")
-        if self.eval_set is not None:
+        if self.ctx.eval_set is not None:
             self._predict_eval_set(rows)
         if teacher_rows:
             write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md")
-        t = self.tracker
+        t = self.ctx.tracker
         t.log_metrics(
             self.parent_run_id,
             {f"{r['system']}.split{r['split']}.test_macro_acc": r["test_macro_acc"] for r in rows},
@@ -411,58 +289,67 @@ class Pipeline:
         task = ray.remote(num_cpus=self.cfg["students"]["cpus_per_trial"], num_gpus=gpu)(_eval_task)
         refs = []
         for r in rows:
-            unit = self.out / "students" / f"split{r['split']}" / r["system"]
+            unit = self.unit_dir(Unit("train", r["system"], r["split"]))
             refs.append(
                 task.remote(
                     r["system"],
                     self.cfg,
                     str(unit / "model.pt"),
-                    str(self.eval_set.root),
-                    str(self.paths["cache_dir"]),
+                    str(self.ctx.eval_set.root),
+                    str(self.ctx.paths["cache_dir"]),
                     str(unit / "eval_output.csv"),
                 )
             )
         for path in ray.get(refs):
             log(f"evaluation set predictions: {path}")
 
-    def _raise_failures(self, what: str, failures: dict) -> None:
-        if not failures:
-            return
-        for exc in failures.values():
-            err = find_user_error(exc) if isinstance(exc, BaseException) else None
-            if err is not None:
-                raise err
-        names = ", ".join(f"{s} split{sp}" for s, sp in failures)
-        raise RuntimeError(
-            f"{len(failures)} {what}(s) failed: {names}. Finished work is kept; fix the cause "
-            f"(see the log above) and run the same command again to resume."
-        ) from next((e for e in failures.values() if isinstance(e, BaseException)), None)
-
+    # ------------------------------------------------------------------------------------------ run
     def run(self, stages=STAGES) -> None:
         t0 = time.time()
         status = "FAILED"
         try:
-            self.preflight()
+            self.ctx = preflight(self.cfg, self.data_dir, self.out, self.splits)
             self.start()
-            for stage in STAGES:
-                if stage in stages:
-                    t = time.time()
-                    getattr(self, stage)()
-                    log(f"stage {stage} finished in {time.time() - t:.0f}s")
+            self.selected = select(self.graph, stages)
+            sched = Scheduler(
+                self.graph,
+                self.selected,
+                self.cfg,
+                is_done=self.is_done,
+                launch=self.launch,
+                on_reused=self.on_reused,
+                describe=self.describe,
+            )
+            sched.run()
+            self.timeline = sched.timeline
+            if sched.failures:
+                _raise_failures(sched.failures)
+            if "evaluate" in stages:
+                self.evaluate(sched.timeline)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
             if self.parent_run_id:
-                self.tracker.log_metrics(self.parent_run_id, {"wall_s": time.time() - t0})
-                self.tracker.finish(self.parent_run_id, status)
+                self.ctx.tracker.log_metrics(self.parent_run_id, {"wall_s": time.time() - t0})
+                self.ctx.tracker.finish(self.parent_run_id, status)
         log(f"pipeline finished in {time.time() - t0:.0f}s; outputs in {self.out}")
 
 
-def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir: str, out: str) -> str:
-    import json
+def _raise_failures(failures: dict) -> None:
+    for exc in failures.values():
+        err = find_user_error(exc) if isinstance(exc, BaseException) else None
+        if err is not None:
+            raise err
+    names = ", ".join(map(str, failures))
+    raise RuntimeError(
+        f"{len(failures)} unit(s) failed: {names}. Finished work is kept; fix the cause "
+        f"(see the log above) and run the same command again to resume."
+    ) from next((e for e in failures.values() if isinstance(e, BaseException)), None)
 
+
+def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir: str, out: str) -> str:
     from asc_ray.data.cache import build_cache
     from asc_ray.data.tau import EvalSet
     from asc_ray.export import write_dcase_output
@@ -475,11 +362,3 @@ def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir
     logits = predict_files(s, cfg, model_path, store, ev.files)
     cx = json.loads((Path(model_path).parent / "output.complexity.json").read_text())
     return str(write_dcase_output(out, ev.files, logits, cx))
-
-
-def _short(exc) -> str:
-    err = find_user_error(exc) if isinstance(exc, BaseException) else None
-    if err is not None:
-        return str(err).replace("\n ", ";")
-    text = str(exc).strip()
-    return text.splitlines()[-1][:300] if text else type(exc).__name__

@@ -15,10 +15,30 @@ def log(msg: str) -> None:
     print(f"[asc-ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# Workers' and actors' output (Ray Train's per-report dumps, its placement-group cleaner's warnings, per-epoch
+# lines) stays in Ray's log files (/tmp/ray/session_latest/logs): the console is asc-ray's unit lines. Errors
+# still reach the driver as exceptions and are printed by the scheduler. ASC_RAY_WORKER_LOGS=1 shows them.
+QUIET_WORKERS = os.environ.get("ASC_RAY_WORKER_LOGS") != "1"
+
+
+def quiet_ray_driver() -> None:
+    """Ray Tune's driver-side chatter (experiment banners, TensorBoard hints, per-trial loggers, snapshot
+    warnings) off; its warnings and errors stay."""
+    import logging
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: no banners
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # figures go to MLflow, not TensorBoard
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def init_ray() -> None:
     """Join the cluster when RAY_ADDRESS is set (e.g. under `ray job submit`), else start a local Ray."""
     if ray.is_initialized():
         return
+    if QUIET_WORKERS:
+        quiet_ray_driver()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # env vars that `ray job submit --runtime-env-json` already gives every worker are left out: Ray refuses
     # a ray.init() runtime env that names the job's own env vars again ("Failed to merge the Job's runtime env")
@@ -31,7 +51,7 @@ def init_ray() -> None:
         }
     }
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(namespace="asc_ray", runtime_env=env, log_to_driver=True)
+        ray.init(namespace="asc_ray", runtime_env=env, log_to_driver=not QUIET_WORKERS)
     else:
         # a laptop: a private local Ray, reachable from this machine only. With node IP 127.0.0.1 every Ray
         # server (GCS, raylet, object manager, workers, agents) binds to loopback; by default Ray takes the
@@ -49,7 +69,7 @@ def init_ray() -> None:
                 runtime_env=env,
                 dashboard_host="127.0.0.1",
                 include_dashboard=False,
-                log_to_driver=True,
+                log_to_driver=not QUIET_WORKERS,
                 _node_ip_address="127.0.0.1",
             )
         finally:

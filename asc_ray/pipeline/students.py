@@ -1,20 +1,27 @@
-"""Students with Ray Tune: one trial per (system, split), all splits at once, resources per trial from the
-config (fractional GPUs on a cluster). With a search space (students.search), several trials per
-(system, split) and ASHA stops the weak ones early; the best is chosen on the validation holdout.
+"""Students with Ray Tune: a Tuner per group of students that became ready together (e.g. every split's
+bcbl24 and baseline at the start, a split's kd_ensemble when its teacher table is written), resources per
+trial from the config (fractional GPUs on a cluster). With a search space (students.search) or
+students.num_samples > 1, a Tuner per (system, split): its trials are distinct (each grid point, each
+replica with its own seed), ASHA stops the weak ones early, and Tune's own
+`ResultGrid.get_best_result` picks the best on the validation holdout. The best trial's folder becomes
+the unit's.
 """
 
 from __future__ import annotations
 
 import itertools
-from concurrent.futures import ThreadPoolExecutor
+import shutil
 from pathlib import Path
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from asc_ray.config import with_overrides
+from asc_ray.outputs import RECORD, read_record, write_record
 from asc_ray.pipeline.unit import run_unit
 from asc_ray.systems import get_system
+
+METRIC, MODE = "val_macro_acc", "max"  # model selection: the validation holdout, never test
 
 
 def student_trial(config: dict) -> None:
@@ -22,6 +29,8 @@ def student_trial(config: dict) -> None:
     trial = config["trial"]
     job = dict(trial["job"])
     job["cfg"] = with_overrides(job["cfg"], trial["overrides"])
+    if trial.get("trial_dir"):
+        job["out_dir"] = trial["trial_dir"]
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
@@ -33,78 +42,51 @@ def student_trial(config: dict) -> None:
             result = run_unit(job, report, d)
     else:
         result = run_unit(job, report, None)
-    # the final figures as the trial's last result (the driver builds results.csv from them)
-    final = {k: v for k, v in result.items() if k != "files"}
-    tune.report({**final, "done": True, "epoch": job["cfg"][_family(job)]["epochs"] + 1})
+    # the trial's last result carries the selected epoch's validation figure: what get_best_result compares
+    tune.report({METRIC: result[METRIC], "done": True, "epoch": job["cfg"][_family(job)]["epochs"] + 1})
 
 
 def _family(job: dict) -> str:
     return get_system(job["system"]).family
 
 
-def search_grid(search: dict) -> list[dict]:
-    """{'kd.lam': [0.9, 0.98], ...} -> one overrides dict per combination ([{}] without a search)."""
-    if not search:
-        return [{}]
+def search_grid(search: dict, num_samples: int, seed: int) -> list[dict]:
+    """{'kd.lam': [0.9, 0.98], ...} -> one overrides dict per combination and replica ([{}] without a
+    search). Replicas beyond the first get their own seed, so no two trials are identical."""
     keys = sorted(search)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(search[k] for k in keys))]
+    grid = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(search[k] for k in keys))]
+    return [{**o, **({"seed": seed + 1000 * r} if r else {})} for o in grid for r in range(num_samples)]
 
 
-def train_students(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str) -> list:
-    """Tune runs over `jobs` (unit job dicts); returns a list of ResultGrids.
+def searching(cfg: dict) -> bool:
+    return bool(cfg["students"]["search"]) or cfg["students"]["num_samples"] > 1
 
-    Without a search: one Tune run, one trial per (system, split), all concurrent. With a search: one Tune
-    run per (system, split), launched together, so that ASHA only compares trials of the same student.
-    """
+
+def build_tuner(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str) -> tune.Tuner:
+    """One Tuner over `jobs` (unit job dicts). With a search, `jobs` is one unit and every trial writes to
+    its own folder under the unit's `trials/`."""
     s = cfg["students"]
-    searching = bool(s["search"]) or s["num_samples"] > 1
-    groups = [[j] for j in jobs] if searching else [jobs]
-
-    def fit(group: list[dict]):
-        system = get_system(group[0]["system"])
-        grid = search_grid({k: v for k, v in s["search"].items() if system.reads(k)})
-        tag = name if not searching else f"{name}-{group[0]['system']}-split{group[0]['split']}"
-        return _tuner(
-            group, grid, cfg, storage_path, use_gpu, tag, len(grid) > 1 or s["num_samples"] > 1
-        ).fit()
-
-    if len(groups) == 1:
-        return [fit(groups[0])]
-    pool = ThreadPoolExecutor(max_workers=len(groups))
-    try:
-        return list(pool.map(fit, groups))
-    finally:  # on Ctrl-C / SIGTERM don't wait for running Tune runs: the CLI stops Ray, which ends them
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _tuner(
-    jobs: list[dict],
-    grid: list[dict],
-    cfg: dict,
-    storage_path: str,
-    use_gpu: bool,
-    name: str,
-    searching: bool,
-) -> tune.Tuner:
-    s = cfg["students"]
+    search = searching(cfg)
+    trials = []
+    for j in jobs:
+        system = get_system(j["system"])
+        grid = search_grid(
+            {k: v for k, v in s["search"].items() if system.reads(k)}, s["num_samples"], cfg["seed"]
+        )
+        for i, o in enumerate(grid):
+            trial_dir = str(Path(j["unit_dir"]) / "trials" / f"trial{i}") if search else None
+            trials.append({"job": j, "overrides": o, "trial_dir": trial_dir})
     resources = {"cpu": s["cpus_per_trial"]}
     if use_gpu:
         resources["gpu"] = s["gpus_per_trial"]
-    trials = [{"job": j, "overrides": o} for j in jobs for o in grid]
+    resources.update({k: float(v) for k, v in s["resources"].items()})  # e.g. a node type's custom resource
     scheduler = None
-    if searching:
+    if search:
         max_t = cfg[_family(jobs[0])]["epochs"]
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t + 1, grace_period=max(1, max_t // 4))
     trainable = tune.with_resources(student_trial, resources)
-    run_config = tune.RunConfig(
-        name=name,
-        storage_path=storage_path,
-        failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        verbose=0,  # progress comes from our own log lines; Tune's tables would print every config
-    )
-    path = f"{storage_path.rstrip('/')}/{name}"
     param_space = {"trial": tune.grid_search(trials)}
+    path = f"{storage_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         # the driver stopped mid-run last time: continue the unfinished trials from their checkpoints. The
         # param space is given again: Tune stored the jobs' object references (LogitAggregator handle, tracker)
@@ -116,11 +98,65 @@ def _tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric="val_macro_acc",
-            mode="max",
+            metric=METRIC,
+            mode=MODE,
             scheduler=scheduler,
-            num_samples=s["num_samples"],
             max_concurrent_trials=s["max_concurrent_trials"] or None,
         ),
-        run_config=run_config,
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,  # progress comes from asc-ray's own lines; Tune's tables would print every config
+        ),
     )
+
+
+def unit_outcomes(grid, jobs: list[dict], search: bool) -> dict[tuple[str, int], dict | BaseException]:
+    """(system, split) -> the unit's record, or the error that stopped it."""
+    out: dict[tuple[str, int], dict | BaseException] = {}
+    if search:
+        (job,) = jobs
+        try:
+            best = grid.get_best_result(metric=METRIC, mode=MODE, filter_nan_and_inf=True)
+        except RuntimeError as e:  # no trial reported the metric
+            out[(job["system"], job["split"])] = e
+            return out
+        if best.error is not None:
+            out[(job["system"], job["split"])] = best.error
+            return out
+        rec = promote(Path(best.config["trial"]["trial_dir"]), Path(job["unit_dir"]), best.config["trial"])
+        out[(job["system"], job["split"])] = (
+            rec if rec is not None else RuntimeError("best trial left no record")
+        )
+        return out
+    errors = {}
+    for r in grid:
+        k = (r.config["trial"]["job"]["system"], r.config["trial"]["job"]["split"]) if r.config else None
+        if r.error is not None and k is not None:
+            errors[k] = r.error
+    for j in jobs:
+        k = (j["system"], j["split"])
+        rec = read_record(j["unit_dir"], j["key"])
+        out[k] = rec if rec is not None else errors.get(k, RuntimeError("trial stopped before it finished"))
+    return out
+
+
+def promote(trial_dir: Path, unit_dir: Path, trial: dict) -> dict | None:
+    """Make the best trial's outputs the unit's (its record last, so a half copy is never taken as done)."""
+    rec = read_record(trial_dir)
+    if rec is None:
+        return None
+    for p in trial_dir.iterdir():
+        if p.name == RECORD or p.name.startswith("."):
+            continue
+        dst = unit_dir / p.name
+        if p.is_dir():
+            shutil.copytree(p, dst, dirs_exist_ok=True)
+        else:
+            shutil.copy2(p, dst)
+    rec["files"] = {k: str(unit_dir / Path(v).name) for k, v in rec.get("files", {}).items()}
+    rec["search_overrides"] = trial["overrides"]
+    write_record(unit_dir, rec)
+    return rec

@@ -1,5 +1,5 @@
-"""Teachers with Ray Train: one TorchTrainer per (teacher, split), all launched at once from driver
-threads; Ray's resources decide what runs (across GPUs on a cluster, queued on a laptop's CPUs).
+"""Teachers with Ray Train: one TorchTrainer per (teacher, split), fitted from a driver thread as soon as the
+scheduler (pipeline/graph.py) launches it; Ray's resources decide where it runs.
 
 A worker killed mid-training is restarted by Ray Train (FailureConfig) and resumes from the checkpoint it
 last reported. Run names are stable (system, split, key): re-running the same config continues the same
@@ -8,7 +8,6 @@ Ray Train run instead of starting over.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -57,27 +56,3 @@ def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own progress lines suffice
         ),
     )
-
-
-def train_teachers(
-    jobs: list[dict], storage_path: str, use_gpu: bool, on_done=None, max_concurrent: int = 0
-) -> dict[tuple, object]:
-    """Fit the teachers concurrently (at most max_concurrent at once; 0 = all); {(system, split): Result | Exception}."""
-
-    def fit(job):
-        try:
-            res = build_trainer(job, storage_path, use_gpu).fit()
-        except Exception as e:  # noqa: BLE001 - one failed teacher must not lose the others' work
-            res = e
-        if on_done is not None:
-            on_done(job, res)
-        return res
-
-    if not jobs:
-        return {}
-    pool = ThreadPoolExecutor(max_workers=max_concurrent or len(jobs))
-    try:
-        futures = {(j["system"], j["split"]): pool.submit(fit, j) for j in jobs}
-        return {k: f.result() for k, f in futures.items()}
-    finally:  # on Ctrl-C / SIGTERM don't wait here for running fits (hours): the CLI stops Ray, which ends them
-        pool.shutdown(wait=False, cancel_futures=True)

@@ -1,6 +1,7 @@
 """One unit of pipeline work (a teacher or a student on a split), run inside a Ray Train worker or a Ray
-Tune trial: prepare data, resume from the latest checkpoint, train with per-epoch MLflow logging, hand the
-logits to the LogitAggregator, log the final figures and artifacts."""
+Tune trial: prepare data (a student's targets come from the LogitAggregator), resume from the latest
+checkpoint, train with per-epoch MLflow logging, write the unit's outputs and record, log the final figures
+and artifacts."""
 
 from __future__ import annotations
 
@@ -8,27 +9,37 @@ import contextlib
 import io
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import ray
 
 from asc_ray.config import flatten
+from asc_ray.outputs import unit_dir
 from asc_ray.systems import get_system
 from asc_ray.train import Trainer, prepare_data
 
 # What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
-#   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator, logits_source
+#   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator (serves the logits
+#   tables a student learns from), out_dir (optional: a search trial's own folder instead of the unit's)
 
 
-def _say(msg: str) -> None:
-    # straight to stdout: Ray Train V2 patches print() into its logger, which shows each line twice
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()
+class UnitLog:
+    """A unit's own log, `unit.log` in its folder (per-epoch lines, placement, resumes): the console shows
+    one line per unit start and finish; the details are here and in MLflow."""
 
+    def __init__(self, folder: Path):
+        self.path = folder / "unit.log"
 
-def unit_dir(output_dir: str | Path, role: str, split: int, system: str) -> Path:
-    return Path(output_dir) / f"{role}s" / f"split{split}" / system
+    def __call__(self, msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+        # also to the worker's stdout (Ray's log files; the console with ASC_RAY_WORKER_LOGS=1). Straight to
+        # the stream: Ray Train V2 patches print() into its logger, which shows each line twice
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def run_unit(
@@ -41,7 +52,8 @@ def run_unit(
 ) -> dict:
     system = get_system(job["system"])
     split, cfg = job["split"], job["cfg"]
-    out = unit_dir(job["output_dir"], system.role, split, system.name)
+    out = Path(job.get("out_dir") or unit_dir(job["output_dir"], system.role, split, system.name))
+    started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     if cfg["train"]["num_threads"] == 0:
         # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker/trial was given instead
@@ -50,14 +62,15 @@ def run_unit(
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(round(cpus))))
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (kept in the result: node_id)
-    _say(f"[{system.name} split{split}] rank {rank} on node {node_id}")
+    say = UnitLog(out)
+    say(f"[{system.name} split{split}] rank {rank} on node {node_id}")
     logits = None
     if system.needs:  # targets from the actor: works on any node, validated against the split's files
         files, table = ray.get(job["aggregator"].table.remote(system.needs, split))
         logits = (files, table)
     data = prepare_data(cfg, job["data_dir"], job["output_dir"], split, system, logits=logits, progress=False)
     trainer = Trainer(
-        system, cfg, data, out, split, log=_say, rank=rank, world_size=world_size, wrap_model=wrap_model
+        system, cfg, data, out, split, log=say, rank=rank, world_size=world_size, wrap_model=wrap_model
     )
     if checkpoint_dir:
         trainer.load_checkpoint(checkpoint_dir)
@@ -96,22 +109,11 @@ def run_unit(
         if pid_dir:  # test hook: which process trains this unit, and its last checkpointed epoch
             (Path(pid_dir) / f"{system.name}_split{split}").write_text(f"{os.getpid()} {m['epoch']}\n")
 
+    trainer.record_extra = {"key": job["key"], "run_id": run_id, "node_id": node_id, "started": started}
     with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
         result = trainer.fit(report_and_log)
     if rank != 0:
         return {}
-    result["key"] = job["key"]
-    result["run_id"] = run_id
-    result["node_id"] = node_id
-    if system.feeds:
-        import numpy as np
-
-        split_logits = np.load(result["files"]["split_logits"])
-        ray.get(
-            job["aggregator"].submit.remote(
-                system.feeds, split, system.name, split_logits, job["key"], run_id, result
-            )
-        )
     if run_id:
         finals = {
             k: v

@@ -12,7 +12,7 @@ from asc_ray.pipeline.aggregator import start_aggregator
 
 FILES = [f"audio/park-lyon-{i}-0-0-a.wav" for i in range(5)]
 META = {25: (FILES, ["park"] * 5, ["a"] * 5)}
-EXPECTED = {"teachers": ["bcbl32_fms", "passt_dir"], "kd_ensemble": ["kd_ensemble"]}
+KEYS = {25: "datakey"}
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +22,21 @@ def ray_runtime():
     ray.shutdown()
 
 
+def _npy(tmp_path, name, arr):
+    p = tmp_path / f"{name}.npy"
+    np.save(p, arr)
+    return str(p)
+
+
 def test_table_is_written_once_all_teachers_are_in(ray_runtime, tmp_path):
-    agg = start_aggregator(tmp_path, META, EXPECTED, "datakey")
+    agg = start_aggregator(tmp_path / "logits", META, KEYS)
     a, b = np.arange(50, dtype=np.float32).reshape(5, 10), np.ones((5, 10), np.float32)
-    assert (
-        ray.get(agg.submit.remote("teachers", 25, "bcbl32_fms", a, "k1", "run1", {"test_macro_acc": 0.5}))
-        is None
-    )
-    assert not (tmp_path / "teachers_split25.parquet").exists()
-    path = ray.get(agg.submit.remote("teachers", 25, "passt_dir", b, "k2", "run2", {"test_macro_acc": 0.6}))
+    keys = {"bcbl32_fms": "k1", "passt_dir": "k2"}
+    ray.get(agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "a", a), "k1", "run1"))
+    assert ray.get(agg.write_table.remote("teachers", 25, keys)) is None  # passt_dir is not in yet
+    assert not (tmp_path / "logits" / "teachers_split25.parquet").exists()
+    ray.get(agg.collect.remote("teachers", 25, "passt_dir", _npy(tmp_path, "b", b), "k2", "run2"))
+    path = ray.get(agg.write_table.remote("teachers", 25, keys))
     table = pq.read_table(path)
     assert table.column_names == ["filename", "scene_label", "device", "bcbl32_fms", "passt_dir", "logits"]
     for col in ("bcbl32_fms", "passt_dir", "logits"):
@@ -42,21 +48,31 @@ def test_table_is_written_once_all_teachers_are_in(ray_runtime, tmp_path):
     np.testing.assert_allclose(read_logits(path, FILES[::-1]), ((a + b) / 2)[::-1])
     meta = table_metadata(path)
     assert meta["runs"] == {"bcbl32_fms": "run1", "passt_dir": "run2"} and meta["data_key"] == "datakey"
-    # the finished teachers are remembered (resume) only under their own key
-    assert ray.get(agg.has.remote("teachers", 25, "bcbl32_fms", "k1"))["test_macro_acc"] == 0.5
-    assert ray.get(agg.has.remote("teachers", 25, "bcbl32_fms", "other")) is None
+    # the collected logits are remembered under their own unit key only
+    assert ray.get(agg.part_key.remote("teachers", 25, "bcbl32_fms")) == "k1"
+    assert ray.get(agg.write_table.remote("teachers", 25, {**keys, "passt_dir": "other"})) is None
     files, logits = ray.get(agg.table.remote("teachers", 25))
     assert files == FILES and logits.shape == (5, 10)
+    # the same keys again: the table is confirmed, not rewritten
+    mtime = (tmp_path / "logits" / "teachers_split25.parquet").stat().st_mtime_ns
+    assert ray.get(agg.write_table.remote("teachers", 25, keys)) == path
+    assert (tmp_path / "logits" / "teachers_split25.parquet").stat().st_mtime_ns == mtime
 
 
 def test_a_table_for_other_files_or_bad_values_is_refused(ray_runtime, tmp_path):
-    agg = start_aggregator(tmp_path, META, EXPECTED, "datakey")
+    agg = start_aggregator(tmp_path / "logits", META, KEYS)
     with pytest.raises(ray.exceptions.RayTaskError, match="expected \\(5, 10\\)"):
-        ray.get(agg.submit.remote("teachers", 25, "bcbl32_fms", np.zeros((4, 10)), "k", "", {}))
+        ray.get(
+            agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "x", np.zeros((4, 10))), "k", "")
+        )
     bad = np.zeros((5, 10), np.float32)
     bad[2, 3] = np.nan
     with pytest.raises(ray.exceptions.RayTaskError, match="finite"):
-        ray.get(agg.submit.remote("teachers", 25, "bcbl32_fms", bad, "k", "", {}))
-    path = ray.get(agg.submit.remote("kd_ensemble", 25, "kd_ensemble", np.zeros((5, 10)), "k", "", {}))
+        ray.get(agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "y", bad), "k", ""))
+    ray.get(
+        agg.collect.remote("kd_ensemble", 25, "kd_ensemble", _npy(tmp_path, "z", np.zeros((5, 10))), "k", "")
+    )
+    path = ray.get(agg.write_table.remote("kd_ensemble", 25, {"kd_ensemble": "k"}))
+    # a table that no longer matches the split's files is refused when a student asks for it
     with pytest.raises(AscRayError, match="does not match the split"):
-        read_logits(path, FILES + ["audio/park-lyon-9-0-0-a.wav"])
+        read_logits(path, FILES[:4])

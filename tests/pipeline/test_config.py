@@ -40,7 +40,7 @@ def test_file_then_overrides_win(tmp_path):
         ("kd.lam=[1]", "wrong type"),
         ("train.select=test", "one of val, last"),
         ("teachers.systems=[resnet]", "unknown teacher 'resnet'"),
-        ("students.systems=[tfs]", "tfs without kd_ensemble"),
+        ("students.systems=[tfs]", "tfs learns from the logits of kd_ensemble"),
         ("students.search.kd.lamda=[0.5]", "unknown search key"),
         ("nonsense", "key=value"),
     ],

@@ -111,9 +111,10 @@ def test_results_table_has_every_student_and_split(pipeline):
     for sp in SPLITS:
         assert (pipeline["out"] / "plots" / f"class_accuracy_split{sp}.png").stat().st_size > 1000
     out = pipeline["first"].stdout
-    assert (
-        "stage teachers finished" in out and "stage students finished" in out and "teacher 12/12 done" in out
-    )
+    n = len(SPLITS) * (
+        len(TEACHERS) + len(STUDENTS) + 2
+    )  # + a teachers table and a kd_ensemble table per split
+    assert f"done {n}/{n} units, running 0, ETA 0s" in out
 
 
 def test_students_predict_the_evaluation_set_in_dcase_format(pipeline):
@@ -170,8 +171,97 @@ def test_the_same_command_again_reuses_everything(pipeline):
         pipeline["data"], pipeline["out"], pipeline["cwd"], f"data.eval_dir={pipeline['eval']}"
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "teachers: 0 to train, 12 reused" in again.stdout
-    assert "0 trials to run" in again.stdout
+    assert "0 units to run," in again.stdout and "] start " not in again.stdout
     assert _results(pipeline["out"] / "results.csv") == before
     assert (pipeline["out"] / "logits" / "teachers_split100.parquet").read_bytes() == table
     assert t_again < 0.5 * pipeline["t_first"], (t_again, pipeline["t_first"])
+
+
+def test_console_is_asc_rays_one_line_per_unit_start_and_finish(pipeline):
+    out = pipeline["first"].stdout
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    ours = [ln for ln in lines if ln.startswith("[asc-ray ")]
+    assert len(ours) >= 0.8 * len(lines), "\n".join(ln for ln in lines if not ln.startswith("[asc-ray "))[
+        :3000
+    ]
+    assert "Reporting training result" not in out and "Failed to query Ray Train Controller" not in out
+    assert "Configuration for experiment" not in out
+    for split in SPLITS:
+        for s in (*TEACHERS, *STUDENTS):
+            assert sum(f"] start {s} split{split}" in ln for ln in ours) == 1
+            assert sum(f"] done {s} split{split} in " in ln for ln in ours) == 1
+    progress = [ln for ln in ours if " units, running " in ln and "ETA" in ln]
+    assert len(progress) == len(SPLITS) * (len(TEACHERS) + len(STUDENTS) + 2)
+    # per-epoch lines are in each unit's own log
+    log = (pipeline["out"] / "students" / "split100" / "kd_ensemble" / "unit.log").read_text()
+    assert "[kd_ensemble split100] epoch 2/2" in log
+
+
+def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(pipeline):
+    """The graph, not four global stages: bcbl24 / baseline need no teachers and start at once, and split 10's
+    kd_ensemble does not wait for split 100's teachers (visible in the timeline and in MLflow)."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    timeline = json.loads((pipeline["out"] / "timeline.json").read_text())
+    by = {t["label"]: t for t in timeline}
+    last_teacher_end = {sp: max(by[f"{t} split{sp}"]["end"] for t in TEACHERS) for sp in SPLITS}
+    for sp, other in ((10, 100), (100, 10)):
+        assert by[f"baseline split{sp}"]["start"] < last_teacher_end[other]
+    # a split's kd_ensemble starts once its own teachers are done, whatever the other split does
+    for sp in SPLITS:
+        assert by[f"kd_ensemble split{sp}"]["start"] >= last_teacher_end[sp] - 1
+    assert (pipeline["out"] / "plots" / "timeline.png").stat().st_size > 5000
+    c = MlflowClient(tracking_uri=f"sqlite:///{pipeline['cwd']}/mlflow.db")
+    exp = c.get_experiment_by_name("asc-ray")
+    runs = c.search_runs([exp.experiment_id], max_results=500)
+    parent = next(r for r in runs if r.data.tags.get("role") == "pipeline")
+    assert "plots/timeline.png" in {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
+    kids = {(r.data.tags.get("system"), r.data.tags.get("split")): r for r in runs}
+    teachers_end = max(kids[(t, str(sp))].info.end_time for t in TEACHERS for sp in SPLITS)
+    assert kids[("baseline", "10")].info.start_time < teachers_end
+
+
+def test_one_split_more_reuses_every_unit_of_the_splits_already_done(pipeline, tmp_path):
+    """Resume keys are per unit: adding split 50 to a run of splits 10 and 100 retrains nothing of them, and
+    the new parent run shows the reused units as children that point to the runs that trained them."""
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline['cwd']}/mlflow.db"}
+    env.pop("RAY_ADDRESS", None)
+    out = tmp_path / "out"
+    shutil.copytree(pipeline["out"], out, ignore=shutil.ignore_patterns("ray_results"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "full_pipeline.py"),
+            "--data-dir",
+            str(pipeline["data"]),
+            "--output-dir",
+            str(out),
+            "--splits",
+            "50,100",
+            "--profile",
+            "smoke",
+            "bcbl.epochs=2",
+            "passt.epochs=1",
+            "teachers.systems=[bcbl32_fms]",
+            "students.systems=[kd_ensemble]",
+        ],
+        cwd=pipeline["cwd"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert all(f"] start {s} split50" in r.stdout for s in (*TEACHERS, *STUDENTS))
+    assert "split100" not in "".join(ln for ln in r.stdout.splitlines() if "] start " in ln)
+    c = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = c.get_experiment_by_name("asc-ray")
+    parent = c.search_runs([exp.experiment_id], "tags.role = 'pipeline'", order_by=["start_time DESC"])[0]
+    kids = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    reused = {(k.data.tags["system"], k.data.tags["split"]): k.data.tags.get("reused_from") for k in kids}
+    assert all(reused[(s, "100")] for s in (*TEACHERS, *STUDENTS))
+    assert not any(reused[(s, "50")] for s in (*TEACHERS, *STUDENTS))

@@ -15,9 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_grid_is_the_product_of_the_lists():
-    grid = search_grid({"kd.lam": [0.9, 0.98], "kd.temperature": [1.0, 2.0, 4.0]})
+    grid = search_grid({"kd.lam": [0.9, 0.98], "kd.temperature": [1.0, 2.0, 4.0]}, num_samples=1, seed=0)
     assert len(grid) == 6 and {"kd.lam": 0.9, "kd.temperature": 4.0} in grid
-    assert search_grid({}) == [{}]
+    assert search_grid({}, num_samples=1, seed=0) == [{}]
+
+
+def test_replicas_are_distinct_trials_never_identical_duplicates():
+    grid = search_grid({"kd.lam": [0.9, 0.98]}, num_samples=3, seed=7)
+    assert len(grid) == 6
+    assert len({tuple(sorted(o.items())) for o in grid}) == 6  # each (value, replica) its own trial
+    assert {o.get("seed", 7) for o in grid if o["kd.lam"] == 0.9} == {7, 1007, 2007}
+    assert len(search_grid({}, num_samples=2, seed=0)) == 2
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,279 @@
+"""The pipeline as a per-split dependency graph, and the scheduler that runs it.
+
+Units are a system trained on a split (a teacher with Ray Train, a student with Ray Tune) and a logits
+table (written by the LogitAggregator). Every edge comes from `System.needs` / `System.feeds`:
+
+    split N:  passt_* , bcbl32_*  ──> table teachers ──> kd_ensemble ──> table kd_ensemble ──> tfs
+              bcbl24, baseline    (need nothing: start at once)
+
+A unit starts as soon as the units it needs are finished and the cluster has room; the longest work is
+launched first (split 100 before split 5, PaSST before CNN). Adding a system to systems.py needs no change
+here. A finished unit whose record matches its key is reused.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from asc_ray.pipeline.runtime import log
+from asc_ray.systems import get_system
+
+# Rough cost per clip and epoch, to launch the longest work first (measured order of magnitude on a GPU).
+_COST = {"passt": 20.0, "bcbl32": 1.0, "bcbl24": 0.8}
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    kind: str  # "train": a system on a split | "table": the logits table of a source on a split
+    name: str  # the system, or the table's source ("teachers", "kd_ensemble")
+    split: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} split{self.split}"
+            if self.kind == "train"
+            else f"{self.name} logits split{self.split}"
+        )
+
+    @property
+    def role(self) -> str:
+        return get_system(self.name).role if self.kind == "train" else "table"
+
+
+def build_graph(systems: Iterable[str], splits: Iterable[int]) -> dict[Unit, list[Unit]]:
+    """unit -> the units it needs, for every configured system on every split."""
+    systems = [get_system(n) for n in systems]
+    graph: dict[Unit, list[Unit]] = {}
+    for split in splits:
+        for s in systems:
+            graph[Unit("train", s.name, split)] = [Unit("table", s.needs, split)] if s.needs else []
+        for source in dict.fromkeys(s.feeds for s in systems if s.feeds):
+            graph[Unit("table", source, split)] = [
+                Unit("train", s.name, split) for s in systems if s.feeds == source
+            ]
+    return graph
+
+
+def select(graph: dict[Unit, list[Unit]], stages: Iterable[str]) -> set[Unit]:
+    """The part of the graph the stage jobs run: teachers, logits (tables of teachers), students (and the
+    tables students feed). The evaluate stage runs no unit."""
+    stages = set(stages)
+    chosen = set()
+    for u in graph:
+        if u.kind == "train":
+            stage = "teachers" if u.role == "teacher" else "students"
+        else:
+            feeders = {d.role for d in graph[u]}
+            stage = "logits" if feeders == {"teacher"} else "students"
+        if stage in stages:
+            chosen.add(u)
+    return chosen
+
+
+def priority(u: Unit, cfg: dict) -> float:
+    """Estimated length of the unit's work: bigger first."""
+    if u.kind == "table":
+        return 1e12  # seconds of work that unblocks others: always first
+    s = get_system(u.name)
+    return u.split * cfg[s.family]["epochs"] * _COST.get(s.model, 1.0)
+
+
+def four_stage_rank(u: Unit, graph: dict[Unit, list[Unit]]) -> int:
+    """The stage of the old four-stage pipeline (teachers, tables, students, kd tables, tfs). Only for the
+    makespan comparison in bench/schedule_makespan.py (ASC_RAY_FOUR_STAGE=1)."""
+    if u.kind == "train" and u.role == "teacher":
+        return 0
+    deps = [four_stage_rank(d, graph) for d in graph[u]]
+    if u.kind == "table":
+        return max(deps) + 1
+    return max([2] + [d + 1 for d in deps])
+
+
+class Scheduler:
+    """Runs the selected units of a graph. `launch(units, done_cb)` starts work in the background and calls
+    `done_cb(unit, outcome)` (a record dict or an exception) from any thread; `is_done(unit)` says whether
+    a unit's finished record can be reused."""
+
+    def __init__(
+        self,
+        graph: dict[Unit, list[Unit]],
+        selected: set[Unit],
+        cfg: dict,
+        is_done: Callable[[Unit], dict | None],
+        launch: Callable[[list[Unit], Callable], None],
+        on_reused: Callable[[Unit, dict], None] = lambda u, r: None,
+        describe: Callable[[Unit, dict], str] = lambda u, r: "",
+    ):
+        self.graph, self.selected, self.cfg = graph, selected, cfg
+        self.is_done, self.launch, self.on_reused, self.describe = is_done, launch, on_reused, describe
+        self.state: dict[Unit, str] = {}
+        self.records: dict[Unit, dict] = {}
+        self.failures: dict[Unit, BaseException] = {}
+        self.started: dict[Unit, float] = {}
+        self.timeline: list[tuple[Unit, dict]] = []  # per unit that ran: (unit, {start, end, node})
+        self._events: queue.Queue = queue.Queue()
+        self.four_stage = os.environ.get("ASC_RAY_FOUR_STAGE") == "1"
+
+    # -- the units' states: pending -> running -> done | failed | blocked (a unit it needs failed)
+    def _needed(self) -> set[Unit]:
+        """Selected units plus what they need, transitively (needed units are reused, never trained here)."""
+        need, stack = set(), list(self.selected)
+        while stack:
+            u = stack.pop()
+            if u not in need:
+                need.add(u)
+                stack.extend(self.graph[u])
+        return need
+
+    def _ready(self, u: Unit) -> bool:
+        if any(self.state.get(d) != "done" for d in self.graph[u]):
+            return False
+        if self.four_stage:
+            rank = four_stage_rank(u, self.graph)
+            return all(
+                self.state[v] in ("done", "failed", "blocked")
+                for v in self.state
+                if four_stage_rank(v, self.graph) < rank
+            )
+        return True
+
+    def _done_cb(self, unit: Unit, outcome) -> None:
+        self._events.put((unit, outcome, time.time()))
+
+    def run(self) -> dict[Unit, dict]:
+        for u in sorted(self._needed(), key=lambda u: (u.split, u.kind, u.name)):
+            rec = self.is_done(u)
+            if rec is not None:
+                self.state[u] = "done"
+                self.records[u] = rec
+                self.on_reused(u, rec)
+            elif u in self.selected:
+                self.state[u] = "pending"
+            else:
+                self.state[u] = "missing"
+        missing = [u for u, s in self.state.items() if s == "missing"]
+        if missing:
+            from asc_ray.errors import AscRayError
+
+            roles = {u.role for u in missing}  # name the earliest stage that is missing
+            stage = "teachers" if "teacher" in roles else "logits" if "table" in roles else "students"
+            raise AscRayError(
+                f"{', '.join(map(str, missing))} not finished, and this job does not run it",
+                path=None,
+                fix=f"run the {stage} stage first (jobs/{stage}.py) or the whole pipeline (jobs/full_pipeline.py)",
+            )
+        todo = [u for u, s in self.state.items() if s == "pending"]
+        reused = len([u for u in self.selected if self.state[u] == "done"])
+        log(f"{len(todo)} units to run, {reused} reused")
+        self.total = len(todo)
+        self.t0 = time.time()
+        cap = self.cfg["teachers"]["max_concurrent"] or 10**9
+        while any(s in ("pending", "running") for s in self.state.values()):
+            ready = [u for u, s in self.state.items() if s == "pending" and self._ready(u)]
+            if self.four_stage:
+                ready.sort(key=lambda u: (u.split, u.name))  # the old order: smallest split first
+            else:
+                ready.sort(key=lambda u: -priority(u, self.cfg))
+            running_teachers = sum(1 for u, s in self.state.items() if s == "running" and u.role == "teacher")
+            batch = []
+            for u in ready:
+                if u.role == "teacher":
+                    if running_teachers >= cap:
+                        continue
+                    running_teachers += 1
+                batch.append(u)
+            if batch:
+                for u in batch:
+                    self.state[u] = "running"
+                    self.started[u] = time.time()
+                    log(f"start {u}")
+                self.launch(batch, self._done_cb)
+                continue
+            if not any(s == "running" for s in self.state.values()):
+                break  # nothing runs and nothing can start: what is left waits on a failed unit
+            unit, outcome, t_end = self._wait()
+            self._finish(unit, outcome, t_end)
+        for u, s in self.state.items():
+            if s == "pending":
+                self.state[u] = "blocked"
+                log(f"skipped {u}: a unit it needs failed")
+        return self.records
+
+    def _wait(self):
+        while True:  # a timeout keeps Ctrl-C responsive in the main thread
+            try:
+                return self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _finish(self, unit: Unit, outcome, t_end: float) -> None:
+        took = t_end - self.started[unit]
+        if isinstance(outcome, BaseException):
+            self.state[unit] = "failed"
+            self.failures[unit] = outcome
+            log(f"FAILED {unit} after {took:.0f}s: {short_error(outcome)}")
+        else:
+            self.state[unit] = "done"
+            self.records[unit] = outcome
+            node = (outcome or {}).get("node_id") or "driver"
+            self.timeline.append((unit, {"start": self.started[unit], "end": t_end, "node": node}))
+            log(f"done {unit} in {took:.0f}s{self.describe(unit, outcome)}")
+        self._progress()
+
+    def _progress(self) -> None:
+        ran = [u for u in self.started if self.state[u] in ("done", "failed")]
+        running = [u for u, s in self.state.items() if s == "running"]
+        left = [u for u, s in self.state.items() if s in ("pending", "running")]
+        eta = self._eta(left, running)
+        log(f"done {len(ran)}/{self.total} units, running {len(running)}, ETA {eta}")
+
+    def _eta(self, left: list[Unit], running: list[Unit]) -> str:
+        """Remaining work from finished units' measured durations (per unit of estimated work, by kind of
+        model), over the units in flight."""
+        if not left:
+            return "0s"
+        rates: dict[str, list[float]] = {}
+        for u, t in self.timeline:
+            rates.setdefault(self._kind(u), []).append((t["end"] - t["start"]) / self._work(u))
+        if not rates:
+            return "?"
+        mean = sum(t["end"] - t["start"] for _, t in self.timeline) / len(self.timeline)
+        now, work = time.time(), 0.0
+        for u in left:
+            r = rates.get(self._kind(u))
+            est = sum(r) / len(r) * self._work(u) if r else mean  # a kind not seen yet: the mean unit
+            work += max(0.0, est - (now - self.started[u])) if u in self.started else est
+        return _fmt_s(work / max(1, len(running)))
+
+    def _work(self, u: Unit) -> float:
+        return 1.0 if u.kind == "table" else priority(u, self.cfg)
+
+    @staticmethod
+    def _kind(u: Unit) -> str:
+        return "table" if u.kind == "table" else f"{u.role}/{get_system(u.name).model}"
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def short_error(exc) -> str:
+    from asc_ray.errors import find_user_error
+
+    err = find_user_error(exc) if isinstance(exc, BaseException) else None
+    if err is not None:
+        return str(err).replace("\n ", ";")
+    text = str(exc).strip()
+    return text.splitlines()[-1][:300] if text else type(exc).__name__
+
+
+def run_in_thread(fn: Callable[[], None]) -> threading.Thread:
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,108 @@
+"""Pre-flight: everything that can be checked before expensive work (data, audio, caches, impulse responses,
+PaSST weights, MLflow), done once on the driver. It returns a `Context` that the rest of the run reads.
+
+Each check fails with one AscRayError naming the file and the fix, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asc_ray.config import config_hash
+from asc_ray.errors import AscRayError
+from asc_ray.pipeline.runtime import log
+from asc_ray.systems import get_system
+from asc_ray.train import cache_file_list, resolve_paths
+
+
+@dataclass
+class Context:
+    """What a pipeline run knows after pre-flight (plain data: it pickles to any node)."""
+
+    cfg: dict
+    data_dir: Path
+    out: Path
+    splits: list[int]
+    paths: dict[str, Path]
+    storage: str  # Ray Train/Tune results and checkpoints
+    split_meta: dict[int, tuple[list[str], list[str], list[str]]]  # split -> (files, scene labels, devices)
+    data_keys: dict[int, str]  # split -> hash of meta.csv, that split's file, test.csv and the cache content
+    tracker: object = None
+    eval_set: object = None
+    systems: list[str] = field(default_factory=list)  # every configured teacher and student
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: list[int]) -> Context:
+    from asc_ray.data.cache import build_cache, cache_key
+    from asc_ray.data.irs import load_irs
+    from asc_ray.data.tau import TauDataset
+    from asc_ray.features import frontend_sample_rate
+    from asc_ray.tracking import Tracker, check_tracking, resolve_tracking_uri
+
+    data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
+    uri = resolve_tracking_uri(cfg["mlflow"]["tracking_uri"])
+    check_tracking(uri)
+    tracker = Tracker(uri, cfg["mlflow"]["experiment"])
+    log(f"MLflow tracking at {uri} (experiment '{tracker.experiment}')")
+
+    if not data_dir.is_dir():
+        raise AscRayError(
+            "data dir not found",
+            path=data_dir,
+            fix="pass --data-dir with the TAU22 development set (or run "
+            "`python -m asc_ray.data.synth --out DIR` for a synthetic one)",
+        )
+    ds = TauDataset.open(data_dir, cfg["data"]["split_dir"])
+    split_meta = {}
+    for s in sorted(splits):
+        files = ds.split_files(s)
+        split_meta[s] = (files, [ds.clips[f].scene_label for f in files], ds.devices(files))
+    test = ds.test_files()
+    log(
+        f"data: {len(ds.clips)} clips in meta.csv; splits "
+        + ", ".join(f"{s}%={len(split_meta[s][0])}" for s in sorted(splits))
+        + f"; test {len(test)}"
+    )
+    systems = list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"])
+    paths = resolve_paths(cfg, data_dir, out)
+    files = cache_file_list(ds)
+    for rate in sorted({frontend_sample_rate(get_system(n).model) for n in systems}):
+        build_cache(ds, files, rate, paths["cache_dir"], progress=True)  # decodes every file once
+    eval_set = None
+    if cfg["data"]["eval_dir"]:
+        from asc_ray.data.tau import EvalSet
+
+        eval_set = EvalSet(cfg["data"]["eval_dir"])
+        for rate in sorted({frontend_sample_rate(get_system(n).model) for n in cfg["students"]["systems"]}):
+            build_cache(eval_set, eval_set.files, rate, paths["cache_dir"], progress=True)
+        log(f"evaluation set: {len(eval_set.files)} clips from {eval_set.root}")
+    if any(get_system(n).dir for n in systems):
+        irs = load_irs(paths["irs_dir"], 32000)
+        log(f"device impulse responses: {len(irs)} from {paths['irs_dir']}")
+    if any(get_system(n).model == "passt" for n in systems) and cfg["passt"]["pretrained"]:
+        from asc_ray.models.passt import find_checkpoint
+
+        log(f"PaSST AudioSet weights: {find_checkpoint()}")
+    # a unit's data key covers what it reads: meta.csv, its own split file, test.csv and the decoded audio
+    # (never the set of splits requested, so `--splits 100` then `--splits 50,100` reuses split 100)
+    common = [_digest(data_dir / "meta.csv"), _digest(ds._split_path("test.csv")), cache_key(ds, files, 0)]
+    data_keys = {s: config_hash([*common, _digest(ds._split_path(f"split{s}.csv"))]) for s in splits}
+    return Context(
+        cfg=cfg,
+        data_dir=data_dir,
+        out=out,
+        splits=sorted(splits),
+        paths=paths,
+        storage=cfg["storage_path"] or str(out / "ray_results"),
+        split_meta=split_meta,
+        data_keys=data_keys,
+        tracker=tracker,
+        eval_set=eval_set,
+        systems=systems,
+    )

@@ -1,0 +1,96 @@
+"""Where a teacher's Ray Train run spends its time, before its first batch and after its last.
+
+One bcbl32_fms teacher on a tiny split, 1 epoch, fitted exactly as the pipeline does (build_trainer ->
+TorchTrainer.fit from the driver, a real local Ray), three times. From the unit's record and the driver's
+clock it splits the wall time into phases:
+
+    launch_to_worker_s   fit() called -> the train function runs in a worker (controller actor, placement
+                         group, worker process start, imports, process group)
+    worker_setup_s       data (cache open, holdout), model, optimizer, MLflow off here
+    train_s              the epochs
+    finish_s             test pass, complexity, export, plots, record
+    record_to_return_s   record written -> fit() returns (report, controller shutdown, worker teardown)
+
+    python bench/teacher_overhead.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _common import figure, footer, header
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--data-dir", default=None, help="default: a tiny synthetic set in a temp dir")
+    a = ap.parse_args()
+    header("teacher_overhead")
+    import ray
+
+    from asc_ray.config import load_config
+    from asc_ray.data.synth import generate
+    from asc_ray.outputs import read_record
+    from asc_ray.pipeline.preflight import preflight
+    from asc_ray.pipeline.runtime import init_ray
+    from asc_ray.pipeline.teachers import build_trainer
+
+    tmp = Path(tempfile.mkdtemp(prefix="asc_ray_bench_"))
+    data = Path(a.data_dir) if a.data_dir else generate(tmp / "tau", clips_per_class=20, seed=0)
+    cfg = load_config(
+        "smoke",
+        None,
+        [
+            "bcbl.epochs=1",
+            "teachers.systems=[bcbl32_fms]",
+            "students.systems=[baseline]",
+            f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+        ],
+    )
+    ctx = preflight(cfg, data, tmp / "out", [10])
+    t = time.time()
+    init_ray()
+    figure("ray_init_s", time.time() - t)
+    phases: dict[str, list[float]] = {}
+    for i in range(a.repeats):
+        out = tmp / "out" / f"r{i}"
+        job = {
+            "system": "bcbl32_fms",
+            "split": 10,
+            "key": f"bench{i}",
+            "cfg": cfg,
+            "data_dir": str(data),
+            "output_dir": str(out),
+            "tracker": None,
+            "parent_run_id": None,
+            "aggregator": None,
+        }
+        t0 = time.time()
+        build_trainer(job, str(tmp / "ray_results"), False).fit()
+        t_end = time.time()
+        rec = read_record(out / "teachers" / "split10" / "bcbl32_fms")
+        got = {
+            "launch_to_worker_s": rec["started"] - t0,
+            "worker_setup_s": rec["fit_started"] - rec["started"],
+            "train_s": rec["finish_started"] - rec["fit_started"],
+            "finish_s": rec["finished"] - rec["finish_started"],
+            "record_to_return_s": t_end - rec["finished"],
+            "teacher_wall_s": t_end - t0,
+        }
+        for k, v in got.items():
+            phases.setdefault(k, []).append(v)
+        print(f"# run {i}: " + ", ".join(f"{k} {v:.1f}" for k, v in got.items()), flush=True)
+    for k, v in phases.items():
+        figure(k, statistics.median(v))
+    ray.shutdown()
+    footer()
+    del ctx
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The per-split dependency graph and its scheduler, without Ray: edges come from System.needs / feeds, a
+unit starts when what it needs is done, the longest work first, a failure stops only what depends on it."""
+
+import threading
+
+import pytest
+
+from asc_ray.config import load_config
+from asc_ray.errors import AscRayError
+from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, select
+from asc_ray.systems import STUDENTS, TEACHERS
+
+CFG = load_config("smoke")
+ALL = [*TEACHERS, *STUDENTS]
+
+
+def T(name, split):
+    return Unit("train", name, split)
+
+
+def test_edges_come_from_what_each_system_needs():
+    g = build_graph(ALL, [5, 100])
+    for sp in (5, 100):
+        assert g[T("bcbl24", sp)] == [] and g[T("baseline", sp)] == []
+        assert g[T("kd_ensemble", sp)] == [Unit("table", "teachers", sp)]
+        assert set(g[Unit("table", "teachers", sp)]) == {T(t, sp) for t in TEACHERS}
+        assert g[Unit("table", "kd_ensemble", sp)] == [T("kd_ensemble", sp)]
+        assert g[T("tfs", sp)] == [Unit("table", "kd_ensemble", sp)]
+        assert all(g[T(t, sp)] == [] for t in TEACHERS)
+    assert len(g) == 2 * (len(ALL) + 2)
+
+
+def test_a_new_system_needs_no_change_in_the_scheduler(monkeypatch):
+    from asc_ray import systems
+
+    new = systems.System("kd_small", "student", "bcbl24", True, True, False, "kd", needs="teachers")
+    monkeypatch.setitem(systems.SYSTEMS, "kd_small", new)
+    g = build_graph([*TEACHERS, "kd_small"], [25])
+    assert g[T("kd_small", 25)] == [Unit("table", "teachers", 25)]
+
+
+def test_stage_jobs_select_their_part_of_the_graph():
+    g = build_graph(ALL, [10])
+    assert select(g, ["teachers"]) == {T(t, 10) for t in TEACHERS}
+    assert select(g, ["logits"]) == {Unit("table", "teachers", 10)}
+    assert select(g, ["students"]) == {T(s, 10) for s in STUDENTS} | {Unit("table", "kd_ensemble", 10)}
+    assert select(g, ["evaluate"]) == set()
+
+
+class FakeRunner:
+    """Finishes each launched unit at once, from another thread (as Ray's fits do), and remembers the order
+    and what was done when each unit was launched; `fail` units end with an error."""
+
+    def __init__(self, fail=()):
+        self.order, self.done_before, self.fail = [], {}, set(fail)
+        self.done = set()
+        self.lock = threading.Lock()
+
+    def launch(self, units, done_cb):
+        for u in units:
+            with self.lock:
+                self.order.append(u)
+                self.done_before[u] = set(self.done)
+
+            def finish(u=u):
+                with self.lock:
+                    if u not in self.fail:
+                        self.done.add(u)
+                done_cb(
+                    u, RuntimeError("boom") if u in self.fail else {"node_id": "n1", "test_macro_acc": 0.5}
+                )
+
+            threading.Thread(target=finish).start()
+
+
+def _run(graph, selected, runner, done=lambda u: None, cfg=CFG):
+    s = Scheduler(graph, selected, cfg, is_done=done, launch=runner.launch)
+    s.run()
+    return s
+
+
+def test_each_unit_starts_once_what_it_needs_is_done_longest_first():
+    g = build_graph(ALL, [5, 100])
+    r = FakeRunner()
+    s = _run(g, set(g), r)
+    assert set(r.order) == set(g) and len(r.order) == len(g)
+    for u in g:
+        assert set(g[u]) <= r.done_before[u], u
+    # the first launches: split 100's PaSST teachers before any split-5 work (max_concurrent caps teachers)
+    first = r.order[: CFG["teachers"]["max_concurrent"]]
+    assert all(u.split == 100 and u.name.startswith("passt") for u in first), first
+    assert r.order.index(T("bcbl24", 100)) < r.order.index(T("bcbl24", 5))
+    assert len(s.timeline) == len(g) and all(t["node"] == "n1" for _, t in s.timeline)
+
+
+def test_a_failed_teacher_blocks_only_what_depends_on_it():
+    g = build_graph(ALL, [5, 100])
+    r = FakeRunner(fail={T("passt_dir", 5)})
+    s = _run(g, set(g), r)
+    assert set(s.failures) == {T("passt_dir", 5)}
+    for u in (Unit("table", "teachers", 5), T("kd_ensemble", 5), T("tfs", 5)):
+        assert s.state[u] == "blocked" and u not in r.order
+    assert s.state[T("tfs", 100)] == "done" and s.state[T("baseline", 5)] == "done"
+
+
+def test_finished_units_are_reused_and_a_missing_input_is_one_clear_error():
+    g = build_graph(ALL, [10])
+    finished = {T(t, 10) for t in TEACHERS} | {Unit("table", "teachers", 10)}
+    r = FakeRunner()
+    _run(g, select(g, ["students"]), r, done=lambda u: {"node_id": "old"} if u in finished else None)
+    assert not finished & set(r.order) and T("kd_ensemble", 10) in r.order
+    with pytest.raises(AscRayError, match="run the teachers stage first"):
+        _run(g, select(g, ["students"]), FakeRunner())
+
+
+def test_the_old_four_stage_order_is_kept_only_for_the_comparison(monkeypatch):
+    monkeypatch.setenv("ASC_RAY_FOUR_STAGE", "1")
+    g = build_graph(ALL, [5, 100])
+    r = FakeRunner()
+    _run(g, set(g), r)
+    teachers = {T(t, sp) for t in TEACHERS for sp in (5, 100)}
+    assert teachers <= r.done_before[T("baseline", 5)]  # students waited for every teacher of every split
+    assert r.order[0].split == 5  # smallest split first, as v0.1 did
