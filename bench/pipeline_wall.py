@@ -1,4 +1,4 @@
-"""The README main command's wall time and peak memory per stage, then the same command again on the finished
+"""The README main command's wall time and peak memory per phase, then the same command again on the finished
 output (everything reused): its wall time as a % of the first run.
 
     python bench/pipeline_wall.py [--output-dir O] [--keep] [-- EXTRA ARGS for scripts/run_local.sh]
@@ -6,7 +6,8 @@ output (everything reused): its wall time as a % of the first run.
 Runs `bash scripts/run_local.sh` with OUTPUT_DIR=O (default: a temp dir, removed afterwards unless --keep) and
 MLFLOW_TRACKING_URI=sqlite:///O/mlflow.db (so the bench does not write into the repo's store). DATA_DIR and
 PROFILE pass through from the environment (unset: the synthetic dataset and the smoke profile).
-Stage times come from the pipeline's own "stage X finished in Ns" lines; memory is sampled twice a second
+Phases (setup = pre-flight + Ray start; units = the graph of teachers, tables and students; evaluate; shutdown)
+are timed from the pipeline's own lines as they arrive; memory is sampled twice a second
 over the whole process tree (driver, Ray's GCS/raylet, every worker): the sum of PSS (proportional set size:
 shared pages counted once) and the sum of RSS (shared pages counted in every process: an upper bound).
 Last line: `rerun_pct <re-run wall time as % of the first run>`.
@@ -28,8 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, figure, footer, header  # noqa: E402
 
-STAGE_DONE = re.compile(r"stage (\w+) finished in (\d+)s")
-SETUP_DONE = re.compile(r"\] Ray: ")  # the last line of start(): the stages begin after it
+# a line -> the phase that starts with it (the pipeline's own progress lines)
+PHASES = [
+    (re.compile(r"\] Ray: "), "units"),  # the last line of start(): the units begin after it
+    (re.compile(r"\] done (\d+)/\1 units, running 0"), "evaluate"),  # the last unit finished
+    (re.compile(r"\] pipeline finished in "), "shutdown"),
+]
+ORDER = ("setup", "units", "evaluate", "shutdown")
 
 
 def _children() -> dict[int, list[int]]:
@@ -70,7 +76,7 @@ def run_once(cmd: list[str], env: dict, label: str) -> dict:
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
     state = {"stage": "setup", "peak": {}, "stages": {}, "stop": False}
-    order = ["setup", "teachers", "logits", "students", "evaluate", "shutdown"]
+    since = t0
 
     def sample():
         while not state["stop"]:
@@ -85,15 +91,14 @@ def run_once(cmd: list[str], env: dict, label: str) -> dict:
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
         print(f"  [{label}] {line}", end="", flush=True)
-        if SETUP_DONE.search(line):
-            state["stage"] = "teachers"
-        m = STAGE_DONE.search(line)
-        if m:
-            state["stages"][m.group(1)] = int(m.group(2))
-            nxt = order.index(m.group(1)) + 1
-            state["stage"] = order[min(nxt, len(order) - 1)]
+        for pattern, phase in PHASES:
+            if pattern.search(line) and ORDER.index(phase) > ORDER.index(state["stage"]):
+                now = time.perf_counter()
+                state["stages"][state["stage"]] = now - since
+                state["stage"], since = phase, now
     rc = proc.wait()
     wall = time.perf_counter() - t0
+    state["stages"][state["stage"]] = time.perf_counter() - since
     state["stop"] = True
     th.join()
     if rc != 0:
@@ -125,9 +130,9 @@ def main(argv=None) -> int:
     finally:
         if not a.keep and not a.output_dir:
             shutil.rmtree(out, ignore_errors=True)
-    for name in ("teachers", "logits", "students", "evaluate"):
+    for name in ORDER:
         if name in first["stages"]:
-            figure(f"stage_{name}_s", first["stages"][name], "d")
+            figure(f"stage_{name}_s", first["stages"][name])
     for name, (pss, rss) in first["peak"].items():
         if pss == 0 and rss == 0:
             continue
@@ -136,9 +141,9 @@ def main(argv=None) -> int:
     figure("peak_pss_MB", max((v[0] for v in first["peak"].values()), default=0.0), ".0f")
     figure("wall_s", first["wall"])
     figure("rerun_wall_s", second["wall"])
-    for name in ("teachers", "logits", "students", "evaluate"):
+    for name in ORDER:
         if name in second["stages"]:
-            figure(f"rerun_stage_{name}_s", second["stages"][name], "d")
+            figure(f"rerun_stage_{name}_s", second["stages"][name])
     footer()
     figure("rerun_pct", 100 * second["wall"] / first["wall"])
     return 0

@@ -1,0 +1,129 @@
+"""Makespan of the per-split graph schedule against v0.1's four global stages, on a simulated cluster.
+
+`ray.cluster_utils.Cluster`: a head that trains nothing and NODES worker nodes with GPUS "gpu" resources each
+(a custom resource standing in for GPUs: TorchTrainer(use_gpu=True) would ask for NCCL on this CPU machine).
+Teachers take one "gpu", students a quarter, as on a real cluster (teachers.resources / students.resources).
+The same 2-split smoke pipeline with tiny epochs runs twice, into fresh output dirs:
+
+    graph        the pipeline as it is (units start when their inputs exist, longest first)
+    four_stage   ASC_RAY_FOUR_STAGE=1: every teacher, then tables, then students, then tfs; smallest split first
+
+Figures: each run's makespan (first unit start -> last unit end, from timeline.json) and wall time, and the
+ratio. Each run's plots/timeline.png shows the bars per node.
+
+    python bench/schedule_makespan.py [--splits 10,100] [--nodes 2] [--gpus 2] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, figure, footer, header
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--splits", default="10,100")
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--gpus", type=int, default=2, help="'gpu' resources per worker node")
+    ap.add_argument("--epochs", type=int, default=2, help="bcbl.epochs (passt.epochs = 1)")
+    ap.add_argument("--out", default=None, help="keep outputs here (default: a temp dir, deleted)")
+    a = ap.parse_args()
+    header("schedule_makespan")
+    from ray.cluster_utils import Cluster
+
+    from asc_ray.data.synth import generate
+
+    base = Path(a.out or tempfile.mkdtemp(prefix="asc_ray_makespan_"))
+    base.mkdir(parents=True, exist_ok=True)
+    data = base / "tau"
+    if not (data / "meta.csv").is_file():
+        generate(data, clips_per_class=20, seed=0)
+    tmp = Path(tempfile.mkdtemp(prefix="asmk", dir="/tmp"))  # short: Ray's unix sockets live under it
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    os.environ.pop("RAY_ADDRESS", None)
+    (tmp / "ray").mkdir()
+    c = Cluster(shutdown_at_exit=True)
+    try:
+        c.add_node(
+            num_cpus=0,
+            temp_dir=str(tmp / "ray"),
+            gcs_server_port=_free_port(),
+            include_dashboard=False,
+            dashboard_agent_listen_port=_free_port(),
+        )
+        for _ in range(a.nodes):
+            c.add_node(num_cpus=a.gpus, resources={"gpu": a.gpus})  # a CPU per stand-in GPU
+        c.wait_for_nodes()
+        spans = {}
+        for mode in ("graph", "four_stage"):
+            out = base / mode
+            shutil.rmtree(out, ignore_errors=True)
+            env = {
+                **os.environ,
+                "RAY_ADDRESS": c.address,
+                "MLFLOW_TRACKING_URI": f"sqlite:///{base}/mlflow.db",
+            }
+            env["ASC_RAY_FOUR_STAGE"] = "1" if mode == "four_stage" else "0"
+            cmd = [
+                sys.executable,
+                str(ROOT / "jobs" / "full_pipeline.py"),
+                "--data-dir",
+                str(data),
+                "--output-dir",
+                str(out),
+                "--splits",
+                a.splits,
+                "--profile",
+                "smoke",
+                f"bcbl.epochs={a.epochs}",
+                "passt.epochs=1",
+                "teachers.max_concurrent=0",
+                "teachers.cpus_per_worker=0.01",
+                "teachers.resources={gpu: 1}",
+                "students.cpus_per_trial=0.01",
+                "students.resources={gpu: 0.25}",
+            ]
+            t0 = time.time()
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base)
+            wall = time.time() - t0
+            (base / f"{mode}.log").write_text(r.stdout + r.stderr)
+            if r.returncode != 0:
+                sys.exit(
+                    f"{mode} run failed (rc {r.returncode}); see {base / f'{mode}.log'}\n{r.stderr[-2000:]}"
+                )
+            tl = json.loads((out / "timeline.json").read_text())
+            spans[mode] = max(t["end"] for t in tl) - min(t["start"] for t in tl)
+            figure(f"{mode}_makespan_s", spans[mode])
+            figure(f"{mode}_wall_s", wall)
+            print(
+                f"# {mode}: {len(tl)} units on {len({t['node'] for t in tl})} nodes; "
+                f"timeline {out / 'plots' / 'timeline.png'}",
+                flush=True,
+            )
+        figure("makespan_ratio_graph_over_four_stage", spans["graph"] / spans["four_stage"], ".2f")
+    finally:
+        c.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not a.out:
+            shutil.rmtree(base, ignore_errors=True)
+    footer()
+
+
+if __name__ == "__main__":
+    main()
