@@ -76,7 +76,11 @@ class Pipeline:
         )
         systems = [get_system(n) for n in self.cfg["teachers"]["systems"] + self.cfg["students"]["systems"]]
         files = cache_file_list(ds)
-        for rate in sorted({frontend_sample_rate(s.model) for s in systems}):
+        rates = sorted(
+            {frontend_sample_rate(s.frontend) for s in systems}
+        )  # 44.1 kHz teachers, 32 kHz students
+        log("waveform caches: " + ", ".join(f"{r / 1000:g} kHz" for r in rates))
+        for rate in rates:
             build_cache(ds, files, rate, self.paths["cache_dir"], progress=True)  # decodes every file once
         self.eval_set = None
         if self.cfg["data"]["eval_dir"]:
@@ -84,7 +88,7 @@ class Pipeline:
 
             self.eval_set = EvalSet(self.cfg["data"]["eval_dir"])
             for rate in sorted(
-                {frontend_sample_rate(get_system(n).model) for n in self.cfg["students"]["systems"]}
+                {frontend_sample_rate(get_system(n).frontend) for n in self.cfg["students"]["systems"]}
             ):
                 build_cache(self.eval_set, self.eval_set.files, rate, self.paths["cache_dir"], progress=True)
             log(f"evaluation set: {len(self.eval_set.files)} clips from {self.eval_set.root}")
@@ -342,7 +346,7 @@ class Pipeline:
                 self._write_tables(s, f"re-run the students stage (the {s} student writes them)")
 
     def evaluate(self) -> Path:
-        from asc_ray.export import plot_class_accuracy, write_results_table
+        from asc_ray.export import plot_class_accuracy, run_header, write_results_table
 
         rows, teacher_rows = [], []
         for split in self.splits:
@@ -355,6 +359,7 @@ class Pipeline:
                     "system": name,
                     "split": split,
                     "test_macro_acc": round(100 * r["test_macro_acc"], 2),
+                    "test_macro_acc_fp32": round(100 * r.get("test_macro_acc_fp32", float("nan")), 2),
                     "val_macro_acc": round(100 * r["val_macro_acc"], 2),
                     "test_acc": round(100 * r["test_acc"], 2),
                     **{
@@ -362,6 +367,9 @@ class Pipeline:
                         for k, v in r.items()
                         if k.startswith("test_group_acc/")
                     },
+                    "train_seed": r.get("train_seed", ""),
+                    "input_shape": r.get("input_shape", ""),
+                    "sample_rate": r.get("sample_rate", ""),
                     "params": r["params"],
                     "macs": r["macs"],
                     "selected_epoch": r["selected_epoch"],
@@ -386,11 +394,14 @@ class Pipeline:
                 path=self.out,
                 fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)",
             )
-        write_results_table(rows, self.out / "results.csv", self.out / "results.md")
+        date = time.strftime("%Y-%m-%d %H:%M %Z")
+        header = run_header(self.cfg["profile"], self.data_dir, date)
+        write_results_table(rows, self.out / "results.csv", self.out / "results.md", header)
         if self.eval_set is not None:
             self._predict_eval_set(rows)
         if teacher_rows:
-            write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md")
+            header = run_header(self.cfg["profile"], self.data_dir, date, "Teachers")
+            write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md", header)
         t = self.tracker
         t.log_metrics(
             self.parent_run_id,
@@ -416,7 +427,7 @@ class Pipeline:
                 task.remote(
                     r["system"],
                     self.cfg,
-                    str(unit / "model.pt"),
+                    str(unit / "model_fp16.pt"),  # the deployed model: its predictions are in fp16
                     str(self.eval_set.root),
                     str(self.paths["cache_dir"]),
                     str(unit / "eval_output.csv"),
@@ -471,7 +482,7 @@ def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir
 
     s = get_system(system)
     ev = EvalSet(eval_dir)
-    store = build_cache(ev, ev.files, frontend_sample_rate(s.model), cache_dir, progress=False)  # a hit
+    store = build_cache(ev, ev.files, frontend_sample_rate(s.frontend), cache_dir, progress=False)  # a hit
     logits = predict_files(s, cfg, model_path, store, ev.files)
     cx = json.loads((Path(model_path).parent / "output.complexity.json").read_text())
     return str(write_dcase_output(out, ev.files, logits, cx))
