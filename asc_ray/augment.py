@@ -4,6 +4,7 @@
 - freq_mixstyle: Freq-MixStyle, per-frequency-band instance statistics mixed across the batch.
 - dir_augment: device impulse responses on device-`a` clips only.
 - freq_mask: SpecAugment frequency masking, one mask per sample (torchaudio's iid_masks=True).
+- roll: circular shift of each waveform by a random number of samples (the DCASE 2024 baseline's roll).
 """
 
 from __future__ import annotations
@@ -113,3 +114,14 @@ def freq_mask(
     mask = (f[None, :] >= lo[:, None]) & (f[None, :] < hi[:, None])  # [B, F]
     mask = mask.view(b, *([1] * (x.dim() - 3)), n_freq, 1).to(x.device)
     return x.masked_fill(mask, value)
+
+
+def roll(wave: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """wave [B, n]: each clip circularly shifted in time by its own shift ~ U{-max_shift, ..., max_shift}
+    samples (the DCASE 2024 baseline rolls by up to +-0.1 s: max_shift = 0.1 * sample rate)."""
+    if max_shift <= 0:
+        return wave
+    b, n = wave.shape
+    shift = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator)
+    idx = (torch.arange(n)[None, :] - shift[:, None]) % n  # out[t] = wave[t - shift], as torch.roll
+    return wave.gather(1, idx.to(wave.device))

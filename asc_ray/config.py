@@ -27,6 +27,7 @@ PROFILES = ("full", "smoke")
 CHOICES = {
     "passt.size": ("full", "small"),
     "focusnet.variant": ("report", "reference"),
+    "kd.kl_reduction": ("mean", "batchmean"),
     "train.select": ("val", "last"),
     "train.channels_last": ("auto", True, False),
     "train.amp": ("auto", True, False),

@@ -241,12 +241,50 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results_table(rows: list[dict], csv_path: str | Path, md_path: str | Path) -> None:
+def run_header(profile: str, data_dir: str | Path, date: str, what: str = "Results") -> str:
+    """The top of a results page: what was run, on what, when. Under any profile but `full` the title says
+    that the numbers are not comparable with the report's Table 3."""
+    title = f"# {what}"
+    if profile != "full":
+        title += f" ({profile} profile: not comparable with the report's Table 3)"
+    lines = [title, "", f"- profile: `{profile}`", f"- data: `{data_dir}`", f"- date: {date}"]
+    if profile != "full":
+        lines.append(
+            "- the report's settings are the `full` profile (e.g. `PROFILE=full bash scripts/run_local.sh`)"
+        )
+    return "\n".join(lines) + "\n\n"
+
+
+def _models_table(rows: list[dict]) -> str:
+    """One line per system: the input its front-end gives, its size and MACs (first row of each system)."""
+    seen: dict[str, dict] = {}
+    for r in rows:
+        if "input_shape" in r and "macs" in r:
+            seen.setdefault(str(r["system"]), r)
+    if not seen:
+        return ""
+    body = [
+        [
+            s,
+            str(r["input_shape"]),
+            f"{int(r['sample_rate']) / 1000:g} kHz" if r.get("sample_rate") else MISSING,
+            f"{int(r['params']):,}" if r.get("params") is not None else MISSING,
+            f"{int(r['macs']) / 1e6:.1f} M",
+        ]
+        for s, r in seen.items()
+    ]
+    return "\n## Models\n\n" + _md_table(["system", "input", "sample rate", "params", "MACs"], body)
+
+
+def write_results_table(
+    rows: list[dict], csv_path: str | Path, md_path: str | Path, header: str | None = None
+) -> None:
     """Write every row to `csv_path` (all columns) and a report-style Table 3 to `md_path`.
 
-    Each row has at least `system`, `split` and `test_macro_acc` (percent). The markdown has our table
-    (rows = splits ascending; columns = bcbl24, kd_ensemble, tfs, baseline, then other systems in order
-    of appearance) and a second one with the report's numbers beside ours. Missing cells are "–".
+    Each row has at least `system`, `split` and `test_macro_acc` (percent). The markdown starts with `header`
+    (run_header: profile, data dir, date; default a bare title), then our table (rows = splits ascending;
+    columns = bcbl24, kd_ensemble, tfs, baseline, then other systems in order of appearance), each model's
+    input shape and MACs where the rows carry them, and the report's numbers beside ours. Missing cells are "–".
     """
     ours: dict[int, dict[str, float]] = {}
     systems: list[str] = []
@@ -289,8 +327,10 @@ def write_results_table(rows: list[dict], csv_path: str | Path, md_path: str | P
             cells += [_fmt(ours.get(sp, {}).get(s)), _fmt(REPORT_RESULTS.get(sp, {}).get(s))]
         cmp_body.append(cells)
     text = (
-        "# Results\n\nMacro-averaged class accuracy on the test split (%).\n\n"
+        (header or "# Results\n\n")
+        + "Macro-averaged class accuracy on the test split (%).\n\n"
         + main
+        + _models_table(rows)
         + "\n## Compared with the report (Table 3)\n\n"
         + _md_table(cmp_header, cmp_body)
     )

@@ -1,13 +1,16 @@
 """Distillation losses of the report.
 
 kd_loss, eq. (1):  (1 - lam) * H(softmax(zs), y) + lam * T^2 * KL(softmax(zt/T) || softmax(zs/T)).
+    kl_reduction="batchmean" is eq. (1) as written: KL summed over classes, mean over the batch.
+    kl_reduction="mean" is the reference code's scale, at which lam = 0.98 was chosen:
+    KLDivLoss(reduction="none")(...).mean() averages over batch AND classes, i.e. eq. (1)'s KL / C.
 focusnet_loss, eqs. (2)-(8) (teacher-informed confusing class instruction):
     d = softmax(zs) - softmax(zt);  y_hat = softmax(d + zs);  L_cls = H(y, y_hat)
     l'_n = [zt_n > 0];  l''_n = min(1, l'_n + y_n);  l = l'' / sum(l'')
     R_att = H(l, softmax(zs));  R_ent = -sum softmax(zs) log softmax(zs)
     L = L_cls + alpha * R_att - beta * R_ent
 variant="reference" is the public code's form: mask softmax(zt / 2) > 1/C, label smoothing 0.1 in L_cls.
-All losses: per-sample sums over classes, mean over the batch. Targets: int64 indices [B] or soft [B, C].
+Otherwise all losses: per-sample sums over classes, mean over the batch. Targets: int64 indices [B] or soft [B, C].
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ KD_LAMBDA = 0.98  # weight of the distillation term (label weight 0.02)
 KD_TEMPERATURE = 2.0
 REF_MASK_TEMPERATURE = 2.0
 REF_LABEL_SMOOTHING = 0.1
+KL_REDUCTIONS = ("batchmean", "mean")
 
 
 def _soft_targets(target: Tensor, n_classes: int) -> Tensor:
@@ -44,14 +48,20 @@ def kd_loss(
     target: Tensor,
     lam: float = KD_LAMBDA,
     temperature: float = KD_TEMPERATURE,
+    *,
+    kl_reduction: str = "batchmean",
 ) -> Tensor:
-    """Eq. (1); KL summed over classes, mean over the batch."""
+    """Eq. (1). kl_reduction "batchmean": KL summed over classes, mean over the batch (eq. (1) literally);
+    "mean": mean over batch and classes (the reference code's scale, see the module doc)."""
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
     zs, zt = student_logits.float(), teacher_logits.detach().float()
     y = _soft_targets(target, zs.shape[1])
     label_loss = _cross_entropy(F.log_softmax(zs, dim=1), y)
     log_ps_t = F.log_softmax(zs / temperature, dim=1)
     log_pt_t = F.log_softmax(zt / temperature, dim=1)
-    kl = (log_pt_t.exp() * (log_pt_t - log_ps_t)).sum(dim=1).mean()
+    kl_terms = log_pt_t.exp() * (log_pt_t - log_ps_t)  # [B, C]
+    kl = kl_terms.sum(dim=1).mean() if kl_reduction == "batchmean" else kl_terms.mean()
     return (1.0 - lam) * label_loss + lam * temperature**2 * kl
 
 

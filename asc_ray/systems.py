@@ -14,12 +14,14 @@ from dataclasses import dataclass
 class System:
     name: str
     role: str  # "teacher" | "student"
-    model: str  # "passt" | "bcbl32" | "bcbl24"  (also the front-end's name)
+    model: str  # "passt" | "bcbl32" | "bcbl24": the network (and its width, config channels.<model>)
+    frontend: str  # "passt" | "mel44k" | "mel32k": what it hears (asc_ray.features); sets the sample rate
     fms: bool  # Freq-MixStyle on the spectrogram
     dir: bool  # device impulse responses on device-a waveforms
-    mixup: bool  # mixup of inputs and targets
-    loss: str  # "ce" | "kd" | "focusnet"
-    needs: str | None  # logits it learns from: "teachers" (ensemble table) | "kd_ensemble" (student table)
+    mixup: bool = False  # mixup of inputs and targets
+    loss: str = "ce"  # "ce" | "kd" | "focusnet"
+    # the logits it learns from: "teachers" (ensemble table) | "kd_ensemble" (student table)
+    needs: str | None = None
 
     @property
     def augment(self) -> str:
@@ -40,32 +42,53 @@ class System:
         return self.name if any(s.needs == self.name for s in _SYSTEMS) else None
 
     def reads(self, key: str) -> bool:
-        """Whether a dotted config key changes this system's training (used to apply searches where they matter)."""
+        """Whether a dotted config key changes what this system trains into. It decides which keys go into the
+        system's resume key (asc_ray.train.unit_key) and which searches apply to it. Keys that only change speed
+        or bookkeeping (train.num_threads, train.compile, train.channels_last, resources, MLflow) are read by
+        no system, so changing them never retrains a model."""
         section, _, name = key.partition(".")
+        if section == "augment":
+            return {
+                "mixup_alpha": self.mixup,
+                "fms_p": self.fms,
+                "fms_alpha": self.fms,
+                "dir_p": self.dir,
+                "freqm": True,  # every front-end masks
+            }.get(name, False)
+        if section == "train":
+            return name in ("select", "eval_every", "amp")  # which epoch is kept; bf16 numerics on GPU
+        if section == "data":
+            return name == "holdout_fraction"
         return {
+            "seed": True,
             "kd": self.loss == "kd",
             "focusnet": self.loss == "focusnet",
             "channels": name == self.model,
             "bcbl": self.family == "bcbl",
             "passt": self.family == "passt",
-        }.get(section, True)
+            # a section named after a system overrides its family's settings for it (the `baseline:` recipe)
+            self.name: True,
+        }.get(section, False)
 
 
 _SYSTEMS = [
-    # Teachers: three augmentation configs each; the 32-BCBL teachers also use mixup (report, sec. 3.2).
-    System("passt_fms", "teacher", "passt", fms=True, dir=False, mixup=False, loss="ce", needs=None),
-    System("passt_dir", "teacher", "passt", fms=False, dir=True, mixup=False, loss="ce", needs=None),
-    System("passt_fms_dir", "teacher", "passt", fms=True, dir=True, mixup=False, loss="ce", needs=None),
-    System("bcbl32_fms", "teacher", "bcbl32", fms=True, dir=False, mixup=True, loss="ce", needs=None),
-    System("bcbl32_dir", "teacher", "bcbl32", fms=False, dir=True, mixup=True, loss="ce", needs=None),
-    System("bcbl32_fms_dir", "teacher", "bcbl32", fms=True, dir=True, mixup=True, loss="ce", needs=None),
-    # Students. KD students use FMS + DIR as CP-JKU's students do; no mixup (the teacher targets carry the smoothing).
-    System("kd_ensemble", "student", "bcbl32", fms=True, dir=True, mixup=False, loss="kd", needs="teachers"),
-    System("tfs", "student", "bcbl32", fms=True, dir=True, mixup=False, loss="focusnet", needs="kd_ensemble"),
+    # Teachers: three augmentation configs each; the 32-BCBL teachers also use mixup (report, sec. 3.2). All
+    # teachers hear the original 44.1 kHz (abstract: "... trained on the original sampling rate of 44.1 kHz").
+    System("passt_fms", "teacher", "passt", "passt", fms=True, dir=False),
+    System("passt_dir", "teacher", "passt", "passt", fms=False, dir=True),
+    System("passt_fms_dir", "teacher", "passt", "passt", fms=True, dir=True),
+    System("bcbl32_fms", "teacher", "bcbl32", "mel44k", fms=True, dir=False, mixup=True),
+    System("bcbl32_dir", "teacher", "bcbl32", "mel44k", fms=False, dir=True, mixup=True),
+    System("bcbl32_fms_dir", "teacher", "bcbl32", "mel44k", fms=True, dir=True, mixup=True),
+    # Students: 32-BCBL at 32 kHz (sec. 2.1). KD students use FMS + DIR as CP-JKU's students do; no mixup (the
+    # teacher targets carry the smoothing).
+    System("kd_ensemble", "student", "bcbl32", "mel32k", fms=True, dir=True, loss="kd", needs="teachers"),
+    System("tfs", "student", "bcbl32", "mel32k", fms=True, dir=True, loss="focusnet", needs="kd_ensemble"),
     # System 1: the 24-BCBL at 44.1 kHz with mixup, FMS and DIR (report, sec. 3.1).
-    System("bcbl24", "student", "bcbl24", fms=True, dir=True, mixup=True, loss="ce", needs=None),
-    # The DCASE 2024 baseline recipe (FMS, no KD) for reference.
-    System("baseline", "student", "bcbl32", fms=True, dir=False, mixup=False, loss="ce", needs=None),
+    System("bcbl24", "student", "bcbl24", "mel44k", fms=True, dir=True, mixup=True),
+    # The official DCASE 2024 baseline recipe (the report's "BL Model" column): FMS, no DIR, no mixup; its
+    # waveform roll and 2000 warm-up steps come from the config's `baseline:` section.
+    System("baseline", "student", "bcbl32", "mel32k", fms=True, dir=False),
 ]
 SYSTEMS: dict[str, System] = {s.name: s for s in _SYSTEMS}
 TEACHERS: tuple[str, ...] = tuple(s.name for s in _SYSTEMS if s.role == "teacher")

@@ -5,16 +5,19 @@ Plain PyTorch, no Ray. The Ray layer calls `fit()` inside a Train worker or a Tu
 
     python -m asc_ray.train --system baseline --data-dir D --split 100 --epochs 5 --output-dir O
 
-Per step: waveform (cached, already at the model's sample rate) -> DIR (device a) -> log-mel front-end
-(frequency masking / PaSST fmax jitter in training) -> Freq-MixStyle -> mixup -> model -> loss.
+Per step: waveform (cached, already at the front-end's sample rate) -> roll (baseline recipe) -> DIR (device a)
+-> log-mel front-end (frequency masking / PaSST fmax jitter in training) -> Freq-MixStyle -> mixup -> model -> loss.
+Each unit trains with its own seed (unit_seed: from seed, system and split); each data-parallel rank draws its
+own augmentation randomness per epoch (augment_seed), while the weights start identical on every rank.
 Each epoch: validation on the split's holdout (model selection), a checkpoint to resume from.
-At the end: the selected model on test, DCASE output.csv, complexity, plots; teachers also write their
-logits over the split's training files.
+At the end: the selected model on test (students: the deployed fp16 export, see asc_ray.outputs), DCASE output.csv,
+complexity, plots; teachers also write their logits over the split's training files.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -31,19 +34,41 @@ import torch
 import torch.nn.functional as F
 
 from asc_ray import augment, losses
-from asc_ray.config import config_hash, load_config
+from asc_ray.config import config_hash, flatten, load_config
 from asc_ray.data.cache import WaveformStore, build_cache
 from asc_ray.data.dataset import ClipBatches
 from asc_ray.data.holdout import split_holdout
 from asc_ray.data.irs import load_irs
 from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES, TauDataset
 from asc_ray.errors import AscRayError, run_cli
-from asc_ray.features import build_frontend, frontend_sample_rate, input_shape
-from asc_ray.outputs import write_record
+from asc_ray.features import build_frontend, describe, frontend_sample_rate, input_shape
 from asc_ray.systems import System, get_system
 
 DEVICE_A = DEVICE_INDEX["a"]
 EVAL_BATCH = 256
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from any parts, stable across runs, processes and Python versions (not hash())."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def unit_seed(seed: int, system: str, split: int) -> int:
+    """The seed one unit trains with (MLflow param `train_seed`): independent teachers, stable across resumes."""
+    return derive_seed(seed, system, split)
+
+
+def augment_seed(train_seed: int, epoch: int, rank: int) -> int:
+    """Seed of one rank's augmentation randomness in one epoch (mixup, DIR, FMS, roll, masking, patchout):
+    data-parallel ranks draw different augmentations; a resumed epoch draws what it drew the first time."""
+    return derive_seed(train_seed, epoch, rank)
+
+
+def hparams(system: System, cfg: dict) -> dict:
+    """The system's training settings: its family's section (bcbl / passt), overridden by a section named after
+    the system where the config has one (`baseline:`, the official DCASE 2024 baseline recipe)."""
+    return {**cfg[system.family], **cfg.get(system.name, {})}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -104,7 +129,7 @@ def prepare_data(
     split_files = ds.split_files(split)
     train_files, val_files = split_holdout(ds, split_files, cfg["data"]["holdout_fraction"], cfg["seed"])
     store = build_cache(
-        ds, cache_file_list(ds), frontend_sample_rate(system.model), paths["cache_dir"], progress
+        ds, cache_file_list(ds), frontend_sample_rate(system.frontend), paths["cache_dir"], progress
     )
     irs = load_irs(paths["irs_dir"], store.sample_rate) if system.dir else None
     teacher_logits = None
@@ -138,7 +163,7 @@ def build_model(system: System, cfg: dict, pretrained: bool = True) -> torch.nn.
 
 
 def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per_epoch: int):
-    h = cfg[system.family]
+    h = hparams(system, cfg)
     total = max(1, h["epochs"] * steps_per_epoch)
     if system.family == "passt":
         # Adam, linear warm-up over warmup_epochs, then linear decay to 1 % (CP-JKU's PaSST fine-tuning)
@@ -150,7 +175,7 @@ def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per
                 return (step + 1) / warm
             return max(0.01, 1.0 - 0.99 * (step - warm) / max(1, total - warm))
     else:
-        # AdamW, cosine schedule with linear warm-up (the DCASE baseline's; 100 warm-up steps in the report)
+        # AdamW, cosine schedule with linear warm-up (100 steps in the report; 2000 in the DCASE baseline recipe)
         opt = torch.optim.AdamW(model.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
         warm = max(1, min(h["warmup_steps"], total // 2))
 
@@ -164,7 +189,10 @@ def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per
 
 def compute_loss(system: System, cfg: dict, z: torch.Tensor, y: torch.Tensor, zt: torch.Tensor | None):
     if system.loss == "kd":
-        return losses.kd_loss(z, zt, y, lam=cfg["kd"]["lam"], temperature=cfg["kd"]["temperature"])
+        k = cfg["kd"]
+        return losses.kd_loss(
+            z, zt, y, lam=k["lam"], temperature=k["temperature"], kl_reduction=k["kl_reduction"]
+        )
     if system.loss == "focusnet":
         f = cfg["focusnet"]
         return losses.focusnet_loss(z, zt, y, alpha=f["alpha"], beta=f["beta"], variant=f["variant"])
@@ -196,14 +224,17 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.log = log if rank == 0 else (lambda _msg: None)
         self.rank, self.world_size = rank, world_size
-        self.h = cfg[system.family]
-        self.seed = cfg["seed"]
+        self.h = hparams(system, cfg)
+        self.seed = unit_seed(
+            cfg["seed"], system.name, split
+        )  # same on every rank: identical initial weights
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if cfg["train"]["num_threads"] > 0:
             torch.set_num_threads(cfg["train"]["num_threads"])
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
-        self.frontend = build_frontend(system.model).to(self.device)
+        self.frontend = build_frontend(system.frontend, cfg["augment"]["freqm"]).to(self.device)
+        self.roll = round(self.h.get("roll_s", 0.0) * data.store.sample_rate)  # max shift in samples
         self.model = build_model(system, cfg).to(self.device)
         self.channels_last = use_channels_last(system, cfg)
         if self.channels_last:
@@ -306,6 +337,8 @@ class Trainer:
         """One training batch -> (spectrogram x, soft targets y, teacher logits zt or None), augmented."""
         s, a = self.system, self.cfg["augment"]
         wave = batch["wave"].to(self.device, non_blocking=True)
+        if self.roll:
+            wave = augment.roll(wave, self.roll, generator=gen)
         if s.dir and self.data.irs:
             wave = augment.dir_augment(
                 wave, batch["device"], self.data.irs, p=a["dir_p"], device_a=DEVICE_A, generator=gen
@@ -324,11 +357,19 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, zt
 
+    def epoch_generator(self) -> torch.Generator:
+        """This epoch's augmentation randomness on this rank: the returned generator feeds mixup, DIR, FMS and
+        the roll; torch's global RNG (frequency masking, PaSST fmax jitter and patchout, dropout) is seeded
+        too. Both from (train_seed, epoch, rank): ranks differ, a resumed epoch repeats itself."""
+        seed = augment_seed(self.seed, self.epoch, self.rank)
+        torch.manual_seed(seed + 1)
+        return torch.Generator().manual_seed(seed)
+
     def train_epoch(self) -> dict:
         s = self.system
         self.model.train()
         self.frontend.train()
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        gen = self.epoch_generator()
         self.batches.set_epoch(self.epoch)
         total = torch.zeros((), device=self.device)
         n = 0
@@ -353,9 +394,12 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def predict(self, files: list[str], state_dict: dict | None = None) -> np.ndarray:
-        """Logits [len(files), 10] in eval mode (no augmentation)."""
-        model = self.model
+    def predict(
+        self, files: list[str], state_dict: dict | None = None, model: torch.nn.Module | None = None
+    ) -> np.ndarray:
+        """Logits [len(files), 10] in eval mode (no augmentation), of the trained model, of its weights
+        `state_dict`, or of `model` (e.g. the fp16 export: the input is cast to the model's precision)."""
+        model = model.to(self.device) if model is not None else self.model
         if state_dict is not None:
             model = build_model(self.system, self.cfg, pretrained=False).to(self.device)
             model.load_state_dict(state_dict)
@@ -364,18 +408,21 @@ class Trainer:
         model.eval()
         self.frontend.eval()
         out = []
+        dtype = next(model.parameters()).dtype
         for batch in ClipBatches(self.data.ds, self.data.store, files, EVAL_BATCH, shuffle=False):
-            x = self.frontend(batch["wave"].to(self.device))
+            x = self.frontend(batch["wave"].to(self.device)).to(dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
+            with self._autocast() if dtype == torch.float32 else nullcontext():
                 out.append(model(x).float().cpu())
         return torch.cat(out).numpy()
 
-    def evaluate(self, files: list[str], state_dict: dict | None = None):
+    def evaluate(
+        self, files: list[str], state_dict: dict | None = None, model: torch.nn.Module | None = None
+    ):
         from asc_ray.metrics import evaluate
 
-        logits = self.predict(files, state_dict)
+        logits = self.predict(files, state_dict, model)
         return logits, evaluate(logits, self.data.ds.labels(files), self.data.ds.devices(files))
 
     def fit(self, report: Callable[[dict, Path | None], None] | None = None) -> dict:
@@ -417,82 +464,37 @@ class Trainer:
         return self.finish() if self.rank == 0 else {}
 
     def finish(self) -> dict:
-        """Evaluate the selected model on test and write every output file."""
-        t_finish = time.time()
-        from asc_ray.complexity import check_student, export_fp16, measure
-        from asc_ray.export import plot_class_accuracy, plot_confusion, write_dcase_output
+        """The selected model on test, and the unit's outputs and record (asc_ray.outputs)."""
+        from asc_ray.outputs import finish_unit
 
-        best = torch.load(
-            self.out_dir / "checkpoint" / "best.pt", map_location=self.device, weights_only=True
-        )
-        test_logits, res = self.evaluate(self.data.test_files, best)
-        model = build_model(self.system, self.cfg, pretrained=False)
-        model.load_state_dict(best)
-        cx = measure(model, (1, *input_shape(self.system.model)))
-        out = self.out_dir
-        torch.save(best, out / "model.pt")
-        files = {"model": out / "model.pt"}
-        if self.system.role == "student":
-            check_student(cx, self.system.name)
-            files["model_fp16"] = export_fp16(model, out / "model_fp16.pt")
-        files["output"] = write_dcase_output(
-            out / "output.csv", self.data.test_files, test_logits, cx.to_dict()
-        )
-        files["complexity"] = out / "output.complexity.json"
-        class_acc = {k.split("/", 1)[1]: v for k, v in res.metrics.items() if k.startswith("class_acc/")}
-        files["class_plot"] = plot_class_accuracy(
-            {self.system.name: class_acc},
-            out / "class_accuracy.png",
-            f"{self.system.name}, split {self.split}: class-wise test accuracy",
-        )
-        files["confusion_plot"] = plot_confusion(
-            res.confusion, out / "confusion.png", f"{self.system.name}, split {self.split}: test confusion"
-        )
-        np.save(out / "confusion.npy", res.confusion)
-        if self.system.feeds:
-            # logits over the split's training files: what the next stage learns from
-            split_logits = self.predict(self.data.split_files, best)
-            np.save(out / "split_logits.npy", split_logits)
-            files["split_logits"] = out / "split_logits.npy"
-        result = {
-            "system": self.system.name,
-            "split": self.split,
-            "role": self.system.role,
-            "augment": self.system.augment,
-            "selected_epoch": self.best["epoch"] + 1,
-            "selected_on": getattr(self, "select", self.cfg["train"]["select"]),
-            "val_macro_acc": self.best["val_macro_acc"],
-            **{f"test_{k}": v for k, v in res.metrics.items()},
-            "params": cx.params,
-            "macs": cx.macs,
-            "files": {k: str(v) for k, v in files.items()},
-        }
-        # what the caller knows (key, MLflow run, node, when it started): one record, one write
-        result.update(
-            self.record_extra, fit_started=self.fit_started, finish_started=t_finish, finished=time.time()
-        )
-        write_record(out, result)
-        self.log(
-            f"[{self.tag}] done: test macro accuracy {100 * result['test_macro_acc']:.2f}% "
-            f"(selected epoch {result['selected_epoch']} on {getattr(self, 'select', 'val')}), "
-            f"{cx.params:,} params, {cx.macs / 1e6:.1f} M MACs"
-        )
-        return result
+        return finish_unit(self)
+
+
+def unit_params(trainer: Trainer) -> dict:
+    """What this unit actually trains with, as MLflow params beside the flat config: its own seed, the
+    effective warm-up and roll (the `baseline:` recipe overrides `bcbl:`) and the front-end's input."""
+    h = trainer.h
+    params = {
+        "train_seed": trainer.seed,
+        "frontend": trainer.system.frontend,
+        "sample_rate": frontend_sample_rate(trainer.system.frontend),
+        "input_shape": "x".join(map(str, input_shape(trainer.system.frontend))),
+    }
+    if trainer.system.family == "bcbl":
+        params.update(warmup_steps=h["warmup_steps"], roll_s=h["roll_s"])
+    return params
+
+
+def unit_config(cfg: dict, system: System) -> dict:
+    """The config keys this system reads (System.reads): what its trained model depends on."""
+    return {k: v for k, v in flatten(cfg).items() if system.reads(k)}
 
 
 def unit_key(cfg: dict, system: System, split: int, data_key: str, upstream: str = "") -> str:
-    """What a trained model depends on: the parts of the config it reads, the data, and its inputs' keys."""
-    parts = {k: cfg[k] for k in ("seed", "augment", "train")}
-    parts.update(
-        {system.family: cfg[system.family], "data": {k: cfg["data"][k] for k in ("holdout_fraction",)}}
-    )
-    if system.model in cfg["channels"]:
-        parts["channels"] = cfg["channels"][system.model]
-    if system.loss == "kd":
-        parts["kd"] = cfg["kd"]
-    if system.loss == "focusnet":
-        parts["focusnet"] = cfg["focusnet"]
-    if system.role == "student":  # a search picks the unit's model: its space is part of what it reads
+    """What a trained model depends on: the config keys it reads, the data, and its inputs' keys. A student's
+    search space and replica count pick its model too."""
+    parts = unit_config(cfg, system)
+    if system.role == "student":
         parts["search"] = {k: v for k, v in cfg["students"]["search"].items() if system.reads(k)}
         parts["num_samples"] = cfg["students"]["num_samples"]
     return config_hash([parts, system.name, split, data_key, upstream])
@@ -531,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_data(cfg, a.data_dir, a.output_dir, a.split, system, a.logits)
     print(
         f"[{system.name} split{a.split}] {len(data.train_files)} train / {len(data.val_files)} validation / "
-        f"{len(data.test_files)} test clips; device {'cuda' if torch.cuda.is_available() else 'cpu'}",
+        f"{len(data.test_files)} test clips; input {describe(system.frontend)}; "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}",
         flush=True,
     )
     trainer = Trainer(system, cfg, data, out, a.split, log=lambda m: print(m, flush=True))

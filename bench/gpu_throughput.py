@@ -68,7 +68,8 @@ def measure(name: str, model_name: str, batch: int, steps: int, passt_size: str)
     from asc_ray.models import bcbl, passt
 
     dev = torch.device("cuda")
-    frontend = build_frontend(model_name).to(dev).train()
+    fe_name = "passt" if model_name == "passt" else "mel32k"  # the 32-BCBL student's front-end
+    frontend = build_frontend(fe_name).to(dev).train()
     if model_name == "passt":
         model = passt(pretrained=False, size=passt_size, n_classes=10).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=2e-5)
@@ -76,7 +77,7 @@ def measure(name: str, model_name: str, batch: int, steps: int, passt_size: str)
         model = bcbl(32, 10).to(dev).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
-    n = frontend_sample_rate(model_name)
+    n = frontend_sample_rate(fe_name)
     wave = torch.randn(batch, n, device=dev) * 0.1
     y = torch.randint(0, 10, (batch,), device=dev)
 

@@ -7,6 +7,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+if [ -n "${DATA_DIR:-}" ] && [ -z "${PROFILE:-}" ]; then
+  # a user with real data most likely wants the report's numbers: say first what this run is, and is not
+  echo "[run_local] PROFILE not set: running the SMOKE profile (small models, few epochs: minutes, not comparable"
+  echo "[run_local] with the report's Table 3). For the report's settings run: PROFILE=full DATA_DIR=$DATA_DIR bash scripts/run_local.sh"
+fi
 bash scripts/setup_venv.sh
 py=${ASC_RAY_VENV:-$root/.venv}/bin/python
 data=${DATA_DIR:-}

@@ -72,14 +72,20 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
     systems = list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"])
     paths = resolve_paths(cfg, data_dir, out)
     files = cache_file_list(ds)
-    for rate in sorted({frontend_sample_rate(get_system(n).model) for n in systems}):
+    rates = sorted(
+        {frontend_sample_rate(get_system(n).frontend) for n in systems}
+    )  # 44.1 kHz teachers, 32 students
+    log("waveform caches: " + ", ".join(f"{r / 1000:g} kHz" for r in rates))
+    for rate in rates:
         build_cache(ds, files, rate, paths["cache_dir"], progress=True)  # decodes every file once
     eval_set = None
     if cfg["data"]["eval_dir"]:
         from asc_ray.data.tau import EvalSet
 
         eval_set = EvalSet(cfg["data"]["eval_dir"])
-        for rate in sorted({frontend_sample_rate(get_system(n).model) for n in cfg["students"]["systems"]}):
+        for rate in sorted(
+            {frontend_sample_rate(get_system(n).frontend) for n in cfg["students"]["systems"]}
+        ):
             build_cache(eval_set, eval_set.files, rate, paths["cache_dir"], progress=True)
         log(f"evaluation set: {len(eval_set.files)} clips from {eval_set.root}")
     if any(get_system(n).dir for n in systems):

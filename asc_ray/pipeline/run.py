@@ -213,7 +213,7 @@ class Pipeline:
 
     # -------------------------------------------------------------------------------------- results
     def evaluate(self, timeline: list) -> Path:
-        from asc_ray.export import plot_class_accuracy, plot_timeline, write_results_table
+        from asc_ray.export import plot_class_accuracy, plot_timeline, run_header, write_results_table
 
         rows, teacher_rows = [], []
         for split in self.splits:
@@ -229,6 +229,10 @@ class Pipeline:
                     "test_macro_acc": round(100 * r["test_macro_acc"], 2),
                     "val_macro_acc": round(100 * r["val_macro_acc"], 2),
                     "test_acc": round(100 * r["test_acc"], 2),
+                    "test_macro_acc_fp32": round(100 * r.get("test_macro_acc_fp32", float("nan")), 2),
+                    "train_seed": r.get("train_seed", ""),
+                    "input_shape": r.get("input_shape", ""),
+                    "sample_rate": r.get("sample_rate", ""),
                     **{
                         k[len("test_") :]: round(100 * v, 2)
                         for k, v in r.items()
@@ -264,11 +268,14 @@ class Pipeline:
                 path=self.out,
                 fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)",
             )
-        write_results_table(rows, self.out / "results.csv", self.out / "results.md")
+        date = time.strftime("%Y-%m-%d %H:%M %Z")
+        header = run_header(self.cfg["profile"], self.data_dir, date)
+        write_results_table(rows, self.out / "results.csv", self.out / "results.md", header)
         if self.ctx.eval_set is not None:
             self._predict_eval_set(rows)
         if teacher_rows:
-            write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md")
+            header = run_header(self.cfg["profile"], self.data_dir, date, "Teachers")
+            write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md", header)
         t = self.ctx.tracker
         t.log_metrics(
             self.parent_run_id,
@@ -294,7 +301,7 @@ class Pipeline:
                 task.remote(
                     r["system"],
                     self.cfg,
-                    str(unit / "model.pt"),
+                    str(unit / "model_fp16.pt"),  # the deployed model: its predictions are in fp16
                     str(self.ctx.eval_set.root),
                     str(self.ctx.paths["cache_dir"]),
                     str(unit / "eval_output.csv"),
@@ -358,7 +365,7 @@ def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir
 
     s = get_system(system)
     ev = EvalSet(eval_dir)
-    store = build_cache(ev, ev.files, frontend_sample_rate(s.model), cache_dir, progress=False)  # a hit
+    store = build_cache(ev, ev.files, frontend_sample_rate(s.frontend), cache_dir, progress=False)  # a hit
     logits = predict_files(s, cfg, model_path, store, ev.files)
     cx = json.loads((Path(model_path).parent / "output.complexity.json").read_text())
     return str(write_dcase_output(out, ev.files, logits, cx))

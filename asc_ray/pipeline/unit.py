@@ -18,7 +18,7 @@ import ray
 from asc_ray.config import flatten
 from asc_ray.outputs import unit_dir
 from asc_ray.systems import get_system
-from asc_ray.train import Trainer, prepare_data
+from asc_ray.train import Trainer, prepare_data, unit_params
 
 # What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
 #   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator (serves the logits
@@ -86,6 +86,7 @@ def run_unit(
             "augment": system.augment,
             "key": job["key"],
             "seed": cfg["seed"],
+            "train_seed": trainer.seed,
         }
         run_id = tracker.start_run(f"{system.name} split{split}", tags, job["parent_run_id"], run_id=old)
         id_file.write_text(run_id)
@@ -97,6 +98,7 @@ def run_unit(
                 "split": split,
                 "train_files": len(data.train_files),
                 "val_files": len(data.val_files),
+                **unit_params(trainer),
             },
         )
 

@@ -10,9 +10,12 @@ def test_full_profile_is_the_reports_settings():
     cfg = load_config("full")
     assert cfg["bcbl"]["epochs"] == 150 and cfg["bcbl"]["batch_size"] == 256 and cfg["bcbl"]["lr"] == 0.005
     assert cfg["passt"]["epochs"] == 25 and cfg["passt"]["batch_size"] == 80 and cfg["passt"]["lr"] == 2e-5
-    assert cfg["kd"] == {"lam": 0.98, "temperature": 2.0}
+    assert cfg["kd"] == {"lam": 0.98, "temperature": 2.0, "kl_reduction": "mean"}  # the reference scale
     assert cfg["augment"]["fms_p"] == 0.4 and cfg["augment"]["dir_p"] == 0.6 and cfg["augment"]["freqm"] == 48
     assert len(cfg["teachers"]["systems"]) == 6 and cfg["train"]["select"] == "val"
+    # the report's N-BCBL models: 100 warm-up steps, no roll; the official baseline recipe: 2000, +-0.1 s
+    assert cfg["bcbl"]["warmup_steps"] == 100 and cfg["bcbl"]["roll_s"] == 0.0
+    assert cfg["baseline"] == {"warmup_steps": 2000, "roll_s": 0.1}
 
 
 def test_smoke_profile_overrides_only_what_it_names():
@@ -38,6 +41,8 @@ def test_file_then_overrides_win(tmp_path):
         ("bcbl.epochs=three", "wrong type"),
         ("bcbl.epochs=true", "wrong type"),
         ("kd.lam=[1]", "wrong type"),
+        ("kd.kl_reduction=sum", "one of mean, batchmean"),
+        ("baseline.epochs=3", "unknown config key 'baseline.epochs'"),
         ("train.select=test", "one of val, last"),
         ("teachers.systems=[resnet]", "unknown teacher 'resnet'"),
         ("students.systems=[tfs]", "tfs learns from the logits of kd_ensemble"),
@@ -75,3 +80,55 @@ def test_teacher_resources_are_a_free_mapping_of_numbers():
     assert cfg["teachers"]["resources"] == {"large_gpu": 1, "teacher_slot": 0.5}
     with pytest.raises(AscRayError, match="must be a number"):
         load_config("smoke", None, ["teachers.resources={large_gpu: lots}"])
+
+
+def test_baseline_recipe_applies_to_the_baseline_only():
+    from asc_ray.systems import get_system
+    from asc_ray.train import hparams
+
+    cfg = load_config("full")
+    assert hparams(get_system("baseline"), cfg)["warmup_steps"] == 2000
+    assert hparams(get_system("baseline"), cfg)["roll_s"] == 0.1
+    for name in ("kd_ensemble", "tfs", "bcbl24", "bcbl32_fms"):
+        h = hparams(get_system(name), cfg)
+        assert h["warmup_steps"] == 100 and h["roll_s"] == 0.0 and h["epochs"] == 150
+
+
+def test_resume_keys_hold_only_what_a_unit_reads():
+    """A speed-only setting (threads, compile, channels_last) retrains nothing; a setting a system reads
+    changes that system's key and no other's."""
+    from asc_ray.systems import SYSTEMS
+    from asc_ray.train import unit_key
+
+    base = load_config("full")
+
+    def keys(overrides):
+        cfg = load_config("full", None, overrides)
+        return {n: unit_key(cfg, s, 100, "data") for n, s in SYSTEMS.items()}
+
+    k0 = keys([])
+    assert len(set(k0.values())) == len(k0)
+    for speed in (
+        "train.num_threads=4",
+        "train.compile=true",
+        "train.channels_last=false",
+        "mlflow.experiment=x",
+        "teachers.max_concurrent=2",
+        "students.cpus_per_trial=2.0",
+        "use_gpu=false",
+    ):
+        assert keys([speed]) == k0, speed
+
+    def changed(override):
+        k = keys([override])
+        return {n for n in k if k[n] != k0[n]}
+
+    assert changed("kd.kl_reduction=batchmean") == {"kd_ensemble"}
+    assert changed("baseline.roll_s=0.2") == {"baseline"}
+    assert changed("augment.mixup_alpha=0.5") == {"bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir", "bcbl24"}
+    assert changed("augment.dir_p=0.5") == {n for n, s in SYSTEMS.items() if s.dir}
+    assert changed("augment.freqm=24") == set(SYSTEMS)  # every front-end masks
+    assert changed("passt.lr=0.001") == {"passt_fms", "passt_dir", "passt_fms_dir"}
+    assert changed("train.eval_every=2") == set(SYSTEMS)  # which epoch is selected
+    assert changed("seed=1") == set(SYSTEMS)
+    assert base["train"]["num_threads"] == 0

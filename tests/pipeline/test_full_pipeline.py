@@ -108,6 +108,11 @@ def test_results_table_has_every_student_and_split(pipeline):
         assert int(r["params"]) <= 64_000 and int(r["macs"]) <= 30_000_000
     md = (pipeline["out"] / "results.md").read_text()
     assert "| split (%) | bcbl24 | kd_ensemble | tfs | baseline |" in md
+    assert "not comparable" in md.splitlines()[0] and str(pipeline["data"]) in md
+    with (pipeline["out"] / "teachers.csv").open() as f:
+        teachers = list(csv.DictReader(f))
+    assert len({t["train_seed"] for t in teachers}) == len(teachers) == len(TEACHERS) * len(SPLITS)
+    assert {t["input_shape"] for t in teachers if t["system"].startswith("bcbl32")} == {"1x256x89"}
     for sp in SPLITS:
         assert (pipeline["out"] / "plots" / f"class_accuracy_split{sp}.png").stat().st_size > 1000
     out = pipeline["first"].stdout
@@ -154,6 +159,11 @@ def test_mlflow_has_a_parent_run_with_tagged_children(pipeline):
     arts = {a.path for a in c.list_artifacts(kd.info.run_id)}
     assert {"output.csv", "class_accuracy.png", "confusion.png", "output.complexity.json", "model"} <= arts
     assert any(a.path.endswith(".md") for a in c.list_artifacts(pid))
+    # what each unit really trains with: its own seed; the baseline's recipe (smoke: 10 warm-up steps, the roll)
+    bl = next(r for r in kids if r.data.tags["system"] == "baseline" and r.data.tags["split"] == "100")
+    assert bl.data.params["roll_s"] == "0.1" and bl.data.params["warmup_steps"] == "10"
+    assert kd.data.params["roll_s"] == "0.0" and kd.data.params["input_shape"] == "1x256x65"
+    assert len({r.data.params["train_seed"] for r in kids}) == len(kids)
     rows = _results(pipeline["out"] / "results.csv")
     assert (
         abs(

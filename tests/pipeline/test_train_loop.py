@@ -32,9 +32,9 @@ def test_fit_selects_on_validation_only_and_writes_outputs(synth_dataset, tmp_pa
     seen = []
     real = Trainer.evaluate
 
-    def spy(self, files, state_dict=None):
-        seen.append(("finish" if state_dict is not None else "fit", set(files)))
-        return real(self, files, state_dict)
+    def spy(self, files, state_dict=None, model=None):
+        seen.append(("fit" if state_dict is None and model is None else "finish", set(files)))
+        return real(self, files, state_dict, model)
 
     monkeypatch.setattr(Trainer, "evaluate", spy)
     (tmp_path / "baseline").mkdir()
@@ -43,7 +43,8 @@ def test_fit_selects_on_validation_only_and_writes_outputs(synth_dataset, tmp_pa
     assert not val & test and not val & set(t.data.train_files)
     during_fit = [f for when, f in seen if when == "fit"]
     assert during_fit and all(f == val for f in during_fit)  # selection never sees test
-    assert [f for when, f in seen if when == "finish"] == [test]  # test once, for the report
+    # test only for the report: the selected weights in fp32, then the deployed fp16 export
+    assert [f for when, f in seen if when == "finish"] == [test, test]
     hist = [h["val_macro_acc"] for h in t.history]
     assert result["selected_epoch"] == int(np.argmax(hist)) + 1 and result["val_macro_acc"] == max(hist)
     out = tmp_path / "baseline"
@@ -204,3 +205,107 @@ def test_a_32_bcbl_learns_the_synthetic_scenes(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "o" / "split100" / "baseline" / "result.json").read_text())
     assert res["test_macro_acc"] > 0.25, res["test_macro_acc"]
+
+
+# --- issue 10: what Table 3 depends on ---------------------------------------------------------------
+def test_each_unit_trains_with_its_own_stable_seed(synth_dataset, tmp_path):
+    """Independent teachers: three bcbl32 teachers of a split start from different weights."""
+    from asc_ray.train import unit_seed
+
+    names = ("bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir")
+    trainers = [_trainer(synth_dataset, tmp_path, n) for n in names]
+    assert len({t.seed for t in trainers}) == 3
+    assert [t.seed for t in trainers] == [unit_seed(0, n, 100) for n in names]  # stable run to run
+    assert unit_seed(0, "bcbl32_fms", 50) != unit_seed(0, "bcbl32_fms", 100)
+    w = [t.model.state_dict()["in_c.0.0.weight"] for t in trainers]  # the first convolution
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    again = _trainer(synth_dataset, tmp_path, "bcbl32_fms")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            again.model.state_dict().values(), trainers[0].model.state_dict().values(), strict=True
+        )
+    )
+
+
+def test_data_parallel_ranks_share_weights_but_draw_their_own_augmentations(synth_dataset, tmp_path):
+    cfg = load_config("smoke", None, TINY)
+    s = get_system("bcbl32_fms_dir")  # mixup + FMS + DIR
+    data = prepare_data(cfg, synth_dataset, tmp_path, 100, s, progress=False)
+    ranks = [Trainer(s, cfg, data, tmp_path / f"r{r}", 100, rank=r, world_size=2) for r in (0, 1)]
+    for a, b in zip(ranks[0].model.state_dict().values(), ranks[1].model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # DDP would sync them anyway: start identical
+    batch = next(iter(ranks[0].batches))
+    x0, y0, _ = ranks[0].prepare_inputs(batch, ranks[0].epoch_generator())
+    x1, y1, _ = ranks[1].prepare_inputs(batch, ranks[1].epoch_generator())
+    assert not torch.equal(y0, y1) and not torch.allclose(x0, x1)  # different mixup partners / lambdas
+    x0b, y0b, _ = ranks[0].prepare_inputs(batch, ranks[0].epoch_generator())
+    assert torch.equal(x0, x0b) and torch.equal(y0, y0b)  # the same rank and epoch repeat themselves
+
+
+def test_baseline_is_the_official_recipe_and_says_so_in_its_params(synth_dataset, tmp_path):
+    from asc_ray.train import build_optimizer, unit_params
+
+    cfg = load_config("full", None, ["train.num_threads=1"])
+    got = {}
+    for name in ("baseline", "bcbl24"):
+        s = get_system(name)
+        data = prepare_data(cfg, synth_dataset, tmp_path, 100, s, progress=False)
+        t = Trainer(s, cfg, data, tmp_path / name, 100, log=lambda m: None)
+        opt, _ = build_optimizer(s, cfg, t.model, steps_per_epoch=1000)
+        got[name] = (unit_params(t), opt.param_groups[0]["lr"], t.roll)
+    params, lr0, roll = got["baseline"]
+    assert params["warmup_steps"] == 2000 and params["roll_s"] == 0.1  # readable in its MLflow params
+    assert lr0 == pytest.approx(0.005 / 2000) and roll == 3200  # 0.1 s at 32 kHz
+    params, lr0, roll = got["bcbl24"]  # one of the report's own N-BCBL models
+    assert params["warmup_steps"] == 100 and params["roll_s"] == 0.0
+    assert lr0 == pytest.approx(0.005 / 100) and roll == 0
+    assert got["baseline"][0]["input_shape"] == "1x256x65" and got["baseline"][0]["sample_rate"] == 32000
+
+
+def test_the_reported_test_accuracy_is_the_fp16_models(synth_dataset, tmp_path, monkeypatch):
+    from asc_ray import outputs
+    from asc_ray.metrics import evaluate
+    from asc_ray.predict import load_trained
+
+    logs = []
+    monkeypatch.setattr(outputs, "FP16_WARN_DROP", -1.0)  # any drop at all warns: see that the warning fires
+    t = _trainer(synth_dataset, tmp_path)
+    t.log = logs.append
+    (tmp_path / "baseline").mkdir()
+    result = t.fit()
+    out = tmp_path / "baseline"
+    fp16 = load_trained(t.system, t.cfg, out / "model_fp16.pt")
+    assert next(fp16.parameters()).dtype == torch.float16
+    logits16 = t.predict(t.data.test_files, model=fp16)
+    res16 = evaluate(logits16, t.data.ds.labels(t.data.test_files), t.data.ds.devices(t.data.test_files))
+    assert result["test_macro_acc"] == res16.metrics["macro_acc"] and result["tested_in"] == "fp16"
+    assert "test_macro_acc_fp32" in result
+    _, _, probs = read_dcase_output(out / "output.csv")
+    e = np.exp(logits16 - logits16.max(1, keepdims=True))
+    assert np.allclose(probs, e / e.sum(1, keepdims=True), atol=1e-6)  # output.csv is the fp16 model's
+    assert any("WARNING" in m and "fp16" in m for m in logs)
+
+
+def test_cli_bcbl32_teacher_hears_44k(synth_dataset, tmp_path):
+    r = _cli(
+        "--system",
+        "bcbl32_fms",
+        "--data-dir",
+        str(synth_dataset),
+        "--split",
+        "100",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--profile",
+        "smoke",
+        "bcbl.batch_size=16",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1x256x89 at 44.1 kHz" in r.stdout
+    res = json.loads((tmp_path / "split100" / "bcbl32_fms" / "result.json").read_text())
+    assert res["sample_rate"] == 44100 and res["input_shape"] == "1x256x89"
+    assert 39e6 < res["macs"] < 41e6 and res["tested_in"] == "fp32"

@@ -114,3 +114,24 @@ def test_freq_mask_bands():
             assert idx[-1] - idx[0] + 1 == idx.numel()
     assert len(set(widths.tolist())) > 1  # masks differ per sample
     assert torch.equal(freq_mask(x, max_bins=0), x)
+
+
+def test_roll_shifts_each_clip_circularly_within_the_range():
+    from asc_ray.augment import roll
+
+    n, max_shift = 1000, 100
+    wave = torch.arange(8 * n, dtype=torch.float32).view(
+        8, n
+    )  # every sample value unique: shifts are readable
+    out = roll(wave, max_shift, generator=gen(3))
+    shifts = []
+    for i in range(8):
+        k = int((out[i, 0] - wave[i, 0]).item()) % n  # out[t] = wave[t - s]  ->  out[0] = wave[-s]
+        s = (n - k) % n
+        s = s - n if s > n // 2 else s
+        torch.testing.assert_close(out[i], torch.roll(wave[i], s))  # circular: nothing lost, nothing added
+        assert -max_shift <= s <= max_shift
+        shifts.append(s)
+    assert len(set(shifts)) > 1  # each clip draws its own shift
+    assert torch.equal(roll(wave, max_shift, generator=gen(3)), out)  # reproducible with a generator
+    assert torch.equal(roll(wave, 0), wave)

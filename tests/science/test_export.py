@@ -164,3 +164,42 @@ def test_report_results_match_spec():
     assert sorted(REPORT_RESULTS) == [5, 10, 25, 50, 100]
     assert REPORT_RESULTS[100]["tfs"] == 62.21
     assert REPORT_RESULTS[5]["kd_ensemble"] == 47.97
+
+
+def test_results_page_says_what_was_run(tmp_path):
+    from asc_ray.export import run_header
+
+    rows = [
+        {
+            "system": "bcbl32_fms",
+            "split": 100,
+            "test_macro_acc": 50.0,
+            "input_shape": "1x256x89",
+            "sample_rate": 44100,
+            "params": 61148,
+            "macs": 40_270_000,
+        },
+        {
+            "system": "passt_fms",
+            "split": 100,
+            "test_macro_acc": 55.0,
+            "input_shape": "1x128x138",
+            "sample_rate": 44100,
+            "params": 100,
+            "macs": 5_000_000,
+        },
+    ]
+    smoke = run_header("smoke", "/data/synthetic", "2026-11-28 02:00 UTC")
+    write_results_table(rows, tmp_path / "r.csv", tmp_path / "r.md", smoke)
+    md = (tmp_path / "r.md").read_text()
+    title = md.splitlines()[0]
+    assert title.startswith("# ") and "smoke" in title and "not comparable" in title and "Table 3" in title
+    head = md[: md.index("| split")]
+    assert "/data/synthetic" in head and "2026-11-28 02:00 UTC" in head and "PROFILE=full" in head
+    # each model's input and MACs
+    assert "| bcbl32_fms | 1x256x89 | 44.1 kHz | 61,148 | 40.3 M |" in md.splitlines()
+
+    full = run_header("full", "/data/tau22", "2026-11-28")
+    write_results_table(rows, tmp_path / "r.csv", tmp_path / "r.md", full)
+    md = (tmp_path / "r.md").read_text()
+    assert "not comparable" not in md and "`full`" in md and "/data/tau22" in md

@@ -8,7 +8,7 @@ import torch
 from asc_ray.features import FRONTENDS, build_frontend, frontend_sample_rate, input_shape
 
 
-@pytest.mark.parametrize("name,shape", [("bcbl32", (1, 256, 65)), ("bcbl24", (1, 256, 89))])
+@pytest.mark.parametrize("name,shape", [("mel32k", (1, 256, 65)), ("mel44k", (1, 256, 89))])
 def test_bcbl_frontend_shapes_and_config(name, shape):
     assert input_shape(name) == shape
     fe = build_frontend(name).eval()
@@ -23,10 +23,10 @@ def test_bcbl_frontend_shapes_and_config(name, shape):
 
 
 def test_sample_rates_and_table():
-    assert frontend_sample_rate("bcbl32") == 32000
-    assert frontend_sample_rate("bcbl24") == 44100
+    assert frontend_sample_rate("mel32k") == 32000
+    assert frontend_sample_rate("mel44k") == 44100
     assert frontend_sample_rate("passt") == 44100
-    c = FRONTENDS["bcbl32"]
+    c = FRONTENDS["mel32k"]
     assert (c.n_fft, c.win_length, c.hop_length, c.n_mels, c.freqm) == (4096, 3072, 500, 256, 48)
     with pytest.raises(ValueError):
         build_frontend("mfcc")
@@ -34,7 +34,7 @@ def test_sample_rates_and_table():
 
 def test_bcbl_masking_only_in_train_mode():
     torch.manual_seed(0)
-    fe = build_frontend("bcbl32")
+    fe = build_frontend("mel32k")
     wave = torch.randn(8, 32000)
     fe.eval()
     a, b = fe(wave), fe(wave)
@@ -61,3 +61,40 @@ def test_passt_frontend_shape_and_train_only_jitter():
     assert torch.equal(a, fe(wave))
     fe.train()
     assert not torch.allclose(fe(wave), a)
+
+
+def _masked_bands(fe, wave):
+    out = fe(wave)
+    return (out - math.log(1e-5)).abs().lt(1e-4).all(dim=-1).squeeze(1).sum(1)  # [B] fully masked bands
+
+
+@pytest.mark.parametrize("name", ["mel32k", "mel44k"])
+def test_freqm_reaches_the_front_end(name):
+    """augment.freqm is what the front-end masks with: 0 = no masking, 6 = at most 6 bands."""
+    torch.manual_seed(1)
+    wave = torch.randn(16, frontend_sample_rate(name))
+    assert _masked_bands(build_frontend(name, freqm=0).train(), wave).max() == 0
+    wide = _masked_bands(build_frontend(name, freqm=200).train(), wave)
+    narrow = _masked_bands(build_frontend(name, freqm=6).train(), wave)
+    assert narrow.max() <= 6 and wide.max() > 48  # wider than the old hard-coded 48
+
+
+def test_freqm_reaches_the_passt_front_end():
+    assert isinstance(build_frontend("passt", freqm=0).mel.freqm, torch.nn.Identity)  # hear21passt: 0 = off
+    assert build_frontend("passt", freqm=17).mel.freqm.mask_param == 17
+
+
+def test_each_system_hears_its_own_front_end():
+    """32-BCBL teachers at 44.1 kHz (256 x 89), 32-BCBL students at 32 kHz (256 x 65), the 24-BCBL at 44.1 kHz."""
+    from asc_ray.systems import SYSTEMS
+
+    for name in ("bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"):
+        s = SYSTEMS[name]
+        assert s.model == "bcbl32" and frontend_sample_rate(s.frontend) == 44100
+        assert input_shape(s.frontend) == (1, 256, 89)
+    for name in ("kd_ensemble", "tfs", "baseline"):
+        s = SYSTEMS[name]
+        assert s.model == "bcbl32" and frontend_sample_rate(s.frontend) == 32000
+        assert input_shape(s.frontend) == (1, 256, 65)
+    assert input_shape(SYSTEMS["bcbl24"].frontend) == (1, 256, 89)
+    assert all(frontend_sample_rate(SYSTEMS[n].frontend) == 44100 for n in ("passt_fms", "passt_dir"))

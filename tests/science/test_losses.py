@@ -107,3 +107,29 @@ def test_focusnet_reference_variant_differs_and_matches_its_form():
     assert got.item() != pytest.approx(focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX)).item(), rel=1e-4)
     with pytest.raises(ValueError):
         focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), variant="paper")
+
+
+def test_kd_kl_reduction_mean_is_the_reference_scale():
+    """kl_reduction="mean": the reference's KLDivLoss(reduction="none")(...).mean() * T^2 with label weight
+    1 - lam, i.e. KL averaged over batch AND classes; "batchmean" (the default) is eq. (1) literally."""
+    lam, T = 0.98, 2.0
+    y = np.eye(3)[Y_IDX]
+    ce = -(y * np.log(softmax(ZS))).sum(axis=1).mean()
+    pt, ps = softmax(ZT / T), softmax(ZS / T)
+    kl_terms = pt * (np.log(pt) - np.log(ps))  # [B, C]
+    mean = (1 - lam) * ce + lam * T**2 * kl_terms.mean()
+    batchmean = (1 - lam) * ce + lam * T**2 * kl_terms.sum(axis=1).mean()
+    assert kd_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), lam, T, kl_reduction="mean").item() == pytest.approx(
+        mean, rel=1e-5
+    )
+    assert kd_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), lam, T).item() == pytest.approx(batchmean, rel=1e-5)
+    # the reference's own expression, with torch's KLDivLoss
+    ref = (1 - lam) * torch.nn.functional.cross_entropy(t(ZS), torch.tensor(Y_IDX)) + lam * T**2 * (
+        torch.nn.KLDivLoss(reduction="none", log_target=True)(
+            torch.log_softmax(t(ZS) / T, 1), torch.log_softmax(t(ZT) / T, 1)
+        ).mean()
+    )
+    got = kd_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), lam, T, kl_reduction="mean")
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="kl_reduction"):
+        kd_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), kl_reduction="sum")
