@@ -66,7 +66,7 @@ class Pipeline:
             },
         )
         ctx.tracker.log_params(self.parent_run_id, {**flatten(self.cfg), "splits": self.splits})
-        (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
+        atomic_write_json(self.out / "config.json", self.cfg)
         self.use_gpu = detect_gpu(self.cfg)
         res = ray.cluster_resources()
         log(

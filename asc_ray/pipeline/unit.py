@@ -16,6 +16,7 @@ from pathlib import Path
 import ray
 
 from asc_ray.config import flatten
+from asc_ray.io import atomic_write_text
 from asc_ray.outputs import unit_dir
 from asc_ray.systems import get_system
 from asc_ray.train import Trainer, prepare_data, unit_params
@@ -89,7 +90,7 @@ def run_unit(
             "train_seed": trainer.seed,
         }
         run_id = tracker.start_run(f"{system.name} split{split}", tags, job["parent_run_id"], run_id=old)
-        id_file.write_text(run_id)
+        atomic_write_text(id_file, run_id)
         tracker.log_params(
             run_id,
             {
