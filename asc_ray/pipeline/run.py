@@ -439,9 +439,13 @@ class Pipeline:
         ) from next((e for e in failures.values() if isinstance(e, BaseException)), None)
 
     def run(self, stages=STAGES) -> None:
+        from asc_ray.pipeline.lock import OutputLock
+
         t0 = time.time()
         status = "FAILED"
+        self.lock = OutputLock(self.out, log=log)
         try:
+            self.lock.acquire()  # first: a second run on this output dir stops before touching anything
             self.preflight()
             self.start()
             for stage in STAGES:
@@ -457,6 +461,7 @@ class Pipeline:
             if self.parent_run_id:
                 self.tracker.log_metrics(self.parent_run_id, {"wall_s": time.time() - t0})
                 self.tracker.finish(self.parent_run_id, status)
+            self.lock.release()
         log(f"pipeline finished in {time.time() - t0:.0f}s; outputs in {self.out}")
 
 
