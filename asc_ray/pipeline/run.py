@@ -49,11 +49,12 @@ class Pipeline:
         from asc_ray.data.irs import load_irs
         from asc_ray.data.tau import TauDataset
         from asc_ray.features import frontend_sample_rate
-        from asc_ray.tracking import Tracker, check_tracking, resolve_tracking_uri
+        from asc_ray.tracking import SPOOL_DIR, Tracker, check_tracking, resolve_tracking_uri
 
         uri = resolve_tracking_uri(self.cfg["mlflow"]["tracking_uri"])
         check_tracking(uri)
         self.tracker = Tracker(uri, self.cfg["mlflow"]["experiment"])
+        self.tracker.set_spool(self.out / SPOOL_DIR)  # calls made while the server is down wait there
         log(f"MLflow tracking at {uri} (experiment '{self.tracker.experiment}')")
 
         if not self.data_dir.is_dir():
@@ -461,8 +462,20 @@ class Pipeline:
             if self.parent_run_id:
                 self.tracker.log_metrics(self.parent_run_id, {"wall_s": time.time() - t0})
                 self.tracker.finish(self.parent_run_id, status)
+                self._replay_spool()
             self.lock.release()
         log(f"pipeline finished in {time.time() - t0:.0f}s; outputs in {self.out}")
+
+    def _replay_spool(self) -> None:
+        """MLflow calls spooled during a server outage (by any worker): send them now."""
+        sent, left = self.tracker.replay_spool()
+        if sent:
+            log(f"MLflow: {sent} call(s) spooled during an outage sent now")
+        if left:
+            log(
+                f"MLflow: {left} call(s) still spooled in {self.tracker.spool_dir} (server unreachable); "
+                f"when it is back: python -m asc_ray.tracking replay {self.out}"
+            )
 
 
 def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir: str, out: str) -> str:
