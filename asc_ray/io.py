@@ -6,9 +6,11 @@ file that a resume would trust (results, logits tables, checkpoints, exports, pl
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,18 +21,63 @@ def atomic_write(path: str | Path, write: Callable[[io.IOBase], None], binary: b
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    written = 0
     try:
         mode = "wb" if binary else "w"
         kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
         with os.fdopen(fd, mode, **kwargs) as f:
-            write(f)
+            try:
+                write(f)
+            except OSError:
+                written = f.tell()  # what the write had produced when it failed, buffered bytes included
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        written = max(written, Path(tmp).stat().st_size if Path(tmp).exists() else 0)
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in _FULL:
+            raise explain_write_error(e, path, written) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _mb(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def explain_write_error(e: OSError, path: str | Path, needed: int | None = None) -> Exception:
+    """A full disk (ENOSPC) or quota (EDQUOT) as an AscRayError naming the path, the space this write
+    needed (`needed` bytes: what it had written when the disk filled, or an estimate) and what is free;
+    any other OSError is returned unchanged."""
+    from asc_ray.errors import AscRayError
+
+    if e.errno not in _FULL:
+        return e
+    path = Path(path)
+    try:
+        free = _mb(shutil.disk_usage(path.parent).free)
+    except OSError:
+        free = "unknown"
+    need = f"needs at least {_mb(needed)}" if needed else "needs more space"
+    what = "quota exceeded" if e.errno == errno.EDQUOT else "no space left on the device"
+    return AscRayError(
+        f"{what} while writing: this file {need}, {free} free",
+        path=path,
+        fix=f"free space on the file system of {path.parent} (or raise the quota; a different "
+        "--output-dir / storage_path on a larger disk works too, but starts over), then run the same "
+        "command again: finished units are kept and the interrupted one resumes from its last checkpoint",
+    )
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

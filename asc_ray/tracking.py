@@ -8,7 +8,9 @@ model: the numbers are also on disk under the output dir.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from asc_ray.errors import AscRayError
 
+SPOOL_DIR = "mlflow_spool"  # under the output dir: MLflow calls made while the server was down
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3's own default: `mlflow ui` in the working directory shows it
 
 
@@ -61,6 +64,7 @@ class Tracker:
         self.experiment = experiment
         self._experiment_id: str | None = None
         self._warned = False
+        self.spool_dir: str | None = None  # see set_spool
 
     def __getstate__(self):
         return {
@@ -68,12 +72,14 @@ class Tracker:
             "experiment": self.experiment,
             "_experiment_id": self._experiment_id,
             "_warned": False,
+            "spool_dir": self.spool_dir,
         }
 
     @property
     def _client(self):
         from mlflow.tracking import MlflowClient
 
+        self._fail_fast()
         return MlflowClient(tracking_uri=self.uri)
 
     def experiment_id(self) -> str:
@@ -117,32 +123,25 @@ class Tracker:
             except Exception as e:  # noqa: BLE001 - tracking must never kill training
                 if attempt == 2:
                     if not self._warned:
-                        warnings.warn(
-                            f"MLflow logging to {self.uri} failed ({e}); metrics stay on disk", stacklevel=2
-                        )
+                        where = f"spooled to {self.spool_dir}" if self.spool_dir else "metrics stay on disk"
+                        warnings.warn(f"MLflow logging to {self.uri} failed ({e}); {where}", stacklevel=2)
                         self._warned = True
-                    return None
+                    return _FAILED
                 time.sleep(0.5 * (attempt + 1))  # sqlite "database is locked" under concurrent writers
 
     def log_params(self, run_id: str, params: Mapping[str, object]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [[k, str(v)[:6000]] for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self._safe(self._client.log_batch, run_id, params=items[i : i + 100])
+            self._send({"op": "log_batch", "run_id": run_id, "params": items[i : i + 100]})
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        items = [Metric(k.replace("/", "."), float(v), ts, step or 0) for k, v in metrics.items()]
+        items = [[k.replace("/", "."), float(v), ts, step or 0] for k, v in metrics.items()]
         for i in range(0, len(items), 500):
-            self._safe(self._client.log_batch, run_id, metrics=items[i : i + 500])
+            self._send({"op": "log_batch", "run_id": run_id, "metrics": items[i : i + 500]})
 
     def set_tags(self, run_id: str, tags: Mapping[str, object]) -> None:
-        from mlflow.entities import RunTag
-
-        self._safe(self._client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._send({"op": "log_batch", "run_id": run_id, "tags": [[k, str(v)] for k, v in tags.items()]})
 
     def log_artifacts(
         self, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None
@@ -150,7 +149,151 @@ class Tracker:
         for p in paths:
             p = Path(p)
             if p.is_file():
-                self._safe(self._client.log_artifact, run_id, str(p), artifact_path)
+                self._send(
+                    {
+                        "op": "log_artifact",
+                        "run_id": run_id,
+                        "path": str(p.resolve()),
+                        "artifact_path": artifact_path,
+                    }
+                )
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self._safe(self._client.set_terminated, run_id, status)
+        self._send({"op": "set_terminated", "run_id": run_id, "status": status})
+
+    # -- the spool: what could not reach MLflow, kept under the output dir and replayed later ----------------
+    # One JSONL file per process (host + pid in the name), one line per call, appended with a single write:
+    # concurrent workers never interleave. A file is claimed for replay by renaming it (atomic), so the driver,
+    # a worker and `python -m asc_ray.tracking replay` never replay the same lines twice; lines replayed are
+    # gone from the spool, lines that fail again go back into it.
+    def set_spool(self, spool_dir: str | Path) -> None:
+        self.spool_dir = str(spool_dir)
+
+    def _fail_fast(self) -> None:
+        """MLflow's HTTP client retries an unreachable server 7 times with exponential back-off (~4 minutes
+        per call) - a worker would stall its training that long per metric. With a spool, failing within
+        seconds loses nothing. Explicit settings of these variables win."""
+        if self.spool_dir:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+    def _spool_file(self) -> Path:
+        return Path(self.spool_dir) / f"spool-{socket.gethostname()}-{os.getpid()}.jsonl"
+
+    def _do(self, rec: dict) -> None:
+        """One spool record against the store (raises on failure)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        c, op, rid = self._client, rec["op"], rec["run_id"]
+        if op == "log_batch":
+            c.log_batch(
+                rid,
+                metrics=[Metric(*m) for m in rec.get("metrics", [])],
+                params=[Param(*p) for p in rec.get("params", [])],
+                tags=[RunTag(*t) for t in rec.get("tags", [])],
+            )
+        elif op == "log_artifact":
+            if Path(rec["path"]).is_file():  # removed since (e.g. --fresh): nothing left to upload
+                c.log_artifact(rid, rec["path"], rec["artifact_path"])
+        elif op == "set_terminated":
+            c.set_terminated(rid, rec["status"])
+        else:
+            raise ValueError(f"unknown spool record {op!r}")
+
+    def _send(self, rec: dict) -> None:
+        if self.spool_dir and time.time() < getattr(self, "_down_until", 0.0):
+            self._append([rec])  # failed moments ago: don't stall training on another round of retries
+            return
+        if self.spool_dir and self._spool_file().is_file():
+            self.replay_spool(own_only=True)  # the server may be back: older records first
+        if self._safe(self._do, rec) is _FAILED and self.spool_dir:
+            self._append([rec])
+            self._down_until = time.time() + RETRY_AFTER_S
+
+    def _append(self, recs: list[dict]) -> None:
+        f = self._spool_file()
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with open(f, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in recs))  # one write: lines never interleave
+
+    def replay_spool(self, own_only: bool = False, orphans: bool = False) -> tuple[int, int]:
+        """Send spooled records to MLflow, oldest first; (sent, still spooled). A file stops at its first
+        failure (the server is still down) and its remaining records are spooled again. A record the server
+        refuses for good (HTTP 4xx: e.g. its run was deleted) is dropped with a warning. orphans: also files
+        claimed by a replay that died (only safe while no run uses the output dir)."""
+        if not self.spool_dir or not Path(self.spool_dir).is_dir():
+            return 0, 0
+        root = Path(self.spool_dir)
+        files = [self._spool_file()] if own_only else sorted(root.glob("spool-*.jsonl"))
+        if orphans:
+            files += sorted(root.glob("spool-*.jsonl.replaying-*"))
+        sent = left = 0
+        for f in files:
+            home = f.with_name(f.name.split(".replaying-")[0])  # where records that fail again go back
+            claimed = home.with_name(f"{home.name}.replaying-{socket.gethostname()}-{os.getpid()}")
+            try:
+                os.rename(f, claimed)
+            except FileNotFoundError:
+                continue  # replayed by someone else meanwhile
+            recs = []
+            for line in claimed.read_text(encoding="utf-8").splitlines():
+                try:
+                    recs.append(json.loads(line))
+                except ValueError:  # a line cut short by a killed process: nothing to send
+                    continue
+            for i, rec in enumerate(recs):
+                try:
+                    self._do(rec)
+                except Exception as e:  # noqa: BLE001 - still down: keep the rest for later
+                    status = getattr(e, "get_http_status_code", lambda: 500)()
+                    if 400 <= status < 500:
+                        warnings.warn(
+                            f"MLflow refused a spooled {rec['op']} for run {rec['run_id']}: {e}", stacklevel=2
+                        )
+                        continue
+                    self._down_until = time.time() + RETRY_AFTER_S
+                    rest = recs[i:]
+                    with open(home, "a", encoding="utf-8") as fh:
+                        fh.write("".join(json.dumps(r) + "\n" for r in rest))
+                    left += len(rest)
+                    break
+                sent += 1
+            claimed.unlink()
+        return sent, left
+
+
+_FAILED = object()
+RETRY_AFTER_S = 30.0  # after a failed call, spool straight away for this long before trying the server again
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m asc_ray.tracking",
+        description="Send MLflow calls spooled during a tracking server outage (safe to run again).",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("replay", help="replay OUTPUT_DIR/mlflow_spool to the tracking store")
+    r.add_argument("output_dir")
+    r.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    a = p.parse_args(argv)
+    spool = Path(a.output_dir) / SPOOL_DIR
+    uri = resolve_tracking_uri(a.tracking_uri)
+    check_tracking(uri)
+    from asc_ray.pipeline.lock import OutputLock
+
+    t = Tracker(uri)
+    t.set_spool(spool)
+    with OutputLock(
+        a.output_dir
+    ):  # no run writes the spool meanwhile: leftovers of dead replays are safe too
+        sent, left = t.replay_spool(orphans=True)
+    print(f"replayed {sent} spooled MLflow call(s) from {spool} to {uri}; {left} still spooled")
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    from asc_ray.errors import run_cli
+
+    run_cli(main)

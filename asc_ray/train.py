@@ -205,6 +205,40 @@ def use_channels_last(system: System, cfg: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ the loop
+_STATE_KEYS = ("model", "opt", "sched", "epoch", "history", "best", "torch_rng")
+
+
+def _read_checkpoint(path: Path, device) -> dict | str:
+    """The checkpoint's state dict, or why it cannot be read (missing, truncated, corrupt, not ours)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means a torn or foreign file
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        return "not an asc-ray checkpoint (keys missing)"
+    return state
+
+
+def save_or_explain(obj: object, path: Path) -> None:
+    """torch.save, turning a full disk into an AscRayError that names the path and the space needed."""
+    from asc_ray.io import explain_write_error
+
+    try:
+        with open(path, "wb") as f:  # a file object: a full disk is then an OSError (ENOSPC), not a C++ error
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as e:
+        # torch's zip writer may replace the OSError by a RuntimeError while closing: look behind it
+        cause = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(cause, OSError) or not isinstance(explain_write_error(cause, path), AscRayError):
+            raise
+        import io
+
+        buf = io.BytesIO()  # what the file needs (only on this rare path: it costs a copy in memory)
+        torch.save(obj, buf)
+        path.unlink(missing_ok=True)
+        raise explain_write_error(cause, path, buf.tell()) from None
+
+
 class Trainer:
     """Trains one system on one split; see the module docstring."""
 
@@ -265,6 +299,7 @@ class Trainer:
             drop_last=len(files) > self.h["batch_size"],
         )
         self.opt, self.sched = build_optimizer(system, cfg, self.model, len(self.batches))
+        self.unit_key: str | None = None  # the pipeline unit's key: a fallback checkpoint must carry it
         self.epoch = 0
         self.history: list[dict] = []
         self.best: dict = {"val_macro_acc": -1.0, "epoch": -1}
@@ -282,47 +317,91 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "system": self.system.name,
             "split": self.split,
+            "key": self.unit_key,
         }
 
     def save_checkpoint(self) -> Path:
+        """checkpoint/ is replaced atomically each epoch; the one before is kept as checkpoint.prev/ so that a
+        torn checkpoint.pt (a node died while shared storage flushed it) still has a good one behind it."""
         final = self.out_dir / "checkpoint"
+        prev = self.out_dir / "checkpoint.prev"
         tmp = self.out_dir / f".checkpoint.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        torch.save(self.state(), tmp / "checkpoint.pt")
-        best = final / "best.pt"
-        if self.best.get("epoch") == self.epoch - 1 or not best.is_file():
-            torch.save(self.model.state_dict(), tmp / "best.pt")
-        else:
-            shutil.copy2(best, tmp / "best.pt")
+        try:
+            save_or_explain(self.state(), tmp / "checkpoint.pt")
+            best = final / "best.pt"
+            if self.best.get("epoch") == self.epoch - 1 or not best.is_file():
+                save_or_explain(self.model.state_dict(), tmp / "best.pt")
+            else:
+                shutil.copy2(best, tmp / "best.pt")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what this attempt took
+            raise
         old = self.out_dir / f".checkpoint.old-{os.getpid()}"
         if final.exists():
-            os.rename(final, old)
+            if prev.exists():
+                os.rename(prev, old)
+            os.rename(final, prev)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load_checkpoint(self, folder: str | Path) -> None:
-        path = Path(folder) / "checkpoint.pt"
+    def load_checkpoint(self, folder: str | Path) -> bool:
+        """Resume from `folder`/checkpoint.pt. A torn or corrupt file (unreadable, truncated) is logged and
+        the previous good checkpoint of this unit is used instead (checkpoint.prev/, or checkpoint/ when Ray
+        handed over its own copy), else training starts clean; False then. A readable checkpoint of another
+        model is an AscRayError: it is someone's work, left alone."""
+        candidates = [Path(folder)]
+        for c in (self.out_dir / "checkpoint", self.out_dir / "checkpoint.prev"):
+            if c.resolve() not in [x.resolve() for x in candidates]:
+                candidates.append(c)
+        for i, cand in enumerate(candidates):
+            path = cand / "checkpoint.pt"
+            if i > 0 and not path.is_file():
+                continue
+            state = _read_checkpoint(path, self.device)
+            if isinstance(state, str):
+                self.log(f"[{self.tag}] checkpoint unreadable, skipped ({state}): {path}")
+                continue
+            if i > 0 and state.get("key") != self.unit_key:  # a fallback must be of this very unit
+                continue
+            self._load_state(state, path)
+            if i > 0:
+                self.log(f"[{self.tag}] fell back to the previous good checkpoint {path}")
+            best = cand / "best.pt"
+            if best.is_file() and cand.resolve() != (self.out_dir / "checkpoint").resolve():
+                (self.out_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(best, self.out_dir / "checkpoint" / "best.pt")
+            self.log(f"[{self.tag}] resumed from epoch {self.epoch}")
+            return True
+        self.log(f"[{self.tag}] no readable checkpoint left: training from scratch")
+        return False
+
+    def _load_state(self, state: dict, path: Path) -> None:
+        fix = (
+            "check that --output-dir and --system name the run you meant; this checkpoint is another "
+            "model's work and is left as it is (move the folder elsewhere to keep it; --fresh trains from "
+            "scratch and replaces it)"
+        )
+        if state.get("system", self.system.name) != self.system.name:
+            raise AscRayError(
+                f"checkpoint does not fit {self.system.name} (it is a {state['system']} checkpoint)",
+                path=path,
+                fix=fix,
+            )
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
             self.model.load_state_dict(state["model"])
-        except (RuntimeError, KeyError, EOFError, OSError) as e:
+        except (RuntimeError, KeyError) as e:
             raise AscRayError(
                 f"checkpoint does not fit {self.system.name} ({str(e).splitlines()[0][:200]})",
                 path=path,
-                fix="delete it (or run with --fresh) to train from scratch",
+                fix=fix,
             ) from None
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
         torch.set_rng_state(state["torch_rng"])
-        if (Path(folder) / "best.pt").is_file() and Path(folder).resolve() != (
-            self.out_dir / "checkpoint"
-        ).resolve():
-            (self.out_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(folder) / "best.pt", self.out_dir / "checkpoint" / "best.pt")
-        self.log(f"[{self.tag}] resumed from epoch {self.epoch}")
 
     @property
     def tag(self) -> str:

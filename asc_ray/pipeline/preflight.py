@@ -43,12 +43,13 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
     from asc_ray.data.irs import load_irs
     from asc_ray.data.tau import TauDataset
     from asc_ray.features import frontend_sample_rate
-    from asc_ray.tracking import Tracker, check_tracking, resolve_tracking_uri
+    from asc_ray.tracking import SPOOL_DIR, Tracker, check_tracking, resolve_tracking_uri
 
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
     uri = resolve_tracking_uri(cfg["mlflow"]["tracking_uri"])
     check_tracking(uri)
     tracker = Tracker(uri, cfg["mlflow"]["experiment"])
+    tracker.set_spool(out / SPOOL_DIR)  # calls made while the server is down wait there
     log(f"MLflow tracking at {uri} (experiment '{tracker.experiment}')")
 
     if not data_dir.is_dir():

@@ -312,9 +312,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ run
     def run(self, stages=STAGES) -> None:
+        from asc_ray.pipeline.lock import OutputLock
+
         t0 = time.time()
         status = "FAILED"
+        self.lock = OutputLock(self.out, log=log)
         try:
+            self.lock.acquire()  # first: a second run on this output dir stops before touching anything
             self.ctx = preflight(self.cfg, self.data_dir, self.out, self.splits)
             self.start()
             self.selected = select(self.graph, stages)
@@ -341,7 +345,20 @@ class Pipeline:
             if self.parent_run_id:
                 self.ctx.tracker.log_metrics(self.parent_run_id, {"wall_s": time.time() - t0})
                 self.ctx.tracker.finish(self.parent_run_id, status)
+                self._replay_spool()
+            self.lock.release()
         log(f"pipeline finished in {time.time() - t0:.0f}s; outputs in {self.out}")
+
+    def _replay_spool(self) -> None:
+        """MLflow calls spooled during a server outage (by any worker): send them now."""
+        sent, left = self.ctx.tracker.replay_spool()
+        if sent:
+            log(f"MLflow: {sent} call(s) spooled during an outage sent now")
+        if left:
+            log(
+                f"MLflow: {left} call(s) still spooled in {self.ctx.tracker.spool_dir} (server unreachable); "
+                f"when it is back: python -m asc_ray.tracking replay {self.out}"
+            )
 
 
 def _raise_failures(failures: dict) -> None:

@@ -33,12 +33,40 @@ def quiet_ray_driver() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+_OWN_ADDRESS: list[str] = []  # the RAY_ADDRESS this process set for the local Ray it started
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin_local_ray_address() -> str:
+    """Two runs on one machine each start a local Ray; Ray code that looks up "the" cluster without an
+    address (Ray Train V2's PlacementGroupCleaner actor calls the state API with address=None) then scans the
+    machine's processes, finds two GCS servers and fails with `ConnectionError: Found multiple active Ray
+    instances`. So each run picks its GCS port itself and sets RAY_ADDRESS to it before starting Ray: the
+    GCS and raylet inherit the environment, every worker of this run with them, and each looks up its own
+    instance only. (init(address="local") ignores RAY_ADDRESS: it still starts a new instance.)"""
+    address = f"127.0.0.1:{_free_port()}"
+    os.environ["RAY_GCS_SERVER_PORT"] = address.rsplit(":", 1)[1]
+    os.environ["RAY_ADDRESS"] = address
+    _OWN_ADDRESS[:] = [address]
+    return address
+
+
 def init_ray() -> None:
     """Join the cluster when RAY_ADDRESS is set (e.g. under `ray job submit`), else start a local Ray."""
     if ray.is_initialized():
         return
     if QUIET_WORKERS:
         quiet_ray_driver()
+    if _OWN_ADDRESS and os.environ.get("RAY_ADDRESS") == _OWN_ADDRESS[0]:
+        del os.environ["RAY_ADDRESS"]  # our own earlier local Ray (shut down since): start a new one
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # env vars that `ray job submit --runtime-env-json` already gives every worker are left out: Ray refuses
     # a ray.init() runtime env that names the job's own env vars again ("Failed to merge the Job's runtime env")
@@ -66,6 +94,7 @@ def init_ray() -> None:
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
         ray_constants.ENABLE_RAY_CLUSTER = False
+        pin_local_ray_address()
         try:
             ray.init(
                 address="local",

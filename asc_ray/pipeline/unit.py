@@ -73,6 +73,7 @@ def run_unit(
     trainer = Trainer(
         system, cfg, data, out, split, log=say, rank=rank, world_size=world_size, wrap_model=wrap_model
     )
+    trainer.unit_key = job["key"]  # stored in checkpoints: a torn one falls back only to this unit's own
     if checkpoint_dir:
         trainer.load_checkpoint(checkpoint_dir)
 

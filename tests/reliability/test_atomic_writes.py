@@ -75,8 +75,8 @@ def test_a_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", dies_half_way)
-    with pytest.raises(OSError):
-        _table(p, {"t1": np.ones((6, 10))})
+    text = _err(lambda: _table(p, {"t1": np.ones((6, 10))}), p, "no space left", "needs at least 104 bytes")
+    assert " free" in text and "run the same command again" in text
     assert p.read_bytes() == before
     assert [q.name for q in tmp_path.iterdir()] == [p.name]  # and no half-written temp file left
     np.testing.assert_array_equal(read_logits(p, FILES).shape, (6, 10))
@@ -147,9 +147,68 @@ def test_checkpoint_replaced_atomically_and_temp_leftovers_ignored(trainer_parts
     assert t2.epoch == 1
 
 
-def test_truncated_checkpoint_gives_a_clear_error(trainer_parts, tmp_path):
+def _logs(trainer_parts, out):
+    from asc_ray.train import Trainer
+
+    cfg, s, data = trainer_parts
+    logs = []
+    return Trainer(s, cfg, data, out, 25, log=logs.append), logs
+
+
+def _two_epochs(trainer_parts, out):
+    """Checkpoints of epoch 1 (-> checkpoint.prev/) and epoch 2 (-> checkpoint/), as fit() writes them."""
+    t = _trainer(trainer_parts, out)
+    for _ in range(2):
+        t.epoch += 1
+        t.save_checkpoint()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "checkpoint.prev"]
+    return out / "checkpoint" / "checkpoint.pt"
+
+
+@pytest.mark.parametrize(
+    "tear", [lambda b: b[:2000], lambda b: b[: len(b) // 2], lambda b: b"\0" * 512, lambda b: b""]
+)
+def test_torn_checkpoint_falls_back_to_the_previous_good_one(trainer_parts, tmp_path, tear):
+    ck = _two_epochs(trainer_parts, tmp_path)
+    ck.write_bytes(tear(ck.read_bytes()))
+    t, logs = _logs(trainer_parts, tmp_path)
+    assert t.load_checkpoint(tmp_path / "checkpoint") is True  # no pickle traceback
+    assert t.epoch == 1
+    text = "\n".join(logs)
+    assert "checkpoint unreadable, skipped" in text and str(ck) in text
+    assert "fell back to the previous good checkpoint" in text and "resumed from epoch 1" in text
+
+
+def test_torn_checkpoint_without_a_previous_one_starts_clean(trainer_parts, tmp_path):
     t = _trainer(trainer_parts, tmp_path)
-    final = t.save_checkpoint()
-    ck = final / "checkpoint.pt"
+    t.epoch = 1
+    ck = t.save_checkpoint() / "checkpoint.pt"
     ck.write_bytes(ck.read_bytes()[:2000])
-    _err(lambda: _trainer(trainer_parts, tmp_path).load_checkpoint(final), ck, "--fresh")
+    t2, logs = _logs(trainer_parts, tmp_path)
+    assert t2.load_checkpoint(tmp_path / "checkpoint") is False
+    assert t2.epoch == 0 and "training from scratch" in logs[-1]
+
+
+def test_ray_checkpoint_torn_falls_back_to_this_units_own_copy_only(trainer_parts, tmp_path):
+    """Ray Train hands over its own copy of the checkpoint folder. When that copy is torn, the unit's local
+    checkpoint is used - but only when it carries the same unit key (not another config's leftovers)."""
+    out, ray_copy = tmp_path / "unit", tmp_path / "ray_checkpoint_000001"
+    t = _trainer(trainer_parts, out)
+    t.unit_key, t.epoch = "k1", 3
+    t.save_checkpoint()
+    ray_copy.mkdir()
+    (ray_copy / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    t2, _ = _logs(trainer_parts, out)
+    t2.unit_key = "k1"
+    assert t2.load_checkpoint(ray_copy) is True and t2.epoch == 3
+    t3, logs = _logs(trainer_parts, out)
+    t3.unit_key = "k2"  # another config's run of the same system and split
+    assert t3.load_checkpoint(ray_copy) is False and t3.epoch == 0
+
+
+def test_missing_checkpoint_file_is_not_a_crash(trainer_parts, tmp_path):
+    """The issue's case: a second run found a checkpoint folder without checkpoint.pt (being replaced)."""
+    (tmp_path / "checkpoint").mkdir()
+    t, logs = _logs(trainer_parts, tmp_path)
+    assert t.load_checkpoint(tmp_path / "checkpoint") is False
+    assert "No such file" in logs[0]

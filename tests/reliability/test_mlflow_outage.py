@@ -1,0 +1,136 @@
+"""An MLflow server outage (slow: a real `mlflow server` process, killed and restarted on the same port and
+SQLite store): calls made while it is down are spooled under the output dir and replayed once it answers -
+by the next call of the same process, or by `python -m asc_ray.tracking replay OUTPUT_DIR` - without
+duplicates, and a second replay sends nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from rel_helpers import PY, ROOT, closed_port
+
+from asc_ray.tracking import SPOOL_DIR, Tracker
+
+pytestmark = pytest.mark.slow
+
+
+class Server:
+    def __init__(self, tmp):
+        self.tmp, self.port = tmp, closed_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.p = None
+
+    def start(self):
+        self.p = subprocess.Popen(
+            [
+                str(Path(PY).parent / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.tmp}/mlflow.db",
+                "--artifacts-destination",
+                str(self.tmp / "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "server.log", "a"),
+            start_new_session=True,
+        )
+        end = time.time() + 120
+        while time.time() < end:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError((self.tmp / "server.log").read_text()[-3000:])
+
+    def kill(self):
+        os.killpg(self.p.pid, signal.SIGKILL)
+        self.p.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path)
+    s.start()
+    yield s
+    if s.p.poll() is None:
+        s.kill()
+
+
+def _history(uri, run_id, key):
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def test_outage_is_spooled_and_replayed(server, tmp_path):
+    out = tmp_path / "out"
+    t = Tracker(server.uri, "outage")
+    t.set_spool(out / SPOOL_DIR)
+    rid = t.start_run("unit", {"role": "teacher"})
+    t.log_metrics(rid, {"loss": 1.0}, step=1)
+
+    server.kill()  # a server restart mid-run
+    t0 = time.time()
+    t.log_metrics(rid, {"loss": 0.5}, step=2)
+    t.log_metrics(rid, {"loss": 0.25}, step=3)  # spooled at once (no second round of retries)
+    t.set_tags(rid, {"note": "while down"})
+    (tmp_path / "result.csv").write_text("a,b\n1,2\n")
+    t.log_artifacts(rid, [tmp_path / "result.csv"])
+    assert time.time() - t0 < 60, "logging while the server is down stalled the caller"
+    spooled = list((out / SPOOL_DIR).glob("spool-*.jsonl"))
+    assert len(spooled) == 1 and len(spooled[0].read_text().splitlines()) == 4
+
+    server.start()  # back, same store
+    t._down_until = 0.0  # as after RETRY_AFTER_S
+    t.log_metrics(rid, {"loss": 0.125}, step=4)  # the next call replays the spool first
+    assert _history(server.uri, rid, "loss") == [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.125)]
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(server.uri)
+    assert c.get_run(rid).data.tags["note"] == "while down"
+    assert [a.path for a in c.list_artifacts(rid)] == ["result.csv"]
+    assert not list((out / SPOOL_DIR).glob("spool-*"))  # replayed lines are gone
+
+
+def test_replay_command_after_the_run_and_idempotent(server, tmp_path):
+    """A worker process spools and exits while the server is down; `python -m asc_ray.tracking replay OUT`
+    sends it all once the server is back; running it again sends nothing and adds no duplicate."""
+    out = tmp_path / "out"
+    t = Tracker(server.uri, "outage")
+    rid = t.start_run("unit", {"role": "student"})
+    server.kill()
+    code = (
+        "import sys\nfrom asc_ray.tracking import Tracker\n"
+        f"t = Tracker({server.uri!r}, 'outage'); t.set_spool({str(out / SPOOL_DIR)!r})\n"
+        f"for e in range(1, 4): t.log_metrics({rid!r}, {{'val_macro_acc': e / 10}}, step=e)\n"
+        f"t.finish({rid!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "spooled to" in r.stderr  # one warning says where the calls went
+    server.start()
+    cmd = [PY, "-m", "asc_ray.tracking", "replay", str(out), "--tracking-uri", server.uri]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "replayed 4 spooled MLflow call(s)" in r.stdout, r.stdout + r.stderr
+    from mlflow.tracking import MlflowClient
+
+    assert _history(server.uri, rid, "val_macro_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert MlflowClient(server.uri).get_run(rid).info.status == "FINISHED"
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "replayed 0 spooled" in r.stdout, r.stdout + r.stderr
+    assert _history(server.uri, rid, "val_macro_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
