@@ -436,6 +436,9 @@ class Trainer:
             out / "output.csv", self.data.test_files, test_logits, cx.to_dict()
         )
         files["complexity"] = out / "output.complexity.json"
+        from asc_ray.predict import write_unit_spec  # what asc-ray-predict / the MLflow model rebuild from
+
+        files["unit"] = write_unit_spec(out, self.system, self.cfg)
         class_acc = {k.split("/", 1)[1]: v for k, v in res.metrics.items() if k.startswith("class_acc/")}
         files["class_plot"] = plot_class_accuracy(
             {self.system.name: class_acc},
