@@ -159,9 +159,15 @@ def log_unit_model(tracker, run_id: str, unit_dir: str | Path) -> None:
         tracker.log_artifacts(run_id, [unit_dir / "model.pt"], ARTIFACT_PATH)
         return
     tracker.log_artifacts(run_id, [unit_dir / "model.pt"], CHECKPOINT_PATH)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = save_unit_model(unit_dir, Path(tmp) / ARTIFACT_PATH)
-        tracker._safe(tracker._client.log_artifacts, run_id, str(local), ARTIFACT_PATH)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = save_unit_model(unit_dir, Path(tmp) / ARTIFACT_PATH)
+            tracker._safe(tracker._client.log_artifacts, run_id, str(local), ARTIFACT_PATH)
+    except Exception as e:  # noqa: BLE001 - never lose a trained student over its MLflow copy
+        warnings.warn(
+            f"could not log the MLflow model of {unit_dir} ({e}); register_students logs it later",
+            stacklevel=2,
+        )
 
 
 def _has_model(client, run_id: str) -> bool:
