@@ -66,6 +66,9 @@ def registered_name(system: str, split: int | str) -> str:
 class AscRayModel(PythonModel):
     """pyfunc wrapper around asc_ray.predict.Classifier: waveforms [B, n] at the model's rate -> probabilities."""
 
+    # the signature (_signature) describes the input, not type hints: MLflow's switch to not look for them
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         from asc_ray.predict import Classifier
 

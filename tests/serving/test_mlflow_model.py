@@ -81,7 +81,7 @@ def test_logged_model_has_fp16_weights_signature_example_and_its_code(logged):
     c = MlflowClient(tracking_uri=logged["uri"])
     local = c.download_artifacts(logged["run_id"], ARTIFACT_PATH, str(logged["root"] / "dl"))
     m = Model.load(local)
-    assert m.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, -1]
+    assert list(m.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, -1]
     assert [c["name"] for c in m.signature.outputs.to_dict()][:2] == ["airport", "bus"]
     assert m.saved_input_example_info is not None
     state = torch.load(f"{local}/artifacts/model_fp16.pt", weights_only=True)
