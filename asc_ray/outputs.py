@@ -84,6 +84,9 @@ def finish_unit(trainer) -> dict:
         out / "output.csv", trainer.data.test_files, test_logits, cx.to_dict()
     )
     files["complexity"] = out / "output.complexity.json"
+    from asc_ray.predict import write_unit_spec  # what asc-ray-predict / the MLflow model rebuild from
+
+    files["unit"] = write_unit_spec(out, trainer.system, trainer.cfg)
     class_acc = {k.split("/", 1)[1]: v for k, v in res.metrics.items() if k.startswith("class_acc/")}
     files["class_plot"] = plot_class_accuracy(
         {trainer.system.name: class_acc},

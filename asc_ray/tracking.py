@@ -56,6 +56,22 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
     Tracker(uri, "asc-ray-check")._client.search_experiments(max_results=1)
 
 
+# MLflow 3 keeps an experiment's kind in this tag; its UI opens a "custom model development" experiment on
+# its training runs instead of the GenAI traces overview (mlflow/server/js: ExperimentKind)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def mark_model_training(client, experiment_id: str) -> None:
+    """Tag the experiment as model training (a warning, never an error, when the store refuses)."""
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except Exception as e:  # noqa: BLE001 - a cosmetic tag must never stop a run
+        warnings.warn(
+            f"could not tag MLflow experiment {experiment_id} as model training ({e})", stacklevel=2
+        )
+
+
 class Tracker:
     """A small, picklable wrapper: pass it to Ray workers, it reconnects there."""
 
@@ -93,6 +109,8 @@ class Tracker:
                     self._experiment_id = c.get_experiment_by_name(self.experiment).experiment_id
             else:
                 self._experiment_id = exp.experiment_id
+            if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                mark_model_training(c, self._experiment_id)
         return self._experiment_id
 
     def start_run(

@@ -288,6 +288,15 @@ class Pipeline:
         t.log_artifacts(self.parent_run_id, sorted((self.out / "plots").glob("*.png")), "plots")
         log(f"results: {self.out / 'results.md'}")
         print((self.out / "results.md").read_text(), flush=True)
+        from asc_ray.mlflow_model import register_students  # registry versions, UI views, results table
+
+        register_students(
+            t,
+            self.parent_run_id,
+            [read_record(self.unit_dir(Unit("train", r["system"], r["split"]))) for r in rows],
+            self.out,
+            log,
+        )
         return self.out / "results.csv"
 
     def _predict_eval_set(self, rows: list[dict]) -> None:

@@ -129,6 +129,8 @@ def run_unit(
         tracker.log_artifacts(
             run_id, [files[k] for k in ("output", "complexity", "class_plot", "confusion_plot") if k in files]
         )
-        tracker.log_artifacts(run_id, [files[k] for k in ("model", "model_fp16") if k in files], "model")
+        from asc_ray.mlflow_model import log_unit_model  # students: an MLflow model to load / serve
+
+        log_unit_model(tracker, run_id, out)
         tracker.finish(run_id)
     return result

@@ -1,0 +1,199 @@
+"""asc-ray-predict on recordings a person has: WAVs of other sample rates, channel counts and lengths written
+here, a trained student's unit folder (or its fp16 export) as the model; bad input ends in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from serving_helpers import PY, predict_cli, read_probs
+
+from asc_ray.data.tau import TauDataset
+from asc_ray.errors import run_cli
+from asc_ray.predict import Classifier, load_classifier, main, predict_files, read_audio
+
+SR = 32000  # the baseline student's rate
+
+
+@pytest.fixture(scope="module")
+def clips(synth_dataset):
+    """Three 1-s clips of different scenes from the synthetic set, at 44.1 kHz (as recorded) and 32 kHz."""
+    ds = TauDataset.open(synth_dataset)
+    files = ds.test_files()
+    picked, scenes = [], set()
+    for f in files:
+        if ds.clips[f].scene_label not in scenes:
+            scenes.add(ds.clips[f].scene_label)
+            picked.append(f)
+        if len(picked) == 3:
+            break
+    return {f: synth_dataset / f for f in picked}
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main([str(a) for a in argv]))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_long_clips_are_the_mean_of_their_1s_windows_and_short_ones_padded(
+    student_unit, clips, tmp_path, capsys
+):
+    waves = [read_audio(p, SR) for p in clips.values()]
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, w in enumerate(waves):
+        sf.write(d / f"one_{i}.wav", w, SR, subtype="FLOAT")
+    sf.write(d / "three_s.wav", np.concatenate(waves), SR, subtype="FLOAT")
+    # 2.5 s: windows at 0, 1 s and the last one ending at the end (1.5-2.5 s)
+    tail = np.concatenate([waves[0], waves[1], waves[2][: SR // 2]])
+    sf.write(d / "two_and_a_half_s.wav", tail, SR, subtype="FLOAT")
+    sf.write(d / "last_window.wav", tail[-SR:], SR, subtype="FLOAT")
+    short = waves[0][: int(0.3 * SR)]
+    sf.write(d / "short.wav", short, SR, subtype="FLOAT")
+    sf.write(d / "short_padded.wav", np.pad(short, (0, SR - len(short))), SR, subtype="FLOAT")
+    code, _, err = _run(capsys, student_unit, d, "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    p = read_probs(tmp_path / "p.csv")
+    assert len(p) == 8 and all(abs(v.sum() - 1) < 1e-6 for v in p.values())
+    one = [p[str(d / f"one_{i}.wav")] for i in range(3)]
+    assert (
+        np.ptp(np.stack(one), axis=0).max() > 1e-4
+    )  # three different answers: the check below means something
+    np.testing.assert_allclose(p[str(d / "three_s.wav")], np.mean(one, axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        p[str(d / "two_and_a_half_s.wav")],
+        np.mean([one[0], one[1], p[str(d / "last_window.wav")]], axis=0),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(p[str(d / "short.wav")], p[str(d / "short_padded.wav")], atol=1e-6)
+
+
+def test_other_rates_and_channels_are_resampled_and_mixed_down(
+    student_unit, clips, synth_dataset, tmp_path, capsys
+):
+    name, path = next(iter(clips.items()))
+    wave44, sr = sf.read(path, dtype="float32")
+    assert sr == 44100
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(path, d / "orig_44k.wav")
+    sf.write(d / "stereo_44k.wav", np.stack([wave44, wave44], axis=1), 44100, subtype="FLOAT")
+    up48 = AF.resample(torch.from_numpy(wave44), 44100, 48000).numpy()
+    sf.write(d / "mono_48k.flac", up48, 48000)  # FLAC, 16 bit
+    code, _, err = _run(capsys, student_unit, d, "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    p = read_probs(tmp_path / "p.csv")
+    orig = p[str(d / "orig_44k.wav")]
+    np.testing.assert_allclose(p[str(d / "stereo_44k.wav")], orig, atol=1e-6)
+    np.testing.assert_allclose(p[str(d / "mono_48k.flac")], orig, atol=2e-3)
+    # the same clip through the pipeline's path (waveform cache at 32 kHz, int16) gives the same answer
+    from asc_ray.config import load_config
+    from asc_ray.data.cache import build_cache
+    from asc_ray.systems import get_system
+
+    store = build_cache(TauDataset.open(synth_dataset), [name], SR, tmp_path / "cache", progress=False)
+    cfg = load_config("smoke", None, [])
+    logits = predict_files(get_system("baseline"), cfg, student_unit / "model.pt", store, [name])
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy()[0], orig, atol=1e-3)
+
+
+def test_fp16_export_alone_is_a_model_too(student_unit, clips, tmp_path):
+    lone = tmp_path / "elsewhere" / "model_fp16.pt"  # no unit.json beside it: the architecture is recognised
+    lone.parent.mkdir()
+    shutil.copy(student_unit / "model_fp16.pt", lone)
+    waves = [read_audio(p, SR) for p in clips.values()]
+    full = load_classifier(str(student_unit)).probabilities(waves)
+    half = load_classifier(str(lone))
+    assert half.spec["model"] == "bcbl32" and half.sample_rate == SR
+    assert next(half.model.parameters()).dtype == torch.float32  # fp16 values, fp32 maths
+    np.testing.assert_allclose(half.probabilities(waves), full, atol=5e-3)
+
+
+def test_a_batch_with_unreadable_files_classifies_the_rest_and_lists_them(
+    student_unit, clips, tmp_path, capsys
+):
+    d = tmp_path / "in"
+    d.mkdir()
+    for f in clips.values():
+        shutil.copy(f, d / f.name)
+    (d / "broken.wav").write_bytes(b"RIFF....WAVEfmt not really")
+    (d / "empty.wav").write_bytes(b"")
+    code, _, err = _run(capsys, student_unit, d, "--out", tmp_path / "p.csv")
+    assert code == 1
+    assert set(read_probs(tmp_path / "p.csv")) == {str(d / f.name) for f in clips.values()}
+    assert "2 file(s) could not be classified" in err
+    assert str(d / "broken.wav") in err and str(d / "empty.wav") in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "case", ["missing_audio", "empty_folder", "no_unit", "other_system", "only_unreadable"]
+)
+def test_bad_input_is_one_line_and_exit_2(case, student_unit, clips, tmp_path, capsys):
+    model, audio = student_unit, [next(iter(clips.values()))]
+    expect = {
+        "missing_audio": "audio file not found",
+        "empty_folder": "folder holds no audio files",
+        "no_unit": "not an asc-ray unit folder",
+        "other_system": "model file does not fit bcbl24",
+        "only_unreadable": "none of the 1 audio file(s) could be read",
+    }[case]
+    if case == "missing_audio":
+        audio = [tmp_path / "nope.wav"]
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        audio = [tmp_path / "empty"]
+    elif case == "no_unit":
+        model = student_unit.parent  # split100/: a folder, not a unit
+    elif case == "other_system":  # a unit folder whose weights are another system's
+        model = tmp_path / "unit"
+        shutil.copytree(student_unit, model)
+        spec = json.loads((model / "unit.json").read_text())
+        (model / "unit.json").write_text(json.dumps({**spec, "system": "bcbl24", "model": "bcbl24"}))
+    elif case == "only_unreadable":
+        (tmp_path / "x.wav").write_text("not audio")
+        audio = [tmp_path / "x.wav"]
+    code, out, err = _run(capsys, model, *audio)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("error: ") and expect in lines[0], err
+    assert len(lines) == 2 and lines[1].startswith("  fix: ") and out == ""
+
+
+def test_console_script_and_progress_bar_on_many_files(student_unit, clips, tmp_path):
+    exe = Path(PY).parent / "asc-ray-predict"
+    assert exe.is_file(), "pip install -e . installs the asc-ray-predict console script"
+    wave = read_audio(next(iter(clips.values())), SR)
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(220):  # over the progress bar's threshold (200)
+        sf.write(d / f"c{i:03d}.wav", wave[: SR // 10] * (1 + i / 220), SR)
+    r = subprocess.run(
+        [str(exe), str(student_unit), str(d / "*.wav")], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "classifying" in r.stderr and "220/220" in r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 221 and lines[0].split()[:2] == ["filename", "scene_label"]
+
+
+def test_help_says_how_long_clips_are_handled():
+    r = predict_cli("--help")
+    assert r.returncode == 0
+    assert "per 1-s" in r.stdout and "averaged" in r.stdout and "padded" in r.stdout
+
+
+def test_classifier_windows():
+    clf = Classifier({"sample_rate": 10, "clip_seconds": 1.0, "classes": []}, None, None, None, "")
+    assert clf.windows(np.arange(4)).tolist() == [[0, 1, 2, 3, 0, 0, 0, 0, 0, 0]]
+    w = clf.windows(np.arange(25))
+    assert [r[0] for r in w] == [0, 10, 15] and all(len(r) == 10 for r in w)
+    assert len(clf.windows(np.arange(20))) == 2
