@@ -111,11 +111,15 @@ def test_fp16_export_alone_is_a_model_too(student_unit, clips, tmp_path):
     lone.parent.mkdir()
     shutil.copy(student_unit / "model_fp16.pt", lone)
     waves = [read_audio(p, SR) for p in clips.values()]
-    full = load_classifier(str(student_unit)).probabilities(waves)
+    full = load_classifier(str(student_unit / "model.pt")).probabilities(waves)  # the fp32 weights
     half = load_classifier(str(lone))
     assert half.spec["model"] == "bcbl32" and half.sample_rate == SR
-    assert next(half.model.parameters()).dtype == torch.float32  # fp16 values, fp32 maths
+    assert next(half.model.parameters()).dtype == torch.float16  # the deployed model runs in fp16
     np.testing.assert_allclose(half.probabilities(waves), full, atol=5e-3)
+    # a unit folder means its deployed model too: the same fp16 numbers as the lone export
+    np.testing.assert_allclose(
+        load_classifier(str(student_unit)).probabilities(waves), half.probabilities(waves)
+    )
 
 
 def test_a_batch_with_unreadable_files_classifies_the_rest_and_lists_them(
