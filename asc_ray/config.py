@@ -192,6 +192,13 @@ def _check_semantics(cfg: dict) -> None:
                 path="config",
                 fix=f"e.g. {group}.resources={{large_gpu: 1}}",
             )
+    every = cfg["train"]["checkpoint_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise AscRayError(
+            f"train.checkpoint_every must be a whole number of epochs >= 1, got {every!r}",
+            path="config",
+            fix="e.g. train.checkpoint_every=5 (1 = a checkpoint every epoch)",
+        )
     if not 0.0 < cfg["data"]["holdout_fraction"] < 0.5:
         raise AscRayError(
             "data.holdout_fraction must be in (0, 0.5)", path="config", fix="e.g. data.holdout_fraction=0.1"

@@ -9,7 +9,8 @@ Per step: waveform (cached, already at the front-end's sample rate) -> roll (bas
 -> log-mel front-end (frequency masking / PaSST fmax jitter in training) -> Freq-MixStyle -> mixup -> model -> loss.
 Each unit trains with its own seed (unit_seed: from seed, system and split); each data-parallel rank draws its
 own augmentation randomness per epoch (augment_seed), while the weights start identical on every rank.
-Each epoch: validation on the split's holdout (model selection), a checkpoint to resume from.
+Each epoch: validation on the split's holdout (model selection); every train.checkpoint_every epochs and at the
+end a checkpoint to resume from (asc_ray.checkpointing).
 At the end: the selected model on test (students: the deployed fp16 export, see asc_ray.outputs), DCASE output.csv,
 complexity, plots; teachers also write their logits over the split's training files.
 """
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from asc_ray import augment, losses
+from asc_ray.checkpointing import is_save_epoch
 from asc_ray.config import config_hash, flatten, load_config
 from asc_ray.data.cache import WaveformStore, build_cache
 from asc_ray.data.dataset import ClipBatches
@@ -304,6 +306,9 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict = {"val_macro_acc": -1.0, "epoch": -1}
         self.record_extra: dict = {}
+        self._best_changed = False  # best model changed since the last checkpoint: best.pt is due
+        self._best_weights: dict | None = None  # its weights, when they are not the current ones
+        self.trained_files: set[str] | None = None  # a set: collects the files this rank trained on (tests)
 
     # -- checkpoints: a folder with checkpoint.pt (+ best.pt), replaced atomically each epoch
     def state(self) -> dict:
@@ -321,8 +326,12 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """checkpoint/ is replaced atomically each epoch; the one before is kept as checkpoint.prev/ so that a
-        torn checkpoint.pt (a node died while shared storage flushed it) still has a good one behind it."""
+        """checkpoint/ is replaced atomically; the one before is kept as checkpoint.prev/ so that a torn
+        checkpoint.pt (a node died while shared storage flushed it) still has a good one behind it. best.pt is
+        written only when the best model changed since the last checkpoint, else hard-linked from the previous
+        folder (no bytes written; see asc_ray.checkpointing)."""
+        from asc_ray.checkpointing import link_or_copy
+
         final = self.out_dir / "checkpoint"
         prev = self.out_dir / "checkpoint.prev"
         tmp = self.out_dir / f".checkpoint.tmp-{os.getpid()}"
@@ -331,13 +340,15 @@ class Trainer:
         try:
             save_or_explain(self.state(), tmp / "checkpoint.pt")
             best = final / "best.pt"
-            if self.best.get("epoch") == self.epoch - 1 or not best.is_file():
-                save_or_explain(self.model.state_dict(), tmp / "best.pt")
+            if self._best_changed or not best.is_file():
+                weights = self._best_weights if self._best_weights is not None else self.model.state_dict()
+                save_or_explain(weights, tmp / "best.pt")
             else:
-                shutil.copy2(best, tmp / "best.pt")
+                link_or_copy(best, tmp / "best.pt")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what this attempt took
             raise
+        self._best_changed, self._best_weights = False, None
         old = self.out_dir / f".checkpoint.old-{os.getpid()}"
         if final.exists():
             if prev.exists():
@@ -346,6 +357,16 @@ class Trainer:
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _note_best(self, save_now: bool) -> None:
+        """The best model just changed: best.pt follows at the next checkpoint, from a CPU copy of these
+        weights when that checkpoint is a later epoch (train.checkpoint_every > 1)."""
+        self._best_changed = True
+        self._best_weights = (
+            None
+            if save_now
+            else {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        )
 
     def load_checkpoint(self, folder: str | Path) -> bool:
         """Resume from `folder`/checkpoint.pt. A torn or corrupt file (unreadable, truncated) is logged and
@@ -371,8 +392,11 @@ class Trainer:
                 self.log(f"[{self.tag}] fell back to the previous good checkpoint {path}")
             best = cand / "best.pt"
             if best.is_file() and cand.resolve() != (self.out_dir / "checkpoint").resolve():
+                from asc_ray.checkpointing import link_or_copy
+
                 (self.out_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
-                shutil.copy2(best, self.out_dir / "checkpoint" / "best.pt")
+                # a new entry, never a write into the old file: it may be a hard link shared with Ray's copy
+                link_or_copy(best, self.out_dir / "checkpoint" / "best.pt")
             self.log(f"[{self.tag}] resumed from epoch {self.epoch}")
             return True
         self.log(f"[{self.tag}] no readable checkpoint left: training from scratch")
@@ -454,6 +478,8 @@ class Trainer:
         n = 0
         t0 = time.perf_counter()
         for batch in self.batches:
+            if self.trained_files is not None:
+                self.trained_files.update(self.batches.files[i] for i in batch["index"].tolist())
             x, y, zt = self.prepare_inputs(batch, gen)
             with self._autocast():
                 z = self.net(x)
@@ -520,23 +546,29 @@ class Trainer:
         while self.epoch < epochs:
             m = self.train_epoch()
             self.epoch += 1
-            if select == "val" and (self.epoch % every == 0 or self.epoch == epochs):
+            save = is_save_epoch(self.epoch, epochs, self.cfg["train"]["checkpoint_every"])
+            # validation on rank 0 only: it alone selects and saves; DDP keeps the weights identical on all ranks
+            if select == "val" and self.rank == 0 and (self.epoch % every == 0 or self.epoch == epochs):
                 _, res = self.evaluate(self.data.val_files)
                 m.update({f"val_{k}": v for k, v in res.metrics.items() if "/" not in k})
                 if m["val_macro_acc"] > self.best["val_macro_acc"]:
                     self.best = {"val_macro_acc": m["val_macro_acc"], "epoch": self.epoch - 1}
+                    self._note_best(save)
             elif select == "last":
                 self.best = {"val_macro_acc": float("nan"), "epoch": self.epoch - 1}
+                self._best_changed = True  # the last epoch's weights: current at the next checkpoint
             m.setdefault(
                 "val_macro_acc", float("nan")
             )  # every report carries the selection metric (Tune needs it)
             m["epoch"] = self.epoch
             self.history.append(m)
-            ckpt = self.save_checkpoint() if self.rank == 0 else None
+            # the resumable state every train.checkpoint_every epochs and at the end (Ray gets it then only)
+            ckpt = self.save_checkpoint() if self.rank == 0 and save else None
             val = "" if math.isnan(m["val_macro_acc"]) else f" val_macro_acc {100 * m['val_macro_acc']:.1f}%"
             self.log(
                 f"[{self.tag}] epoch {self.epoch}/{epochs} loss {m['train_loss']:.3f}{val} "
                 f"({m['epoch_s']:.0f}s, {m['samples_per_s']:.0f} samples/s)"
+                + (" checkpoint" if ckpt is not None else "")
             )
             if report is not None:
                 report(m, ckpt)

@@ -50,6 +50,12 @@ class PaSSTClassifier(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        # The distilled PaSST's `head_dist` is never used by its forward (it only switches it to averaging the
+        # class and distillation tokens): frozen, every trainable parameter gets a gradient each step, which
+        # DistributedDataParallel requires (else it stops at step 2: "Expected to have finished reduction in
+        # the prior iteration"). Kept in the state_dict, so AudioSet and older checkpoints still load.
+        if getattr(net, "head_dist", None) is not None:
+            net.head_dist.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():

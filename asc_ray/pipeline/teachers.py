@@ -15,6 +15,7 @@ import ray.train
 import ray.train.torch
 from ray.train.torch import TorchTrainer
 
+from asc_ray.checkpointing import persist_by_link
 from asc_ray.pipeline.unit import run_unit
 
 
@@ -25,7 +26,10 @@ def teacher_worker(job: dict) -> None:
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
-        ray.train.report({k: v for k, v in metrics.items()}, checkpoint=checkpoint)
+        # only on checkpoint epochs; hard-linked into Ray's storage where it is a filesystem (one copy)
+        ray.train.report(
+            {k: v for k, v in metrics.items()}, checkpoint=checkpoint, checkpoint_upload_fn=persist_by_link
+        )
 
     wrap = ray.train.torch.prepare_model if world > 1 else None  # DDP across the teacher's workers
     ckpt = ray.train.get_checkpoint()

@@ -128,3 +128,22 @@ def test_find_checkpoint_order(tmp_path, monkeypatch):
 def test_unknown_size():
     with pytest.raises(AscRayError, match="size"):
         passt(pretrained=False, size="tiny")
+
+
+@pytest.mark.parametrize("pretrained_head", [False, True])
+def test_every_trainable_parameter_gets_a_gradient(tmp_path, pretrained_head):
+    """DistributedDataParallel needs it (else "Expected to have finished reduction in the prior iteration" at
+    the second step): the distilled head the forward never uses is frozen, and stays in the state_dict."""
+    m = passt(pretrained=False, size="small", n_classes=10)
+    if pretrained_head:  # a checkpoint round trip keeps it frozen and loadable
+        torch.save(m.state_dict(), tmp_path / "w.pt")
+        m = passt(pretrained=tmp_path / "w.pt", size="small", n_classes=10)
+    m.train()
+    m(torch.randn(2, 1, 128, T)).sum().backward()
+    no_grad = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    assert [n for n, p in m.named_parameters() if not p.requires_grad] == [
+        "net.head_dist.weight",
+        "net.head_dist.bias",
+    ]
+    assert "net.head_dist.weight" in m.state_dict()
