@@ -30,17 +30,15 @@ from _common import figure, footer, header
 MB = 1e6
 
 
-def new_bytes(folders: list[Path], seen: set) -> int:
-    """Bytes of the files under `folders` whose inode was not seen before (hard links add nothing)."""
-    total = 0
+def live_files(folders: list[Path]) -> dict[tuple[int, int], int]:
+    """(device, inode) -> size of every file under `folders` (hard links are one entry)."""
+    out = {}
     for folder in folders:
         for p in folder.rglob("*"):
             if p.is_file():
                 st = p.stat()
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_size
-    return total
+                out[(st.st_dev, st.st_ino)] = st.st_size
+    return out
 
 
 def main() -> None:
@@ -103,20 +101,24 @@ def main() -> None:
         # after: the epochs replayed through the real code, best improving every epoch (the worst case)
         from asc_ray.checkpointing import is_save_epoch
 
-        t = Trainer(s, cfg, data, tmp / "unit", 100, log=lambda m: None)
-        ray_dir, seen, written = tmp / "ray_results", set(), 0
+        # the same trainer (its Adam state included), from a clean folder
+        ray_dir, written = tmp / "ray_results", 0
+        folders = [tmp / "unit", ray_dir]
         for e in range(1, epochs + 1):
             t.epoch = e
             save = is_save_epoch(e, epochs, every)
             t.best = {"val_macro_acc": e / epochs, "epoch": e - 1}
             t._note_best(save)
             if save:
+                # every new file is created while the older ones still exist (they are removed after), so
+                # the files not there before are the bytes written (an inode number may be reused later)
+                before_save = live_files(folders)
                 folder = t.save_checkpoint()
                 old = sorted(ray_dir.glob("checkpoint_*"))
                 link_tree(folder, ray_dir / f"checkpoint_{e:06d}")  # persist_by_link on a filesystem
                 for o in old:  # CheckpointConfig(num_to_keep=1)
                     shutil.rmtree(o)
-                written += new_bytes([tmp / "unit", ray_dir], seen)
+                written += sum(n for k, n in live_files(folders).items() if k not in before_save)
         figure("after_mb_per_run", written / MB, ".1f")
         footer()
         figure("after_mb_per_epoch", written / epochs / MB, ".2f")

@@ -311,7 +311,7 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ref, tmp_path):
     per = _teacher_logits_complete(out, ref["data"])
     assert np.ptp(per[0] - per[1]) > 0
     assert time.time() - killed_at < 600
-    result = json.loads((out / "units" / "bcbl32_fms_split25.json").read_text())
+    result = json.loads((out / "teachers" / "split25" / "bcbl32_fms" / "result.json").read_text())
     assert result["selected_epoch"] >= 1 and np.isfinite(result["test_macro_acc"])
 
 
