@@ -140,3 +140,21 @@ def test_gpu_throughput_skips_or_measures():
     )
     lines = out.strip().splitlines()
     assert lines[-1] == "no GPU: skipped" or re.fullmatch(r"student samples/s [0-9.]+", lines[-1])
+
+
+def test_checkpoint_io_prints_bytes_before_and_after(synth_dataset):
+    out = run(
+        "checkpoint_io.py",
+        "--data-dir",
+        str(synth_dataset),
+        "--passt-size",
+        "small",
+        "--epochs",
+        "4",
+        "--every",
+        "2",
+        timeout=300,
+    )
+    before, ckpt = figure(out, "before_mb_per_epoch"), figure(out, "checkpoint_pt_mb")
+    after = last_figure(out, "after_mb_per_epoch")
+    assert 0 < after < before and ckpt > 0
