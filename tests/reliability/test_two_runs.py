@@ -119,5 +119,8 @@ def test_two_pipelines_on_one_machine_both_finish(synth_dataset, tmp_path):
     for name, p in zip(("a", "b"), procs, strict=True):
         text = (tmp_path / f"{name}.log").read_text(errors="replace")
         assert p.returncode == 0, text[-4000:]
-        assert "multiple active Ray instances" not in text and "Traceback" not in text, text[-4000:]
+        assert "multiple active Ray instances" not in text, text[-4000:]
+        # no traceback of the driver (lines of Ray's own processes start with "(Name pid=...)": under CPU
+        # overload Ray Train's controller logs a tolerated GetTimeoutError with its traceback)
+        assert not [x for x in text.splitlines() if x.startswith("Traceback")], text[-4000:]
         assert (tmp_path / name / "results.csv").is_file()
