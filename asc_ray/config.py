@@ -186,6 +186,17 @@ def _check_semantics(cfg: dict) -> None:
     for group, name, amount in [
         (g, n, a) for g in ("teachers", "students") for n, a in cfg[g]["resources"].items()
     ]:
+        if name.lower() in ("cpu", "gpu", "memory"):  # Ray's own names: Tune would read "gpu" as GPUs
+            per = (
+                "cpus_per_worker / gpus_per_worker"
+                if group == "teachers"
+                else "cpus_per_trial / gpus_per_trial"
+            )
+            raise AscRayError(
+                f"{group}.resources.{name} names one of Ray's own resources",
+                path="config",
+                fix=f"set {group}.{per} for CPUs and GPUs; give custom resources another name, e.g. gpu_slot",
+            )
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             raise AscRayError(
                 f"{group}.resources.{name} must be a number >= 0, got {amount!r}",

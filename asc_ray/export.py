@@ -196,21 +196,24 @@ def plot_confusion(confusion: np.ndarray, path: str | Path, title: str) -> Path:
 
 
 def plot_timeline(entries: Sequence[dict], path: str | Path, title: str = "Pipeline timeline") -> Path:
-    """Gantt chart of a pipeline run: one bar per unit, one band of rows per node, coloured by role.
+    """Gantt chart of a pipeline run: one bar per unit, one band of rows per node, coloured by role; a light
+    bar before it is the time the unit waited in Ray's queue and started up.
 
-    Each entry: label, role (teacher / student / table), node, start and end (epoch seconds).
+    Each entry: label, role (teacher / student / table), node, launched (optional), start and end (epoch s).
     """
     if not entries:
         raise ValueError("plot_timeline needs at least one unit")
-    t0 = min(e["start"] for e in entries)
+    t0 = min(e.get("launched", e["start"]) for e in entries)
     nodes = sorted({e["node"] for e in entries})
     colours = {"teacher": "tab:orange", "student": "tab:blue", "table": "tab:green"}
     rows = sorted(entries, key=lambda e: (nodes.index(e["node"]), e["start"]))
     fig, ax = plt.subplots(figsize=(12, max(3, 0.28 * len(rows) + 1.5)))
     for i, e in enumerate(rows):
-        ax.barh(
-            i, max(e["end"] - e["start"], 0.5), left=e["start"] - t0, color=colours.get(e["role"], "grey")
-        )
+        c = colours.get(e["role"], "grey")
+        queued = e["start"] - e.get("launched", e["start"])  # waiting for resources and start-up: light
+        if queued > 0:
+            ax.barh(i, queued, left=e["launched"] - t0, color=c, alpha=0.25)
+        ax.barh(i, max(e["end"] - e["start"], 0.5), left=e["start"] - t0, color=c)
         ax.text(e["end"] - t0, i, " " + e["label"], va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), [f"node {str(e['node'])[:8]}" for e in rows], fontsize=7)
     ax.invert_yaxis()
@@ -218,7 +221,8 @@ def plot_timeline(entries: Sequence[dict], path: str | Path, title: str = "Pipel
     ax.set_title(title)
     ax.legend(
         handles=[plt.Rectangle((0, 0), 1, 1, color=c, label=r) for r, c in colours.items()],
-        loc="lower right",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
         fontsize="small",
     )
     ax.grid(axis="x", alpha=0.3)

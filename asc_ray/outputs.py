@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asc_ray.io import atomic_write_json
+from asc_ray.io import atomic_torch_save, atomic_write_json
 
 RECORD = "result.json"
 
@@ -66,7 +66,7 @@ def finish_unit(trainer) -> dict:
     model.load_state_dict(best)
     cx = measure(model, (1, *input_shape(trainer.system.frontend)))
     out = trainer.out_dir
-    torch.save(best, out / "model.pt")
+    atomic_torch_save(out / "model.pt", best)  # a full disk is one clear error, never half a file
     files = {"model": out / "model.pt"}
     if trainer.system.role == "student":
         check_student(cx, trainer.system.name)

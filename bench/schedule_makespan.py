@@ -1,7 +1,7 @@
 """Makespan of the per-split graph schedule against v0.1's four global stages, on a simulated cluster.
 
-`ray.cluster_utils.Cluster`: a head that trains nothing and NODES worker nodes with GPUS "gpu" resources each
-(a custom resource standing in for GPUs: TorchTrainer(use_gpu=True) would ask for NCCL on this CPU machine).
+`ray.cluster_utils.Cluster`: a head that trains nothing and NODES worker nodes with GPUS "gpu_slot" resources each
+("gpu_slot", a custom resource standing in for GPUs: TorchTrainer(use_gpu=True) would ask for NCCL on this CPU machine).
 Teachers take one "gpu", students a quarter, as on a real cluster (teachers.resources / students.resources).
 The same 2-split smoke pipeline with tiny epochs runs twice, into fresh output dirs:
 
@@ -40,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--splits", default="10,100")
     ap.add_argument("--nodes", type=int, default=2)
-    ap.add_argument("--gpus", type=int, default=2, help="'gpu' resources per worker node")
+    ap.add_argument("--gpus", type=int, default=2, help="gpu_slot resources per worker node")
     ap.add_argument("--epochs", type=int, default=2, help="bcbl.epochs (passt.epochs = 1)")
     ap.add_argument("--out", default=None, help="keep outputs here (default: a temp dir, deleted)")
     a = ap.parse_args()
@@ -68,7 +68,7 @@ def main() -> None:
             dashboard_agent_listen_port=_free_port(),
         )
         for _ in range(a.nodes):
-            c.add_node(num_cpus=a.gpus, resources={"gpu": a.gpus})  # a CPU per stand-in GPU
+            c.add_node(num_cpus=a.gpus, resources={"gpu_slot": a.gpus})  # a CPU per stand-in GPU
         c.wait_for_nodes()
         spans = {}
         for mode in ("graph", "four_stage"):
@@ -95,9 +95,9 @@ def main() -> None:
                 "passt.epochs=1",
                 "teachers.max_concurrent=0",
                 "teachers.cpus_per_worker=0.01",
-                "teachers.resources={gpu: 1}",
+                "teachers.resources={gpu_slot: 1}",
                 "students.cpus_per_trial=0.01",
-                "students.resources={gpu: 0.25}",
+                "students.resources={gpu_slot: 0.25}",
             ]
             t0 = time.time()
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base)

@@ -221,7 +221,19 @@ class Scheduler:
             self.state[unit] = "done"
             self.records[unit] = outcome
             node = (outcome or {}).get("node_id") or "driver"
-            self.timeline.append((unit, {"start": self.started[unit], "end": t_end, "node": node}))
+            # launched: handed to Ray; start: the unit's own code began (after Ray's queue and start-up)
+            start = (outcome or {}).get("started") or self.started[unit]
+            self.timeline.append(
+                (
+                    unit,
+                    {
+                        "launched": self.started[unit],
+                        "start": max(start, self.started[unit]),
+                        "end": t_end,
+                        "node": node,
+                    },
+                )
+            )
             log(f"done {unit} in {took:.0f}s{self.describe(unit, outcome)}")
         self._progress()
 

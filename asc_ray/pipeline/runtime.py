@@ -54,6 +54,9 @@ def pin_local_ray_address() -> str:
     address = f"127.0.0.1:{_free_port()}"
     os.environ["RAY_GCS_SERVER_PORT"] = address.rsplit(":", 1)[1]
     os.environ["RAY_ADDRESS"] = address
+    # with a chosen GCS port Ray skips its 120 s wait for the GCS to come up (~20 s instead): keep 120 s,
+    # a loaded laptop needs it
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     _OWN_ADDRESS[:] = [address]
     return address
 

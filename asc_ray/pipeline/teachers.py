@@ -8,12 +8,15 @@ Ray Train run instead of starting over.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import ray.train
 import ray.train.torch
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
 from asc_ray.checkpointing import persist_by_link
 from asc_ray.pipeline.unit import run_unit
@@ -40,6 +43,70 @@ def teacher_worker(job: dict) -> None:
         run_unit(job, report, None, rank, world, wrap)
 
 
+# --------------------------------------------------------------------------- what listens where (process group)
+# Ray Train's TorchConfig makes every worker group a torch process group, and torch's TCPStore server (rank 0)
+# listens on all interfaces on a random port. A single-worker teacher has nothing to rendezvous: no process
+# group at all. A multi-worker teacher gets its store bound to rank 0's node address (Ray's node IP: the
+# private address on a cluster, 127.0.0.1 for the local Ray), through a socket bound here and handed to torch.
+
+
+def _private_process_group(
+    backend: str, world_rank: int, world_size: int, addr: str, port: int, timeout_s: int
+) -> None:
+    import datetime
+    import socket
+
+    import torch.distributed as dist
+
+    _set_torch_distributed_env_vars()
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    rank, world = world_rank, world_size
+    if rank == 0:
+        sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        sock.listen(128)
+        store = dist.TCPStore(addr, port, world, True, timeout=timeout, master_listen_fd=sock.fileno())
+        _private_process_group.sock = sock  # the store serves on this socket: keep it open
+    else:
+        store = dist.TCPStore(addr, port, world, False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+class _PrivateTorchBackend(_TorchBackend):
+    def on_start(self, worker_group, backend_config) -> None:
+        if len(worker_group) == 1:
+            return  # one worker: no process group, no store, nothing listens
+        from ray.train._internal.utils import get_address_and_port
+
+        addr, port = worker_group.execute_single(0, get_address_and_port)
+        ray.get(
+            [
+                worker_group.execute_single_async(
+                    i,
+                    _private_process_group,
+                    backend=backend_config.backend or "gloo",
+                    world_rank=i,  # (not `rank`: execute_single_async's own first parameter)
+                    world_size=len(worker_group),
+                    addr=addr,
+                    port=port,
+                    timeout_s=backend_config.timeout_s,
+                )
+                for i in range(len(worker_group))
+            ]
+        )
+
+
+@dataclass
+class PrivateTorchConfig(TorchConfig):
+    """TorchConfig whose process group exists only for several workers and listens on the node address."""
+
+    @property
+    def backend_cls(self):
+        return _PrivateTorchBackend
+
+
 def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
     t = job["cfg"]["teachers"]
     resources = {"CPU": t["cpus_per_worker"]}
@@ -49,6 +116,7 @@ def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
     return TorchTrainer(
         teacher_worker,
         train_loop_config=job,
+        torch_config=PrivateTorchConfig(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t["num_workers"], use_gpu=use_gpu, resources_per_worker=resources
         ),

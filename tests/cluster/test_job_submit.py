@@ -150,8 +150,8 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
     assert table.num_rows == len(split_files)
     assert {"bcbl32_fms", "bcbl32_dir"} <= set(table.column_names)
     assert (out / "logits" / f"kd_ensemble_split{SPLIT}.parquet").is_file()
-    for system in ("bcbl32_fms", "bcbl32_dir", "kd_ensemble"):
-        unit = json.loads((out / "units" / f"{system}_split{SPLIT}.json").read_text())
+    for role, system in (("teachers", "bcbl32_fms"), ("teachers", "bcbl32_dir"), ("students", "kd_ensemble")):
+        unit = json.loads((out / role / f"split{SPLIT}" / system / "result.json").read_text())  # its record
         assert unit["node_id"]  # one node: every unit ran on the head
 
     # MLflow: the job used the tracking URI given in the runtime env (not a mlflow.db in the uploaded dir)

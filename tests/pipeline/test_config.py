@@ -48,6 +48,8 @@ def test_file_then_overrides_win(tmp_path):
         ("students.systems=[tfs]", "tfs learns from the logits of kd_ensemble"),
         ("students.search.kd.lamda=[0.5]", "unknown search key"),
         ("nonsense", "key=value"),
+        ("students.resources={gpu: 0.25}", "names one of Ray's own resources"),
+        ("students.resources={slot: -1}", "students.resources.slot must be a number >= 0"),
     ],
 )
 def test_bad_overrides_are_refused_with_a_fix(override, words):
