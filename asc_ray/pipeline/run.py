@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -170,14 +171,31 @@ class Pipeline:
 
         jobs = [self.job(u) for u in group]
         name = "students-" + config_hash(sorted(j["key"] for j in jobs))
+        reported: set[Unit] = set()
+        lock = threading.Lock()
+
+        def trial_done(job: dict) -> None:  # a trial of a plain (no search) Tuner ended: its unit is done
+            u = Unit("train", job["system"], job["split"])
+            with lock:
+                if u in reported or read_record(self.unit_dir(u), self.key(u)) is None:
+                    return  # not finished after all (stopped, failed): reported when the Tuner returns
+                reported.add(u)
+            self._finished(u, done)
+
+        callbacks = None if st.searching(self.cfg) else [st.TrialDone(trial_done)]
         try:
-            grid = st.build_tuner(jobs, self.cfg, self.ctx.storage, self.use_gpu, name).fit()
+            grid = st.build_tuner(jobs, self.cfg, self.ctx.storage, self.use_gpu, name, callbacks).fit()
             outcomes = st.unit_outcomes(grid, jobs, st.searching(self.cfg))
         except Exception as e:  # noqa: BLE001
             for u in group:
-                done(u, e)
+                if u not in reported:
+                    done(u, e)
             return
         for u in group:
+            with lock:
+                if u in reported:
+                    continue
+                reported.add(u)
             o = outcomes[(u.name, u.split)]
             if isinstance(o, BaseException):
                 done(u, o)

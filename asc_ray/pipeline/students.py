@@ -62,7 +62,22 @@ def searching(cfg: dict) -> bool:
     return bool(cfg["students"]["search"]) or cfg["students"]["num_samples"] > 1
 
 
-def build_tuner(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str) -> tune.Tuner:
+class TrialDone(tune.Callback):
+    """Calls `on_complete(job)` as each trial completes, so a student is reported (and what needs it starts)
+    when its own trial ends, not when the last trial of its Tuner does. Runs in the driver."""
+
+    def __init__(self, on_complete):
+        self.on_complete = on_complete
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        job = ((trial.config or {}).get("trial") or {}).get("job")
+        if job:
+            self.on_complete(job)
+
+
+def build_tuner(
+    jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str, callbacks: list | None = None
+) -> tune.Tuner:
     """One Tuner over `jobs` (unit job dicts). With a search, `jobs` is one unit and every trial writes to
     its own folder under the unit's `trials/`."""
     s = cfg["students"]
@@ -109,6 +124,7 @@ def build_tuner(jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, n
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,  # progress comes from asc-ray's own lines; Tune's tables would print every config
+            callbacks=callbacks,
         ),
     )
 

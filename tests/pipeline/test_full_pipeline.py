@@ -297,6 +297,11 @@ def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(p
     # a split's kd_ensemble starts once its own teachers are done, whatever the other split does
     for sp in SPLITS:
         assert by[f"kd_ensemble split{sp}"]["start"] >= last_teacher_end[sp] - 1
+    # each student is reported when its own trial ends, not when the last trial of its Tuner does
+    for s in STUDENTS:
+        for sp in SPLITS:
+            rec = json.loads((pipeline["out"] / "students" / f"split{sp}" / s / "result.json").read_text())
+            assert by[f"{s} split{sp}"]["end"] - rec["finished"] < 60, (s, sp)
     assert (pipeline["out"] / "plots" / "timeline.png").stat().st_size > 5000
     c = MlflowClient(tracking_uri=f"sqlite:///{pipeline['cwd']}/mlflow.db")
     exp = c.get_experiment_by_name("asc-ray")
