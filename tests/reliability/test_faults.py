@@ -226,7 +226,7 @@ def test_interrupted_driver_keeps_finished_work(ref, tmp_path):
     assert "interrupted: finished work is kept" in text and "Traceback" not in text, text[-3000:]
 
     second = Driver(_cmd(ref["data"], out), env, ref["cwd"], tmp_path / "2.log")
-    second.wait_for(lambda: "students (kd_ensemble)" in second.text(), what="the students stage")
+    second.wait_for(lambda: "] start kd_ensemble split25" in second.text(), what="the student's start")
     time.sleep(3)  # let the trial start
     second.p.send_signal(signal.SIGTERM)
     t = time.time()
