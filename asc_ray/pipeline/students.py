@@ -10,7 +10,9 @@ the unit's.
 from __future__ import annotations
 
 import itertools
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 from ray import tune
@@ -69,9 +71,12 @@ class TrialDone(tune.Callback):
     def __init__(self, on_complete):
         self.on_complete = on_complete
 
+    def __getstate__(self):  # Tune pickles its state for restore: the driver's callback (locks) stays here
+        return {"on_complete": None}
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         job = ((trial.config or {}).get("trial") or {}).get("job")
-        if job:
+        if job and self.on_complete is not None:
             self.on_complete(job)
 
 
@@ -106,9 +111,17 @@ def build_tuner(
         # the driver stopped mid-run last time: continue the unfinished trials from their checkpoints. The
         # param space is given again: Tune stored the jobs' object references (LogitAggregator handle, tracker)
         # as placeholders, which only the new session's objects can fill (else the trials get no config)
-        return tune.Tuner.restore(
-            path, trainable, resume_unfinished=True, restart_errored=True, param_space=param_space
-        )
+        try:
+            return tune.Tuner.restore(
+                path, trainable, resume_unfinished=True, restart_errored=True, param_space=param_space
+            )
+        except (EOFError, OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+            # a state file cut short (the driver died while Tune wrote it): start this Tuner afresh; the
+            # units' own checkpoints are in their folders, finished units are reused by their records
+            warnings.warn(
+                f"Tune state in {path} is unreadable ({type(e).__name__}): starting it afresh", stacklevel=2
+            )
+            shutil.rmtree(path, ignore_errors=True)
     return tune.Tuner(
         trainable,
         param_space=param_space,
