@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,6 @@ import time
 from pathlib import Path
 
 from _common import ROOT, figure, footer, header
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -48,6 +41,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from asc_ray.data.synth import generate
+    from asc_ray.pipeline.runtime import free_port
 
     base = Path(a.out or tempfile.mkdtemp(prefix="asc_ray_makespan_"))
     base.mkdir(parents=True, exist_ok=True)
@@ -63,9 +57,9 @@ def main() -> None:
         c.add_node(
             num_cpus=0,
             temp_dir=str(tmp / "ray"),
-            gcs_server_port=_free_port(),
+            gcs_server_port=free_port(),
             include_dashboard=False,
-            dashboard_agent_listen_port=_free_port(),
+            dashboard_agent_listen_port=free_port(),
         )
         for _ in range(a.nodes):
             c.add_node(num_cpus=a.gpus, resources={"gpu_slot": a.gpus})  # a CPU per stand-in GPU

@@ -36,7 +36,8 @@ def quiet_ray_driver() -> None:
 _OWN_ADDRESS: list[str] = []  # the RAY_ADDRESS this process set for the local Ray it started
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback (for a local Ray's GCS; the makespan bench's simulated cluster)."""
     import socket
 
     with socket.socket() as s:
@@ -51,7 +52,7 @@ def pin_local_ray_address() -> str:
     instances`. So each run picks its GCS port itself and sets RAY_ADDRESS to it before starting Ray: the
     GCS and raylet inherit the environment, every worker of this run with them, and each looks up its own
     instance only. (init(address="local") ignores RAY_ADDRESS: it still starts a new instance.)"""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     os.environ["RAY_GCS_SERVER_PORT"] = address.rsplit(":", 1)[1]
     os.environ["RAY_ADDRESS"] = address
     # with a chosen GCS port Ray skips its 120 s wait for the GCS to come up (~20 s instead): keep 120 s,
