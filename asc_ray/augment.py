@@ -66,16 +66,27 @@ def freq_mixstyle(
     return x_normed * sig_mix + mu_mix
 
 
+def ir_bank(irs: Sequence[Tensor], device: torch.device | str = "cpu", dtype=torch.float32) -> Tensor:
+    """The impulse responses as one zero-padded [K, longest] tensor on `device`, made once per training:
+    dir_augment then picks kernels by indexing, with no per-clip host-to-device copy."""
+    irs = [torch.as_tensor(ir).flatten() for ir in irs]
+    bank = torch.zeros(len(irs), max((ir.numel() for ir in irs), default=0), dtype=dtype)
+    for k, ir in enumerate(irs):
+        bank[k, : ir.numel()] = ir
+    return bank.to(device)
+
+
 def dir_augment(
     wave: Tensor,
     device_ids: Tensor,
-    irs: Sequence[Tensor],
+    irs: Sequence[Tensor] | Tensor,
     p: float = 0.6,
     device_a: int = 0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """wave [B, n]; each clip recorded by `device_a` is, with probability p, convolved with a random device
-    impulse response (1-D tensors at the wave's sample rate) and cut to n samples. Others stay bit-identical."""
+    impulse response and cut to n samples. Others stay bit-identical. `irs`: 1-D tensors at the wave's sample
+    rate, or an ir_bank (trailing zeros change nothing but the fft size)."""
     out = wave.clone()
     if p <= 0 or len(irs) == 0:
         return out
@@ -86,15 +97,15 @@ def dir_augment(
     if idx.numel() == 0:
         return out
     choice = torch.randint(0, len(irs), (idx.numel(),), generator=generator)
+    if isinstance(irs, Tensor):  # a bank, already on the device
+        kernels = irs[choice.to(irs.device)].to(device=wave.device, dtype=wave.dtype)
+    else:
+        kernels = ir_bank([irs[k] for k in choice.tolist()], wave.device, wave.dtype)
     # fft convolution, batched over the chosen clips: linear (not circular) as long as the fft size is at least
     # n + len(ir) - 1; a 5-smooth size (next_fast_len) avoids pocketfft's slow path for sizes with large prime
     # factors (measured: ~25x faster than one clip at a time at size n + len(ir) - 1; docs/benchmarks.md)
-    chosen = [irs[k].to(device=wave.device, dtype=wave.dtype).flatten() for k in choice.tolist()]
-    longest = max(ir.numel() for ir in chosen)
-    size = next_fast_len(n + longest - 1, real=True)
-    kernels = torch.zeros(len(chosen), longest, device=wave.device, dtype=wave.dtype)
-    for j, ir in enumerate(chosen):
-        kernels[j, : ir.numel()] = ir
+    size = next_fast_len(n + kernels.shape[1] - 1, real=True)
+    idx = idx.to(wave.device)
     conv = torch.fft.irfft(torch.fft.rfft(wave[idx], size) * torch.fft.rfft(kernels, size), size)
     out[idx] = conv[:, :n]
     return out

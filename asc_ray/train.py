@@ -38,7 +38,7 @@ from asc_ray import augment, losses
 from asc_ray.checkpointing import is_save_epoch
 from asc_ray.config import config_hash, flatten, load_config
 from asc_ray.data.cache import WaveformStore, build_cache
-from asc_ray.data.dataset import ClipBatches
+from asc_ray.data.dataset import ClipBatches, to_device
 from asc_ray.data.holdout import split_holdout
 from asc_ray.data.irs import load_irs
 from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES, TauDataset
@@ -265,12 +265,18 @@ class Trainer:
             cfg["seed"], system.name, split
         )  # same on every rank: identical initial weights
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
         if cfg["train"]["num_threads"] > 0:
             torch.set_num_threads(cfg["train"]["num_threads"])
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
         self.frontend = build_frontend(system.frontend, cfg["augment"]["freqm"]).to(self.device)
         self.roll = round(self.h.get("roll_s", 0.0) * data.store.sample_rate)  # max shift in samples
+        # the device impulse responses live on the training device, copied there once
+        self.irs = augment.ir_bank(data.irs, self.device) if system.dir and data.irs else None
+        # one batch in flight on a GPU (asc_ray.data.dataset.to_device); bench/gpu_throughput.py turns it off
+        self.prefetch = True
         self.model = build_model(system, cfg).to(self.device)
         self.channels_last = use_channels_last(system, cfg)
         if self.channels_last:
@@ -425,7 +431,7 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location put it on the GPU
 
     @property
     def tag(self) -> str:
@@ -442,9 +448,9 @@ class Trainer:
         wave = batch["wave"].to(self.device, non_blocking=True)
         if self.roll:
             wave = augment.roll(wave, self.roll, generator=gen)
-        if s.dir and self.data.irs:
+        if self.irs is not None:
             wave = augment.dir_augment(
-                wave, batch["device"], self.data.irs, p=a["dir_p"], device_a=DEVICE_A, generator=gen
+                wave, batch["device"], self.irs, p=a["dir_p"], device_a=DEVICE_A, generator=gen
             )
         x = self.frontend(wave)
         if s.fms:
@@ -477,7 +483,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         n = 0
         t0 = time.perf_counter()
-        for batch in self.batches:
+        for batch in to_device(self.batches, self.device) if self.prefetch else self.batches:
             if self.trained_files is not None:
                 self.trained_files.update(self.batches.files[i] for i in batch["index"].tolist())
             x, y, zt = self.prepare_inputs(batch, gen)
@@ -514,7 +520,8 @@ class Trainer:
         self.frontend.eval()
         out = []
         dtype = next(model.parameters()).dtype
-        for batch in ClipBatches(self.data.ds, self.data.store, files, EVAL_BATCH, shuffle=False):
+        batches = ClipBatches(self.data.ds, self.data.store, files, EVAL_BATCH, shuffle=False)
+        for batch in to_device(batches, self.device):
             x = self.frontend(batch["wave"].to(self.device)).to(dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -3,11 +3,15 @@
 No DataLoader workers: a batch is one fancy-indexed read of the int16 memory map (page cache after the
 first epoch), which is faster than per-clip __getitem__ calls and has nothing to pickle or fork.
 Teacher logits are joined by the caller (by filename) and passed aligned with `files`.
+On a GPU, `to_device` keeps one batch in flight: read and pinned by a background thread, copied on a side
+stream while the model computes on the one before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -82,3 +86,60 @@ class ClipBatches:
             if self._teacher is not None:
                 batch["teacher_logits"] = self._teacher[t_idx]
             yield batch
+
+
+HOST_KEYS = ("index", "device")  # read on the host (bookkeeping, DIR's choice of clips): never copied
+
+
+def to_device(batches: Iterable[dict], device: torch.device | str) -> Iterator[dict]:
+    """The batches with their tensors on `device` (HOST_KEYS stay on the host). On CUDA one batch ahead: a
+    thread reads the next batch into pinned memory and it is copied on a side stream (non_blocking) while the
+    current batch computes; the compute stream waits for that copy before using it. On CPU: as they come."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def read():
+        try:
+            for b in batches:
+                pinned = {k: v if k in HOST_KEYS else v.pin_memory() for k, v in b.items()}
+                while not stop.is_set():
+                    try:
+                        ready.put(pinned, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            ready.put(e)
+
+    def take():
+        item = ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is end:
+            return None
+        with torch.cuda.stream(copy_stream):
+            return {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in item.items()}
+
+    copy_stream = torch.cuda.Stream(device)
+    reader = threading.Thread(target=read, name="asc-ray-prefetch", daemon=True)
+    reader.start()
+    try:
+        nxt = take()
+        while nxt is not None:
+            compute = torch.cuda.current_stream(device)
+            compute.wait_stream(copy_stream)  # this batch's copy is done before any kernel reads it
+            for k, v in nxt.items():
+                if k not in HOST_KEYS:
+                    v.record_stream(compute)  # its memory is not reused while the compute stream needs it
+            cur, nxt = nxt, take()  # the next batch's copy overlaps this batch's compute
+            yield cur
+    finally:
+        stop.set()

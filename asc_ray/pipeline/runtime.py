@@ -31,6 +31,9 @@ def quiet_ray_driver() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # with those loggers off, every ResultGrid warns "Failed to fetch metrics ... result.json and progress.csv
+    # were not found" per trial: expected, the trial's figures are in MLflow and its own result.json
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 _OWN_ADDRESS: list[str] = []  # the RAY_ADDRESS this process set for the local Ray it started

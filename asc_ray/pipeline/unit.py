@@ -91,6 +91,10 @@ def run_unit(
     trainer = Trainer(
         system, cfg, data, out, split, log=say, rank=rank, world_size=world_size, wrap_model=wrap_model
     )
+    if trainer.device.type == "cuda":  # a cluster user's first question: is my GPU used?
+        import torch
+
+        say(f"[{system.name} split{split}] training on {torch.cuda.get_device_name(trainer.device)}")
     trainer.unit_key = job["key"]  # stored in checkpoints: a torn one falls back only to this unit's own
     if checkpoint_dir:
         trainer.load_checkpoint(checkpoint_dir)

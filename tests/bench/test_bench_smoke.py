@@ -126,20 +126,35 @@ def test_ray_overhead_plain_side_measures_steady_state(synth_dataset, cache_dir)
     assert (cache_dir / "ro" / "result.json").is_file()  # the real Trainer.fit ran to its end
 
 
-def test_gpu_throughput_skips_or_measures():
+def test_gpu_throughput_skips_or_measures(synth_dataset, tmp_path):
+    # on a GPU machine this measures every path for real (bench/gpu_throughput.py); here it must skip cleanly
     out = run(
         "gpu_throughput.py",
-        "--steps",
-        "3",
+        "--data-dir",
+        str(synth_dataset),
+        "--work-dir",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--students",
+        "2",
         "--student-batch",
         "8",
         "--passt-batch",
         "2",
         "--passt-size",
         "small",
+        timeout=600,
     )
     lines = out.strip().splitlines()
     assert lines[-1] == "no GPU: skipped" or re.fullmatch(r"student samples/s [0-9.]+", lines[-1])
+    if lines[-1] != "no GPU: skipped":
+        for name in (
+            "student_no_prefetch_samples/s",
+            "students_packed_x2_samples/s",
+            "passt_small_teacher_samples/s",
+        ):
+            assert figure(out, name) > 0
 
 
 def test_checkpoint_io_prints_bytes_before_and_after(synth_dataset):

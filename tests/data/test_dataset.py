@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from asc_ray.data.cache import build_cache
-from asc_ray.data.dataset import ClipBatches
+from asc_ray.data.dataset import HOST_KEYS, ClipBatches, to_device
 from asc_ray.data.tau import DEVICES, TauDataset
 from asc_ray.errors import AscRayError
 
@@ -63,3 +63,34 @@ def test_file_missing_from_cache(data, synth_dataset):
     ds, store, _ = data
     with pytest.raises(AscRayError, match="not in the waveform cache"):
         ClipBatches(ds, store, ds.test_files(), 8, False)
+
+
+def test_to_device_on_cpu_is_the_batches_themselves(data):
+    ds, store, files = data
+    batches = ClipBatches(ds, store, files, batch_size=16, shuffle=False)
+    plain, moved = list(batches), list(to_device(batches, "cpu"))
+    assert len(moved) == len(plain)
+    for a, b in zip(plain, moved, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on the device machine)")
+def test_to_device_on_cuda_prefetches_the_same_batches(data):
+    ds, store, files = data
+    batches = ClipBatches(ds, store, files, batch_size=16, shuffle=True, seed=3)
+    plain = list(batches)
+    moved = []
+    for b in to_device(batches, "cuda"):
+        torch.cuda.synchronize()
+        moved.append({k: v.cpu() for k, v in b.items()})
+        assert b["wave"].is_cuda and b["label"].is_cuda
+        assert all(not b[k].is_cuda for k in HOST_KEYS)  # bookkeeping stays on the host
+    assert len(moved) == len(plain)
+    for a, b in zip(plain, moved, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # a failure while reading reaches the consumer
+    broken = ClipBatches(ds, store, files, batch_size=16, shuffle=False)
+    broken._rows = broken._rows.copy()
+    broken._rows[20] = 10**9  # out of range: the read of batch 2 fails in the reader thread
+    with pytest.raises(IndexError):
+        list(to_device(broken, "cuda"))

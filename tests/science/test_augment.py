@@ -4,7 +4,7 @@ import numpy as np
 import scipy.signal
 import torch
 
-from asc_ray.augment import dir_augment, freq_mask, freq_mixstyle, mixup
+from asc_ray.augment import dir_augment, freq_mask, freq_mixstyle, ir_bank, mixup
 
 
 def gen(seed=0):
@@ -135,3 +135,21 @@ def test_roll_shifts_each_clip_circularly_within_the_range():
     assert len(set(shifts)) > 1  # each clip draws its own shift
     assert torch.equal(roll(wave, max_shift, generator=gen(3)), out)  # reproducible with a generator
     assert torch.equal(roll(wave, 0), wave)
+
+
+def test_dir_augment_bank_equals_list():
+    # the Trainer keeps the IRs as one padded bank on its device: same draws, same convolution as the list
+    torch.manual_seed(0)
+    wave = torch.randn(6, 300)
+    devices = torch.tensor([0, 0, 1, 0, 0, 2])
+    irs = [
+        torch.tensor([0.5, 0.3, -0.2]),
+        torch.tensor([1.0, 0.0, 0.0, 0.0, -0.5, 0.25]),
+        torch.tensor([0.9]),
+    ]
+    bank = ir_bank(irs)
+    assert bank.shape == (3, 6) and torch.equal(bank[0, 3:], torch.zeros(3))
+    a = dir_augment(wave, devices, irs, p=1.0, generator=gen(3))
+    b = dir_augment(wave, devices, bank, p=1.0, generator=gen(3))
+    assert not torch.equal(a, wave)
+    assert torch.allclose(a, b, atol=1e-5)
