@@ -99,6 +99,8 @@ def init_ray() -> None:
         # ray.init so that the raylet, and so every worker, inherits them.
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        # nor spot nodes to be preempted: no PreemptionWatcher actor per teacher (one process, ~2 s of CPU)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
         ray_constants.ENABLE_RAY_CLUSTER = False
         pin_local_ray_address()

@@ -107,13 +107,30 @@ class PrivateTorchConfig(TorchConfig):
         return _PrivateTorchBackend
 
 
+class TeacherTrainer(TorchTrainer):
+    """A TorchTrainer that starts no Ray Data DatasetManager actor when it is given no datasets (teachers read
+    the waveform cache themselves): Ray 2.60 starts one per fit regardless, one more process importing
+    ray.data, ~2 s of CPU per teacher (docs/benchmarks.md). `_create_default_callbacks` is Ray's own hook for
+    its default callbacks; on a Ray without it this class is a plain TorchTrainer."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        try:
+            from ray.train.v2._internal.callbacks import DatasetsCallback
+        except ImportError:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+
 def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
     t = job["cfg"]["teachers"]
     resources = {"CPU": t["cpus_per_worker"]}
     if use_gpu:
         resources["GPU"] = t["gpus_per_worker"]
     resources.update({k: float(v) for k, v in t["resources"].items()})  # e.g. a node type's custom resource
-    return TorchTrainer(
+    return TeacherTrainer(
         teacher_worker,
         train_loop_config=job,
         torch_config=PrivateTorchConfig(),

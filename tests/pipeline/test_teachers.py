@@ -18,3 +18,12 @@ def test_trainer_resources_names_and_failure_policy_come_from_the_config(tmp_pat
     assert t.run_config.name == "teacher-passt_fms-split25-01234567"  # stable: a re-run continues it
     cpu = build_trainer({**job, "cfg": load_config("smoke")}, str(tmp_path), use_gpu=False)
     assert cpu.scaling_config.resources_per_worker == {"CPU": 0.5}
+
+
+def test_a_teacher_fit_starts_no_ray_data_actor(tmp_path):
+    # teachers pass no datasets: Ray's DatasetsCallback would still start a DatasetManager actor per fit
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    job = {"cfg": load_config("smoke"), "system": "bcbl32_fms", "split": 25, "key": "0123456789abcdef"}
+    callbacks = build_trainer(job, str(tmp_path), use_gpu=False)._create_default_callbacks()
+    assert callbacks and not any(isinstance(c, DatasetsCallback) for c in callbacks)
