@@ -7,7 +7,7 @@ Runs `bash scripts/run_local.sh` with OUTPUT_DIR=O (default: a temp dir, removed
 MLFLOW_TRACKING_URI=sqlite:///O/mlflow.db (so the bench does not write into the repo's store). DATA_DIR and
 PROFILE pass through from the environment (unset: the synthetic dataset and the smoke profile).
 Phases (setup = pre-flight + Ray start; units = the graph of teachers, tables and students; evaluate; shutdown)
-are timed from the pipeline's own lines as they arrive; memory is sampled twice a second
+are timed from the pipeline's own lines as they arrive; memory is sampled every 2 s
 over the whole process tree (driver, Ray's GCS/raylet, every worker): the sum of PSS (proportional set size:
 shared pages counted once) and the sum of RSS (shared pages counted in every process: an upper bound).
 Last line: `rerun_pct <re-run wall time as % of the first run>`.
@@ -36,6 +36,9 @@ PHASES = [
     (re.compile(r"\] pipeline finished in "), "shutdown"),
 ]
 ORDER = ("setup", "units", "evaluate", "shutdown")
+# memory sampling interval: reading smaps_rollup of ~40 processes twice a second took ~30 % of a core, which
+# the 2-core machine then lacked for the run being timed
+SAMPLE_S = 2.0
 
 
 def _children() -> dict[int, list[int]]:
@@ -83,7 +86,7 @@ def run_once(cmd: list[str], env: dict, label: str) -> dict:
             pss, rss = tree_memory(proc.pid)
             old = state["peak"].get(state["stage"], (0.0, 0.0))
             state["peak"][state["stage"]] = (max(old[0], pss), max(old[1], rss))
-            time.sleep(0.5)
+            time.sleep(SAMPLE_S)
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
