@@ -29,6 +29,9 @@ def quiet_ray_driver() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: no banners
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # figures go to MLflow, not TensorBoard
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune prints each trial failure as a traceback, retried ones too: students.TrialRetried says a retry in
+    # one line, and a trial out of retries is its unit's failure (the scheduler prints it)
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # with those loggers off, every ResultGrid warns "Failed to fetch metrics ... result.json and progress.csv

@@ -20,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from asc_ray.config import with_overrides
 from asc_ray.outputs import RECORD, read_record, write_record
+from asc_ray.pipeline.runtime import log
 from asc_ray.pipeline.unit import run_unit
 from asc_ray.systems import get_system
 
@@ -80,6 +81,30 @@ class TrialDone(tune.Callback):
             self.on_complete(job)
 
 
+class TrialRetried(tune.Callback):
+    """One console line when Tune retries a failed trial (students.max_failures: a lost node, a killed
+    worker), in place of Tune's traceback (turned off in runtime.quiet_ray_driver): a retry is no failure
+    yet, and a trial out of retries is its unit's failure, which the scheduler reports. Runs in the driver."""
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        job = ((trial.config or {}).get("trial") or {}).get("job")
+        if not job:
+            return
+        cause = "error"
+        try:  # the type says what happened (ActorDiedError, ActorUnavailableError: the node or worker died).
+            # Tune has just written it to the driver's staging copy of the trial folder; the storage copy
+            # (get_pickled_error) follows later
+            with open(trial.pickled_error_file, "rb") as f:
+                cause = type(pickle.load(f)).__name__
+        except Exception:  # noqa: BLE001 - the line only informs; Tune keeps the error in the trial's folder
+            pass
+        start = "its last checkpoint" if trial.checkpoint is not None else "the start (no checkpoint yet)"
+        log(
+            f"{job['system']} split{job['split']}: trial failed ({cause}), retrying from {start} "
+            f"(failure {trial.num_failures}, students.max_failures={trial.max_failures})"
+        )
+
+
 def build_tuner(
     jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str, callbacks: list | None = None
 ) -> tune.Tuner:
@@ -137,7 +162,7 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,  # progress comes from asc-ray's own lines; Tune's tables would print every config
-            callbacks=callbacks,
+            callbacks=[TrialRetried(), *(callbacks or [])],
         ),
     )
 

@@ -6,7 +6,9 @@ with its own processes), and the pipeline run against them as a job driver (RAY_
 - each worker node has one CPU, standing in for one GPU: with `teachers.cpus_per_worker=1` each node trains
   one teacher at a time, so the teachers of the split spread over the two nodes;
 - one worker node is killed while its teacher is training; Ray Train (FailureConfig) restarts that teacher
-  on the remaining node from its last checkpoint, and the pipeline finishes with a complete logits table.
+  on the remaining node from its last checkpoint, and the pipeline finishes with a complete logits table;
+- the same for a student: the node of its Tune trial is killed mid-training, and Tune (students.max_failures)
+  retries the trial on the remaining node from the checkpoint it last reported.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ SPLIT = 25
 TEACHERS = ["bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"]
 EPOCHS = 8
 ON_NODE = re.compile(rf"\[(\w+) split{SPLIT}\] rank 0 on node ([0-9a-f]+)")  # asc_ray/pipeline/unit.py
-EPOCH_DONE = re.compile(rf"\[(\w+) split{SPLIT}\] epoch (\d+)/{EPOCHS}")  # asc_ray/train.py
+EPOCH_DONE = re.compile(rf"\[(\w+) split{SPLIT}\] epoch (\d+)/\d+ ")  # asc_ray/train.py
 RESUMED = re.compile(rf"\[(\w+) split{SPLIT}\] resumed from epoch (\d+)")
 
 
@@ -65,15 +67,25 @@ def cluster(monkeypatch):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _unit_logs(out: Path) -> str:
-    """Every teacher's unit.log (the console shows one line per unit; the details are in these)."""
+def _unit_logs(out: Path, role: str = "teachers") -> str:
+    """Every unit.log of the role (the console shows one line per unit; the details are in these)."""
     return "\n".join(
-        p.read_text(errors="replace") for p in sorted(out.glob(f"teachers/split{SPLIT}/*/unit.log"))
+        p.read_text(errors="replace") for p in sorted(out.glob(f"{role}/split{SPLIT}/*/unit.log"))
     )
 
 
-def _lines(out: Path, pattern: re.Pattern) -> list[tuple[str, ...]]:
-    return pattern.findall(_unit_logs(out))
+def _lines(out: Path, pattern: re.Pattern, role: str = "teachers") -> list[tuple[str, ...]]:
+    return pattern.findall(_unit_logs(out, role))
+
+
+def _driver_env(c, tmp_path: Path) -> dict:
+    return {
+        **os.environ,
+        "RAY_ADDRESS": c.address,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "RAY_DEDUP_LOGS": "0",
+    }  # every worker line reaches the driver's log (no "[repeated 3x]")
 
 
 def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_dataset, tmp_path):
@@ -81,13 +93,7 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
     head_id = c.head_node.node_id
     worker_ids = {w.node_id: w for w in workers}
     out, log = tmp_path / "out", tmp_path / "driver.log"
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": c.address,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "RAY_DEDUP_LOGS": "0",
-    }  # every worker line reaches the driver's log (no "[repeated 3x]")
+    env = _driver_env(c, tmp_path)
     cmd = [
         sys.executable,
         str(REPO / "jobs" / "full_pipeline.py"),
@@ -181,3 +187,74 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
 
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["system"], r["split"]) for r in rows] == [("baseline", str(SPLIT))]
+
+
+STUDENT, STUDENT_EPOCHS = "baseline", 6  # baseline needs no teachers: the students stage alone runs it
+
+
+def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path):
+    c, workers, tmp = cluster
+    worker_ids = {w.node_id: w for w in workers}
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "students.py"),
+        "--data-dir",
+        str(synth_dataset),
+        "--output-dir",
+        str(out),
+        "--profile",
+        "smoke",
+        "--splits",
+        str(SPLIT),
+        "teachers.systems=[]",
+        f"students.systems=[{STUDENT}]",
+        "students.cpus_per_trial=1",  # a node holds one trial: the retry has to go to the other node
+        "students.max_failures=2",
+        f"bcbl.epochs={STUDENT_EPOCHS}",
+    ]
+    with open(log, "w") as f:
+        driver = subprocess.Popen(
+            cmd, env=_driver_env(c, tmp_path), stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+    try:
+        # 1. wait until the trial has trained epoch 2: Tune's function trainable reports synchronously (the
+        #    trial goes on only after the driver took the report), so epoch 1's checkpoint is Tune's by then
+        lost = None
+        deadline = time.time() + 240
+        while lost is None and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+            placed = _lines(out, ON_NODE, "students")
+            done = [int(e) for t, e in _lines(out, EPOCH_DONE, "students") if t == STUDENT]
+            if placed and 2 <= max(done, default=0) <= STUDENT_EPOCHS - 2:
+                lost = placed[0][1]
+        assert lost is not None, f"never saw the student train epoch 2:\n{log.read_text()[-4000:]}"
+        assert lost in worker_ids, "the student ran on the head (CPU: 0)"
+        survivor = next(n for n in worker_ids if n != lost)
+
+        # 2. lose that machine: every process of the node is killed (no graceful drain)
+        c.remove_node(worker_ids[lost], allow_graceful=False)
+        before = set(_unit_logs(out, "students").splitlines())
+
+        rc = driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    text = log.read_text(errors="replace")
+    assert rc == 0, text[-6000:]
+    # the console says so in one line (asc_ray/pipeline/students.py TrialRetried), not with Tune's traceback
+    retry = rf"{STUDENT} split{SPLIT}: trial failed \(Actor(Unavailable|Died)Error\), retrying from its last checkpoint \(failure \d+,"
+    assert re.search(retry, text), text[-6000:]
+    assert "Trial task failed" not in text, text[-6000:]
+
+    # Tune retried the trial on the surviving node, and it resumed from its checkpoint, not from zero
+    units = _unit_logs(out, "students")
+    after = "\n".join(ln for ln in units.splitlines() if ln not in before)
+    assert (STUDENT, survivor) in ON_NODE.findall(after), units[-6000:]
+    assert any(t == STUDENT and int(e) >= 1 for t, e in RESUMED.findall(after)), units[-6000:]
+
+    # the unit's result record: finished on the survivor
+    rec = json.loads((out / "students" / f"split{SPLIT}" / STUDENT / "result.json").read_text())
+    assert rec["node_id"] == survivor
+    assert 0.0 <= rec["test_macro_acc"] <= 1.0

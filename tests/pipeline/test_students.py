@@ -1,0 +1,33 @@
+"""The driver-side Tune callbacks of pipeline/students.py, without Ray (their end-to-end test, a node lost
+under a trial, is tests/cluster/test_multinode.py)."""
+
+import pickle
+from types import SimpleNamespace
+
+from asc_ray.pipeline.students import TrialRetried
+
+
+class ActorDiedError(Exception):
+    pass
+
+
+def _trial(checkpoint, error_file):
+    return SimpleNamespace(
+        config={"trial": {"job": {"system": "bcbl24", "split": 5}}},
+        checkpoint=checkpoint,
+        num_failures=1,
+        max_failures=2,
+        pickled_error_file=error_file,  # Tune's pickle of the error, None when it wrote none
+    )
+
+
+def test_a_retried_trial_is_one_line_naming_the_error_and_where_it_restarts(capsys, tmp_path):
+    (tmp_path / "error.pkl").write_bytes(pickle.dumps(ActorDiedError()))
+    TrialRetried().on_trial_recover(0, [], _trial(object(), str(tmp_path / "error.pkl")))
+    TrialRetried().on_trial_recover(0, [], _trial(None, None))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(
+        "bcbl24 split5: trial failed (ActorDiedError), retrying from its last checkpoint "
+        "(failure 1, students.max_failures=2)"
+    )
+    assert "trial failed (error), retrying from the start (no checkpoint yet)" in out[1]
