@@ -176,3 +176,15 @@ def test_checkpoint_io_prints_bytes_before_and_after(synth_dataset):
     assert 0 < after < before and ckpt > best > 0
     # 2 checkpoints in 4 epochs, best improving every epoch: (checkpoint.pt + best.pt) twice, Ray's copy linked
     assert abs(figure(out, "after_mb_per_run") - 2 * (ckpt + best)) <= 0.3
+
+
+def test_scale_rehearsal_prints_every_figure_and_cleans_up(tmp_path):
+    out_dir = tmp_path / "scale"
+    out = run("scale.py", "--clips", "600", "--out", str(out_dir), "--steps", "1", timeout=600)
+    for name in ("generation_s", "preflight_s", "cache_gb", "driver_peak_rss_gb", "student_samples/s"):
+        assert figure(out, name) > 0, name
+    # the official proportions (139,620 / 230,350 in split100), in whole recordings of 10 clips
+    n100 = int(re.search(r"split100 ([0-9,]+)", out).group(1).replace(",", ""))
+    assert "clips 600" in out and abs(n100 - 600 * 139_620 / 230_350) <= 10
+    assert last_figure(out, "unit_start_s") > 0
+    assert not out_dir.exists()  # ~46 GB at full size: deleted unless --keep
