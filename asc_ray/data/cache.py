@@ -169,7 +169,6 @@ def build_cache(
 def _decode_into(ds: TauDataset, files: list[str], sample_rate: int, out: Path, progress: bool) -> None:
     n_src = round(CLIP_SECONDS * SOURCE_SAMPLE_RATE)
     n_out = int(AF.resample(torch.zeros(1, n_src), SOURCE_SAMPLE_RATE, sample_rate).shape[-1])
-    waves = np.lib.format.open_memmap(out / "waves.npy", mode="w+", dtype=np.int16, shape=(len(files), n_out))
     bar = tqdm(
         total=len(files),
         desc=f"decoding clips at {sample_rate} Hz",
@@ -178,18 +177,20 @@ def _decode_into(ds: TauDataset, files: list[str], sample_rate: int, out: Path, 
         disable=not progress,
         dynamic_ncols=True,
     )
-    with ThreadPoolExecutor(READ_THREADS) as pool:
+    # plain writes, not a writable memory map: a mapped file's pages count in this process's resident memory
+    # until written back (13.8 GB peak RSS in the driver for a full-size cache: bench/scale.py)
+    with open(out / "waves.npy", "wb") as fh, ThreadPoolExecutor(READ_THREADS) as pool:
+        header = {"descr": np.dtype(np.int16).str, "fortran_order": False, "shape": (len(files), n_out)}
+        np.lib.format.write_array_header_1_0(fh, header)
         for start in range(0, len(files), BATCH):
             names = files[start : start + BATCH]
             batch = np.stack(list(pool.map(lambda f: read_wav(ds.audio_path(f)), names)))
             x = torch.from_numpy(batch)
             if sample_rate != SOURCE_SAMPLE_RATE:
                 x = AF.resample(x, SOURCE_SAMPLE_RATE, sample_rate)  # one kernel for the whole batch
-            waves[start : start + len(names)] = _to_pcm16(x)
+            fh.write(_to_pcm16(x).tobytes())
             bar.update(len(names))
     bar.close()
-    waves.flush()
-    del waves
     index = {"files": files, "sample_rate": sample_rate, "n_samples": n_out, "version": FORMAT_VERSION}
     (out / "index.json").write_text(json.dumps(index))
     (out / COMPLETE).write_text("ok\n")  # last: only now is the folder a cache
