@@ -2,6 +2,11 @@
 PaSST weights, MLflow), done once on the driver. It returns a `Context` that the rest of the run reads.
 
 Each check fails with one AscRayError naming the file and the fix, before Ray starts.
+
+The waveform caches are built here, once (which also reads every audio file: a bad one stops the run now).
+Units get a `CacheRef` per sample rate: on a cluster the caches lie in `<output-dir>/cache` on shared storage
+and each node copies the ones it needs to its own disk once (`data.cache_dir`, else the node's
+$ASC_RAY_CACHE_DIR or temp dir); on one machine units read the pre-flight build itself.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asc_ray.config import config_hash
+from asc_ray.data.cache import CacheRef
 from asc_ray.errors import AscRayError
-from asc_ray.pipeline.runtime import log
+from asc_ray.pipeline.runtime import joining_cluster, log
 from asc_ray.systems import get_system
 from asc_ray.train import cache_file_list, resolve_paths
 
@@ -25,13 +31,16 @@ class Context:
     data_dir: Path
     out: Path
     splits: list[int]
-    paths: dict[str, Path]
+    paths: dict[str, Path]  # paths["cache_dir"]: where pre-flight built the caches
     storage: str  # Ray Train/Tune results and checkpoints
     split_meta: dict[int, tuple[list[str], list[str], list[str]]]  # split -> (files, scene labels, devices)
     data_keys: dict[int, str]  # split -> hash of meta.csv, that split's file, test.csv and the cache content
     tracker: object = None
     eval_set: object = None
     systems: list[str] = field(default_factory=list)  # every configured teacher and student
+    cluster: bool = False  # joined a Ray cluster (RAY_ADDRESS): nodes may not share this machine's disk
+    caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> the dataset's cache
+    eval_caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> the evaluation set's
 
 
 def _digest(path: Path) -> str:
@@ -39,13 +48,14 @@ def _digest(path: Path) -> str:
 
 
 def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: list[int]) -> Context:
-    from asc_ray.data.cache import build_cache, cache_key
+    from asc_ray.data.cache import build_cache, cache_keys
     from asc_ray.data.irs import load_irs
     from asc_ray.data.tau import TauDataset
     from asc_ray.features import frontend_sample_rate
     from asc_ray.tracking import SPOOL_DIR, Tracker, check_tracking, resolve_tracking_uri
 
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
+    cluster = joining_cluster()
     uri = resolve_tracking_uri(cfg["mlflow"]["tracking_uri"])
     check_tracking(uri)
     tracker = Tracker(uri, cfg["mlflow"]["experiment"])
@@ -72,22 +82,42 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
     )
     systems = list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"])
     paths = resolve_paths(cfg, data_dir, out)
+    # on a cluster: built on shared storage, copied by each node to its own disk (node_cache_dir() when
+    # data.cache_dir is unset); on one machine: built where the units read it
+    if cluster:
+        paths["cache_dir"], local = out / "cache", cfg["data"]["cache_dir"]
+    else:
+        local = str(paths["cache_dir"])
     files = cache_file_list(ds)
     rates = sorted(
         {frontend_sample_rate(get_system(n).frontend) for n in systems}
     )  # 44.1 kHz teachers, 32 students
-    log("waveform caches: " + ", ".join(f"{r / 1000:g} kHz" for r in rates))
-    for rate in rates:
-        build_cache(ds, files, rate, paths["cache_dir"], progress=True)  # decodes every file once
-    eval_set = None
+    keys = cache_keys(ds, files, [0, *rates])  # one stat() per file, for every key of the run
+    where = f"; each node copies what it needs to {local or 'its $ASC_RAY_CACHE_DIR (else its temp dir)'}"
+    log(
+        "waveform caches: "
+        + ", ".join(f"{r / 1000:g} kHz" for r in rates)
+        + f" in {paths['cache_dir']}"
+        + (where if cluster else "")
+    )
+    caches = {}
+    for rate in rates:  # decodes every file once
+        store = build_cache(ds, files, rate, paths["cache_dir"], progress=True, key=keys[rate])
+        caches[rate] = CacheRef(store.path.name, str(paths["cache_dir"]), local)
+    eval_set, eval_caches = None, {}
     if cfg["data"]["eval_dir"]:
         from asc_ray.data.tau import EvalSet
 
         eval_set = EvalSet(cfg["data"]["eval_dir"])
-        for rate in sorted(
+        eval_rates = sorted(
             {frontend_sample_rate(get_system(n).frontend) for n in cfg["students"]["systems"]}
-        ):
-            build_cache(eval_set, eval_set.files, rate, paths["cache_dir"], progress=True)
+        )
+        eval_keys = cache_keys(eval_set, eval_set.files, eval_rates)
+        for rate in eval_rates:
+            store = build_cache(
+                eval_set, eval_set.files, rate, paths["cache_dir"], progress=True, key=eval_keys[rate]
+            )
+            eval_caches[rate] = CacheRef(store.path.name, str(paths["cache_dir"]), local)
         log(f"evaluation set: {len(eval_set.files)} clips from {eval_set.root}")
     if any(get_system(n).dir for n in systems):
         irs = load_irs(paths["irs_dir"], 32000)
@@ -98,7 +128,7 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
         log(f"PaSST AudioSet weights: {find_checkpoint()}")
     # a unit's data key covers what it reads: meta.csv, its own split file, test.csv and the decoded audio
     # (never the set of splits requested, so `--splits 100` then `--splits 50,100` reuses split 100)
-    common = [_digest(data_dir / "meta.csv"), _digest(ds._split_path("test.csv")), cache_key(ds, files, 0)]
+    common = [_digest(data_dir / "meta.csv"), _digest(ds._split_path("test.csv")), keys[0]]
     data_keys = {s: config_hash([*common, _digest(ds._split_path(f"split{s}.csv"))]) for s in splits}
     return Context(
         cfg=cfg,
@@ -112,4 +142,7 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
         tracker=tracker,
         eval_set=eval_set,
         systems=systems,
+        cluster=cluster,
+        caches=caches,
+        eval_caches=eval_caches,
     )
