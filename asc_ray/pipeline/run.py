@@ -127,6 +127,7 @@ class Pipeline:
             "parent_run_id": self.parent_run_id,
             "aggregator": self.aggregator,
             "caches": self.ctx.caches,
+            "shared": self.ctx.shared,
         }
 
     def launch(self, units: list[Unit], done) -> None:
@@ -334,6 +335,7 @@ class Pipeline:
                     str(self.ctx.eval_set.root),
                     self.ctx.eval_caches[frontend_sample_rate(get_system(r["system"]).frontend)],
                     str(unit / "eval_output.csv"),
+                    self.ctx.shared,
                 )
             )
         for path in ray.get(refs):
@@ -402,11 +404,13 @@ def _raise_failures(failures: dict) -> None:
     ) from next((e for e in failures.values() if isinstance(e, BaseException)), None)
 
 
-def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache, out: str) -> str:
+def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache, out: str, shared: list) -> str:
     from asc_ray.data.tau import EvalSet
     from asc_ray.export import write_dcase_output
+    from asc_ray.pipeline.storage import verify_on_this_node
     from asc_ray.predict import predict_files
 
+    verify_on_this_node(shared)
     s = get_system(system)
     ev = EvalSet(eval_dir)
     store = cache.open()  # pre-flight's cache of the evaluation set (this node's copy on a cluster)

@@ -25,7 +25,7 @@ from asc_ray.train import Trainer, prepare_data, unit_params
 #   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator (serves the logits
 #   tables a student learns from), out_dir (optional: a search trial's own folder instead of the unit's),
 #   caches (sample rate -> CacheRef: the waveform cache pre-flight built; optional, else the unit builds or
-#   finds one itself)
+#   finds one itself), shared (the folders pre-flight checked on a cluster: checked again on this node)
 
 
 class UnitLog:
@@ -72,9 +72,11 @@ def run_unit(
     wrap_model=None,
 ) -> dict:
     from asc_ray.features import frontend_sample_rate
+    from asc_ray.pipeline.storage import verify_on_this_node
 
     system = get_system(job["system"])
     split, cfg = job["split"], job["cfg"]
+    verify_on_this_node(job.get("shared", []))  # a node that joined after pre-flight: before writing anything
     out = Path(job.get("out_dir") or unit_dir(job["output_dir"], system.role, split, system.name))
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
