@@ -4,12 +4,18 @@ teacher and per student (tag `mlflow.parentRunId`), tags role / system / split /
 Workers log their own per-epoch metrics with the tracking URI the driver resolved (absolute, so every
 process and node writes to the same store). A tracking hiccup in a worker is a warning, never a lost
 model: the numbers are also on disk under the output dir.
+
+Artifacts follow the store: MLflow would put a new experiment's artifacts in `./mlruns` of whichever process
+created it (the repo root, or a job's temporary working dir under `ray job submit`), so the experiment is
+created with its artifact location beside the SQLite database (`default_artifact_location`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -17,6 +23,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from asc_ray.errors import AscRayError
 
@@ -32,6 +39,41 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     elif "://" not in uri:  # a bare folder: legacy file store
         uri = Path(uri).resolve().as_uri()
     return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a (resolved) sqlite URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+ARTIFACTS_DIR = "mlartifacts"  # beside the database, as `mlflow server`'s own default artifact folder
+
+
+def default_artifact_location(uri: str, experiment: str, output_dir: str | Path) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite database (<its folder>/mlartifacts/<name>),
+    under the output dir for another database (PostgreSQL, MySQL, ...), and where the store decides for an
+    HTTP server (its artifact store) or a file store (its own folder)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)
+    if safe != experiment:  # two names that read the same here must not share a folder
+        safe += "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    db = sqlite_path(uri)
+    if db is not None:
+        return (db.parent / ARTIFACTS_DIR / safe).as_uri()
+    if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql", "oracle"):
+        return (Path(output_dir) / ARTIFACTS_DIR / safe).as_uri()
+    return None
+
+
+def local_artifact_path(location: str | None) -> Path | None:
+    """The folder of an artifact location on this machine's file system (file: URI or a plain path), or None
+    for a remote store (s3:, gs:, mlflow-artifacts:, http:, ...)."""
+    if not location:
+        return None
+    if location.startswith("file:"):
+        return Path(unquote(urlparse(location).path))
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location):
+        return None
+    return Path(location).resolve()
 
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
@@ -75,9 +117,12 @@ def mark_model_training(client, experiment_id: str) -> None:
 class Tracker:
     """A small, picklable wrapper: pass it to Ray workers, it reconnects there."""
 
-    def __init__(self, uri: str, experiment: str = "asc-ray"):
+    artifact_location: str | None = None  # (a Tracker pickled before this attribute existed: Tune's state)
+
+    def __init__(self, uri: str, experiment: str = "asc-ray", artifact_location: str | None = None):
         self.uri = uri
         self.experiment = experiment
+        self.artifact_location = artifact_location  # for the experiment, if this tracker creates it
         self._experiment_id: str | None = None
         self._warned = False
         self.spool_dir: str | None = None  # see set_spool
@@ -86,6 +131,7 @@ class Tracker:
         return {
             "uri": self.uri,
             "experiment": self.experiment,
+            "artifact_location": self.artifact_location,
             "_experiment_id": self._experiment_id,
             "_warned": False,
             "spool_dir": self.spool_dir,
@@ -104,7 +150,9 @@ class Tracker:
             exp = c.get_experiment_by_name(self.experiment)
             if exp is None:
                 try:
-                    self._experiment_id = c.create_experiment(self.experiment)
+                    self._experiment_id = c.create_experiment(
+                        self.experiment, artifact_location=self.artifact_location
+                    )
                 except Exception:  # noqa: BLE001 - created concurrently by another process
                     self._experiment_id = c.get_experiment_by_name(self.experiment).experiment_id
             else:
@@ -112,6 +160,10 @@ class Tracker:
             if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
                 mark_model_training(c, self._experiment_id)
         return self._experiment_id
+
+    def artifact_root(self) -> str:
+        """Where the experiment's artifacts go (creating the experiment if needed)."""
+        return self._client.get_experiment(self.experiment_id()).artifact_location
 
     def start_run(
         self,

@@ -121,18 +121,21 @@ def prepare_data(
     system: System,
     logits: str | Path | tuple[list[str], np.ndarray] | None = None,
     progress: bool = True,
+    store: WaveformStore | None = None,
 ) -> RunData:
-    """Open the data, carve the holdout, reuse/build the waveform cache, load IRs and (for KD/TFS) the
-    teacher logits: a Parquet path, or (files, logits) as the LogitAggregator hands them out."""
+    """Open the data, carve the holdout, reuse/build the waveform cache (or use `store`, the pipeline's: no
+    audio file is touched then), load IRs and (for KD/TFS) the teacher logits: a Parquet path, or (files,
+    logits) as the LogitAggregator hands them out."""
     from asc_ray.logits import read_logits
 
     paths = resolve_paths(cfg, data_dir, output_dir)
     ds = TauDataset.open(paths["data_dir"], cfg["data"]["split_dir"])
     split_files = ds.split_files(split)
     train_files, val_files = split_holdout(ds, split_files, cfg["data"]["holdout_fraction"], cfg["seed"])
-    store = build_cache(
-        ds, cache_file_list(ds), frontend_sample_rate(system.frontend), paths["cache_dir"], progress
-    )
+    if store is None:
+        store = build_cache(
+            ds, cache_file_list(ds), frontend_sample_rate(system.frontend), paths["cache_dir"], progress
+        )
     irs = load_irs(paths["irs_dir"], store.sample_rate) if system.dir else None
     teacher_logits = None
     if system.needs:

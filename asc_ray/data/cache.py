@@ -9,6 +9,11 @@ The key hashes the sorted file list, each file's size and mtime_ns, the sample r
 so a changed dataset gets a new folder and an unchanged one is reused without decoding anything.
 Builds go to a temp folder beside the final one and are renamed into place, under a file lock, so a crash
 or a concurrent builder (several Ray workers) never leaves a half-written cache that looks finished.
+
+A pipeline builds each cache once, in pre-flight, and hands the units a `CacheRef` (the folder's name, from
+the key the driver computed: no unit stats the audio files). On a cluster the pre-flight build lies on shared
+storage and each node copies the folders it needs to its own disk once (`CacheRef.open`, same lock and
+rename): one sequential read of a file instead of decoding every clip again (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +47,7 @@ READ_THREADS = 4  # libsndfile releases the GIL: a few threads hide file-system 
 COMPLETE = "COMPLETE"
 TMP_PREFIX = ".tmp-"
 PCM_SCALE = 32768.0
+NODE_CACHE_ENV = "ASC_RAY_CACHE_DIR"  # a node's own cache folder (cluster.yaml: its local NVMe)
 
 
 class WaveformStore:
@@ -107,12 +115,27 @@ def _stat(ds: TauDataset, filename: str) -> os.stat_result:
         ) from None
 
 
+def cache_keys(ds: TauDataset, files: Sequence[str], sample_rates: Sequence[int]) -> dict[int, str]:
+    """The key of each sample rate's cache over `files`, with one stat() per file whatever the number of rates
+    (on shared storage a stat is a round trip: 169k of them take minutes)."""
+    listing = "".join(
+        f"{f}\t{st.st_size}\t{st.st_mtime_ns}\n" for f in sorted(set(files)) for st in [_stat(ds, f)]
+    ).encode()
+    out = {}
+    for sr in sample_rates:
+        h = hashlib.sha256(f"asc-ray waveform cache v{FORMAT_VERSION} sr={sr}\n".encode())
+        h.update(listing)
+        out[sr] = h.hexdigest()
+    return out
+
+
 def cache_key(ds: TauDataset, files: Sequence[str], sample_rate: int) -> str:
-    h = hashlib.sha256(f"asc-ray waveform cache v{FORMAT_VERSION} sr={sample_rate}\n".encode())
-    for f in sorted(set(files)):
-        st = _stat(ds, f)
-        h.update(f"{f}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    return cache_keys(ds, files, [sample_rate])[sample_rate]
+
+
+def cache_name(sample_rate: int, key: str) -> str:
+    """The folder of one cache under a cache dir."""
+    return f"{sample_rate}_{key[:16]}"
 
 
 @contextlib.contextmanager
@@ -130,17 +153,7 @@ def _to_pcm16(x: torch.Tensor) -> np.ndarray:
     return torch.round(x * PCM_SCALE).to(torch.int16).numpy()
 
 
-def build_cache(
-    ds: TauDataset, files: Sequence[str], sample_rate: int, cache_dir: str | Path, progress: bool = True
-) -> WaveformStore:
-    """Decode `files` once at `sample_rate` into cache_dir/<sr>_<key16>/, or reuse that folder if it is there."""
-    if not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise AscRayError(
-            f"sample rate must be a positive integer, got {sample_rate!r}", fix="use e.g. 32000 or 44100"
-        )
-    files = sorted(set(files))
-    if not files:
-        raise AscRayError("no files to cache", fix="pass the split's (or test set's) file names")
+def _mkdir(cache_dir: Path) -> Path:
     cache_dir = Path(cache_dir).expanduser()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -148,22 +161,111 @@ def build_cache(
         raise AscRayError(
             f"cannot create the cache folder: {e.strerror}", path=cache_dir, fix="choose a writable cache_dir"
         ) from None
-    name = f"{sample_rate}_{cache_key(ds, files, sample_rate)[:16]}"
+    return cache_dir
+
+
+def _publish(cache_dir: Path, name: str, fill: Callable[[Path], None]) -> tuple[WaveformStore, bool]:
+    """cache_dir/name, made by fill(temp folder) and renamed into place unless it is finished already; under
+    the folder's lock, so concurrent callers make it once. (store, whether this call made it)."""
     final = cache_dir / name
     with _locked(cache_dir / f"{name}.lock"):
         if (final / COMPLETE).is_file():
-            return WaveformStore(final)  # cache hit: nothing decoded
+            return WaveformStore(final), False  # nothing to do
         # holding the lock, any temp folder or marker-less folder of this key is debris of a crash
         for debris in [final, *cache_dir.glob(f"{TMP_PREFIX}{name}-*")]:
             shutil.rmtree(debris, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=cache_dir))
         try:
-            _decode_into(ds, files, sample_rate, tmp, progress)
+            fill(tmp)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # lose the partial build, never a finished cache
             raise
-    return WaveformStore(final)
+    return WaveformStore(final), True
+
+
+def build_cache(
+    ds: TauDataset,
+    files: Sequence[str],
+    sample_rate: int,
+    cache_dir: str | Path,
+    progress: bool = True,
+    key: str | None = None,
+) -> WaveformStore:
+    """Decode `files` once at `sample_rate` into cache_dir/<sr>_<key16>/, or reuse that folder if it is there.
+    `key`: cache_keys()'s value for these files and rate, when the caller has it (saves a stat per file)."""
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise AscRayError(
+            f"sample rate must be a positive integer, got {sample_rate!r}", fix="use e.g. 32000 or 44100"
+        )
+    files = sorted(set(files))
+    if not files:
+        raise AscRayError("no files to cache", fix="pass the split's (or test set's) file names")
+    cache_dir = _mkdir(cache_dir)
+    name = cache_name(sample_rate, key or cache_key(ds, files, sample_rate))
+    store, _ = _publish(cache_dir, name, lambda tmp: _decode_into(ds, files, sample_rate, tmp, progress))
+    return store
+
+
+def node_cache_dir() -> Path:
+    """This node's own cache folder: $ASC_RAY_CACHE_DIR (cluster.yaml sets it to the node's NVMe), else a
+    folder in the node's temp dir. Resolved on the node that reads the cache, so each node may differ."""
+    return Path(os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "asc_ray_cache").expanduser()
+
+
+@dataclass(frozen=True)
+class CacheRef:
+    """A finished cache as the driver hands it to units (plain data: it pickles to any node).
+
+    name: its folder, from the key the driver computed in pre-flight; shared_dir: where pre-flight built it
+    (shared storage on a cluster); local_dir: where this node keeps its copy (None: node_cache_dir() of the
+    node that opens it). When local_dir is shared_dir (one machine), the pre-flight build is used as it is."""
+
+    name: str
+    shared_dir: str
+    local_dir: str | None = None
+
+    def open(self, log: Callable[[str], None] | None = None) -> WaveformStore:
+        """The node's copy, made from the shared one by the first caller on this node (later callers, and
+        callers that wait for it under the lock, reuse it). No audio file is read or stat()ed."""
+        shared = Path(self.shared_dir)
+        local = Path(self.local_dir).expanduser() if self.local_dir else node_cache_dir()
+        if local.resolve() == shared.resolve():  # one machine: the units read pre-flight's build
+            store, what = WaveformStore(shared / self.name), "pre-flight's build"
+        elif ((local / self.name) / COMPLETE).is_file():  # the usual case after the node's first unit
+            store, what = WaveformStore(local / self.name), "reused this node's copy"
+        else:
+            t = time.time()
+            store, made = _publish(_mkdir(local), self.name, lambda tmp: _copy_cache(shared / self.name, tmp))
+            size = (store.path / "waves.npy").stat().st_size / 1e9
+            what = f"copied to this node ({size:.2f} GB in {time.time() - t:.1f} s)"
+            what = what if made else "reused this node's copy"  # another unit copied it while this one waited
+        if log:
+            log(f"waveform cache {self.name}: {what}, {store.path}")
+        return store
+
+
+def _copy_cache(src: Path, out: Path) -> None:
+    if not (src / COMPLETE).is_file():
+        raise AscRayError(
+            "the waveform cache built in pre-flight is not on this node",
+            path=src,
+            fix="run the same command again (pre-flight rebuilds it); on a cluster the output dir must be on "
+            "storage every node mounts at the same path",
+        )
+    need = (src / "waves.npy").stat().st_size
+    free = shutil.disk_usage(out).free
+    if free < need * 1.05:
+        raise AscRayError(
+            f"not enough disk space for the waveform cache on this node: {need / 1e9:.1f} GB needed, "
+            f"{free / 1e9:.1f} GB free",
+            path=out.parent,
+            fix=f"free space there, or point data.cache_dir (or ${NODE_CACHE_ENV} on the node) at a larger "
+            "node-local disk",
+        )
+    for name in ("waves.npy", "index.json"):  # one sequential read each (copy_file_range where it can)
+        shutil.copyfile(src / name, out / name)
+    (out / COMPLETE).write_text("ok\n")  # last, as in a build
 
 
 def _decode_into(ds: TauDataset, files: list[str], sample_rate: int, out: Path, progress: bool) -> None:

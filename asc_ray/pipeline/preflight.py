@@ -1,7 +1,14 @@
 """Pre-flight: everything that can be checked before expensive work (data, audio, caches, impulse responses,
 PaSST weights, MLflow), done once on the driver. It returns a `Context` that the rest of the run reads.
 
-Each check fails with one AscRayError naming the file and the fix, before Ray starts.
+Each check fails with one AscRayError naming the file and the fix, before any unit starts (and, on one
+machine, before Ray starts). Joining a cluster (RAY_ADDRESS), it first checks that every node sees the output
+dir and the MLflow store (pipeline/storage.py): seconds, before the minutes of decoding.
+
+The waveform caches are built here, once (which also reads every audio file: a bad one stops the run now).
+Units get a `CacheRef` per sample rate: on a cluster the caches lie in `<output-dir>/cache` on shared storage
+and each node copies the ones it needs to its own disk once (`data.cache_dir`, else the node's
+$ASC_RAY_CACHE_DIR or temp dir); on one machine units read the pre-flight build itself.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asc_ray.config import config_hash
+from asc_ray.data.cache import CacheRef
 from asc_ray.errors import AscRayError
-from asc_ray.pipeline.runtime import log
+from asc_ray.pipeline.runtime import joining_cluster, log
+from asc_ray.pipeline.storage import SharedFolder
 from asc_ray.systems import get_system
 from asc_ray.train import cache_file_list, resolve_paths
 
@@ -25,13 +34,17 @@ class Context:
     data_dir: Path
     out: Path
     splits: list[int]
-    paths: dict[str, Path]
+    paths: dict[str, Path]  # paths["cache_dir"]: where pre-flight built the caches
     storage: str  # Ray Train/Tune results and checkpoints
     split_meta: dict[int, tuple[list[str], list[str], list[str]]]  # split -> (files, scene labels, devices)
     data_keys: dict[int, str]  # split -> hash of meta.csv, that split's file, test.csv and the cache content
     tracker: object = None
     eval_set: object = None
     systems: list[str] = field(default_factory=list)  # every configured teacher and student
+    cluster: bool = False  # joined a Ray cluster (RAY_ADDRESS): nodes may not share this machine's disk
+    caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> the dataset's cache
+    eval_caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> the evaluation set's
+    shared: list[SharedFolder] = field(default_factory=list)  # folders every node must see (cluster only)
 
 
 def _digest(path: Path) -> str:
@@ -39,18 +52,27 @@ def _digest(path: Path) -> str:
 
 
 def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: list[int]) -> Context:
-    from asc_ray.data.cache import build_cache, cache_key
+    from asc_ray.data.cache import build_cache, cache_keys
     from asc_ray.data.irs import load_irs
     from asc_ray.data.tau import TauDataset
     from asc_ray.features import frontend_sample_rate
-    from asc_ray.tracking import SPOOL_DIR, Tracker, check_tracking, resolve_tracking_uri
+    from asc_ray.tracking import (
+        SPOOL_DIR,
+        Tracker,
+        check_tracking,
+        default_artifact_location,
+        resolve_tracking_uri,
+    )
 
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
+    cluster = joining_cluster()
     uri = resolve_tracking_uri(cfg["mlflow"]["tracking_uri"])
     check_tracking(uri)
-    tracker = Tracker(uri, cfg["mlflow"]["experiment"])
+    experiment = cfg["mlflow"]["experiment"]
+    tracker = Tracker(uri, experiment, default_artifact_location(uri, experiment, out))
     tracker.set_spool(out / SPOOL_DIR)  # calls made while the server is down wait there
     log(f"MLflow tracking at {uri} (experiment '{tracker.experiment}')")
+    shared = check_cluster_storage(cfg, out, tracker) if cluster else []
 
     if not data_dir.is_dir():
         raise AscRayError(
@@ -72,22 +94,42 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
     )
     systems = list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"])
     paths = resolve_paths(cfg, data_dir, out)
+    # on a cluster: built on shared storage, copied by each node to its own disk (node_cache_dir() when
+    # data.cache_dir is unset); on one machine: built where the units read it
+    if cluster:
+        paths["cache_dir"], local = out / "cache", cfg["data"]["cache_dir"]
+    else:
+        local = str(paths["cache_dir"])
     files = cache_file_list(ds)
     rates = sorted(
         {frontend_sample_rate(get_system(n).frontend) for n in systems}
     )  # 44.1 kHz teachers, 32 students
-    log("waveform caches: " + ", ".join(f"{r / 1000:g} kHz" for r in rates))
-    for rate in rates:
-        build_cache(ds, files, rate, paths["cache_dir"], progress=True)  # decodes every file once
-    eval_set = None
+    keys = cache_keys(ds, files, [0, *rates])  # one stat() per file, for every key of the run
+    where = f"; each node copies what it needs to {local or 'its $ASC_RAY_CACHE_DIR (else its temp dir)'}"
+    log(
+        "waveform caches: "
+        + ", ".join(f"{r / 1000:g} kHz" for r in rates)
+        + f" in {paths['cache_dir']}"
+        + (where if cluster else "")
+    )
+    caches = {}
+    for rate in rates:  # decodes every file once
+        store = build_cache(ds, files, rate, paths["cache_dir"], progress=True, key=keys[rate])
+        caches[rate] = CacheRef(store.path.name, str(paths["cache_dir"]), local)
+    eval_set, eval_caches = None, {}
     if cfg["data"]["eval_dir"]:
         from asc_ray.data.tau import EvalSet
 
         eval_set = EvalSet(cfg["data"]["eval_dir"])
-        for rate in sorted(
+        eval_rates = sorted(
             {frontend_sample_rate(get_system(n).frontend) for n in cfg["students"]["systems"]}
-        ):
-            build_cache(eval_set, eval_set.files, rate, paths["cache_dir"], progress=True)
+        )
+        eval_keys = cache_keys(eval_set, eval_set.files, eval_rates)
+        for rate in eval_rates:
+            store = build_cache(
+                eval_set, eval_set.files, rate, paths["cache_dir"], progress=True, key=eval_keys[rate]
+            )
+            eval_caches[rate] = CacheRef(store.path.name, str(paths["cache_dir"]), local)
         log(f"evaluation set: {len(eval_set.files)} clips from {eval_set.root}")
     if any(get_system(n).dir for n in systems):
         irs = load_irs(paths["irs_dir"], 32000)
@@ -98,7 +140,7 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
         log(f"PaSST AudioSet weights: {find_checkpoint()}")
     # a unit's data key covers what it reads: meta.csv, its own split file, test.csv and the decoded audio
     # (never the set of splits requested, so `--splits 100` then `--splits 50,100` reuses split 100)
-    common = [_digest(data_dir / "meta.csv"), _digest(ds._split_path("test.csv")), cache_key(ds, files, 0)]
+    common = [_digest(data_dir / "meta.csv"), _digest(ds._split_path("test.csv")), keys[0]]
     data_keys = {s: config_hash([*common, _digest(ds._split_path(f"split{s}.csv"))]) for s in splits}
     return Context(
         cfg=cfg,
@@ -112,4 +154,86 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
         tracker=tracker,
         eval_set=eval_set,
         systems=systems,
+        cluster=cluster,
+        caches=caches,
+        eval_caches=eval_caches,
+        shared=shared,
     )
+
+
+MOUNT_FIX = (
+    "put it on storage that every node mounts at the same path (cluster.yaml mounts EFS at /mnt/efs on "
+    "each node), e.g. --output-dir /mnt/efs/asc-ray/outputs"
+)
+
+
+def cluster_folders(
+    cfg: dict, out: Path, uri: str, artifact_root: str | None
+) -> list[tuple[Path, str, str, str]]:
+    """What every node of a cluster must see: (folder, what, why, the fix), the output dir first."""
+    from asc_ray.pipeline.storage import SERVER_FIX
+    from asc_ray.tracking import local_artifact_path, sqlite_path
+
+    folders = [
+        (
+            out,
+            "the output dir",
+            "units on that node would write their results where nobody reads them",
+            MOUNT_FIX,
+        )
+    ]
+    db = sqlite_path(uri)
+    if db is not None:
+        folders.append(
+            (
+                db.parent,
+                "the MLflow SQLite store's folder",
+                f"workers there would each write an {db.name} of their own",
+                f"{SERVER_FIX}; or put the database on shared storage, e.g. "
+                f"MLFLOW_TRACKING_URI=sqlite:///{out / 'mlflow.db'}",
+            )
+        )
+    art = local_artifact_path(artifact_root)
+    if art is not None:
+        folders.append(
+            (
+                art,
+                f"the artifact location of MLflow experiment '{cfg['mlflow']['experiment']}'",
+                "artifacts logged there would stay on that node's disk",
+                "serve artifacts through an MLflow server (scripts/mlflow_server.sh: --serve-artifacts) or "
+                "use an object store (s3://...); an experiment created by an earlier asc-ray run keeps its "
+                "location: log to a new one with mlflow.experiment=<name>",
+            )
+        )
+    storage = cfg["storage_path"]
+    if storage and "://" not in storage:
+        folders.append(
+            (
+                Path(storage).resolve(),
+                "storage_path",
+                "Ray Train/Tune checkpoints written there could not be resumed on another node",
+                "set storage_path to shared storage (e.g. storage_path=/mnt/efs/asc-ray/ray_results) or "
+                "s3://<bucket>/<prefix>",
+            )
+        )
+    seen, unique = set(), []
+    for f in folders:  # e.g. the database in the output dir: one check
+        if f[0] not in seen:
+            seen.add(f[0])
+            unique.append(f)
+    return unique
+
+
+def check_cluster_storage(cfg: dict, out: Path, tracker) -> list[SharedFolder]:
+    """Join the cluster and check that every node that is up sees the folders of cluster_folders()."""
+    from asc_ray.pipeline.runtime import init_ray
+    from asc_ray.pipeline.storage import check_nodes, refuse_job_working_dir, write_tokens
+
+    folders = cluster_folders(cfg, out, tracker.uri, None)
+    refuse_job_working_dir(folders)  # before anything is created there
+    init_ray()  # joins the cluster (seconds): the pipeline's own start later finds it joined
+    folders = cluster_folders(cfg, out, tracker.uri, tracker.artifact_root())  # (creates the experiment)
+    refuse_job_working_dir(folders)
+    shared = write_tokens(out, folders)
+    check_nodes(shared, log)
+    return shared

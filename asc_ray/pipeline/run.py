@@ -18,6 +18,7 @@ import ray
 
 from asc_ray.config import config_hash, flatten
 from asc_ray.errors import AscRayError, find_user_error
+from asc_ray.features import frontend_sample_rate
 from asc_ray.io import atomic_write_json
 from asc_ray.outputs import read_record, unit_dir
 from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, run_in_thread, select
@@ -125,6 +126,8 @@ class Pipeline:
             "tracker": self.ctx.tracker,
             "parent_run_id": self.parent_run_id,
             "aggregator": self.aggregator,
+            "caches": self.ctx.caches,
+            "shared": self.ctx.shared,
         }
 
     def launch(self, units: list[Unit], done) -> None:
@@ -330,8 +333,9 @@ class Pipeline:
                     self.cfg,
                     str(unit / "model_fp16.pt"),  # the deployed model: its predictions are in fp16
                     str(self.ctx.eval_set.root),
-                    str(self.ctx.paths["cache_dir"]),
+                    self.ctx.eval_caches[frontend_sample_rate(get_system(r["system"]).frontend)],
                     str(unit / "eval_output.csv"),
+                    self.ctx.shared,
                 )
             )
         for path in ray.get(refs):
@@ -400,16 +404,16 @@ def _raise_failures(failures: dict) -> None:
     ) from next((e for e in failures.values() if isinstance(e, BaseException)), None)
 
 
-def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache_dir: str, out: str) -> str:
-    from asc_ray.data.cache import build_cache
+def _eval_task(system: str, cfg: dict, model_path: str, eval_dir: str, cache, out: str, shared: list) -> str:
     from asc_ray.data.tau import EvalSet
     from asc_ray.export import write_dcase_output
-    from asc_ray.features import frontend_sample_rate
+    from asc_ray.pipeline.storage import verify_on_this_node
     from asc_ray.predict import predict_files
 
+    verify_on_this_node(shared)
     s = get_system(system)
     ev = EvalSet(eval_dir)
-    store = build_cache(ev, ev.files, frontend_sample_rate(s.frontend), cache_dir, progress=False)  # a hit
+    store = cache.open()  # pre-flight's cache of the evaluation set (this node's copy on a cluster)
     logits = predict_files(s, cfg, model_path, store, ev.files)
     cx = json.loads((Path(model_path).parent / "output.complexity.json").read_text())
     return str(write_dcase_output(out, ev.files, logits, cx))

@@ -68,6 +68,13 @@ def pin_local_ray_address() -> str:
     return address
 
 
+def joining_cluster() -> bool:
+    """Whether init_ray() joins a Ray cluster (RAY_ADDRESS set, and not the local Ray this process started),
+    where other nodes may not see this machine's disk."""
+    address = os.environ.get("RAY_ADDRESS")
+    return bool(address) and not (_OWN_ADDRESS and address == _OWN_ADDRESS[0])
+
+
 def init_ray() -> None:
     """Join the cluster when RAY_ADDRESS is set (e.g. under `ray job submit`), else start a local Ray."""
     if ray.is_initialized():

@@ -23,7 +23,9 @@ from asc_ray.train import Trainer, prepare_data, unit_params
 
 # What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
 #   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator (serves the logits
-#   tables a student learns from), out_dir (optional: a search trial's own folder instead of the unit's)
+#   tables a student learns from), out_dir (optional: a search trial's own folder instead of the unit's),
+#   caches (sample rate -> CacheRef: the waveform cache pre-flight built; optional, else the unit builds or
+#   finds one itself), shared (the folders pre-flight checked on a cluster: checked again on this node)
 
 
 class UnitLog:
@@ -69,8 +71,12 @@ def run_unit(
     world_size: int = 1,
     wrap_model=None,
 ) -> dict:
+    from asc_ray.features import frontend_sample_rate
+    from asc_ray.pipeline.storage import verify_on_this_node
+
     system = get_system(job["system"])
     split, cfg = job["split"], job["cfg"]
+    verify_on_this_node(job.get("shared", []))  # a node that joined after pre-flight: before writing anything
     out = Path(job.get("out_dir") or unit_dir(job["output_dir"], system.role, split, system.name))
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +93,11 @@ def run_unit(
     if system.needs:  # targets from the actor: works on any node, validated against the split's files
         files, table = ray.get(job["aggregator"].table.remote(system.needs, split))
         logits = (files, table)
-    data = prepare_data(cfg, job["data_dir"], job["output_dir"], split, system, logits=logits, progress=False)
+    cache = job.get("caches", {}).get(frontend_sample_rate(system.frontend))
+    store = cache.open(log=say) if cache else None  # the node's copy: made by its first unit, then reused
+    data = prepare_data(
+        cfg, job["data_dir"], job["output_dir"], split, system, logits=logits, progress=False, store=store
+    )
     trainer = Trainer(
         system, cfg, data, out, split, log=say, rank=rank, world_size=world_size, wrap_model=wrap_model
     )

@@ -79,6 +79,13 @@ def test_cache_throughput_prints_build_and_read_figures(synth_dataset):
     assert last_figure(out, "read clips/s") > 0
 
 
+def test_node_cache_prints_decode_copy_and_stat_figures(synth_dataset):
+    out = run("node_cache.py", "--data-dir", str(synth_dataset), "--repeats", "1")
+    assert figure(out, "clips") == 200
+    assert figure(out, "decode_s") > 0 and figure(out, "copy_s") > 0 and figure(out, "stat_s") > 0
+    assert last_figure(out, "copy_vs_decode") > 0
+
+
 def test_pipeline_wall_parses_stages_memory_and_rerun(tmp_path):
     # a stand-in for scripts/run_local.sh that prints the pipeline's log lines and holds some memory
     fake = tmp_path / "fake_pipeline.sh"

@@ -287,6 +287,15 @@ def test_shared_storage_mounted_on_every_node(prepared):
     assert ckpt.startswith(SHARED_PREFIXES), "the PaSST checkpoint must be readable on every node"
 
 
+def test_each_node_keeps_its_waveform_cache_on_its_own_disk(prepared):
+    """data.cache_dir defaults to $ASC_RAY_CACHE_DIR on a cluster: a folder on the node's NVMe volume."""
+    cache = env_options(prepared).get("ASC_RAY_CACHE_DIR", "")
+    volumes = volume_targets(prepared)
+    mount = next((dst for dst in volumes if cache.startswith(dst.rstrip("/") + "/")), None)
+    assert mount and not mount.startswith("/mnt/efs"), f"ASC_RAY_CACHE_DIR={cache!r} must be node-local"
+    assert "nvme" in volumes[mount]
+
+
 def _job_commands() -> list[str]:
     text = DOCS.read_text().replace("\\\n", " ")
     return [

@@ -118,6 +118,7 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
         "teachers.systems=[bcbl32_fms,bcbl32_dir]",
         "students.systems=[kd_ensemble]",
         "bcbl.epochs=1",
+        f"data.cache_dir={tmp_path / 'node_cache'}",  # the node's copy: not the machine's /tmp/asc_ray_cache
         cwd=REPO,
         timeout=480,
     )
@@ -169,3 +170,7 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
     }
     assert children == {("teacher", "bcbl32_fms"), ("teacher", "bcbl32_dir"), ("student", "kd_ensemble")}
     assert not (pkgs[0] / "mlflow.db").exists()
+    # ... and its artifacts went beside that database, not to ./mlruns of the job's temporary working dir
+    assert not (pkgs[0] / "mlruns").exists()
+    assert exp.artifact_location == (tmp_path / "mlartifacts" / "asc-ray").as_uri()
+    assert list((tmp_path / "mlartifacts" / "asc-ray").glob("*/artifacts/output.csv"))

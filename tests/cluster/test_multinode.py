@@ -110,6 +110,7 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
         "teachers.max_failures=2",
         "students.systems=[baseline]",
         f"bcbl.epochs={EPOCHS}",
+        f"data.cache_dir={tmp_path / 'node_cache'}",  # the nodes' copies: not the machine's /tmp/asc_ray_cache
     ]
     with open(log, "w") as f:
         driver = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)

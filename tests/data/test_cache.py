@@ -122,3 +122,98 @@ def test_bad_sample_rate(tiny_dataset, tmp_path):
     with pytest.raises(AscRayError) as e:
         build_cache(ds, ds.test_files(), 0, tmp_path)
     assert_user_error(e, "sample rate")
+
+
+# ------------------------------------------------------------------ keys computed once, per-node copies
+def refuse_audio_access(monkeypatch):
+    """From here on, stat()ing or decoding an audio file fails the test (what a unit must never do)."""
+
+    def refuse(*a, **k):
+        raise AssertionError("an audio file was stat()ed or decoded")
+
+    monkeypatch.setattr(cache_mod, "_stat", refuse)
+    monkeypatch.setattr(cache_mod, "read_wav", refuse)
+
+
+def test_cache_keys_stat_each_file_once_for_every_rate(tiny_dataset, monkeypatch):
+    ds = TauDataset.open(tiny_dataset)
+    files = ds.test_files()
+    separate = {sr: cache_mod.cache_key(ds, files, sr) for sr in (0, 32000, 44100)}
+    stats = []
+    real = cache_mod._stat
+    monkeypatch.setattr(cache_mod, "_stat", lambda d, f: stats.append(f) or real(d, f))
+    # the same keys as one cache_key() per rate (existing caches and resume keys stay valid) ...
+    assert cache_mod.cache_keys(ds, files, [0, 32000, 44100]) == separate
+    assert sorted(stats) == sorted(files)  # ... for one stat() per file
+
+
+def _shared_cache(tiny_dataset, tmp_path):
+    ds = TauDataset.open(tiny_dataset)
+    files = ds.test_files()
+    key = cache_mod.cache_keys(ds, files, [32000])[32000]
+    store = build_cache(ds, files, 32000, tmp_path / "shared", progress=False, key=key)
+    assert store.path.name == cache_mod.cache_name(32000, key)
+    return store, files
+
+
+def test_a_node_copies_the_shared_cache_once_then_reuses_it(tiny_dataset, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared, files = _shared_cache(tiny_dataset, tmp_path)
+    refuse_audio_access(monkeypatch)
+    ref = cache_mod.CacheRef(shared.path.name, str(shared.path.parent), str(tmp_path / "node"))
+    lines: list[str] = []
+    with ThreadPoolExecutor(4) as pool:  # four units starting at once on one node
+        stores = list(pool.map(lambda _: ref.open(log=lines.append), range(4)))
+    copied = [ln for ln in lines if "copied to this node" in ln]
+    assert len(copied) == 1 and len(lines) == 4, lines
+    assert all(s.path == tmp_path / "node" / shared.path.name for s in stores)
+    assert np.array_equal(stores[0].rows(range(len(files))), shared.rows(range(len(files))))
+    assert [p.name for p in (tmp_path / "node").iterdir() if p.is_dir()] == [shared.path.name]  # no debris
+    lines.clear()
+    ref.open(log=lines.append)  # a later unit on the node
+    assert "reused this node's copy" in lines[0]
+
+
+def test_one_machine_reads_the_preflight_build_without_copying(tiny_dataset, tmp_path, monkeypatch):
+    shared, _ = _shared_cache(tiny_dataset, tmp_path)
+    refuse_audio_access(monkeypatch)
+    ref = cache_mod.CacheRef(shared.path.name, str(shared.path.parent), str(shared.path.parent))
+    assert ref.open().path == shared.path
+    assert [p.name for p in (tmp_path / "shared").iterdir() if p.is_dir()] == [shared.path.name]
+
+
+def test_node_cache_dir_is_the_nodes_own(monkeypatch, tmp_path):
+    monkeypatch.setenv(cache_mod.NODE_CACHE_ENV, str(tmp_path / "nvme"))
+    assert cache_mod.node_cache_dir() == tmp_path / "nvme"
+    monkeypatch.delenv(cache_mod.NODE_CACHE_ENV)
+    assert cache_mod.node_cache_dir().name == "asc_ray_cache"
+
+
+def test_a_node_without_the_shared_cache_or_room_for_it_says_so(tiny_dataset, tmp_path, monkeypatch):
+    shared, _ = _shared_cache(tiny_dataset, tmp_path)
+    gone = cache_mod.CacheRef("32000_0123456789abcdef", str(shared.path.parent), str(tmp_path / "node"))
+    with pytest.raises(AscRayError) as e:
+        gone.open()
+    assert_user_error(e, "32000_0123456789abcdef", "pre-flight")
+    full = cache_mod.CacheRef(shared.path.name, str(shared.path.parent), str(tmp_path / "node"))
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    with pytest.raises(AscRayError) as e:
+        full.open()
+    assert_user_error(e, "disk space", "data.cache_dir")
+    assert not any(p.is_dir() for p in (tmp_path / "node").iterdir())  # nothing half-copied is left
+
+
+def test_a_unit_given_the_cache_touches_no_audio_file(synth_dataset, tmp_path, monkeypatch):
+    """prepare_data with the pipeline's store (what run_unit passes) stats and decodes nothing."""
+    from asc_ray.config import load_config
+    from asc_ray.systems import get_system
+    from asc_ray.train import cache_file_list, prepare_data
+
+    ds = TauDataset.open(synth_dataset)
+    shared = build_cache(ds, cache_file_list(ds), 32000, tmp_path / "shared", progress=False)
+    ref = cache_mod.CacheRef(shared.path.name, str(shared.path.parent), str(tmp_path / "node"))
+    refuse_audio_access(monkeypatch)
+    cfg = load_config("smoke", None, [])
+    data = prepare_data(cfg, synth_dataset, tmp_path / "out", 25, get_system("baseline"), store=ref.open())
+    assert data.store.path == tmp_path / "node" / shared.path.name and data.train_files

@@ -1,0 +1,175 @@
+"""Nothing local-only on a cluster: the folders every node must see at the same path (the output dir, a
+SQLite MLflow store's folder, a local MLflow artifact location, a local `storage_path`) are checked for real.
+
+The driver writes a token (a fresh random value) into each folder; a task pinned to every other node that
+is up reads it back. A node that reads something else, or nothing, does not see the driver's folder (it is not
+mounted there, or a different disk is mounted at that path): pre-flight stops and says what to mount or what
+to use instead. Nodes that join later (GPU nodes start on demand) make the same check when their first unit
+starts (`verify_on_this_node`), before it writes anything.
+
+On one machine (no RAY_ADDRESS) every process sees the same disk: nothing is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from asc_ray.errors import AscRayError
+from asc_ray.io import atomic_write_text
+
+TOKEN_PREFIX = ".asc-ray-shared"
+CHECK_TIMEOUT_S = 120.0  # a node that cannot start a worker in this time is reported as not answering
+# Test hook (tests/cluster/test_shared_storage.py): folders this node's processes treat as not mounted
+# (os.pathsep-separated), standing in for a node whose /mnt/efs is missing. Never set it for real runs.
+NOT_MOUNTED_ENV = "ASC_RAY_TEST_NOT_MOUNTED"
+
+SERVER_FIX = (
+    "run an MLflow server that every node reaches (scripts/mlflow_server.sh; cluster.yaml starts one on the "
+    "head) and set MLFLOW_TRACKING_URI=http://<its private address>:5000"
+)
+
+
+@dataclass(frozen=True)
+class SharedFolder:
+    """One folder that must be the same on every node: where its token lies, what it is, and the fix."""
+
+    path: str
+    what: str  # e.g. "the output dir"
+    why: str  # what goes wrong when a node does not see it ("" when it goes without saying)
+    fix: str
+    token_file: str
+    token: str
+
+
+def _token_file(folder: Path, output_dir: Path) -> Path:
+    # one token per (folder, output dir): a run owns its output dir (the output dir lock), so its tokens
+    # never meet another run's, even in a folder that several runs share (an MLflow store's)
+    tag = hashlib.sha256(str(output_dir).encode()).hexdigest()[:12]
+    return folder / f"{TOKEN_PREFIX}-{tag}"
+
+
+def job_working_dir() -> Path | None:
+    """The temporary copy of `ray job submit --working-dir` that this driver runs in (its current directory),
+    else None."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return Path.cwd().resolve() if (job.get("runtime_env") or {}).get("working_dir") else None
+
+
+def refuse_job_working_dir(folders: list[tuple[Path, str, str, str]]) -> None:
+    """A folder inside the job's working-dir copy (a relative --output-dir, MLflow's default ./mlflow.db) is
+    refused at once: the copy is deleted with the job, and each node unpacks its own."""
+    wd = job_working_dir()
+    for folder, what, _, fix in folders:
+        if wd is not None and (Path(folder) == wd or wd in Path(folder).parents):
+            raise AscRayError(
+                f"{what} is inside the job's temporary working directory (ray job submit --working-dir): it "
+                "is deleted with the job and every node has its own copy",
+                path=folder,
+                fix=f"use an absolute path outside it; {fix}",
+            )
+
+
+def write_tokens(output_dir: Path, folders: list[tuple[Path, str, str, str]]) -> list[SharedFolder]:
+    """Write a fresh token into each (folder, what, why, fix); the folder is created when missing (MLflow
+    would create an artifact folder at the first artifact anyway)."""
+    out = []
+    for folder, what, why, fix in folders:
+        folder = Path(folder)
+        token = f"{socket.gethostname()} {os.getpid()} {time.time():.0f} {secrets.token_hex(8)}"
+        path = _token_file(folder, output_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, token)
+        except OSError as e:
+            raise AscRayError(f"{what} is not writable: {e.strerror}", path=folder, fix=fix) from None
+        out.append(SharedFolder(str(folder), what, why, fix, str(path), token))
+    return out
+
+
+def _not_mounted(path: str) -> bool:
+    hidden = [p for p in os.environ.get(NOT_MOUNTED_ENV, "").split(os.pathsep) if p]
+    return any(path == h or path.startswith(h.rstrip("/") + "/") for h in hidden)
+
+
+def read_token(path: str) -> str | None:
+    if _not_mounted(path):
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def unseen(folders: list[SharedFolder]) -> list[SharedFolder]:
+    """The folders whose token this process does not read back."""
+    return [f for f in folders if read_token(f.token_file) != f.token]
+
+
+def _error(f: SharedFolder, node: str) -> AscRayError:
+    why = f"; {f.why}" if f.why else ""
+    return AscRayError(
+        f"{f.what} is not shared: node {node} does not see the folder the driver wrote{why}",
+        path=f.path,
+        fix=f.fix,
+    )
+
+
+def _this_node() -> str:
+    import ray
+
+    if not ray.is_initialized():
+        return socket.gethostname()
+    return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:12]})"
+
+
+def verify_on_this_node(folders: list[SharedFolder]) -> None:
+    """In a unit, before it reads or writes anything: the folders pre-flight checked are the same here."""
+    missing = unseen(folders)
+    if missing:
+        raise _error(missing[0], _this_node())
+
+
+def _check_task(folders: list[SharedFolder]) -> tuple[str, list[int]]:
+    missing = unseen(folders)
+    return _this_node(), [i for i, f in enumerate(folders) if f in missing]
+
+
+def check_nodes(folders: list[SharedFolder], log) -> None:
+    """Each folder's token read back on every other node that is up (a 0-CPU task pinned to it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    own = ray.get_runtime_context().get_node_id()
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != own]
+    names = ", ".join(f.what for f in folders)
+    if not nodes:
+        log(f"shared storage: no other node is up yet; each node checks {names} when its first unit starts")
+        return
+    task = ray.remote(num_cpus=0, max_retries=0)(_check_task)
+    refs = {
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(folders): n
+        for n in nodes
+    }
+    done, late = ray.wait(list(refs), num_returns=len(refs), timeout=CHECK_TIMEOUT_S)
+    for ref in done:
+        try:
+            node, missing = ray.get(ref)
+        except ray.exceptions.RayError:  # the node went away meanwhile: the units that land elsewhere check
+            continue
+        if missing:
+            raise _error(folders[missing[0]], node)
+    for ref in late:
+        ray.cancel(ref, force=True)
+    if late:
+        log(
+            f"shared storage: {len(late)} node(s) did not answer within {CHECK_TIMEOUT_S:.0f}s; their units "
+            "check when they start"
+        )
+    log(f"shared storage: {names} seen by {len(done)} other node(s)")
