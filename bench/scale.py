@@ -15,8 +15,8 @@ over: what is measured here is I/O, decoding and bookkeeping, not learning. Then
 - `driver_peak_rss_gb`: the pre-flight process's peak resident memory (what the pipeline's driver holds;
   it includes the pages of caches written through memory maps), and its anonymous part after pre-flight;
 - `unit_start_s`: a kd_ensemble unit on split 100, from nothing to its first batch in hand, in a fresh
-  process as a Ray worker would (open the data, holdout, cache lookup, teacher logits joined by filename,
-  model, optimiser) - Ray's own worker start is not in it (docs/benchmarks.md, teacher_overhead);
+  process as a Ray worker would (open the data, holdout, the cache pre-flight handed over, teacher logits
+  joined by filename, model, optimiser) - Ray's own worker start is not in it (docs/benchmarks.md, teacher_overhead);
 - `student_samples/s`: that unit's training steps (batch 256, full profile) on batches drawn from the whole
   split's cache (random reads over the full memory map), --steps steps after one warm-up pass.
 The dataset and its output dir are deleted at the end unless --keep (a full-size set is ~20 GB + ~26 GB).
@@ -161,7 +161,7 @@ def _cfg():
     return load_config("full", None, ["passt.pretrained=false", "train.num_threads=0"])
 
 
-def _unit(data_dir: str, out: str, steps: int, q) -> None:
+def _unit(data_dir: str, out: str, steps: int, cache, q) -> None:
     """In a fresh process (a Ray worker's view): unit start, then training steps over the whole split."""
     t0 = time.perf_counter()
     from asc_ray.data.dataset import ClipBatches
@@ -173,7 +173,8 @@ def _unit(data_dir: str, out: str, steps: int, q) -> None:
     system = get_system("kd_ensemble")
     table = Path(out) / "logits" / "teachers_split100.parquet"
     t0 = time.perf_counter()
-    data = prepare_data(cfg, data_dir, out, 100, system, logits=table, progress=False)
+    store = cache.open()  # the CacheRef pre-flight handed out, as asc_ray/pipeline/unit.py opens it
+    data = prepare_data(cfg, data_dir, out, 100, system, logits=table, progress=False, store=store)
     trainer = Trainer(system, cfg, data, Path(out) / "unit", 100, log=lambda m: None)
     next(iter(trainer.batches))
     start = time.perf_counter() - t0
@@ -241,7 +242,9 @@ def main(argv=None) -> int:
 
         random_teacher_logits(data, 100, run / "logits" / "teachers_split100.parquet")
         q = mp.get_context("spawn").Queue()
-        proc = mp.get_context("spawn").Process(target=_unit, args=(str(data), str(run), a.steps, q))
+        proc = mp.get_context("spawn").Process(
+            target=_unit, args=(str(data), str(run), a.steps, ctx.caches[32000], q)
+        )
         proc.start()
         r = q.get()
         proc.join()

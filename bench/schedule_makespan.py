@@ -92,6 +92,7 @@ def main() -> None:
                 "teachers.resources={gpu_slot: 1}",
                 "students.cpus_per_trial=0.01",
                 "students.resources={gpu_slot: 0.25}",
+                f"data.cache_dir={base / 'node_cache'}",  # the nodes' copies stay in the bench's folder
             ]
             t0 = time.time()
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base)

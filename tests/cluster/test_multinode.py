@@ -213,6 +213,7 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
         "students.cpus_per_trial=1",  # a node holds one trial: the retry has to go to the other node
         "students.max_failures=2",
         f"bcbl.epochs={STUDENT_EPOCHS}",
+        f"data.cache_dir={tmp_path / 'node_cache'}",  # the nodes' copies: not the machine's /tmp/asc_ray_cache
     ]
     with open(log, "w") as f:
         driver = subprocess.Popen(
