@@ -36,8 +36,8 @@ PHASES = [
     (re.compile(r"\] pipeline finished in "), "shutdown"),
 ]
 ORDER = ("setup", "units", "evaluate", "shutdown")
-# memory sampling interval: reading smaps_rollup of ~40 processes twice a second took ~30 % of a core, which
-# the 2-core machine then lacked for the run being timed
+# default memory sampling interval (--sample-s): reading smaps_rollup of ~40 processes twice a second took ~30 %
+# of a core, which the 2-core machine then lacked for the run being timed
 SAMPLE_S = 2.0
 
 
@@ -72,7 +72,7 @@ def tree_memory(root: int) -> tuple[float, float]:
     return pss / 1024, rss / 1024
 
 
-def run_once(cmd: list[str], env: dict, label: str) -> dict:
+def run_once(cmd: list[str], env: dict, label: str, sample_s: float = SAMPLE_S) -> dict:
     """Run cmd, echo its output, return wall time, stage times and per-stage peak memory."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -86,7 +86,7 @@ def run_once(cmd: list[str], env: dict, label: str) -> dict:
             pss, rss = tree_memory(proc.pid)
             old = state["peak"].get(state["stage"], (0.0, 0.0))
             state["peak"][state["stage"]] = (max(old[0], pss), max(old[1], rss))
-            time.sleep(SAMPLE_S)
+            time.sleep(sample_s)
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output-dir", default=None)
     p.add_argument("--keep", action="store_true", help="keep the output dir")
+    p.add_argument("--sample-s", type=float, default=SAMPLE_S, help="memory sampling interval (seconds)")
     p.add_argument(
         "--command",
         default="bash scripts/run_local.sh",
@@ -128,8 +129,8 @@ def main(argv=None) -> int:
     cmd = a.command.split() + extra
     print(f"# command: OUTPUT_DIR={out} {' '.join(cmd)}", flush=True)
     try:
-        first = run_once(cmd, env, "first")
-        second = run_once(cmd, env, "re-run")
+        first = run_once(cmd, env, "first", a.sample_s)
+        second = run_once(cmd, env, "re-run", a.sample_s)
     finally:
         if not a.keep and not a.output_dir:
             shutil.rmtree(out, ignore_errors=True)

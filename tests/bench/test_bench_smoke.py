@@ -95,7 +95,15 @@ def test_pipeline_wall_parses_stages_memory_and_rerun(tmp_path):
         'echo "[asc-ray 10:00:02] done 3/3 units, running 0, ETA 0s"\n'
         'echo "[asc-ray 10:00:02] pipeline finished in 2s"\n'
     )
-    out = run("pipeline_wall.py", "--command", f"bash {fake}", "--output-dir", str(tmp_path / "o"))
+    out = run(
+        "pipeline_wall.py",
+        "--command",
+        f"bash {fake}",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--sample-s",
+        "0.2",
+    )
     assert 1.1 < figure(out, "stage_units_s") < 5
     assert figure(out, "peak_pss_MB_units") >= 50  # the 60 MB buffer of a grandchild process was seen
     assert figure(out, "wall_s") > 1
