@@ -3,7 +3,7 @@
     <output-dir>/<teachers|students>/split<N>/<system>/
         result.json      the unit's record, written once at the end: figures, key, MLflow run, node, times
         model.pt, model_fp16.pt, output.csv (+ .complexity.json), class_accuracy.png, confusion.png,
-        split_logits.npy (systems another one learns from)
+        split_logits.npy (systems another one learns from), test_logits.npy (teachers: for the ensemble's score)
 
 Everything that needs a unit's result reads the record: resume (its key), the results tables, the
 scheduler, MLflow.
@@ -97,6 +97,10 @@ def finish_unit(trainer) -> dict:
         res.confusion, out / "confusion.png", f"{trainer.system.name}, split {trainer.split}: test confusion"
     )
     np.save(out / "confusion.npy", res.confusion)
+    if trainer.system.role == "teacher":
+        # its test logits, in test.csv's order: the evaluation scores the teachers' ensemble (their mean)
+        np.save(out / "test_logits.npy", test_logits)
+        files["test_logits"] = out / "test_logits.npy"
     if trainer.system.feeds:
         # logits over the split's training files: what the next stage learns from
         split_logits = trainer.predict(trainer.data.split_files, best)

@@ -167,9 +167,16 @@ def build_model(system: System, cfg: dict, pretrained: bool = True) -> torch.nn.
     return bcbl(cfg["channels"][system.model], N_CLASSES)
 
 
+def train_epochs(system: System, cfg: dict, steps_per_epoch: int) -> int:
+    """The epochs a unit trains: its family's `epochs`, raised where a split is too small for them to make
+    `train.min_steps` optimizer steps (a smoke run's 44-clip split 5 has 6 batches an epoch)."""
+    epochs = hparams(system, cfg)["epochs"]
+    return max(epochs, math.ceil(cfg["train"]["min_steps"] / max(1, steps_per_epoch)))
+
+
 def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per_epoch: int):
     h = hparams(system, cfg)
-    total = max(1, h["epochs"] * steps_per_epoch)
+    total = max(1, train_epochs(system, cfg, steps_per_epoch) * steps_per_epoch)
     if system.family == "passt":
         # Adam, linear warm-up over warmup_epochs, then linear decay to 1 % (CP-JKU's PaSST fine-tuning)
         opt = torch.optim.Adam(model.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
@@ -309,6 +316,7 @@ class Trainer:
             teacher_logits=tl,
             drop_last=len(files) > self.h["batch_size"],
         )
+        self.h["epochs"] = train_epochs(system, cfg, len(self.batches))
         self.opt, self.sched = build_optimizer(system, cfg, self.model, len(self.batches))
         self.unit_key: str | None = None  # the pipeline unit's key: a fallback checkpoint must carry it
         self.epoch = 0
@@ -523,11 +531,15 @@ class Trainer:
         self.frontend.eval()
         out = []
         dtype = next(model.parameters()).dtype
+        # fp16 on a CPU without fp16 units: channels-last is 2.7x slower than the default layout (measured,
+        # docs/benchmarks.md), so the fp16 model runs in the default layout there
+        channels_last = self.channels_last and not (dtype == torch.float16 and self.device.type == "cpu")
+        if not channels_last:
+            model = model.to(memory_format=torch.contiguous_format)
         batches = ClipBatches(self.data.ds, self.data.store, files, EVAL_BATCH, shuffle=False)
         for batch in to_device(batches, self.device):
             x = self.frontend(batch["wave"].to(self.device)).to(dtype)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             with self._autocast() if dtype == torch.float32 else nullcontext():
                 out.append(model(x).float().cpu())
         return torch.cat(out).numpy()
@@ -597,6 +609,7 @@ def unit_params(trainer: Trainer) -> dict:
     h = trainer.h
     params = {
         "train_seed": trainer.seed,
+        "train_epochs": h["epochs"],  # the family's epochs, or more where train.min_steps asks for them
         "frontend": trainer.system.frontend,
         "sample_rate": frontend_sample_rate(trainer.system.frontend),
         "input_shape": "x".join(map(str, input_shape(trainer.system.frontend))),
@@ -632,7 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", type=int, required=True, choices=(5, 10, 25, 50, 100))
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--epochs", type=int, default=None, help="override the system's epochs")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train exactly this many epochs (the profile's train.min_steps floor is off)",
+    )
     p.add_argument("--profile", default="full", choices=("full", "smoke"))
     p.add_argument("--config", default=None)
     p.add_argument(
@@ -647,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     system = get_system(a.system)
     overrides = list(a.overrides)
     if a.epochs is not None:
-        overrides.append(f"{system.family}.epochs={a.epochs}")
+        overrides += [f"{system.family}.epochs={a.epochs}", "train.min_steps=0"]
     cfg = load_config(a.profile, a.config, overrides)
     out = Path(a.output_dir) / f"split{a.split}" / system.name
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,9 @@ import numpy as np
 from asc_ray.data.tau import SCENE_INDEX, SCENES, TauDataset
 from asc_ray.errors import AscRayError
 
+# A holdout must cover at least this share of the split's scenes to select an epoch; else there is none
+MIN_SCENE_SHARE = 0.5
+
 
 def split_holdout(
     ds: TauDataset, files: Sequence[str], fraction: float = 0.1, seed: int = 0
@@ -24,7 +27,8 @@ def split_holdout(
     Per scene: a random (seeded) order of its recordings; each is moved to validation when that brings the
     scene's validation share closer to `fraction`. At least one recording of each scene stays in train; a
     scene with a single recording stays in train entirely; a scene with several gets at least one in
-    validation (its smallest) when fraction > 0, unless that would take more than half of the scene.
+    validation (its smallest) when fraction > 0, unless that would take more than half of the scene. When the
+    holdout would cover fewer than half of the split's scenes, there is none: (files, []).
     """
     if not 0.0 <= fraction < 1.0:
         raise AscRayError(
@@ -70,6 +74,11 @@ def split_holdout(
             chosen = [smallest]  # every recording overshoots: still validate the scene, train keeps >= half
         val_recs.update(chosen)
 
+    held = {scene for scene in by_scene if set(by_scene[scene]) & val_recs}
+    if len(held) < MIN_SCENE_SHARE * len(by_scene):
+        # a holdout of one or two scenes (a tiny split: most scenes have one recording) would pick the epoch
+        # that suits those scenes only: no holdout then, and the trainer keeps the last epoch
+        return files, []
     val = [f for f in files if ds.clips[f].identifier in val_recs]
     train = [f for f in files if ds.clips[f].identifier not in val_recs]
     return train, val

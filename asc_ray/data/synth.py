@@ -47,17 +47,36 @@ CHUNK = 64  # clips synthesised at once (bounded memory)
 # scene -> (noise slope, band centre Hz, band width oct, band gain dB, tones Hz, tone level,
 #           AM rate Hz, AM depth, transients per s, transient decay s, transient centre Hz)
 SCENE_PARAMS = {
-    "airport": (1.0, 500, 1.5, 6, (), 0.0, 0.3, 0.2, 1.0, 0.080, 1000),
-    "bus": (1.6, 120, 1.0, 10, (95, 190), 0.3, 1.5, 0.3, 0.5, 0.050, 300),
-    "metro": (1.3, 250, 1.0, 8, (400, 800), 0.25, 4.0, 0.4, 2.0, 0.030, 2000),
-    "metro_station": (1.1, 800, 1.5, 5, (400,), 0.1, 0.5, 0.3, 2.5, 0.060, 1500),
-    "park": (0.6, 4000, 1.0, 8, (3200, 4100), 0.15, 8.0, 0.5, 3.0, 0.020, 4000),
-    "public_square": (0.9, 1500, 2.0, 4, (), 0.0, 1.0, 0.3, 4.0, 0.025, 2500),
-    "shopping_mall": (1.0, 700, 1.5, 5, (), 0.0, 0.4, 0.2, 1.5, 0.100, 1200),
-    "street_pedestrian": (0.9, 1800, 2.0, 4, (), 0.0, 1.5, 0.4, 5.0, 0.015, 3000),
-    "street_traffic": (1.8, 80, 1.5, 10, (), 0.0, 0.2, 0.6, 0.5, 0.200, 500),
-    "tram": (1.3, 300, 1.0, 8, (600, 1200), 0.2, 3.0, 0.4, 1.5, 0.040, 1800),
+    "airport": (1.0, 500, 1.5, 18, (), 0.0, 0.3, 0.2, 1.0, 0.08, 1000),
+    "bus": (1.6, 120, 1.0, 22, (95, 190), 0.9, 1.5, 0.3, 0.5, 0.05, 300),
+    "metro": (1.3, 250, 1.0, 20, (400, 800), 0.75, 4.0, 0.4, 2.0, 0.03, 2000),
+    "metro_station": (1.1, 800, 1.5, 16, (400,), 0.3, 0.5, 0.3, 2.5, 0.06, 1500),
+    "park": (0.6, 4000, 1.0, 20, (3200, 4100), 0.45, 8.0, 0.5, 3.0, 0.02, 4000),
+    "public_square": (0.9, 1500, 2.0, 16, (), 0.0, 1.0, 0.3, 4.0, 0.025, 2500),
+    "shopping_mall": (1.0, 700, 1.5, 17, (), 0.0, 0.4, 0.2, 1.5, 0.1, 1200),
+    "street_pedestrian": (0.9, 1800, 2.0, 16, (), 0.0, 1.5, 0.4, 5.0, 0.015, 3000),
+    "street_traffic": (1.8, 80, 1.5, 22, (), 0.0, 0.2, 0.6, 0.5, 0.2, 500),
+    "tram": (1.3, 300, 1.0, 20, (600, 1200), 0.6, 3.0, 0.4, 1.5, 0.04, 1800),
 }
+# scene -> typical level (RMS dBFS): a street is louder than a park
+SCENE_LEVEL_DB = {
+    "airport": -24,
+    "bus": -20,
+    "metro": -19,
+    "metro_station": -23,
+    "park": -30,
+    "public_square": -25,
+    "shopping_mall": -26,
+    "street_pedestrian": -22,
+    "street_traffic": -17,
+    "tram": -21,
+}
+# How much a scene's clips vary (standard deviations): per recording (the place's own character) and per clip.
+REC_SLOPE_SD, REC_BAND_OCT_SD = 0.1, 0.15
+CLIP_SLOPE_SD, CLIP_BAND_OCT_SD, CLIP_BAND_DB_SD = 0.15, 0.2, 2.0
+TONE_LEVEL = (0.5, 1.5)  # x the scene's tone level, per clip
+BACKGROUND_SNR_DB = (10.0, 25.0)  # the shared bed of city noise, per clip
+CLIP_LEVEL_DB_SD = 2.0
 
 # device -> (high-pass Hz, low-pass Hz, (resonance Hz, gain dB), tilt dB/oct above 1 kHz, noise floor)
 DEVICE_PARAMS = {
@@ -111,9 +130,9 @@ def _scene_clips(rng, scene: str, rec_jitter: np.ndarray, devices: list[str]) ->
     slope, bc, bw, bg, tones, tl, am, depth, ev, decay, ec = SCENE_PARAMS[scene]
     n = len(devices)
     # per-clip jitter: scenes overlap
-    c_slope = slope + rec_jitter[:, 0] + rng.normal(0, 0.25, n)
-    c_bc = bc * 2 ** (rec_jitter[:, 1] + rng.normal(0, 0.4, n))
-    c_bg = bg + rng.normal(0, 3, n)
+    c_slope = slope + rec_jitter[:, 0] + rng.normal(0, CLIP_SLOPE_SD, n)
+    c_bc = bc * 2 ** (rec_jitter[:, 1] + rng.normal(0, CLIP_BAND_OCT_SD, n))
+    c_bg = bg + rng.normal(0, CLIP_BAND_DB_SD, n)
     shape = np.maximum(FREQS, 20.0)[None] ** (-c_slope[:, None] / 2) * _bump(c_bc, np.full(n, bw), c_bg)
     x = _noise(rng, n, shape)
     # amplitude modulation (traffic passing, train rhythm, birds)
@@ -123,7 +142,7 @@ def _scene_clips(rng, scene: str, rec_jitter: np.ndarray, devices: list[str]) ->
     # tonal components (engines, rails), present in some clips only
     for f0 in tones:
         f = f0 * (1 + rng.normal(0, 0.03, n))
-        level = tl * rng.uniform(0, 1.5, n)
+        level = tl * rng.uniform(*TONE_LEVEL, n)
         x += (
             level[:, None]
             * np.sqrt(2)
@@ -141,12 +160,12 @@ def _scene_clips(rng, scene: str, rec_jitter: np.ndarray, devices: list[str]) ->
     # background of random colour at a random SNR: clips share a common bed of city noise
     bg_shape = np.maximum(FREQS, 20.0)[None] ** (-rng.uniform(0.5, 2.0, (n, 1)) / 2)
     x /= x.std(axis=1, keepdims=True) + 1e-12
-    x += 10 ** (-rng.uniform(0, 12, (n, 1)) / 20) * _noise(rng, n, bg_shape)
+    x += 10 ** (-rng.uniform(*BACKGROUND_SNR_DB, (n, 1)) / 20) * _noise(rng, n, bg_shape)
     # device: fixed filter, gain and noise floor
     for dev in set(devices):
         m = np.array([d == dev for d in devices])
         x[m] = np.fft.irfft(np.fft.rfft(x[m]) * _device_response(dev)[None], n=N)
-    level = 10 ** (rng.uniform(-30, -16, (n, 1)) / 20)  # RMS -30 .. -16 dBFS
+    level = 10 ** ((SCENE_LEVEL_DB[scene] + rng.normal(0, CLIP_LEVEL_DB_SD, (n, 1))) / 20)  # RMS, dBFS
     x = x / (x.std(axis=1, keepdims=True) + 1e-12) * level
     floor = np.array([DEVICE_PARAMS[d][4] for d in devices])[:, None]
     x += floor * rng.standard_normal((n, N))
@@ -197,7 +216,7 @@ def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
         # test devices cycle through all nine across scenes (balanced, every device present), shuffled
         test_devices = [DEVICES[(s * n_test + k) % len(DEVICES)] for k in rng.permutation(n_test)]
         for r, (_, city, location, size, is_test) in enumerate(recs):
-            jit = (rng.normal(0, 0.15), rng.normal(0, 0.3))  # the recording place's own character
+            jit = (rng.normal(0, REC_SLOPE_SD), rng.normal(0, REC_BAND_OCT_SD))  # the recording place's own character
             for j in range(size):
                 dev = (
                     test_devices.pop()

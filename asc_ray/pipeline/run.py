@@ -238,7 +238,7 @@ class Pipeline:
 
         rows, teacher_rows = [], []
         for split in self.splits:
-            per_system = {}
+            per_system, teacher_logits = {}, []
             for name in self.cfg["students"]["systems"] + self.cfg["teachers"]["systems"]:
                 u = Unit("train", name, split)
                 r = read_record(self.unit_dir(u), self.key(u))
@@ -266,11 +266,15 @@ class Pipeline:
                 }
                 if u.role == "teacher":
                     teacher_rows.append(row)
+                    teacher_logits.append(r.get("files", {}).get("test_logits"))
                 else:
                     rows.append(row)
                     per_system[name] = {
                         k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("test_class_acc/")
                     }
+            n_teachers = len(self.cfg["teachers"]["systems"])
+            if n_teachers and len(teacher_logits) == n_teachers and all(teacher_logits):
+                teacher_rows.append(self._ensemble_row(split, teacher_logits))
             if per_system:
                 plot_class_accuracy(
                     per_system,
@@ -319,6 +323,32 @@ class Pipeline:
             log,
         )
         return self.out / "results.csv"
+
+    def _ensemble_row(self, split: int, paths: list[str]) -> dict:
+        """The teachers' ensemble on test: the mean of their test logits, what kd_ensemble learns from (on its
+        training files). A row `teachers` of teachers.csv / teachers.md, so that students can be read against
+        what they were taught by."""
+        import numpy as np
+
+        from asc_ray.data.tau import TauDataset
+        from asc_ray.metrics import evaluate
+
+        ds = TauDataset.open(self.data_dir, self.cfg["data"]["split_dir"])
+        files = ds.test_files()
+        logits = np.mean([np.load(p) for p in paths], axis=0)
+        m = evaluate(logits, ds.labels(files), ds.devices(files)).metrics
+        log(
+            f"teachers split{split}: the ensemble of {len(paths)} teachers (mean logits) has test macro "
+            f"accuracy {100 * m['macro_acc']:.2f}%, mean |logit| {np.abs(logits).mean():.2f}"
+        )
+        return {
+            "system": "teachers",
+            "split": split,
+            "test_macro_acc": round(100 * m["macro_acc"], 2),
+            "test_acc": round(100 * m["acc"], 2),
+            "mean_abs_logit": round(float(np.abs(logits).mean()), 3),
+            **{k: round(100 * v, 2) for k, v in m.items() if k.startswith("group_acc/")},
+        }
 
     def _predict_eval_set(self, rows: list[dict]) -> None:
         """DCASE submission files for the evaluation set, one per student and split (Ray tasks, in parallel)."""

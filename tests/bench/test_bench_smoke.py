@@ -132,7 +132,7 @@ def test_ray_overhead_plain_side_measures_steady_state(synth_dataset, cache_dir)
         sys.path.remove(str(BENCH))
     from asc_ray.config import load_config
 
-    cfg = load_config("smoke", None, ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1"])
+    cfg = load_config("smoke", None, ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1", "train.min_steps=0"])
     table = random_teacher_logits(synth_dataset, 25, cache_dir / "ray" / "teachers_split25.parquet")
     r = ray_overhead.train_once(
         cfg, str(synth_dataset), str(cache_dir), 25, str(table), str(cache_dir / "ro")

@@ -99,6 +99,7 @@ def _run(cluster, out: Path, db: Path, cwd: Path, *extra: str, timeout: float = 
         f"students.systems=[{STUDENT}]",
         "students.cpus_per_trial=1",
         "bcbl.epochs=1",
+        "train.min_steps=0",
         *extra,
     ]
     t0 = time.time()

@@ -63,3 +63,30 @@ def test_bad_fraction_and_unknown_file(many_recordings):
         split_holdout(many_recordings, sorted(many_recordings.clips), fraction=1.0)
     with pytest.raises(AscRayError, match="not in meta.csv"):
         split_holdout(many_recordings, ["audio/nope.wav"])
+
+
+def test_a_holdout_of_too_few_scenes_is_none(many_recordings):
+    """Issue 10: a tiny split where most scenes have one recording would validate on one or two scenes, and
+    that picked an early epoch suiting those scenes alone (split 10 of the synthetic set: test at chance).
+    Fewer than half of the scenes in validation -> no holdout (the trainer then keeps the last epoch)."""
+    ds = many_recordings
+    by_scene = {}
+    for f in sorted(ds.clips):
+        by_scene.setdefault(ds.clips[f].scene_label, {}).setdefault(ds.clips[f].identifier, []).append(f)
+    # one recording for every scene but airport and bus (which keep three): only they could be validated
+    files = [
+        f
+        for s, recs in by_scene.items()
+        for r in sorted(recs)[: 3 if s in ("airport", "bus") else 1]
+        for f in recs[r]
+    ]
+    assert split_holdout(ds, files, 0.3, seed=0) == (files, [])
+    # six scenes with several recordings: validation covers them, the rest train
+    files = [
+        f
+        for s, recs in by_scene.items()
+        for r in sorted(recs)[: 3 if s in SCENES[:6] else 1]
+        for f in recs[r]
+    ]
+    train, val = split_holdout(ds, files, 0.3, seed=0)
+    assert {ds.clips[f].scene_label for f in val} == set(SCENES[:6]) and len(train) + len(val) == len(files)

@@ -62,6 +62,7 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         "students.systems=[bcbl24]",
         "students.search.channels.bcbl24=[8,16]",
         "bcbl.epochs=2",
+        "train.min_steps=0",
     ]
     for job in ("students", "evaluate"):
         r = subprocess.run(

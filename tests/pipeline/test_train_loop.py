@@ -17,7 +17,7 @@ from asc_ray.systems import get_system
 from asc_ray.train import Trainer, prepare_data
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1"]
+TINY = ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1", "train.min_steps=0"]
 
 
 def _trainer(ds_dir, out, system="baseline", overrides=()):
@@ -309,3 +309,51 @@ def test_cli_bcbl32_teacher_hears_44k(synth_dataset, tmp_path):
     res = json.loads((tmp_path / "split100" / "bcbl32_fms" / "result.json").read_text())
     assert res["sample_rate"] == 44100 and res["input_shape"] == "1x256x89"
     assert 39e6 < res["macs"] < 41e6 and res["tested_in"] == "fp32"
+
+
+def test_min_steps_gives_a_tiny_split_more_epochs_and_the_schedule_follows(synth_dataset, tmp_path):
+    """train.min_steps: a split whose epochs make fewer optimizer steps trains more epochs (the smoke profile's
+    split 5 has a few batches an epoch: 12 epochs left every system at chance). The LR schedule spans them all,
+    the effective epochs are an MLflow param, and the key is in the units' resume keys."""
+    from asc_ray.train import unit_config, unit_params
+
+    plain = _trainer(synth_dataset, tmp_path / "a")
+    steps = len(plain.batches)
+    assert plain.h["epochs"] == 2  # min_steps 0 (the full profile's default): epochs as configured
+    t = _trainer(synth_dataset, tmp_path / "b", overrides=[f"train.min_steps={5 * steps + 1}"])
+    assert t.h["epochs"] == 6 and unit_params(t)["train_epochs"] == 6
+    (tmp_path / "b" / "baseline").mkdir(parents=True)
+    t.fit()
+    assert len(t.history) == 6 and t.sched.last_epoch == 6 * steps
+    assert t.sched.get_last_lr()[0] < 1e-3 * t.h["lr"]  # the cosine reached its end at the last step
+    big = _trainer(synth_dataset, tmp_path / "c", overrides=[f"train.min_steps={steps}"])
+    assert big.h["epochs"] == 2  # enough steps already: never fewer epochs than configured
+    assert unit_config(t.cfg, t.system)["train.min_steps"] == 5 * steps + 1
+
+
+def test_fp16_on_a_cpu_runs_in_the_default_layout(synth_dataset, tmp_path, monkeypatch):
+    """Half precision on a CPU without fp16 units is 2.7x slower channels-last (docs/benchmarks.md): the test
+    pass of the fp16 export runs contiguous there; its logits are the fp32 model's up to fp16 rounding."""
+    from asc_ray.predict import load_trained
+
+    t = _trainer(synth_dataset, tmp_path)
+    assert t.channels_last and t.device.type == "cpu"
+    torch.save({k: v.half() for k, v in t.model.state_dict().items()}, tmp_path / "m16.pt")
+    layouts = []
+    real = torch.nn.Conv2d._conv_forward
+    monkeypatch.setattr(
+        torch.nn.Conv2d,
+        "_conv_forward",
+        lambda self, x, w, b: layouts.append(
+            (x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last))
+        )
+        or real(self, x, w, b),
+    )
+    files = t.data.test_files[:8]
+    fp16 = load_trained(t.system, t.cfg, tmp_path / "m16.pt").to(memory_format=torch.channels_last)
+    got = t.predict(files, model=fp16)
+    assert layouts and all(plain for plain, _ in layouts)
+    layouts.clear()
+    want = t.predict(files)  # the fp32 model keeps channels-last
+    assert layouts and all(cl for _, cl in layouts) and not all(plain for plain, _ in layouts)
+    assert np.abs(got - want).max() < 0.05 * max(1.0, np.abs(want).max())

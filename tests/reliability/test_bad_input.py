@@ -27,6 +27,7 @@ SMALL = [
     "--profile",
     "smoke",
     "bcbl.epochs=1",
+    "train.min_steps=0",
     "passt.epochs=1",
     "teachers.systems=[bcbl32_fms]",
     "students.systems=[baseline]",

@@ -30,6 +30,7 @@ ARGS = [
     "--profile",
     "smoke",
     "bcbl.epochs=3",
+    "train.min_steps=0",
     "passt.epochs=1",
     f"teachers.systems=[{','.join(TEACHERS)}]",
     "students.systems=[kd_ensemble]",
