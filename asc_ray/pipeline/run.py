@@ -304,7 +304,10 @@ class Pipeline:
         t = self.ctx.tracker
         t.log_metrics(
             self.parent_run_id,
-            {f"{r['system']}.split{r['split']}.test_macro_acc": r["test_macro_acc"] for r in rows},
+            {
+                f"{r['system']}.split{r['split']}.test_macro_acc": r["test_macro_acc"]
+                for r in rows + [r for r in teacher_rows if r["system"] == "teachers"]  # + the ensembles
+            },
         )
         t.log_artifacts(
             self.parent_run_id,

@@ -132,7 +132,9 @@ def test_ray_overhead_plain_side_measures_steady_state(synth_dataset, cache_dir)
         sys.path.remove(str(BENCH))
     from asc_ray.config import load_config
 
-    cfg = load_config("smoke", None, ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1", "train.min_steps=0"])
+    cfg = load_config(
+        "smoke", None, ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1", "train.min_steps=0"]
+    )
     table = random_teacher_logits(synth_dataset, 25, cache_dir / "ray" / "teachers_split25.parquet")
     r = ray_overhead.train_once(
         cfg, str(synth_dataset), str(cache_dir), 25, str(table), str(cache_dir / "ro")
@@ -203,3 +205,43 @@ def test_scale_rehearsal_prints_every_figure_and_cleans_up(tmp_path):
     assert "clips 600" in out and abs(n100 - 600 * 139_620 / 230_350) <= 10
     assert last_figure(out, "unit_start_s") > 0
     assert not out_dir.exists()  # ~46 GB at full size: deleted unless --keep
+
+
+def test_split_quality_scores_every_system_and_the_ensemble(synth_dataset, tmp_path):
+    """bench/split_quality.py: two teachers, their ensemble (the mean of their test logits, scored here again
+    from the files it wrote) and the four students of one split, one line each, then the SUMMARY."""
+    import json
+
+    import numpy as np
+
+    from asc_ray.data.tau import TauDataset
+    from asc_ray.metrics import evaluate
+
+    out = run(
+        "split_quality.py",
+        *("--data-dir", str(synth_dataset), "--split", "100", "--out", str(tmp_path)),
+        *("bcbl.epochs=1", "passt.epochs=1", "train.min_steps=0", "teachers.systems=[bcbl32_fms,passt_dir]"),
+        timeout=600,
+    )
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("SUMMARY split100 ")
+    acc = json.loads(summary.split(": ", 1)[1])
+    assert set(acc) == {
+        "bcbl32_fms",
+        "passt_dir",
+        "teachers",
+        "cnn_teachers",
+        "kd_ensemble",
+        "tfs",
+        "baseline",
+        "bcbl24",
+    }
+    ds = TauDataset.open(synth_dataset)
+    test = ds.test_files()
+    mean = np.mean(
+        [np.load(tmp_path / "split100" / t / "test_logits.npy") for t in ("bcbl32_fms", "passt_dir")], 0
+    )
+    assert acc["teachers"] == round(
+        100 * evaluate(mean, ds.labels(test), ds.devices(test)).metrics["macro_acc"], 1
+    )
+    assert (tmp_path / "split100" / "tfs" / "result.json").is_file()

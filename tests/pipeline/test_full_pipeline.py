@@ -15,6 +15,7 @@ import pytest
 
 from asc_ray.data.tau import TauDataset
 from asc_ray.logits import read_logits, table_metadata
+from asc_ray.metrics import evaluate
 from asc_ray.systems import TEACHERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +113,18 @@ def test_results_table_has_every_student_and_split(pipeline):
     assert "not comparable" in md.splitlines()[0] and str(pipeline["data"]) in md
     with (pipeline["out"] / "teachers.csv").open() as f:
         teachers = list(csv.DictReader(f))
+    # a row `teachers` per split: the ensemble the students learn from, scored on test from its teachers' logits
+    ensemble = {int(t["split"]): t for t in teachers if t["system"] == "teachers"}
+    teachers = [t for t in teachers if t["system"] != "teachers"]
     assert len({t["train_seed"] for t in teachers}) == len(teachers) == len(TEACHERS) * len(SPLITS)
+    assert set(ensemble) == set(SPLITS) and "| teachers |" in (pipeline["out"] / "teachers.md").read_text()
+    ds = TauDataset.open(pipeline["data"])
+    test = ds.test_files()
+    for sp, row in ensemble.items():
+        folder = pipeline["out"] / "teachers" / f"split{sp}"
+        mean = np.mean([np.load(folder / t / "test_logits.npy") for t in TEACHERS], axis=0)
+        want = evaluate(mean, ds.labels(test), ds.devices(test)).metrics["macro_acc"]
+        assert float(row["test_macro_acc"]) == round(100 * want, 2)
     assert {t["input_shape"] for t in teachers if t["system"].startswith("bcbl32")} == {"1x256x89"}
     for sp in SPLITS:
         assert (pipeline["out"] / "plots" / f"class_accuracy_split{sp}.png").stat().st_size > 1000
@@ -173,6 +185,7 @@ def test_mlflow_has_a_parent_run_with_tagged_children(pipeline):
         )
         < 1e-6
     )
+    assert "teachers.split100.test_macro_acc" in parents[0].data.metrics  # the ensemble, beside the students
 
 
 def _versions(pipeline) -> dict[tuple[str, int], list]:

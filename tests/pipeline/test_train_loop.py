@@ -344,10 +344,10 @@ def test_fp16_on_a_cpu_runs_in_the_default_layout(synth_dataset, tmp_path, monke
     monkeypatch.setattr(
         torch.nn.Conv2d,
         "_conv_forward",
-        lambda self, x, w, b: layouts.append(
-            (x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last))
-        )
-        or real(self, x, w, b),
+        lambda self, x, w, b: (
+            layouts.append((x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)))
+            or real(self, x, w, b)
+        ),
     )
     files = t.data.test_files[:8]
     fp16 = load_trained(t.system, t.cfg, tmp_path / "m16.pt").to(memory_format=torch.channels_last)
