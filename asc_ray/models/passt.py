@@ -75,7 +75,9 @@ class PaSSTClassifier(nn.Module):
 
 def _build(size: str, n_classes: int, input_tdim: int) -> nn.Module:
     module = _passt_module()
-    common = dict(s_patchout_t=S_PATCHOUT_T, s_patchout_f=S_PATCHOUT_F if size == "full" else SMALL_PATCHOUT_F)
+    common = dict(
+        s_patchout_t=S_PATCHOUT_T, s_patchout_f=S_PATCHOUT_F if size == "full" else SMALL_PATCHOUT_F
+    )
     with contextlib.redirect_stdout(io.StringIO()):  # get_model prints "Loading ..." and the whole model
         if size == "full":
             return module.get_model(
