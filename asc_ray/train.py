@@ -560,7 +560,8 @@ class Trainer:
         if select == "val" and not self.data.val_files:
             # a tiny split with one recording per scene has no holdout: fall back honestly, never to test
             self.log(
-                f"[{self.tag}] no validation holdout (one recording per scene): selecting the last epoch"
+                f"[{self.tag}] no validation holdout (too few scenes with a recording to spare): "
+                "selecting the last epoch"
             )
             select = "last"
         self.select = select
