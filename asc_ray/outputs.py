@@ -138,6 +138,16 @@ def finish_unit(trainer) -> dict:
     return result
 
 
+def ensemble_on_test(ds, paths) -> tuple[np.ndarray, dict]:
+    """The teachers' ensemble on test: the mean of their `test_logits.npy` (test.csv's order), what kd_ensemble
+    learns from on its training files, and its metrics (asc_ray.metrics.evaluate)."""
+    from asc_ray.metrics import evaluate
+
+    files = ds.test_files()
+    logits = np.mean([np.load(p) for p in paths], axis=0)
+    return logits, evaluate(logits, ds.labels(files), ds.devices(files)).metrics
+
+
 def evaluate_fp16(trainer, fp16_path: str | Path):
     """The deployed model on test: the fp16 export loaded back and run in half precision (weights and
     activations; the log-mel front-end runs in fp32 and its output is cast to fp16, as the DCASE baseline's
@@ -145,6 +155,4 @@ def evaluate_fp16(trainer, fp16_path: str | Path):
     from asc_ray.predict import load_trained
 
     model = load_trained(trainer.system, trainer.cfg, fp16_path)  # an fp16 file loads as an fp16 model
-    if trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     return trainer.evaluate(trainer.data.test_files, model=model)

@@ -56,12 +56,8 @@ class System:
                 "freqm": True,  # every front-end masks
             }.get(name, False)
         if section == "train":
-            return name in (
-                "select",
-                "eval_every",
-                "amp",
-                "min_steps",
-            )  # which epoch is kept; bf16 numerics on GPU
+            # which epoch is kept; how many steps are made; bf16 numerics on GPU
+            return name in ("select", "eval_every", "amp", "min_steps")
         if section == "data":
             return name == "holdout_fraction"
         return {

@@ -525,21 +525,19 @@ class Trainer:
         if state_dict is not None:
             model = build_model(self.system, self.cfg, pretrained=False).to(self.device)
             model.load_state_dict(state_dict)
-            if self.channels_last:
-                model = model.to(memory_format=torch.channels_last)
         model.eval()
         self.frontend.eval()
         out = []
         dtype = next(model.parameters()).dtype
-        # fp16 on a CPU without fp16 units: channels-last is 2.7x slower than the default layout (measured,
-        # docs/benchmarks.md), so the fp16 model runs in the default layout there
+        # the layout is set here for every model predicted with. fp16 on a CPU without fp16 units: channels-last
+        # is 2.7x slower than the default layout (measured, docs/benchmarks.md), so fp16 runs in the default there
         channels_last = self.channels_last and not (dtype == torch.float16 and self.device.type == "cpu")
-        if not channels_last:
-            model = model.to(memory_format=torch.contiguous_format)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=layout)
         batches = ClipBatches(self.data.ds, self.data.store, files, EVAL_BATCH, shuffle=False)
         for batch in to_device(batches, self.device):
             x = self.frontend(batch["wave"].to(self.device)).to(dtype)
-            x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            x = x.contiguous(memory_format=layout)
             with self._autocast() if dtype == torch.float32 else nullcontext():
                 out.append(model(x).float().cpu())
         return torch.cat(out).numpy()

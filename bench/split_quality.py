@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asc_ray.config import load_config  # noqa: E402
 from asc_ray.data.tau import TauDataset  # noqa: E402
-from asc_ray.metrics import evaluate  # noqa: E402
+from asc_ray.outputs import ensemble_on_test  # noqa: E402
 from asc_ray.systems import get_system  # noqa: E402
 from asc_ray.train import Trainer, prepare_data  # noqa: E402
 
@@ -46,7 +46,6 @@ def main(argv=None) -> dict:
     cfg = load_config(a.profile, None, a.overrides)
     out = Path(a.out or tempfile.mkdtemp(prefix="split_quality_")) / f"split{a.split}"
     ds = TauDataset.open(a.data_dir, cfg["data"]["split_dir"])
-    test = ds.test_files()
     acc: dict[str, float] = {}
 
     def train(name: str, logits=None) -> Path:
@@ -68,10 +67,8 @@ def main(argv=None) -> dict:
     table = np.mean([np.load(f / "split_logits.npy") for f in folders], axis=0).astype(np.float32)
     for label, group in (("teachers", folders), ("cnn_teachers", [f for f in folders if "bcbl" in f.name])):
         if group:
-            mean = np.mean([np.load(f / "test_logits.npy") for f in group], axis=0)
-            acc[label] = round(
-                100 * evaluate(mean, ds.labels(test), ds.devices(test)).metrics["macro_acc"], 1
-            )
+            _, metrics = ensemble_on_test(ds, [f / "test_logits.npy" for f in group])
+            acc[label] = round(100 * metrics["macro_acc"], 1)
     print(
         f"split{a.split} teachers (ensemble of {len(folders)}): test macro accuracy {acc['teachers']} %, "
         f"mean |logit| of the table {np.abs(table).mean():.2f}",

@@ -216,10 +216,8 @@ def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
         # test devices cycle through all nine across scenes (balanced, every device present), shuffled
         test_devices = [DEVICES[(s * n_test + k) % len(DEVICES)] for k in rng.permutation(n_test)]
         for r, (_, city, location, size, is_test) in enumerate(recs):
-            jit = (
-                rng.normal(0, REC_SLOPE_SD),
-                rng.normal(0, REC_BAND_OCT_SD),
-            )  # the recording place's own character
+            # the recording place's own character
+            jit = (rng.normal(0, REC_SLOPE_SD), rng.normal(0, REC_BAND_OCT_SD))
             for j in range(size):
                 dev = (
                     test_devices.pop()

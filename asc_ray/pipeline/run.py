@@ -237,6 +237,7 @@ class Pipeline:
         from asc_ray.export import plot_class_accuracy, plot_timeline, run_header, write_results_table
 
         rows, teacher_rows = [], []
+        ds = None  # the dataset, opened once for the teachers' ensembles
         for split in self.splits:
             per_system, teacher_logits = {}, []
             for name in self.cfg["students"]["systems"] + self.cfg["teachers"]["systems"]:
@@ -274,7 +275,11 @@ class Pipeline:
                     }
             n_teachers = len(self.cfg["teachers"]["systems"])
             if n_teachers and len(teacher_logits) == n_teachers and all(teacher_logits):
-                teacher_rows.append(self._ensemble_row(split, teacher_logits))
+                if ds is None:
+                    from asc_ray.data.tau import TauDataset
+
+                    ds = TauDataset.open(self.data_dir, self.cfg["data"]["split_dir"])
+                teacher_rows.append(self._ensemble_row(split, ds, teacher_logits))
             if per_system:
                 plot_class_accuracy(
                     per_system,
@@ -327,19 +332,14 @@ class Pipeline:
         )
         return self.out / "results.csv"
 
-    def _ensemble_row(self, split: int, paths: list[str]) -> dict:
-        """The teachers' ensemble on test: the mean of their test logits, what kd_ensemble learns from (on its
-        training files). A row `teachers` of teachers.csv / teachers.md, so that students can be read against
-        what they were taught by."""
+    def _ensemble_row(self, split: int, ds, paths: list[str]) -> dict:
+        """The teachers' ensemble on test (asc_ray.outputs.ensemble_on_test) as a row `teachers` of
+        teachers.csv / teachers.md, so that students can be read against what they were taught by."""
         import numpy as np
 
-        from asc_ray.data.tau import TauDataset
-        from asc_ray.metrics import evaluate
+        from asc_ray.outputs import ensemble_on_test
 
-        ds = TauDataset.open(self.data_dir, self.cfg["data"]["split_dir"])
-        files = ds.test_files()
-        logits = np.mean([np.load(p) for p in paths], axis=0)
-        m = evaluate(logits, ds.labels(files), ds.devices(files)).metrics
+        logits, m = ensemble_on_test(ds, paths)
         log(
             f"teachers split{split}: the ensemble of {len(paths)} teachers (mean logits) has test macro "
             f"accuracy {100 * m['macro_acc']:.2f}%, mean |logit| {np.abs(logits).mean():.2f}"
