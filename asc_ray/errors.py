@@ -68,32 +68,57 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill PID`, a scheduler stopping the job), handled like Ctrl-C: finished work is kept."""
 
 
-_SIGTERM_SEEN = []  # Ray re-raises an interrupt inside ray.get() as a plain KeyboardInterrupt: remember the signal
+# Every stop signal seen. Ray re-raises an interrupt inside ray.get() as a plain KeyboardInterrupt, and a Ctrl-C
+# that reaches the whole process group also stops Ray's workers, so the first exception out of main() can be a
+# unit's failure or one raised while cleaning up: what was signalled decides the exit status, not the exception.
+_SIGNALS_SEEN: list[int] = []
 
 
-def _on_sigterm(signum, frame):
-    _SIGTERM_SEEN.append(signum)
-    raise Terminated()
+def _on_signal(signum, frame):
+    _SIGNALS_SEEN.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def handle_sigterm() -> None:
-    """Turn SIGTERM into `Terminated` (a KeyboardInterrupt) in the main thread. Call again after ray.init():
-    Ray's driver replaces the SIGTERM handler with one that aborts the process without cleaning up."""
+    """Turn SIGTERM into `Terminated` (a KeyboardInterrupt) and SIGINT into KeyboardInterrupt in the main
+    thread, remembering both. Call again after ray.init(): Ray's driver replaces the SIGTERM handler with one
+    that aborts the process without cleaning up."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, _on_signal)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_signal)
 
 
-def _stop_ray_quietly() -> None:
-    """End this driver's Ray session now: work running in background threads (teacher fits) fails fast
-    instead of keeping the process alive until it finishes."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C / kill while cleaning up: leave at once
-        signal.signal(sig, lambda *_: os._exit(130))
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        try:
-            ray.shutdown()
-        except Exception:  # noqa: BLE001 - exiting anyway
-            pass
+def _stop_own_ray_node(timeout_s: float = 3.0) -> None:
+    """Stop the raylet this driver started (none when it joined a cluster) the way `ray.shutdown()` does - SIGTERM,
+    then wait for it - without disconnecting this process from Ray. A raylet stopped so stops its workers and
+    agents; one that just dies with the driver leaves its dashboard and runtime-env agents running for minutes,
+    trying to report its death to a GCS that died too. The GCS and the rest share the driver's fate."""
+    try:
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        raylets = [
+            proc
+            for kind, proc in (node.live_processes() if node is not None else [])
+            if kind == ray_constants.PROCESS_TYPE_RAYLET
+        ]
+        for proc in raylets:
+            proc.terminate()
+        for proc in raylets:
+            proc.wait(timeout_s)
+    except Exception:  # noqa: BLE001 - leaving anyway
+        pass
+
+
+def _leave_now(code: int) -> None:
+    """Exit at once, without `ray.shutdown()`: shutting Ray down in-process while a background thread (a
+    teacher's fit, a Tuner) is still in a Ray call makes Ray's core worker end the process itself, with status 1,
+    before ours is set. Ray's own processes are stopped by signal instead."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _stop_own_ray_node()
+    os._exit(code)
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
@@ -105,29 +130,30 @@ def run_cli(main: Callable[[], int | None]) -> None:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         code = main()
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated) or bool(_SIGTERM_SEEN)
-        _stop_ray_quietly()
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt) and not _SIGNALS_SEEN:
+            if isinstance(exc, Exception):
+                err = find_user_error(exc)
+                if err is not None:
+                    print(f"error: {err}", file=sys.stderr)
+                    sys.exit(2)
+            raise  # a bug, or SystemExit: as it is
+        terminated = isinstance(exc, Terminated) or signal.SIGTERM in _SIGNALS_SEEN
+        code = 143 if terminated else 130
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C / kill while leaving: leave at once
+            signal.signal(sig, lambda *_: os._exit(code))
         print(
             f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: finished work is kept; "
             "run the same command again to resume.",
             file=sys.stderr,
             flush=True,
         )
-        code = 143 if terminated else 130
-        if any(
+        ray = sys.modules.get("ray")
+        if (ray is not None and ray.is_initialized()) or any(
             t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
         ):
-            # a teacher fit blocked in a Ray call may never return once Ray is down, and Python joins such
-            # threads before exiting: leave now (MLflow runs are closed and finished work is on disk already)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            # MLflow runs are closed and finished work is on disk already; Python would join a thread blocked
+            # in a Ray call for as long as its teacher trains
+            _leave_now(code)
         sys.exit(code)
-    except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
-        err = find_user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     sys.exit(code or 0)

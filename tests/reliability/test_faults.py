@@ -275,9 +275,10 @@ def test_ctrl_c_during_a_long_teacher_exits_at_once_and_leaves_no_process(ref, t
     assert not exposed, exposed
     os.killpg(d.p.pid, signal.SIGINT)
     t = time.time()
-    assert d.finish(120) == 130
+    code = d.finish(120)
+    assert code == 130, d.text()[-6000:]
     assert time.time() - t < 45, "the driver waited for the teacher to finish"
-    assert "Traceback" not in d.text()
+    assert "Traceback" not in d.text(), d.text()[-6000:]
     end = time.time() + 20
     while any(alive(p) for p in procs) and time.time() < end:
         time.sleep(0.5)
