@@ -173,9 +173,36 @@ def _scene_clips(rng, scene: str, rec_jitter: np.ndarray, devices: list[str]) ->
 
 
 def _impulse_response(rng, sr: int, channels: int, length: int) -> np.ndarray:
-    t = np.arange(length) / sr
-    ir = rng.standard_normal((length, channels)) * np.exp(-t / (0.2 * t[-1] + 1e-3))[:, None] * 0.3
-    ir[0] += 1.0  # direct sound
+    """A microphone-like impulse response (MicIRP holds microphones' responses, not rooms): a minimum-phase
+    filter with a random band edge at each end, a resonance and a tilt - the same kind of colouring that tells
+    the synthetic devices apart - so DIR teaches what it does on real data: that a device's colouring is not
+    the scene. One filter per channel."""
+    n_fft = 1 << int(np.ceil(np.log2(max(4 * length, 2048))))
+    f = np.maximum(np.fft.rfftfreq(n_fft, 1 / sr), 1.0)
+    logf = np.log2(np.maximum(f, 20.0))
+    ir = np.zeros((length, channels))
+    for c in range(channels):
+        hp = 10 ** rng.uniform(np.log10(30), np.log10(400))
+        lp = min(10 ** rng.uniform(np.log10(3000), np.log10(20000)), 0.45 * sr)
+        centre, gain_db, tilt = (
+            10 ** rng.uniform(np.log10(500), np.log10(8000)),
+            rng.uniform(-8, 8),
+            rng.uniform(-3, 3),
+        )
+        mag = 1 / np.sqrt(1 + (hp / f) ** 4) / np.sqrt(1 + (f / lp) ** 8)
+        mag *= 10 ** (
+            (
+                gain_db * np.exp(-0.5 * ((logf - np.log2(centre)) / 0.5) ** 2)
+                + tilt * np.maximum(logf - np.log2(1000), 0)
+            )
+            / 20
+        )
+        # minimum phase from the magnitude (folded real cepstrum): the energy comes first, like a real response
+        cep = np.fft.irfft(np.log(np.maximum(mag, 1e-5)), n_fft)
+        fold = np.zeros(n_fft)
+        fold[0], fold[n_fft // 2] = cep[0], cep[n_fft // 2]
+        fold[1 : n_fft // 2] = 2 * cep[1 : n_fft // 2]
+        ir[:, c] = np.fft.irfft(np.exp(np.fft.rfft(fold)), n_fft)[:length]
     return (ir / np.abs(ir).max() * 0.9).astype(np.float32)
 
 
