@@ -3,6 +3,7 @@ one after another in this process (no Ray, no MLflow), then one line per system 
 
     python bench/split_quality.py --data-dir D --split 100 [--out O] [--profile smoke] [overrides ...]
     python bench/split_quality.py --data-dir D --split 5 train.min_steps=0      # what the floor of steps buys
+    python bench/split_quality.py --data-dir D --split 100 --teachers-from O kd.temperature=1.0   # students only
 
 For tuning a profile (issue 10): the same Trainer, units and outputs as the pipeline, without its start-up
 costs. The teachers' table is the mean of their split logits, as the LogitAggregator writes it; tfs learns from
@@ -39,6 +40,18 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="where the units' folders go (default: a temp dir)")
     p.add_argument("--profile", default="smoke")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--verbose", action="store_true", help="print every unit's log lines (epochs)")
+    p.add_argument(
+        "--students", default="kd_ensemble,tfs,baseline,bcbl24", help="which students, comma-separated"
+    )
+    p.add_argument(
+        "--teachers-from",
+        default=None,
+        help="an earlier run's --out: reuse its teachers of this split (student overrides only, then)",
+    )
+    p.add_argument(
+        "--retrain", default="", help="teachers to train afresh despite --teachers-from, comma-separated"
+    )
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -50,8 +63,14 @@ def main(argv=None) -> dict:
 
     def train(name: str, logits=None) -> Path:
         system, t0 = get_system(name), time.time()
+        if system.role == "teacher" and a.teachers_from and name not in a.retrain.split(","):
+            folder = Path(a.teachers_from) / f"split{a.split}" / name
+            acc[name] = round(100 * json.loads((folder / "result.json").read_text())["test_macro_acc"], 1)
+            print(f"split{a.split} {name}: test macro accuracy {acc[name]} % (reused {folder})", flush=True)
+            return folder
         data = prepare_data(cfg, a.data_dir, out.parent, a.split, system, logits=logits, progress=False)
-        trainer = Trainer(system, cfg, data, out / name, a.split, log=lambda _m: None)
+        log = (lambda m: print(m, flush=True)) if a.verbose else (lambda _m: None)
+        trainer = Trainer(system, cfg, data, out / name, a.split, log=log)
         result = trainer.fit()
         acc[name] = round(100 * result["test_macro_acc"], 1)
         print(
@@ -74,10 +93,14 @@ def main(argv=None) -> dict:
         f"mean |logit| of the table {np.abs(table).mean():.2f}",
         flush=True,
     )
-    kd = train("kd_ensemble", (split_files, table))
-    train("tfs", (split_files, np.load(kd / "split_logits.npy")))
-    train("baseline")
-    train("bcbl24")
+    students = a.students.split(",")
+    if "kd_ensemble" in students:
+        kd = train("kd_ensemble", (split_files, table))
+        if "tfs" in students:
+            train("tfs", (split_files, np.load(kd / "split_logits.npy")))
+    for name in ("baseline", "bcbl24"):
+        if name in students:
+            train(name)
     print(f"SUMMARY split{a.split} {' '.join(a.overrides)}: {json.dumps(acc)}", flush=True)
     return acc
 
