@@ -60,6 +60,8 @@ class System:
             return name in ("select", "eval_every", "amp", "min_steps")
         if section == "data":
             return name == "holdout_fraction"
+        if section == "teachers":
+            return name == "bcbl_epochs" and self.role == "teacher" and self.family == "bcbl"
         return {
             "seed": True,
             "kd": self.loss == "kd",
@@ -94,6 +96,17 @@ _SYSTEMS = [
 SYSTEMS: dict[str, System] = {s.name: s for s in _SYSTEMS}
 TEACHERS: tuple[str, ...] = tuple(s.name for s in _SYSTEMS if s.role == "teacher")
 STUDENTS: tuple[str, ...] = tuple(s.name for s in _SYSTEMS if s.role == "student")
+
+
+def hparams(system: System, cfg: dict) -> dict:
+    """The system's training settings: its family's section (bcbl / passt), overridden by a section named after
+    the system where the config has one (`baseline:`, the official DCASE 2024 baseline recipe); the 32-BCBL
+    teachers train `teachers.bcbl_epochs` epochs where that is set (the smoke profile: teachers at their
+    plateau, students on the report's shared schedule)."""
+    h = {**cfg[system.family], **cfg.get(system.name, {})}
+    if system.role == "teacher" and system.family == "bcbl" and cfg["teachers"]["bcbl_epochs"]:
+        h["epochs"] = cfg["teachers"]["bcbl_epochs"]
+    return h
 
 
 def check_needs(names: list[str]) -> None:

@@ -44,7 +44,7 @@ from asc_ray.data.irs import load_irs
 from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES, TauDataset
 from asc_ray.errors import AscRayError, run_cli
 from asc_ray.features import build_frontend, describe, frontend_sample_rate, input_shape
-from asc_ray.systems import System, get_system
+from asc_ray.systems import System, get_system, hparams
 
 DEVICE_A = DEVICE_INDEX["a"]
 EVAL_BATCH = 256
@@ -65,12 +65,6 @@ def augment_seed(train_seed: int, epoch: int, rank: int) -> int:
     """Seed of one rank's augmentation randomness in one epoch (mixup, DIR, FMS, roll, masking, patchout):
     data-parallel ranks draw different augmentations; a resumed epoch draws what it drew the first time."""
     return derive_seed(train_seed, epoch, rank)
-
-
-def hparams(system: System, cfg: dict) -> dict:
-    """The system's training settings: its family's section (bcbl / passt), overridden by a section named after
-    the system where the config has one (`baseline:`, the official DCASE 2024 baseline recipe)."""
-    return {**cfg[system.family], **cfg.get(system.name, {})}
 
 
 # ----------------------------------------------------------------------------------------------- data

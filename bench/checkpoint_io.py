@@ -57,8 +57,8 @@ def main() -> None:
     from asc_ray.checkpointing import link_tree
     from asc_ray.config import load_config
     from asc_ray.data.synth import generate
-    from asc_ray.systems import get_system
-    from asc_ray.train import Trainer, hparams, prepare_data
+    from asc_ray.systems import get_system, hparams
+    from asc_ray.train import Trainer, prepare_data
 
     s = get_system(a.system)
     tmp = Path(tempfile.mkdtemp(prefix="asc_ray_bench_"))

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from asc_ray.pipeline.runtime import log
-from asc_ray.systems import get_system
+from asc_ray.systems import get_system, hparams
 
 # Rough cost per clip and epoch, to launch the longest work first (measured order of magnitude on a GPU).
 _COST = {"passt": 20.0, "bcbl32": 1.0, "bcbl24": 0.8}
@@ -80,7 +80,7 @@ def priority(u: Unit, cfg: dict) -> float:
     if u.kind == "table":
         return 1e12  # seconds of work that unblocks others: always first
     s = get_system(u.name)
-    return u.split * cfg[s.family]["epochs"] * _COST.get(s.model, 1.0)
+    return u.split * hparams(s, cfg)["epochs"] * _COST.get(s.model, 1.0)
 
 
 def four_stage_rank(u: Unit, graph: dict[Unit, list[Unit]]) -> int:

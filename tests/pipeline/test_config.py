@@ -85,8 +85,7 @@ def test_teacher_resources_are_a_free_mapping_of_numbers():
 
 
 def test_baseline_recipe_applies_to_the_baseline_only():
-    from asc_ray.systems import get_system
-    from asc_ray.train import hparams
+    from asc_ray.systems import get_system, hparams
 
     cfg = load_config("full")
     assert hparams(get_system("baseline"), cfg)["warmup_steps"] == 2000
@@ -94,6 +93,20 @@ def test_baseline_recipe_applies_to_the_baseline_only():
     for name in ("kd_ensemble", "tfs", "bcbl24", "bcbl32_fms"):
         h = hparams(get_system(name), cfg)
         assert h["warmup_steps"] == 100 and h["roll_s"] == 0.0 and h["epochs"] == 150
+
+
+def test_teachers_bcbl_epochs_lengthens_the_cnn_teachers_only():
+    """The smoke profile's teachers train to their plateau while the students keep the shared schedule; 0 (the
+    full profile) is the report's one schedule for all."""
+    from asc_ray.systems import SYSTEMS, hparams
+
+    full, smoke = load_config("full"), load_config("smoke")
+    assert {hparams(s, full)["epochs"] for s in SYSTEMS.values() if s.family == "bcbl"} == {150}
+    cfg = load_config("full", None, ["teachers.bcbl_epochs=24", "bcbl.epochs=12"])
+    for name, s in SYSTEMS.items():
+        want = {"passt": full["passt"]["epochs"], "bcbl": 24 if s.role == "teacher" else 12}[s.family]
+        assert hparams(s, cfg)["epochs"] == want, name
+    assert smoke["teachers"]["bcbl_epochs"] > smoke["bcbl"]["epochs"]
 
 
 def test_resume_keys_hold_only_what_a_unit_reads():
@@ -133,4 +146,5 @@ def test_resume_keys_hold_only_what_a_unit_reads():
     assert changed("passt.lr=0.001") == {"passt_fms", "passt_dir", "passt_fms_dir"}
     assert changed("train.eval_every=2") == set(SYSTEMS)  # which epoch is selected
     assert changed("seed=1") == set(SYSTEMS)
+    assert changed("teachers.bcbl_epochs=24") == {"bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"}
     assert base["train"]["num_threads"] == 0
