@@ -231,6 +231,13 @@ def _check_semantics(cfg: dict) -> None:
             )
         for v in values:
             _check_value(key, v, ref[section][name], "students.search")
+    if cfg["train"]["select"] == "last" and (cfg["students"]["search"] or cfg["students"]["num_samples"] > 1):
+        raise AscRayError(
+            "students.search / students.num_samples choose among trials on the validation holdout, but "
+            "train.select=last trains without one",
+            path="config",
+            fix="add train.select=val (the smoke profile sets last)",
+        )
 
 
 def get(cfg: dict, dotted: str) -> Any:

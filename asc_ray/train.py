@@ -125,7 +125,10 @@ def prepare_data(
     paths = resolve_paths(cfg, data_dir, output_dir)
     ds = TauDataset.open(paths["data_dir"], cfg["data"]["split_dir"])
     split_files = ds.split_files(split)
-    train_files, val_files = split_holdout(ds, split_files, cfg["data"]["holdout_fraction"], cfg["seed"])
+    if cfg["train"]["select"] == "last":  # nothing would read a holdout: the whole split trains
+        train_files, val_files = list(split_files), []
+    else:
+        train_files, val_files = split_holdout(ds, split_files, cfg["data"]["holdout_fraction"], cfg["seed"])
     if store is None:
         store = build_cache(
             ds, cache_file_list(ds), frontend_sample_rate(system.frontend), paths["cache_dir"], progress

@@ -47,6 +47,8 @@ def test_file_then_overrides_win(tmp_path):
         ("teachers.systems=[resnet]", "unknown teacher 'resnet'"),
         ("students.systems=[tfs]", "tfs learns from the logits of kd_ensemble"),
         ("students.search.kd.lamda=[0.5]", "unknown search key"),
+        ("students.search.kd.lam=[0.5,0.9]", "train.select=last trains without one"),
+        ("students.num_samples=2", "train.select=last trains without one"),
         ("nonsense", "key=value"),
         ("students.resources={gpu: 0.25}", "names one of Ray's own resources"),
         ("students.resources={slot: -1}", "students.resources.slot must be a number >= 0"),
@@ -68,12 +70,14 @@ def test_bad_config_file(tmp_path):
 
 
 def test_search_space_and_helpers():
-    cfg = load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]"])
+    cfg = load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])
     assert cfg["students"]["search"] == {"kd.lam": [0.9, 0.98]}
     trial = with_overrides(cfg, {"kd.lam": 0.9})
     assert trial["kd"]["lam"] == 0.9 and cfg["kd"]["lam"] == 0.98  # a copy
     assert flatten(cfg)["bcbl.epochs"] == cfg["bcbl"]["epochs"]
-    assert config_hash(cfg) == config_hash(load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]"]))
+    assert config_hash(cfg) == config_hash(
+        load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])
+    )
     assert config_hash(cfg) != config_hash(trial)
 
 

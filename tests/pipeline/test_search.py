@@ -61,6 +61,7 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         "smoke",
         "students.systems=[bcbl24]",
         "students.search.channels.bcbl24=[8,16]",
+        "train.select=val",  # trials are chosen on the holdout (the smoke profile keeps the last epoch)
         "bcbl.epochs=2",
         "train.min_steps=0",
     ]

@@ -27,8 +27,17 @@ def _trainer(ds_dir, out, system="baseline", overrides=()):
     return Trainer(s, cfg, data, out / system, 100, log=lambda m: None)
 
 
+def test_select_last_trains_on_the_whole_split_and_keeps_the_last_epoch(synth_dataset, tmp_path):
+    """Nothing reads a holdout when the last epoch is kept (the smoke profile): the whole split trains."""
+    t = _trainer(synth_dataset, tmp_path, overrides=["train.select=last"])
+    assert t.data.val_files == [] and sorted(t.data.train_files) == sorted(t.data.ds.split_files(100))
+    (tmp_path / "baseline").mkdir()
+    result = t.fit()
+    assert result["selected_epoch"] == 2 and result["selected_on"] == "last"
+
+
 def test_fit_selects_on_validation_only_and_writes_outputs(synth_dataset, tmp_path, monkeypatch):
-    t = _trainer(synth_dataset, tmp_path)
+    t = _trainer(synth_dataset, tmp_path, overrides=["train.select=val"])
     seen = []
     real = Trainer.evaluate
 
