@@ -151,6 +151,14 @@ def test_results_table(tmp_path):
     assert _no_temp_files(tmp_path)
 
 
+def test_a_teachers_table_has_no_comparison_with_table_3(tmp_path):
+    """Table 3 holds students only: teachers.md showed a comparison of dashes."""
+    rows = [{"system": "bcbl32_fms", "split": 5, "test_macro_acc": 40.0}]
+    write_results_table(rows, tmp_path / "t.csv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "| 5 | 40.00 |" in md and "Compared with the report" not in md
+
+
 def test_results_table_rejects_duplicates_and_missing_columns(tmp_path):
     with pytest.raises(ValueError, match="two results"):
         write_results_table(
