@@ -21,7 +21,9 @@ def test_full_profile_is_the_reports_settings():
 def test_smoke_profile_overrides_only_what_it_names():
     full, smoke = load_config("full"), load_config("smoke")
     assert smoke["bcbl"]["epochs"] < full["bcbl"]["epochs"] and smoke["passt"]["size"] == "small"
-    assert smoke["kd"] == full["kd"] and smoke["teachers"]["systems"] == full["teachers"]["systems"]
+    assert smoke["teachers"]["systems"] == full["teachers"]["systems"]
+    # the report's loss (its temperature and the reference's KL scale); only the label weight is the smoke's own
+    assert {**smoke["kd"], "lam": full["kd"]["lam"]} == full["kd"] and smoke["kd"]["lam"] == 0.5
 
 
 def test_file_then_overrides_win(tmp_path):
@@ -73,7 +75,7 @@ def test_search_space_and_helpers():
     cfg = load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])
     assert cfg["students"]["search"] == {"kd.lam": [0.9, 0.98]}
     trial = with_overrides(cfg, {"kd.lam": 0.9})
-    assert trial["kd"]["lam"] == 0.9 and cfg["kd"]["lam"] == 0.98  # a copy
+    assert trial["kd"]["lam"] == 0.9 and cfg["kd"]["lam"] == 0.5  # a copy (the smoke profile's lam)
     assert flatten(cfg)["bcbl.epochs"] == cfg["bcbl"]["epochs"]
     assert config_hash(cfg) == config_hash(
         load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])
