@@ -133,7 +133,15 @@ def test_ray_overhead_plain_side_measures_steady_state(synth_dataset, cache_dir)
     from asc_ray.config import load_config
 
     cfg = load_config(
-        "smoke", None, ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1", "train.min_steps=0"]
+        "smoke",
+        None,
+        [
+            "bcbl.epochs=2",
+            "teachers.bcbl_epochs=0",
+            "bcbl.batch_size=16",
+            "train.num_threads=1",
+            "train.min_steps=0",
+        ],
     )
     table = random_teacher_logits(synth_dataset, 25, cache_dir / "ray" / "teachers_split25.parquet")
     r = ray_overhead.train_once(
@@ -220,7 +228,13 @@ def test_split_quality_scores_every_system_and_the_ensemble(synth_dataset, tmp_p
     out = run(
         "split_quality.py",
         *("--data-dir", str(synth_dataset), "--split", "100", "--out", str(tmp_path)),
-        *("bcbl.epochs=1", "passt.epochs=1", "train.min_steps=0", "teachers.systems=[bcbl32_fms,passt_dir]"),
+        *(
+            "bcbl.epochs=1",
+            "teachers.bcbl_epochs=0",
+            "passt.epochs=1",
+            "train.min_steps=0",
+            "teachers.systems=[bcbl32_fms,passt_dir]",
+        ),
         timeout=600,
     )
     summary = out.strip().splitlines()[-1]

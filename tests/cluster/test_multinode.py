@@ -110,6 +110,7 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
         "teachers.max_failures=2",
         "students.systems=[baseline]",
         f"bcbl.epochs={EPOCHS}",
+        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
         "train.min_steps=0",
         f"data.cache_dir={tmp_path / 'node_cache'}",  # the nodes' copies: not the machine's /tmp/asc_ray_cache
     ]
@@ -214,6 +215,7 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
         "students.cpus_per_trial=1",  # a node holds one trial: the retry has to go to the other node
         "students.max_failures=2",
         f"bcbl.epochs={STUDENT_EPOCHS}",
+        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
         "train.min_steps=0",
         f"data.cache_dir={tmp_path / 'node_cache'}",  # the nodes' copies: not the machine's /tmp/asc_ray_cache
     ]

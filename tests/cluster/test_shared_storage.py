@@ -99,6 +99,7 @@ def _run(cluster, out: Path, db: Path, cwd: Path, *extra: str, timeout: float = 
         f"students.systems=[{STUDENT}]",
         "students.cpus_per_trial=1",
         "bcbl.epochs=1",
+        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
         "train.min_steps=0",
         *extra,
     ]

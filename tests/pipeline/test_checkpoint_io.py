@@ -40,7 +40,11 @@ def test_link_or_copy_replaces_without_touching_the_shared_file(tmp_path):
 
 
 def test_fit_checkpoints_every_n_epochs_and_best_only_when_it_improves(synth_dataset, tmp_path):
-    cfg = load_config("smoke", None, ["bcbl.epochs=5", "train.checkpoint_every=2", "train.min_steps=0"])
+    cfg = load_config(
+        "smoke",
+        None,
+        ["bcbl.epochs=5", "teachers.bcbl_epochs=0", "train.checkpoint_every=2", "train.min_steps=0"],
+    )
     s = get_system("baseline")
     data = prepare_data(cfg, synth_dataset, tmp_path, 25, s, progress=False)
     t = Trainer(s, cfg, data, tmp_path / "unit", 25, log=lambda m: None)

@@ -41,6 +41,7 @@ def _run(data, out, cwd, *extra):
             "--profile",
             "smoke",
             "bcbl.epochs=2",
+            "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
             "train.min_steps=0",
             "passt.epochs=1",
             *extra,
@@ -349,6 +350,7 @@ def test_one_split_more_reuses_every_unit_of_the_splits_already_done(pipeline, t
             "--profile",
             "smoke",
             "bcbl.epochs=2",
+            "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
             "train.min_steps=0",
             "passt.epochs=1",
         ],

@@ -63,6 +63,7 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         "students.search.channels.bcbl24=[8,16]",
         "train.select=val",  # trials are chosen on the holdout (the smoke profile keeps the last epoch)
         "bcbl.epochs=2",
+        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
         "train.min_steps=0",
     ]
     for job in ("students", "evaluate"):

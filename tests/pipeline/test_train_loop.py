@@ -17,7 +17,13 @@ from asc_ray.systems import get_system
 from asc_ray.train import Trainer, prepare_data
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["bcbl.epochs=2", "bcbl.batch_size=16", "train.num_threads=1", "train.min_steps=0"]
+TINY = [
+    "bcbl.epochs=2",
+    "teachers.bcbl_epochs=0",
+    "bcbl.batch_size=16",
+    "train.num_threads=1",
+    "train.min_steps=0",
+]
 
 
 def _trainer(ds_dir, out, system="baseline", overrides=()):

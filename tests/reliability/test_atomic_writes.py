@@ -120,7 +120,7 @@ def trainer_parts(synth_dataset, tmp_path_factory):
     from asc_ray.systems import get_system
     from asc_ray.train import prepare_data
 
-    cfg = load_config("smoke", None, ["bcbl.epochs=1", "train.min_steps=0"])
+    cfg = load_config("smoke", None, ["bcbl.epochs=1", "teachers.bcbl_epochs=0", "train.min_steps=0"])
     out = tmp_path_factory.mktemp("ckpt")
     s = get_system("baseline")
     return cfg, s, prepare_data(cfg, synth_dataset, out, 25, s, progress=False)

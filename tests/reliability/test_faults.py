@@ -30,6 +30,7 @@ ARGS = [
     "--profile",
     "smoke",
     "bcbl.epochs=3",
+    "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
     "train.min_steps=0",
     "passt.epochs=1",
     f"teachers.systems=[{','.join(TEACHERS)}]",
