@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -89,24 +90,49 @@ def handle_sigterm() -> None:
             signal.signal(signal.SIGINT, _on_signal)
 
 
-def _stop_own_ray_node(timeout_s: float = 3.0) -> None:
-    """Stop the raylet this driver started (none when it joined a cluster) the way `ray.shutdown()` does - SIGTERM,
-    then wait for it - without disconnecting this process from Ray. A raylet stopped so stops its workers and
-    agents; one that just dies with the driver leaves its dashboard and runtime-env agents running for minutes,
-    trying to report its death to a GCS that died too. The GCS and the rest share the driver's fate."""
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (Linux; elsewhere none)."""
+    kids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return kids
+
+
+def _stop_own_ray_node() -> None:
+    """Leave a reaper for the processes of the raylet this driver started (none when it joined a cluster). The
+    raylet and GCS share the driver's fate, but the raylet's dashboard and runtime-env agents then spend minutes
+    trying to report its death to a GCS that died too. Stopping the raylet from here instead (SIGTERM, as
+    `ray.shutdown()` does) races with Ray's core worker, which ends this process with status 1 when it sees the
+    raylet go. So a detached shell waits for this process to be gone, then kills what the raylet had started."""
     try:
         from ray._private import ray_constants, worker
 
         node = worker._global_node
         raylets = [
-            proc
+            proc.pid
             for kind, proc in (node.live_processes() if node is not None else [])
             if kind == ray_constants.PROCESS_TYPE_RAYLET
         ]
-        for proc in raylets:
-            proc.terminate()
-        for proc in raylets:
-            proc.wait(timeout_s)
+        doomed = [pid for r in raylets for pid in _children(r)]
+        if doomed:
+            subprocess.Popen(
+                [
+                    "sh",
+                    "-c",
+                    f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.2; done; sleep 1; "
+                    f"kill -9 {' '.join(map(str, doomed))} 2>/dev/null",
+                ],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
     except Exception:  # noqa: BLE001 - leaving anyway
         pass
 
@@ -114,7 +140,7 @@ def _stop_own_ray_node(timeout_s: float = 3.0) -> None:
 def _leave_now(code: int) -> None:
     """Exit at once, without `ray.shutdown()`: shutting Ray down in-process while a background thread (a
     teacher's fit, a Tuner) is still in a Ray call makes Ray's core worker end the process itself, with status 1,
-    before ours is set. Ray's own processes are stopped by signal instead."""
+    before ours is set. Ray's node processes share the driver's fate; a reaper stops the raylet's agents."""
     sys.stdout.flush()
     sys.stderr.flush()
     _stop_own_ray_node()

@@ -167,7 +167,7 @@ def test_mlflow_has_a_parent_run_with_tagged_children(pipeline):
     assert teachers == {(t, str(s)) for t in TEACHERS for s in SPLITS}
     assert students == {(t, str(s)) for t in STUDENTS for s in SPLITS}
     kd = next(r for r in kids if r.data.tags["system"] == "kd_ensemble" and r.data.tags["split"] == "100")
-    assert kd.data.tags["augment"] == "fms+dir" and kd.data.params["kd.lam"] == "0.98"
+    assert kd.data.tags["augment"] == "fms+dir" and kd.data.params["kd.lam"] == "0.5"
     assert 0 <= kd.data.metrics["test_macro_acc"] <= 1
     assert len(c.get_metric_history(kd.info.run_id, "train_loss")) == 2  # per epoch
     arts = {a.path for a in c.list_artifacts(kd.info.run_id)}
