@@ -105,6 +105,8 @@ class Driver:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            # a terminal's foreground job: pytest started in the background (`cmd &`) passes SIGINT on ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
     def text(self) -> str:
