@@ -4,6 +4,7 @@ failure or one raised while cleaning up, not the KeyboardInterrupt: the signal d
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,14 @@ SCRIPT = textwrap.dedent(
 
 def _run(case):
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT, case], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", SCRIPT, case],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # a terminal's foreground job: pytest started in the background (`cmd &`) passes SIGINT on ignored,
+        # and the script's own SIGINT would then never arrive (as in test_faults.py's Driver)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
