@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,12 @@ PY = sys.executable
 
 
 # ------------------------------------------------------------------------------------------ processes
+def sigint_default() -> None:
+    """`preexec_fn` for a child that must see Ctrl-C as a terminal's foreground job does: pytest started in the
+    background (`cmd &`) passes SIGINT on ignored, and the child's SIGINT would then never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ppid(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -19,7 +19,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from rel_helpers import PY, ROOT, alive, cli_env, cmdline, descendants, listening_sockets, run_cli
+from rel_helpers import (
+    PY,
+    ROOT,
+    alive,
+    cli_env,
+    cmdline,
+    descendants,
+    listening_sockets,
+    run_cli,
+    sigint_default,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -105,8 +115,7 @@ class Driver:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            # a terminal's foreground job: pytest started in the background (`cmd &`) passes SIGINT on ignored
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=sigint_default,
         )
 
     def text(self) -> str:

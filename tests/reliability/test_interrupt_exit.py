@@ -4,12 +4,11 @@ failure or one raised while cleaning up, not the KeyboardInterrupt: the signal d
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import textwrap
 
-from rel_helpers import ROOT
+from rel_helpers import ROOT, sigint_default
 
 SCRIPT = textwrap.dedent(
     """
@@ -42,9 +41,7 @@ def _run(case):
         capture_output=True,
         text=True,
         timeout=120,
-        # a terminal's foreground job: pytest started in the background (`cmd &`) passes SIGINT on ignored,
-        # and the script's own SIGINT would then never arrive (as in test_faults.py's Driver)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_default,  # the script's own SIGINT must arrive
     )
 
 
