@@ -42,6 +42,17 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat; NaN elsewhere). A delta around a
+    piece of work counts every process it starts (Ray's actors and workers too), which is what a laptop pays."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def header(name: str) -> None:
     print(f"# {name}: {machine()}; load average {load1():.2f}", flush=True)
 

@@ -75,6 +75,11 @@ def joining_cluster() -> bool:
     return bool(address) and not (_OWN_ADDRESS and address == _OWN_ADDRESS[0])
 
 
+def own_local_ray() -> bool:
+    """Whether Ray here is the local Ray init_ray() started (no dashboard, this machine only)."""
+    return bool(_OWN_ADDRESS) and ray.is_initialized() and not joining_cluster()
+
+
 def init_ray() -> None:
     """Join the cluster when RAY_ADDRESS is set (e.g. under `ray job submit`), else start a local Ray."""
     if ray.is_initialized():

@@ -19,6 +19,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
 from asc_ray.checkpointing import persist_by_link
+from asc_ray.pipeline.runtime import own_local_ray
 from asc_ray.pipeline.unit import run_unit
 
 
@@ -108,20 +109,31 @@ class PrivateTorchConfig(TorchConfig):
 
 
 class TeacherTrainer(TorchTrainer):
-    """A TorchTrainer that starts no Ray Data DatasetManager actor when it is given no datasets (teachers read
-    the waveform cache themselves): Ray 2.60 starts one per fit regardless, one more process importing
-    ray.data, ~2 s of CPU per teacher (docs/benchmarks.md). `_create_default_callbacks` is Ray's own hook for
-    its default callbacks; on a Ray without it this class is a plain TorchTrainer."""
+    """A TorchTrainer without two per-fit actors that do nothing for asc-ray's teachers (`_create_default_callbacks`
+    is Ray's own hook for its default callbacks; on a Ray without it this class is a plain TorchTrainer):
+
+    - no Ray Data DatasetManager when it is given no datasets (teachers read the waveform cache themselves): Ray
+      2.60 starts one per fit regardless, one more process importing ray.data, ~2 s of CPU per teacher;
+    - no PlacementGroupCleaner on the local Ray this process started: the cleaner asks the state API every second
+      whether the controller is alive, and a local Ray has no dashboard to serve it, so every query fails
+      ("Failed to query Ray Train Controller actor state", in Ray's logs) and the cleaner could never act; when
+      the driver dies its local Ray, placement groups included, dies with it. ~2 s of CPU per teacher
+      (docs/benchmarks.md). On a cluster it stays: there it frees a dead controller's GPUs.
+    """
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
         try:
             from ray.train.v2._internal.callbacks import DatasetsCallback
+            from ray.train.v2._internal.callbacks.placement_group_callback import (
+                PlacementGroupCleanerCallback,
+            )
         except ImportError:
             return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+        idle = () if self.datasets else (DatasetsCallback,)
+        if own_local_ray():
+            idle += (PlacementGroupCleanerCallback,)
+        return [c for c in callbacks if not isinstance(c, idle)]
 
 
 def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:

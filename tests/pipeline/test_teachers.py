@@ -27,3 +27,37 @@ def test_a_teacher_fit_starts_no_ray_data_actor(tmp_path):
     job = {"cfg": load_config("smoke"), "system": "bcbl32_fms", "split": 25, "key": "0123456789abcdef"}
     callbacks = build_trainer(job, str(tmp_path), use_gpu=False)._create_default_callbacks()
     assert callbacks and not any(isinstance(c, DatasetsCallback) for c in callbacks)
+
+
+def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, monkeypatch):
+    # Ray Train's PlacementGroupCleaner asks the state API every second whether the controller lives; the local
+    # Ray has no dashboard to serve it, so it could never act there (and costs ~2 s of CPU per teacher)
+    import ray
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from asc_ray.pipeline import runtime
+
+    for k in (
+        "RAY_ADDRESS",
+        "RAY_GCS_SERVER_PORT",
+        "RAY_TRAIN_METRICS_ENABLED",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+    ):
+        monkeypatch.delenv(
+            k, raising=False
+        )  # init_ray() sets them: this test leaves the environment as it was
+    monkeypatch.setattr(runtime, "_OWN_ADDRESS", [])
+    job = {"cfg": load_config("smoke"), "system": "bcbl32_fms", "split": 25, "key": "0123456789abcdef"}
+
+    def cleaner() -> bool:
+        callbacks = build_trainer(job, str(tmp_path), use_gpu=False)._create_default_callbacks()
+        return any(isinstance(c, PlacementGroupCleanerCallback) for c in callbacks)
+
+    assert not runtime.own_local_ray() and cleaner()  # no Ray of ours yet: as on a cluster, it stays
+    runtime.init_ray()
+    try:
+        assert runtime.own_local_ray() and not cleaner()
+        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a driver that joined a cluster keeps it
+        assert not runtime.own_local_ray() and cleaner()
+    finally:
+        ray.shutdown()
