@@ -259,3 +259,23 @@ def test_split_quality_scores_every_system_and_the_ensemble(synth_dataset, tmp_p
         100 * evaluate(mean, ds.labels(test), ds.devices(test)).metrics["macro_acc"], 1
     )
     assert (tmp_path / "split100" / "tfs" / "result.json").is_file()
+
+
+def test_process_cpu_counts_every_descendant_by_kind_and_passes_the_exit_status_on():
+    # a grandchild (python under python) burns CPU: the sampler must find it through the process tree
+    burn = "x = 0\nfor i in range(4 * 10**7): x += i"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}]); print('parent done')"
+    out = run("process_cpu.py", "--interval", "0.1", "--", sys.executable, "-c", parent)
+    assert "parent done" in out  # the command's own output passes through
+    comm = Path(sys.executable).name[:15]  # what /proc calls a process: its program's name
+    assert figure(out, f"procs_{comm}") == 2  # the command and its child
+    assert figure(out, f"cpu_s_{comm}") >= 0.5 and figure(out, "wall_s") > 0
+    assert last_figure(out, "cpu_s") >= figure(out, f"cpu_s_{comm}")
+    p = subprocess.run(
+        [sys.executable, str(BENCH / "process_cpu.py"), "--", sys.executable, "-c", "raise SystemExit(3)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 3

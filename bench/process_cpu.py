@@ -1,0 +1,98 @@
+"""Where a command's CPU goes, per kind of process: run it, sample every process it starts (Ray's actors, workers
+and servers included: a local Ray's are the driver's descendants) and sum their CPU seconds by kind.
+
+    python bench/process_cpu.py [--interval 0.5] -- COMMAND [ARGS ...]
+
+e.g. `python bench/process_cpu.py -- python jobs/full_pipeline.py --data-dir D --output-dir O --profile smoke`.
+A Ray process is named by its actor (`ray::TrainController`, `ray::RayTrainWorker`, `ray::ImplicitFunc`: a Tune
+trial, ...), others by what they run (raylet, gcs_server, ...). Linux only (/proc). A process that lives shorter
+than the interval can be missed, and each is counted up to its last sample, so the sums are a lower bound.
+Prints one `cpu_s_<kind> <seconds>` line per kind (largest first), `procs_<kind> <count>`, `wall_s`, and last
+`cpu_s <total>`. The command's own output passes through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import time
+
+from _common import figure, footer, header
+
+HZ = os.sysconf("SC_CLK_TCK")
+SERVERS = ("raylet", "gcs_server", "log_monitor", "dashboard", "monitor.py", "runtime_env", "default_worker")
+
+
+def kind(pid: int) -> str | None:
+    try:
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        comm = open(f"/proc/{pid}/comm").read().strip()
+    except OSError:
+        return None
+    if comm.startswith("ray::"):  # Ray names an actor's process after the actor (15 characters: comm's limit)
+        return comm
+    return next((k for k in SERVERS if k in cmdline), comm)
+
+
+def stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds of the process and its waited-for children)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[1]), sum(int(x) for x in f[11:15]) / HZ
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not cmd:
+        ap.error("give the command after --")
+    header("process_cpu")
+    seen: dict[int, tuple[str, float]] = {}  # pid -> (kind at its last sample, CPU s)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd)
+    while True:
+        running = proc.poll() is None
+        procs = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    procs[int(d)] = stat(int(d))
+                except (OSError, IndexError, ValueError):
+                    pass
+        children = collections.defaultdict(list)
+        for pid, (ppid, _) in procs.items():
+            children[ppid].append(pid)
+        todo, tree = [proc.pid], set()
+        while todo:
+            pid = todo.pop()
+            tree.add(pid)
+            todo += children.get(pid, [])
+        for pid in tree & procs.keys():
+            k = kind(pid)
+            if k is not None:  # an actor renames its process once it starts: keep the latest name
+                seen[pid] = (k, procs[pid][1])
+        if not running:
+            break
+        time.sleep(a.interval)
+    wall = time.time() - t0
+    total: dict[str, float] = collections.defaultdict(float)
+    count: dict[str, int] = collections.defaultdict(int)
+    for k, cpu in seen.values():
+        total[k] += cpu
+        count[k] += 1
+    for k in sorted(total, key=total.get, reverse=True):
+        name = k.replace("::", "_").replace(" ", "_")
+        figure(f"cpu_s_{name}", total[k])
+        figure(f"procs_{name}", count[k], "d")
+    figure("wall_s", wall)
+    footer()
+    figure("cpu_s", sum(total.values()))
+    raise SystemExit(proc.returncode)
+
+
+if __name__ == "__main__":
+    main()
