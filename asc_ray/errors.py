@@ -90,18 +90,19 @@ def handle_sigterm() -> None:
             signal.signal(signal.SIGINT, _on_signal)
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (so field 4, the parent pid, is [1]; field 22, the start
+    time, is [19]); [] when unknown (no such process, not Linux). The name may hold spaces and ')'."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _children(pid: int) -> list[int]:
     """Direct children of `pid`, from /proc (Linux; elsewhere none)."""
-    kids = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        kids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return kids
+    entries = os.listdir("/proc") if os.path.isdir("/proc") else []
+    return [int(e) for e in entries if e.isdigit() and proc_stat(e)[1:2] == [str(pid)]]
 
 
 def _stop_own_ray_node() -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AscRayError, proc_stat
 
 LOCK_NAME = ".asc-ray.lock"
 HEARTBEAT_S = 30.0
@@ -44,10 +44,7 @@ def _boot_id() -> str:
 
 def _pid_start(pid: int) -> str:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22); '' when unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+    return (proc_stat(pid)[19:20] or [""])[0]
 
 
 def _pid_alive(pid: int) -> bool:
