@@ -13,7 +13,7 @@ clock it splits the wall time into phases:
     machine_cpu_s        CPU seconds the whole machine spent during the fit (every Ray process it started):
                          what a 2-core laptop running 30 teachers pays, unlike the wall time of one alone
 
-    python bench/teacher_overhead.py [--repeats 3]
+    python bench/teacher_overhead.py [--repeats 3] [--epochs 1]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from _common import busy_cpu_s, figure, footer, header
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=1, help="each reports once: shows the controller's poll")
     ap.add_argument("--data-dir", default=None, help="default: a tiny synthetic set in a temp dir")
     a = ap.parse_args()
     header("teacher_overhead")
@@ -48,7 +49,7 @@ def main() -> None:
         "smoke",
         None,
         [
-            "bcbl.epochs=1",
+            f"bcbl.epochs={a.epochs}",
             "teachers.bcbl_epochs=0",  # 0: the teachers train bcbl.epochs too (smoke gives them 24)
             "train.min_steps=0",  # one epoch really: the smoke floor of 150 steps would hide the overhead
             "teachers.systems=[bcbl32_fms]",
