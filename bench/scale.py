@@ -30,6 +30,7 @@ import csv
 import io
 import multiprocessing as mp
 import os
+import queue
 import resource
 import shutil
 import subprocess
@@ -246,7 +247,17 @@ def main(argv=None) -> int:
             target=_unit, args=(str(data), str(run), a.steps, ctx.caches[32000], q)
         )
         proc.start()
-        r = q.get()
+        while (
+            True
+        ):  # a child that dies (killed, out of memory) puts nothing: say so instead of waiting forever
+            try:
+                r = q.get(timeout=5)
+                break
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise SystemExit(
+                        f"the unit process died (exit code {proc.exitcode}) before it reported"
+                    ) from None
         proc.join()
         figure("worker_import_s", r["import_s"])
         figure("student_samples/s", r["sps"])
