@@ -21,6 +21,8 @@ import time
 
 from _common import figure, footer, header
 
+from asc_ray.errors import proc_stat
+
 HZ = os.sysconf("SC_CLK_TCK")
 SERVERS = ("raylet", "gcs_server", "log_monitor", "dashboard", "monitor.py", "runtime_env", "default_worker")
 
@@ -36,10 +38,10 @@ def kind(pid: int) -> str | None:
     return next((k for k in SERVERS if k in cmdline), comm)
 
 
-def stat(pid: int) -> tuple[int, float]:
-    """(parent pid, CPU seconds of the process and its waited-for children)."""
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(f[1]), sum(int(x) for x in f[11:15]) / HZ
+def stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its waited-for children); None when it is gone."""
+    f = proc_stat(pid)
+    return (int(f[1]), sum(int(x) for x in f[11:15]) / HZ) if f else None
 
 
 def main() -> None:
@@ -56,13 +58,7 @@ def main() -> None:
     proc = subprocess.Popen(cmd)
     while True:
         running = proc.poll() is None
-        procs = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    procs[int(d)] = stat(int(d))
-                except (OSError, IndexError, ValueError):
-                    pass
+        procs = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := stat(int(d))) is not None}
         children = collections.defaultdict(list)
         for pid, (ppid, _) in procs.items():
             children[ppid].append(pid)

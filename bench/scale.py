@@ -247,9 +247,8 @@ def main(argv=None) -> int:
             target=_unit, args=(str(data), str(run), a.steps, ctx.caches[32000], q)
         )
         proc.start()
-        while (
-            True
-        ):  # a child that dies (killed, out of memory) puts nothing: say so instead of waiting forever
+        # a child that dies (killed, out of memory) puts nothing: say so instead of waiting forever
+        while True:
             try:
                 r = q.get(timeout=5)
                 break

@@ -37,15 +37,14 @@ def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, 
 
     from asc_ray.pipeline import runtime
 
+    # init_ray() sets these: this test leaves the environment as it was
     for k in (
         "RAY_ADDRESS",
         "RAY_GCS_SERVER_PORT",
         "RAY_TRAIN_METRICS_ENABLED",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
     ):
-        monkeypatch.delenv(
-            k, raising=False
-        )  # init_ray() sets them: this test leaves the environment as it was
+        monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(runtime, "_OWN_ADDRESS", [])
     job = {"cfg": load_config("smoke"), "system": "bcbl32_fms", "split": 25, "key": "0123456789abcdef"}
 

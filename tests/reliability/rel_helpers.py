@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from asc_ray.errors import proc_stat
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
@@ -24,11 +26,8 @@ def sigint_default() -> None:
 
 
 def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    f = proc_stat(pid)
+    return int(f[1]) if f else None
 
 
 def descendants(pid: int) -> set[int]:
@@ -47,11 +46,8 @@ def descendants(pid: int) -> set[int]:
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    f = proc_stat(pid)
+    return bool(f) and f[0] != "Z"  # a zombie has exited
 
 
 def cmdline(pid: int) -> str:
