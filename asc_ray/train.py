@@ -171,6 +171,14 @@ def train_epochs(system: System, cfg: dict, steps_per_epoch: int) -> int:
     return max(epochs, math.ceil(cfg["train"]["min_steps"] / max(1, steps_per_epoch)))
 
 
+def exact_epochs(system: System, epochs: int | None) -> list[str]:
+    """Overrides that make `system` train exactly `epochs` epochs (none for None): its family's epochs, with the
+    smoke profile's 32-BCBL teacher epochs and the min_steps floor off, so nothing raises them."""
+    if epochs is None:
+        return []
+    return [f"{system.family}.epochs={epochs}", "teachers.bcbl_epochs=0", "train.min_steps=0"]
+
+
 def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per_epoch: int):
     h = hparams(system, cfg)
     total = max(1, train_epochs(system, cfg, steps_per_epoch) * steps_per_epoch)
@@ -660,9 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     system = get_system(a.system)
     overrides = list(a.overrides)
-    if a.epochs is not None:
-        overrides += [f"{system.family}.epochs={a.epochs}", "train.min_steps=0"]
-    cfg = load_config(a.profile, a.config, overrides)
+    cfg = load_config(a.profile, a.config, overrides + exact_epochs(system, a.epochs))
     out = Path(a.output_dir) / f"split{a.split}" / system.name
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, a.data_dir, a.output_dir, a.split, system, a.logits)

@@ -320,10 +320,24 @@ def test_cli_bcbl32_teacher_hears_44k(synth_dataset, tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
+    assert "epoch 1/1 " in r.stdout  # --epochs is exact for a teacher too (not the smoke teachers' 24)
     assert "1x256x89 at 44.1 kHz" in r.stdout
     res = json.loads((tmp_path / "split100" / "bcbl32_fms" / "result.json").read_text())
     assert res["sample_rate"] == 44100 and res["input_shape"] == "1x256x89"
     assert 39e6 < res["macs"] < 41e6 and res["tested_in"] == "fp32"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_cli_epochs_is_exact_for_every_system(profile):
+    """`python -m asc_ray.train --epochs N` trains N epochs whatever the system: neither the smoke profile's
+    32-BCBL teacher epochs nor the min_steps floor raise it."""
+    from asc_ray.systems import SYSTEMS
+    from asc_ray.train import exact_epochs, train_epochs
+
+    for name, system in SYSTEMS.items():
+        cfg = load_config(profile, None, exact_epochs(system, 3))
+        assert train_epochs(system, cfg, steps_per_epoch=1) == 3, name
+    assert exact_epochs(get_system("baseline"), None) == []
 
 
 def test_min_steps_gives_a_tiny_split_more_epochs_and_the_schedule_follows(synth_dataset, tmp_path):
