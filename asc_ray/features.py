@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -71,16 +70,27 @@ class LogMel(nn.Module):
             f_min=0.0,
             f_max=None,
         )
+        # The STFT stays complex and forward() squares it as re^2 + im^2: torchaudio's |X|.pow(2) takes the
+        # complex abs (a hypot per bin), 5x slower on a CPU and a third of the front-end's time there
+        self.mel.spectrogram.power = None
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        x = self.mel(wave.float())  # [B, n_mels, T], power
+        spec = self.mel.spectrogram(wave.float())  # [B, n_fft // 2 + 1, T], complex
+        x = self.mel.mel_scale(spec.real.square() + spec.imag.square())  # [B, n_mels, T], power
         if self.training and self.cfg.freqm > 0:
             x = freq_mask(x.unsqueeze(1), self.cfg.freqm).squeeze(1)
         return (x + LOG_OFFSET).log().unsqueeze(1)
 
 
 class PasstMel(nn.Module):
-    """hear21passt's AugmentMelSTFT, its debug print and deprecation warnings kept quiet; adds the channel dim."""
+    """hear21passt's AugmentMelSTFT (its settings, buffers, masking and random draws), with its forward written
+    out here in faster ops, and the channel dim added.
+
+    The library's forward computes the pre-emphasis as a 2-tap conv1d and the power as a sum over a real view of
+    the STFT; on a CPU those two were 60 % of its time. Here they are a difference of shifted slices and
+    re^2 + im^2: the same arithmetic, the same torch random draws in the same order (fmin/fmax jitter, then
+    frequency and time masking), equal to the library's output up to float rounding
+    (tests/science/test_features.py). Everything else is the library's own code path."""
 
     def __init__(self, freqm: int = PASST_MEL["freqm"]):
         super().__init__()
@@ -90,11 +100,42 @@ class PasstMel(nn.Module):
             self.mel = AugmentMelSTFT(**{**PASST_MEL, "freqm": freqm})
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        # fmax jitter and masking happen only in training (.train()/.eval() reach self.mel)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # stft(return_complex=False) deprecation
-            warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp.autocast deprecation
-            return self.mel(wave.float()).unsqueeze(1)
+        m = self.mel
+        x = wave.float()
+        c = m.preemphasis_coefficient.flatten()  # [-0.97, 1]: y[n] = x[n + 1] - 0.97 x[n]
+        x = c[1] * x[:, 1:] + c[0] * x[:, :-1]
+        spec = torch.stft(
+            x,
+            m.n_fft,
+            hop_length=m.hopsize,
+            win_length=m.win_length,
+            center=True,
+            normalized=False,
+            window=m.window,
+            return_complex=True,
+        )
+        x = spec.real.square() + spec.imag.square()  # power
+        # the fmax jitter is drawn in eval mode too (and ignored there), as the library does: same RNG stream
+        fmin = m.fmin + torch.randint(m.fmin_aug_range, (1,)).item()
+        fmax = m.fmax + m.fmax_aug_range // 2 - torch.randint(m.fmax_aug_range, (1,)).item()
+        if not self.training:
+            fmin, fmax = m.fmin, m.fmax
+        with torch.autocast(x.device.type, enabled=False):  # the library keeps the mel projection in fp32
+            x = _passt_mel_basis(m.n_mels, m.n_fft, m.sr, fmin, fmax).to(x.device) @ x
+        x = (x + 0.00001).log()
+        if self.training:
+            x = m.timem(m.freqm(x))
+        return ((x + 4.5) / 5.0).unsqueeze(1)  # the library's fast normalisation
+
+
+@functools.lru_cache(maxsize=1024)
+def _passt_mel_basis(n_mels: int, n_fft: int, sr: int, fmin: float, fmax: float) -> torch.Tensor:
+    """hear21passt's kaldi mel banks for one (fmin, fmax), padded to n_fft // 2 + 1 bins; cached: the fmax
+    jitter takes one of 1000 values, and building a bank is a Python loop over bins."""
+    mel_basis, _ = torchaudio.compliance.kaldi.get_mel_banks(
+        n_mels, n_fft, sr, fmin, fmax, vtln_low=100.0, vtln_high=-500.0, vtln_warp_factor=1.0
+    )
+    return torch.nn.functional.pad(mel_basis, (0, 1), mode="constant", value=0)
 
 
 def build_frontend(name: str, freqm: int = 48) -> nn.Module:

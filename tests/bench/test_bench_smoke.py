@@ -72,6 +72,15 @@ def test_student_throughput_prints_samples_per_s_and_the_naive_ratio(synth_datas
     assert "RANDOM logits" in out
 
 
+def test_frontend_throughput_times_each_front_end_against_its_reference():
+    out = run("frontend_throughput.py", "--batch", "2", "--repeats", "2")
+    for name in ("mel32k", "mel44k", "passt"):
+        ours, ref = figure(out, f"{name}_ms"), figure(out, f"{name}_ref_ms")
+        assert ours > 0 and ref > 0
+        assert figure(out, f"{name}_speedup") == pytest.approx(ref / ours, rel=0.02)
+    assert last_figure(out, "mean_speedup") > 0
+
+
 def test_cache_throughput_prints_build_and_read_figures(synth_dataset):
     out = run("cache_throughput.py", "--data-dir", str(synth_dataset), "--passes", "2", "--batch", "32")
     assert figure(out, "build_clips") == 200

@@ -98,3 +98,46 @@ def test_each_system_hears_its_own_front_end():
         assert input_shape(s.frontend) == (1, 256, 65)
     assert input_shape(SYSTEMS["bcbl24"].frontend) == (1, 256, 89)
     assert all(frontend_sample_rate(SYSTEMS[n].frontend) == 44100 for n in ("passt_fms", "passt_dir"))
+
+
+@pytest.mark.parametrize("name", ["mel32k", "mel44k"])
+def test_log_mel_is_torchaudios_mel_spectrogram(name):
+    """LogMel squares the complex STFT itself (faster on a CPU than torchaudio's |X|.pow(2)): the same log-mel as
+    torchaudio's MelSpectrogram with the DCASE baseline's settings, up to float rounding."""
+    import torchaudio
+
+    c = FRONTENDS[name]
+    ref = torchaudio.transforms.MelSpectrogram(
+        sample_rate=c.sample_rate,
+        n_fft=c.n_fft,
+        win_length=c.win_length,
+        hop_length=c.hop_length,
+        n_mels=c.n_mels,
+        f_min=0.0,
+        f_max=None,
+    )
+    wave = 0.1 * torch.randn(3, c.sample_rate, generator=torch.Generator().manual_seed(0))
+    want = (ref(wave) + 1e-5).log().unsqueeze(1)
+    torch.testing.assert_close(build_frontend(name).eval()(wave), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_passt_front_end_is_hear21passts(mode):
+    """PasstMel's own forward gives what hear21passt's AugmentMelSTFT.forward gives, with the same random draws
+    (fmax jitter, frequency and time masks) taken from torch's RNG in the same order."""
+    import warnings
+
+    fe = getattr(build_frontend("passt"), mode)()
+    wave = 0.3 * torch.randn(4, 44100, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    ours = fe(wave)
+    rng_after_ours = torch.get_rng_state()
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the library's stft(return_complex=False) and cuda.amp deprecations
+        lib = fe.mel(wave).unsqueeze(1)
+    torch.testing.assert_close(ours, lib, atol=1e-5, rtol=0)
+    assert torch.equal(rng_after_ours, torch.get_rng_state())  # same draws: the same augmentation stream
+    if mode == "train":
+        torch.manual_seed(4)
+        assert not torch.allclose(fe(wave), ours)  # other draws, other jitter and masks
