@@ -667,8 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     system = get_system(a.system)
-    overrides = list(a.overrides)
-    cfg = load_config(a.profile, a.config, overrides + exact_epochs(system, a.epochs))
+    cfg = load_config(a.profile, a.config, [*a.overrides, *exact_epochs(system, a.epochs)])
     out = Path(a.output_dir) / f"split{a.split}" / system.name
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, a.data_dir, a.output_dir, a.split, system, a.logits)

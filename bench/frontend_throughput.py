@@ -23,23 +23,19 @@ import torch  # noqa: E402
 from _common import figure, footer, header  # noqa: E402
 
 from asc_ray.augment import freq_mask  # noqa: E402
-from asc_ray.features import FRONTENDS, LOG_OFFSET, build_frontend, frontend_sample_rate  # noqa: E402
+from asc_ray.features import (  # noqa: E402
+    FRONTENDS,
+    LOG_OFFSET,
+    build_frontend,
+    frontend_sample_rate,
+    torchaudio_mel,
+)
 
 
 def torchaudio_log_mel(name: str):
     """The pre-change LogMel: torchaudio's MelSpectrogram as the DCASE baseline calls it (|X|.pow(2))."""
-    import torchaudio
-
     c = FRONTENDS[name]
-    mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=c.sample_rate,
-        n_fft=c.n_fft,
-        win_length=c.win_length,
-        hop_length=c.hop_length,
-        n_mels=c.n_mels,
-        f_min=0.0,
-        f_max=None,
-    )
+    mel = torchaudio_mel(c)
 
     def forward(wave):
         x = freq_mask(mel(wave).unsqueeze(1), c.freqm).squeeze(1)
