@@ -587,6 +587,9 @@ class Trainer:
                 "val_macro_acc", float("nan")
             )  # every report carries the selection metric (Tune needs it)
             m["epoch"] = self.epoch
+            # the fraction of this unit's epochs done: Tune's ASHA compares trials on it, since epoch counts
+            # differ between trials (train.min_steps raises them on small splits; a search may vary them)
+            m["progress"] = self.epoch / epochs
             self.history.append(m)
             # the resumable state every train.checkpoint_every epochs and at the end (Ray gets it then only)
             ckpt = self.save_checkpoint() if self.rank == 0 and save else None

@@ -21,6 +21,11 @@ from asc_ray.outputs import unit_dir
 from asc_ray.systems import get_system
 from asc_ray.train import Trainer, prepare_data, unit_params
 
+_CLOCKS = (
+    "epoch",
+    "progress",
+)  # where an epoch's report stands, not what it measured: MLflow's step, not metrics
+
 # What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
 #   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator (serves the logits
 #   tables a student learns from), out_dir (optional: a search trial's own folder instead of the unit's),
@@ -140,7 +145,7 @@ def run_unit(
 
     def report_and_log(m: dict, ckpt: Path | None) -> None:
         if run_id:
-            tracker.log_metrics(run_id, {k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
+            tracker.log_metrics(run_id, {k: v for k, v in m.items() if k not in _CLOCKS}, step=m["epoch"])
         report(m, ckpt)
         if pid_dir:  # test hook: which process trains this unit, and its last checkpointed epoch
             (Path(pid_dir) / f"{system.name}_split{split}").write_text(f"{os.getpid()} {m['epoch']}\n")

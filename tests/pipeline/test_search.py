@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,7 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         "students.systems=[bcbl24]",
         "students.search.channels.bcbl24=[8,16]",
         "train.select=val",  # trials are chosen on the holdout (the smoke profile keeps the last epoch)
-        "bcbl.epochs=2",
-        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-        "train.min_steps=0",
+        "bcbl.epochs=2",  # raised by the smoke profile's train.min_steps (150 steps: 5 epochs here)
     ]
     for job in ("students", "evaluate"):
         r = subprocess.run(
@@ -80,6 +79,9 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
             assert "best of search on val: {'channels.bcbl24':" in r.stdout
     trials = list((tmp_path / "o" / "ray_results").glob("students-*/student_trial_*"))
     assert len(trials) == 2
+    # the chosen trial trained every epoch min_steps asked for (an epoch clock stopped it at bcbl.epochs + 1)
+    epochs = re.findall(r"epoch (\d+)/(\d+) ", (tmp_path / "o/students/split100/bcbl24/unit.log").read_text())
+    assert epochs[-1][0] == epochs[-1][1] and int(epochs[-1][1]) > 3, epochs[-3:]
     with open(tmp_path / "o" / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
     allowed = {measure(bcbl(n), (1, *input_shape("mel44k"))).params: n for n in (8, 16)}
