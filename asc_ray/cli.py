@@ -8,6 +8,28 @@ from asc_ray.config import load_config
 from asc_ray.errors import AscRayError
 
 
+def add_epochs_option(p: argparse.ArgumentParser) -> None:
+    """--epochs N: the config key train.epochs, so that it reaches every unit (and its resume key) as config."""
+
+    def positive(v: str) -> int:
+        if not v.isdigit() or int(v) < 1:
+            raise argparse.ArgumentTypeError(f"must be a whole number of epochs >= 1, got '{v}'")
+        return int(v)
+
+    p.add_argument(
+        "--epochs",
+        type=positive,
+        default=None,
+        help="every model trains exactly N epochs, whatever the profile says (train.epochs=N): a quick check "
+        "of data and set-up end to end",
+    )
+
+
+def with_epochs(overrides: list[str], epochs: int | None) -> list[str]:
+    """The command line's overrides with --epochs last (it wins over a family's epochs given as key=value)."""
+    return [*overrides, f"train.epochs={epochs}"] if epochs else list(overrides)
+
+
 def parse(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, dict]:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data-dir", required=True, help="TAU22 development set (meta.csv, audio/, split files)")
@@ -25,8 +47,9 @@ def parse(argv: list[str] | None, description: str) -> tuple[argparse.Namespace,
     p.add_argument(
         "--fresh", action="store_true", help="recompute everything instead of reusing finished work"
     )
+    add_epochs_option(p)
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. bcbl.epochs=10")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # options may follow key=value overrides
     try:
         a.splits = [int(s) for s in a.splits.split(",") if s.strip()]
     except ValueError:
@@ -36,7 +59,7 @@ def parse(argv: list[str] | None, description: str) -> tuple[argparse.Namespace,
     bad = [s for s in a.splits if s not in (5, 10, 25, 50, 100)]
     if bad or not a.splits:
         raise AscRayError(f"unknown split(s) {bad}", path="--splits", fix="choose from 5,10,25,50,100")
-    return a, load_config(a.profile, a.config, a.overrides)
+    return a, load_config(a.profile, a.config, with_epochs(a.overrides, a.epochs))
 
 
 def run_stages(argv: list[str] | None, stages: tuple[str, ...], description: str) -> int:

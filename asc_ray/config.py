@@ -203,6 +203,12 @@ def _check_semantics(cfg: dict) -> None:
                 path="config",
                 fix=f"e.g. {group}.resources={{large_gpu: 1}}",
             )
+    if cfg["train"]["epochs"] < 0:
+        raise AscRayError(
+            f"train.epochs must be >= 0, got {cfg['train']['epochs']}",
+            path="config",
+            fix="e.g. train.epochs=1 (every model trains one epoch); 0 = each family's own epochs",
+        )
     every = cfg["train"]["checkpoint_every"]
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise AscRayError(

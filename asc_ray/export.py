@@ -245,13 +245,20 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_header(profile: str, data_dir: str | Path, date: str, what: str = "Results") -> str:
-    """The top of a results page: what was run, on what, when. Under any profile but `full` the title says
-    that the numbers are not comparable with the report's Table 3."""
+def run_header(profile: str, data_dir: str | Path, date: str, what: str = "Results", epochs: int = 0) -> str:
+    """The top of a results page: what was run, on what, when. Under any profile but `full`, or with every
+    model cut to `epochs` (train.epochs, a set-up check), the title says that the numbers are not comparable
+    with the report's Table 3."""
     title = f"# {what}"
-    if profile != "full":
+    if epochs:
+        title += f" (--epochs {epochs}: a set-up check, every model trained {epochs} epoch(s): not results)"
+    elif profile != "full":
         title += f" ({profile} profile: not comparable with the report's Table 3)"
     lines = [title, "", f"- profile: `{profile}`", f"- data: `{data_dir}`", f"- date: {date}"]
+    if epochs:
+        lines.append(
+            f"- every model trained exactly {epochs} epoch(s) (`train.epochs`); the next run without it retrains"
+        )
     if profile != "full":
         lines.append(
             "- the report's settings are the `full` profile (e.g. `PROFILE=full bash scripts/run_local.sh`)"

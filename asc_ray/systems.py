@@ -56,8 +56,8 @@ class System:
                 "freqm": True,  # every front-end masks
             }.get(name, False)
         if section == "train":
-            # which epoch is kept; how many steps are made; bf16 numerics on GPU
-            return name in ("select", "eval_every", "amp", "min_steps")
+            # which epoch is kept; how many epochs and steps are made; bf16 numerics on GPU
+            return name in ("select", "eval_every", "amp", "epochs", "min_steps")
         if section == "data":
             return name == "holdout_fraction"
         if section == "teachers":
@@ -102,10 +102,12 @@ def hparams(system: System, cfg: dict) -> dict:
     """The system's training settings: its family's section (bcbl / passt), overridden by a section named after
     the system where the config has one (`baseline:`, the official DCASE 2024 baseline recipe); the 32-BCBL
     teachers train `teachers.bcbl_epochs` epochs where that is set (the smoke profile: teachers at their
-    plateau, students on the report's shared schedule)."""
+    plateau, students on the report's shared schedule); `train.epochs`, where set, overrides them all."""
     h = {**cfg[system.family], **cfg.get(system.name, {})}
     if system.role == "teacher" and system.family == "bcbl" and cfg["teachers"]["bcbl_epochs"]:
         h["epochs"] = cfg["teachers"]["bcbl_epochs"]
+    if cfg["train"]["epochs"]:
+        h["epochs"] = cfg["train"]["epochs"]
     return h
 
 

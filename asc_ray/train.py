@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from asc_ray import augment, losses
 from asc_ray.checkpointing import is_save_epoch
+from asc_ray.cli import add_epochs_option, with_epochs
 from asc_ray.config import config_hash, flatten, load_config
 from asc_ray.data.cache import WaveformStore, build_cache
 from asc_ray.data.dataset import ClipBatches, to_device
@@ -165,18 +166,13 @@ def build_model(system: System, cfg: dict, pretrained: bool = True) -> torch.nn.
 
 
 def train_epochs(system: System, cfg: dict, steps_per_epoch: int) -> int:
-    """The epochs a unit trains: its family's `epochs`, raised where a split is too small for them to make
-    `train.min_steps` optimizer steps (a smoke run's 44-clip split 5 has 6 batches an epoch)."""
+    """The epochs a unit trains: exactly `train.epochs` where set; else its family's `epochs`, raised where a
+    split is too small for them to make `train.min_steps` optimizer steps (a smoke run's 44-clip split 5 has 6
+    batches an epoch)."""
+    if cfg["train"]["epochs"]:
+        return cfg["train"]["epochs"]
     epochs = hparams(system, cfg)["epochs"]
     return max(epochs, math.ceil(cfg["train"]["min_steps"] / max(1, steps_per_epoch)))
-
-
-def exact_epochs(system: System, epochs: int | None) -> list[str]:
-    """Overrides that make `system` train exactly `epochs` epochs (none for None): its family's epochs, with the
-    smoke profile's 32-BCBL teacher epochs and the min_steps floor off, so nothing raises them."""
-    if epochs is None:
-        return []
-    return [f"{system.family}.epochs={epochs}", "teachers.bcbl_epochs=0", "train.min_steps=0"]
 
 
 def build_optimizer(system: System, cfg: dict, model: torch.nn.Module, steps_per_epoch: int):
@@ -652,12 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", type=int, required=True, choices=(5, 10, 25, 50, 100))
     p.add_argument("--output-dir", required=True)
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="train exactly this many epochs (the profile's train.min_steps floor is off)",
-    )
+    add_epochs_option(p)
     p.add_argument("--profile", default="full", choices=("full", "smoke"))
     p.add_argument("--config", default=None)
     p.add_argument(
@@ -668,9 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # options may follow key=value overrides
     system = get_system(a.system)
-    cfg = load_config(a.profile, a.config, [*a.overrides, *exact_epochs(system, a.epochs)])
+    cfg = load_config(a.profile, a.config, with_epochs(a.overrides, a.epochs))
     out = Path(a.output_dir) / f"split{a.split}" / system.name
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, a.data_dir, a.output_dir, a.split, system, a.logits)

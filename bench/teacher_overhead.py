@@ -49,9 +49,7 @@ def main() -> None:
         "smoke",
         None,
         [
-            f"bcbl.epochs={a.epochs}",
-            "teachers.bcbl_epochs=0",  # 0: the teachers train bcbl.epochs too (smoke gives them 24)
-            "train.min_steps=0",  # one epoch really: the smoke floor of 150 steps would hide the overhead
+            f"train.epochs={a.epochs}",  # exactly: the smoke floor of 150 steps would hide the overhead
             "teachers.systems=[bcbl32_fms]",
             "students.systems=[baseline]",
             f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",

@@ -1,7 +1,7 @@
 """The whole pipeline: teachers -> logits -> students -> results.
 
     python jobs/full_pipeline.py --data-dir D --output-dir O [--splits 5,10,25,50,100] [--profile smoke|full]
-                      [--config FILE] [--fresh] [key=value ...]
+                      [--config FILE] [--epochs N] [--fresh] [key=value ...]
 
 Alone it starts a local Ray; under `ray job submit` it joins that cluster (RAY_ADDRESS).
 """

@@ -1,7 +1,7 @@
 """Stage 1 alone: train the six teachers per split (Ray Train).
 
     python jobs/teachers.py --data-dir D --output-dir O [--splits 5,10,25,50,100] [--profile smoke|full]
-                      [--config FILE] [--fresh] [key=value ...]
+                      [--config FILE] [--epochs N] [--fresh] [key=value ...]
 
 Alone it starts a local Ray; under `ray job submit` it joins that cluster (RAY_ADDRESS).
 """

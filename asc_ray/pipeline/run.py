@@ -299,12 +299,14 @@ class Pipeline:
                 fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)",
             )
         date = time.strftime("%Y-%m-%d %H:%M %Z")
-        header = run_header(self.cfg["profile"], self.data_dir, date)
+        header = run_header(self.cfg["profile"], self.data_dir, date, epochs=self.cfg["train"]["epochs"])
         write_results_table(rows, self.out / "results.csv", self.out / "results.md", header)
         if self.ctx.eval_set is not None:
             self._predict_eval_set(rows)
         if teacher_rows:
-            header = run_header(self.cfg["profile"], self.data_dir, date, "Teachers")
+            header = run_header(
+                self.cfg["profile"], self.data_dir, date, "Teachers", self.cfg["train"]["epochs"]
+            )
             write_results_table(teacher_rows, self.out / "teachers.csv", self.out / "teachers.md", header)
         t = self.ctx.tracker
         t.log_metrics(

@@ -238,10 +238,7 @@ def test_split_quality_scores_every_system_and_the_ensemble(synth_dataset, tmp_p
         "split_quality.py",
         *("--data-dir", str(synth_dataset), "--split", "100", "--out", str(tmp_path)),
         *(
-            "bcbl.epochs=1",
-            "teachers.bcbl_epochs=0",
-            "passt.epochs=1",
-            "train.min_steps=0",
+            "train.epochs=1",
             "teachers.systems=[bcbl32_fms,passt_dir]",
         ),
         timeout=600,

@@ -117,9 +117,8 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
         str(SPLIT),
         "teachers.systems=[bcbl32_fms,bcbl32_dir]",
         "students.systems=[kd_ensemble]",
-        "bcbl.epochs=1",
-        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-        "train.min_steps=0",
+        "--epochs",
+        "1",
         f"data.cache_dir={tmp_path / 'node_cache'}",  # the node's copy: not the machine's /tmp/asc_ray_cache
         cwd=REPO,
         timeout=480,

@@ -109,9 +109,7 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
         "teachers.cpus_per_worker=1",
         "teachers.max_failures=2",
         "students.systems=[baseline]",
-        f"bcbl.epochs={EPOCHS}",
-        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-        "train.min_steps=0",
+        f"--epochs={EPOCHS}",
         f"data.cache_dir={tmp_path / 'node_cache'}",  # the nodes' copies: not the machine's /tmp/asc_ray_cache
     ]
     with open(log, "w") as f:
@@ -214,9 +212,7 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
         f"students.systems=[{STUDENT}]",
         "students.cpus_per_trial=1",  # a node holds one trial: the retry has to go to the other node
         "students.max_failures=2",
-        f"bcbl.epochs={STUDENT_EPOCHS}",
-        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-        "train.min_steps=0",
+        f"--epochs={STUDENT_EPOCHS}",
         f"data.cache_dir={tmp_path / 'node_cache'}",  # the nodes' copies: not the machine's /tmp/asc_ray_cache
     ]
     with open(log, "w") as f:

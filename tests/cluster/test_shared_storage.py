@@ -98,9 +98,8 @@ def _run(cluster, out: Path, db: Path, cwd: Path, *extra: str, timeout: float = 
         "teachers.cpus_per_worker=1",
         f"students.systems=[{STUDENT}]",
         "students.cpus_per_trial=1",
-        "bcbl.epochs=1",
-        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-        "train.min_steps=0",
+        "--epochs",
+        "1",
         *extra,
     ]
     t0 = time.time()

@@ -41,10 +41,7 @@ def test_two_workers_per_teacher_train_disjoint_shards_in_step(synth_dataset, tm
         "teachers.num_workers=2",
         f"teachers.systems=[{','.join(TEACHERS)}]",
         "passt.size=small",
-        "passt.epochs=2",
-        "bcbl.epochs=2",
-        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-        "train.min_steps=0",
+        "train.epochs=2",
         "train.select=val",  # rank 0 validates on the holdout (the smoke profile keeps the last epoch)
     ]
     out = tmp_path / "out"

@@ -328,16 +328,23 @@ def test_cli_bcbl32_teacher_hears_44k(synth_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("profile", ["smoke", "full"])
-def test_cli_epochs_is_exact_for_every_system(profile):
-    """`python -m asc_ray.train --epochs N` trains N epochs whatever the system: neither the smoke profile's
-    32-BCBL teacher epochs nor the min_steps floor raise it."""
+def test_epochs_option_is_exact_for_every_system(profile):
+    """`--epochs N` (python -m asc_ray.train and every job: train.epochs=N) trains N epochs whatever the
+    system: neither the smoke profile's 32-BCBL teacher epochs, nor the min_steps floor, nor a family's epochs
+    given on the command line change it; it is in every unit's resume key."""
+    from asc_ray.cli import parse
     from asc_ray.systems import SYSTEMS
-    from asc_ray.train import exact_epochs, train_epochs
+    from asc_ray.train import train_epochs, unit_config
 
+    argv = ["--data-dir", "D", "--output-dir", "O", "--profile", profile, "--epochs", "3"]
+    _, cfg = parse([*argv[:-2], "bcbl.epochs=7", *argv[-2:], "passt.epochs=7"], "test")  # options anywhere
+    plain = load_config(profile, None, [])
     for name, system in SYSTEMS.items():
-        cfg = load_config(profile, None, exact_epochs(system, 3))
         assert train_epochs(system, cfg, steps_per_epoch=1) == 3, name
-    assert exact_epochs(get_system("baseline"), None) == []
+        assert train_epochs(system, plain, steps_per_epoch=1) != 3, name
+        assert unit_config(cfg, system) != unit_config(plain, system), name
+    with pytest.raises(SystemExit):  # argparse refuses it with a message, before anything loads
+        parse([*argv[:-1], "0"], "test")
 
 
 def test_min_steps_gives_a_tiny_split_more_epochs_and_the_schedule_follows(synth_dataset, tmp_path):

@@ -26,10 +26,8 @@ SMALL = [
     "25",
     "--profile",
     "smoke",
-    "bcbl.epochs=1",
-    "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-    "train.min_steps=0",
-    "passt.epochs=1",
+    "--epochs",
+    "1",
     "teachers.systems=[bcbl32_fms]",
     "students.systems=[baseline]",
 ]

@@ -101,9 +101,8 @@ def test_two_pipelines_on_one_machine_both_finish(synth_dataset, tmp_path):
         "25",
         "--profile",
         "smoke",
-        "bcbl.epochs=1",
-        "teachers.bcbl_epochs=0",  # the CNN teachers on bcbl.epochs too (smoke gives them 24)
-        "train.min_steps=0",
+        "--epochs",
+        "1",
         "teachers.systems=[bcbl32_fms]",
         "students.systems=[baseline]",
     ]

@@ -211,3 +211,7 @@ def test_results_page_says_what_was_run(tmp_path):
     write_results_table(rows, tmp_path / "r.csv", tmp_path / "r.md", full)
     md = (tmp_path / "r.md").read_text()
     assert "not comparable" not in md and "`full`" in md and "/data/tau22" in md
+
+    # --epochs N (train.epochs): a set-up check, whatever the profile, and its title says so
+    check = run_header("full", "/data/tau22", "2026-11-28", epochs=1)
+    assert "--epochs 1" in check.splitlines()[0] and "not results" in check.splitlines()[0]
