@@ -53,18 +53,50 @@ def busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _others_cpu() -> dict[tuple[str, str], float]:
+    """(pid, start time) -> CPU seconds, theirs and their waited-for children's, of every process but this one
+    (Linux /proc; {} elsewhere). The start time tells a pid reused by a new process apart."""
+    from asc_ray.errors import proc_stat
+
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out = {}
+    for e in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if e.isdigit() and int(e) != os.getpid():
+            f = proc_stat(e)
+            if len(f) > 19:
+                out[(e, f[19])] = sum(int(x) for x in f[11:15]) / hz
+    return out
+
+
+_START: dict = {}
+
+
 def header(name: str) -> None:
+    _START.update(wall=time.perf_counter(), others=_others_cpu())
     print(f"# {name}: {machine()}; load average {load1():.2f}", flush=True)
+
+
+def others_cores() -> float:
+    """Cores that the processes already running at header() kept busy since then, on average: someone else's
+    work, as a bench's own processes (a pipeline's Ray workers) all start after it. The load average cannot
+    tell the two apart. Work started by others after header() is not seen."""
+    wall = time.perf_counter() - _START["wall"]
+    now = _others_cpu()
+    return sum(now[k] - v for k, v in _START["others"].items() if k in now) / max(wall, 1e-9)
 
 
 def footer() -> None:
     la = load1()
-    warn = (
-        " (HIGH: others were using the CPU, re-run under the lock)"
-        if la > (os.cpu_count() or 1) + 0.5
-        else ""
+    if "wall" not in _START:  # no header(): only the load is known
+        print(f"# load average after: {la:.2f}", flush=True)
+        return
+    others = others_cores()
+    warn = " (HIGH: others were using the CPU, re-run under the lock)" if others > 0.25 else ""
+    print(
+        f"# load average after: {la:.2f}; processes running before the bench used {others:.2f} cores on "
+        f"average{warn}",
+        flush=True,
     )
-    print(f"# load average after: {la:.2f}{warn}", flush=True)
 
 
 def figure(name: str, value: float, fmt: str = ".1f") -> None:

@@ -285,3 +285,52 @@ def test_process_cpu_counts_every_descendant_by_kind_and_passes_the_exit_status_
         timeout=60,
     )
     assert p.returncode == 3
+
+
+def test_footer_counts_other_processes_cpu_not_the_bench_own():
+    """The footer's HIGH warning is about CPU that processes already running when the bench began took during
+    it, not the load average, which a bench that runs a pipeline raises itself. A process burning CPU that
+    the bench starts is its own; the same process started before header() is someone else's."""
+    import time
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _common import header, others_cores
+    finally:
+        sys.path.remove(str(BENCH))
+    burn = [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass"]
+    header("own")
+    subprocess.run(burn, check=True)
+    own = others_cores()
+    p = subprocess.Popen(burn)
+    time.sleep(0.3)  # it runs: a process of someone else's when the bench begins
+    header("other")
+    time.sleep(2.0)
+    other = others_cores()
+    p.wait()
+    assert other - own > 0.4, (own, other)
+
+
+def test_training_floor_counts_every_units_clip_passes(synth_dataset):
+    """bench/training_floor.py: a unit's clip-passes are its epochs x the clips an epoch trains (drop_last keeps
+    whole batches; train.epochs=2 fixes the epochs); the floor is the CPU they take over the cores."""
+    from asc_ray.data.tau import TauDataset
+
+    out = run(
+        "training_floor.py",
+        *("--data-dir", str(synth_dataset), "--splits", "5,100", "--cores", "4"),
+        *("teachers.systems=[bcbl32_fms]", "students.systems=[baseline]", "train.epochs=2"),
+    )
+    ds = TauDataset.open(synth_dataset)
+    per_epoch = sum(len(ds.split_files(s)) // 8 * 8 for s in (5, 100))  # smoke: batch 8, no holdout
+    assert figure(out, "baseline_clips") == figure(out, "bcbl32_fms_clips") == 2 * per_epoch
+    assert figure(out, "bcbl32_fms_cpu_ms_per_clip") > figure(out, "baseline_cpu_ms_per_clip") > 0  # 44.1 kHz
+    cpu = figure(out, "training_cpu_s")
+    assert cpu == pytest.approx(
+        2
+        * per_epoch
+        * (figure(out, "bcbl32_fms_cpu_ms_per_clip") + figure(out, "baseline_cpu_ms_per_clip"))
+        / 1000,
+        abs=0.1,  # printed to 0.1 s
+    )
+    assert last_figure(out, "floor_wall_s") == pytest.approx(cpu / 4, abs=0.05)
