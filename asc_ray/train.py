@@ -623,8 +623,9 @@ def unit_params(trainer: Trainer) -> dict:
 
 
 def unit_config(cfg: dict, system: System) -> dict:
-    """The config keys this system reads (System.reads): what its trained model depends on."""
-    return {k: v for k, v in flatten(cfg).items() if system.reads(k)}
+    """The config keys this system reads (System.reads): what its trained model depends on. `train.epochs`
+    is left out while it is off (0), so that units trained before the key existed keep their resume keys."""
+    return {k: v for k, v in flatten(cfg).items() if system.reads(k) and (k, v) != ("train.epochs", 0)}
 
 
 def unit_key(cfg: dict, system: System, split: int, data_key: str, upstream: str = "") -> str:

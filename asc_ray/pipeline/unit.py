@@ -21,10 +21,8 @@ from asc_ray.outputs import unit_dir
 from asc_ray.systems import get_system
 from asc_ray.train import Trainer, prepare_data, unit_params
 
-_CLOCKS = (
-    "epoch",
-    "progress",
-)  # where an epoch's report stands, not what it measured: MLflow's step, not metrics
+# where an epoch's report stands, not what it measured: MLflow's step, not metrics
+_CLOCKS = ("epoch", "progress")
 
 # What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
 #   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator (serves the logits

@@ -343,6 +343,7 @@ def test_epochs_option_is_exact_for_every_system(profile):
         assert train_epochs(system, cfg, steps_per_epoch=1) == 3, name
         assert train_epochs(system, plain, steps_per_epoch=1) != 3, name
         assert unit_config(cfg, system) != unit_config(plain, system), name
+        assert "train.epochs" not in unit_config(plain, system)  # off: keys made before it existed still hold
     with pytest.raises(SystemExit):  # argparse refuses it with a message, before anything loads
         parse([*argv[:-1], "0"], "test")
 
