@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HZ = os.sysconf("SC_CLK_TCK")  # clock ticks per second of /proc's CPU times
 if str(ROOT) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
@@ -50,7 +51,13 @@ def busy_cpu_s() -> float:
     except OSError:
         return float("nan")
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / HZ
+
+
+def proc_cpu_s(fields: list[str]) -> float:
+    """CPU seconds in a process's /proc/PID/stat fields (asc_ray.errors.proc_stat): its own and those of the
+    children it waited for."""
+    return sum(int(x) for x in fields[11:15]) / HZ
 
 
 def _others_cpu() -> dict[tuple[str, str], float]:
@@ -58,13 +65,12 @@ def _others_cpu() -> dict[tuple[str, str], float]:
     (Linux /proc; {} elsewhere). The start time tells a pid reused by a new process apart."""
     from asc_ray.errors import proc_stat
 
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     out = {}
     for e in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if e.isdigit() and int(e) != os.getpid():
             f = proc_stat(e)
             if len(f) > 19:
-                out[(e, f[19])] = sum(int(x) for x in f[11:15]) / hz
+                out[(e, f[19])] = proc_cpu_s(f)
     return out
 
 

@@ -19,11 +19,10 @@ import os
 import subprocess
 import time
 
-from _common import figure, footer, header
+from _common import figure, footer, header, proc_cpu_s
 
 from asc_ray.errors import proc_stat
 
-HZ = os.sysconf("SC_CLK_TCK")
 SERVERS = ("raylet", "gcs_server", "log_monitor", "dashboard", "monitor.py", "runtime_env", "default_worker")
 
 
@@ -41,7 +40,7 @@ def kind(pid: int) -> str | None:
 def stat(pid: int) -> tuple[int, float] | None:
     """(parent pid, CPU seconds of the process and its waited-for children); None when it is gone."""
     f = proc_stat(pid)
-    return (int(f[1]), sum(int(x) for x in f[11:15]) / HZ) if f else None
+    return (int(f[1]), proc_cpu_s(f)) if f else None
 
 
 def main() -> None:

@@ -42,23 +42,26 @@ def main(argv=None) -> int:
     names = [*cfg["teachers"]["systems"], *cfg["students"]["systems"]]
     work = Path(tempfile.mkdtemp(prefix="asc_ray_floor_"))
 
+    tables: dict[int, Path] = {}  # split -> a logits table of RANDOM logits, written once
+
     def trainer(name: str, split: int) -> Trainer:
         system = get_system(name)
         logits = None
         if system.needs:  # a KD student reads a logits table over its split: random ones will do
-            logits = random_teacher_logits(a.data_dir, split, work / f"logits_split{split}.parquet")
+            if split not in tables:
+                tables[split] = random_teacher_logits(
+                    a.data_dir, split, work / f"logits_split{split}.parquet"
+                )
+            logits = tables[split]
         data = prepare_data(cfg, a.data_dir, work, split, system, logits=logits, progress=False)
         return Trainer(system, cfg, data, work / name, split, log=lambda _m: None)
 
     total_cpu = 0.0
     print("| system | clip-passes | CPU ms per clip | CPU s |", flush=True)
     for name in names:
-        clips = 0
-        for split in splits:
-            t = trainer(name, split)
-            per_epoch = len(t.batches) * t.h["batch_size"] if t.batches.drop_last else len(t.batches.files)
-            clips += t.h["epochs"] * per_epoch
-        t = trainer(name, max(splits))
+        trainers = {split: trainer(name, split) for split in splits}
+        clips = sum(t.h["epochs"] * t.batches.clips_per_epoch for t in trainers.values())
+        t = trainers[max(splits)]  # the largest split's is timed
         t.train_epoch()  # warm-up: allocator, caches
         c0 = time.process_time()
         m = t.train_epoch()
@@ -68,10 +71,10 @@ def main(argv=None) -> int:
         print(f"| {name} | {clips} | {ms:.2f} | {clips * ms / 1000:.0f} |", flush=True)
         figure(f"{name}_clips", clips, "d")
         figure(f"{name}_cpu_ms_per_clip", ms, ".2f")
-    figure("training_cpu_s", total_cpu)
+    figure("training_cpu_s", total_cpu, ".2f")
     figure("cores", a.cores, "d")
     footer()
-    figure("floor_wall_s", total_cpu / a.cores)
+    figure("floor_wall_s", total_cpu / a.cores, ".2f")
     return 0
 
 

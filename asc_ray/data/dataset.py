@@ -68,6 +68,11 @@ class ClipBatches:
         n = len(self.files)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    @property
+    def clips_per_epoch(self) -> int:
+        """The clips an epoch yields: drop_last leaves out the last partial batch."""
+        return len(self) * self.batch_size if self.drop_last else len(self.files)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         n = len(self.files)
         if self.shuffle:  # (seed, epoch) -> the same order on every worker and on a resumed run
