@@ -1,127 +1,231 @@
-"""Configs as data: a profile (configs/full.yaml, configs/smoke.yaml), an optional --config FILE and
-key=value overrides, merged in that order and checked against full.yaml's schema before any work starts.
+"""The config as typed data: a profile (configs/full.yaml, configs/smoke.yaml), an optional --config FILE and
+key=value overrides, merged in that order and checked against the schema below before any work starts.
 
     cfg = load_config(profile="smoke", config_file=None, overrides=["bcbl.epochs=3"])
-    cfg["bcbl"]["epochs"]  # -> 3
+    cfg.bcbl.epochs  # -> 3
 
-An unknown key or a value of the wrong type is an AscRayError naming the key and the fix, so a typo is
-caught in the first second, not an hour into training.
+configs/full.yaml holds every key with its value and a comment (the report's settings); the classes here hold
+each key's type. An unknown key or a value of the wrong type is an AscRayError naming the key, where it came
+from and the fix, so a typo is caught in the first second, not an hour into training.
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
 import hashlib
 import json
+import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ValidationError, create_model
 
+from asc_ray.data.tau import SPLITS
 from asc_ray.errors import AscRayError
+from asc_ray.io import read_or_raise
+from asc_ray.models import ARCHITECTURES
+from asc_ray.schema import Bool, Float, Int, Section, Str
+from asc_ray.systems import STUDENTS, TEACHERS, check_needs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROFILES = ("full", "smoke")
-
-# Keys whose value must be one of a few words.
-CHOICES = {
-    "passt.size": ("full", "small"),
-    "focusnet.variant": ("report", "reference"),
-    "kd.kl_reduction": ("mean", "batchmean"),
-    "train.select": ("val", "last"),
-    "train.channels_last": ("auto", True, False),
-    "train.amp": ("auto", True, False),
-    "use_gpu": ("auto", True, False),
-}
-# Keys whose default is null but which take a path / URI string.
-NULLABLE_STR = {
-    "data.split_dir",
-    "data.cache_dir",
-    "data.irs_dir",
-    "data.eval_dir",
-    "mlflow.tracking_uri",
-    "storage_path",
-}
-# Keys that are free-form mappings (their inner keys are checked elsewhere).
-FREE_MAPS = {"students.search", "teachers.resources", "students.resources"}
+PathOrNone = str | None
+Auto = Literal["auto"] | Bool
 
 
+class Data(Section):
+    split_dir: PathOrNone
+    holdout_fraction: Float
+    cache_dir: PathOrNone
+    irs_dir: PathOrNone
+    eval_dir: PathOrNone
+
+
+class Teachers(Section):
+    systems: list[Str]
+    num_workers: Int
+    cpus_per_worker: Float
+    gpus_per_worker: Float
+    max_failures: Int
+    max_concurrent: Int
+    bcbl_epochs: Int
+    resources: dict[str, Any]  # Ray resource name -> amount (checked below)
+
+
+class Students(Section):
+    systems: list[Str]
+    cpus_per_trial: Float
+    gpus_per_trial: Float
+    max_concurrent_trials: Int
+    max_failures: Int
+    resources: dict[str, Any]
+    num_samples: Int
+    search: dict[str, Any]  # dotted key -> values (checked below against the key's own type)
+
+
+class Channels(Section):
+    bcbl32: Int
+    bcbl24: Int
+
+
+class BaselineRecipe(Section):
+    warmup_steps: Int
+    roll_s: Float
+
+
+class Augment(Section):
+    mixup_alpha: Float
+    fms_p: Float
+    fms_alpha: Float
+    dir_p: Float
+    freqm: Int
+
+
+class KD(Section):
+    lam: Float
+    temperature: Float
+    kl_reduction: Literal["mean", "batchmean"]
+
+
+class FocusNet(Section):
+    alpha: Float
+    beta: Float
+    variant: Literal["report", "reference"]
+
+
+class Train(Section):
+    select: Literal["val", "last"]
+    epochs: Int
+    min_steps: Int
+    eval_every: Int
+    checkpoint_every: Int
+    channels_last: Auto
+    compile: Bool
+    amp: Auto
+    num_threads: Int
+
+
+class Mlflow(Section):
+    experiment: Str
+    tracking_uri: PathOrNone
+
+
+def _schema() -> type[Section]:
+    """The root schema: the sections above, and one per architecture section (asc_ray.models) after `channels`
+    (a new architecture brings its own section without a change here)."""
+    arch = {a.section: (a.settings, ...) for a in ARCHITECTURES.values()}
+    fields = {
+        "seed": (Int, ...),
+        "data": (Data, ...),
+        "teachers": (Teachers, ...),
+        "students": (Students, ...),
+        "channels": (Channels, ...),
+        **arch,
+        "baseline": (BaselineRecipe, ...),
+        "augment": (Augment, ...),
+        "kd": (KD, ...),
+        "focusnet": (FocusNet, ...),
+        "train": (Train, ...),
+        "mlflow": (Mlflow, ...),
+        "use_gpu": (Auto, ...),
+        "storage_path": (PathOrNone, ...),
+        "profile": (Literal[PROFILES], "full"),  # set by load_config, not by a user
+    }
+    return create_model("Config", __base__=Section, **fields)
+
+
+Config = _schema()
+FREE_MAPS = {"students.search", "teachers.resources", "students.resources"}  # their keys are the user's own
+
+
+# --------------------------------------------------------------------------------------- errors, types
+def _field(model: type[BaseModel], loc: tuple) -> tuple[str, Any, type[BaseModel] | None]:
+    """(dotted key, the field's annotation, the model that holds it) of a pydantic error location."""
+    parts, annotation, holder = [], None, model
+    for part in loc:
+        if isinstance(part, str) and isinstance(model, type) and part in model.model_fields:
+            parts.append(part)
+            holder, annotation = model, model.model_fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        elif isinstance(part, str) and model is not None:
+            parts.append(part)  # a key the model does not have
+            holder = model
+            break
+        else:
+            if typing.get_origin(annotation) is dict and isinstance(part, str):
+                parts.append(part)
+            break
+    return ".".join(parts), annotation, holder
+
+
+def expected(annotation: Any) -> str:
+    """What a value of this type looks like, in words."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        if set(args) == {str, type(None)}:
+            return "a path/URI string or null"
+        choices = [c for a in args for c in (typing.get_args(a) if typing.get_origin(a) is Literal else ())]
+        if any(typing.get_args(a)[:1] == (bool,) for a in args):
+            choices += [True, False]
+        return "one of " + ", ".join(map(str, choices))
+    base = typing.get_args(annotation)[0] if origin is Annotated else annotation
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        list: "a list, e.g. [a, b]",
+        dict: "a mapping",
+    }.get(typing.get_origin(base) or base, str(base))
+
+
+def _unknown(key: str, holder: type[BaseModel], source: str) -> AscRayError:
+    known = ", ".join(sorted(k for k in holder.model_fields if k != "profile"))
+    return AscRayError(
+        f"unknown config key '{key}'", path=source, fix=f"check the spelling; valid keys here: {known}"
+    )
+
+
+def _error(e: ValidationError, source: str) -> AscRayError:
+    err = e.errors()[0]
+    key, annotation, holder = _field(Config, err["loc"])
+    if err["type"] == "extra_forbidden":
+        return _unknown(key, holder, source)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return AscRayError(
+            f"config key '{key}' must be a mapping",
+            path=source,
+            fix=f"write it as `{key}.<name>=value` or a nested YAML block",
+        )
+    want = expected(annotation)
+    got = f"{err.get('input')!r}" + (" in it" if typing.get_origin(annotation) is list else "")
+    return AscRayError(
+        f"config key '{key}' has the wrong type: got {got}, expected {want}",
+        path=source,
+        fix=f"set {key} to {want} (see docs/config.md)",
+    )
+
+
+# -------------------------------------------------------------------------------------------- loading
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise AscRayError("config file not found", path=path, fix="pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise AscRayError(
-            f"config file is not valid YAML: {e}", path=path, fix="fix the YAML syntax"
-        ) from None
+    fix = "pass an existing YAML file to --config"
+    data = read_or_raise(
+        path,
+        lambda p: yaml.safe_load(p.read_text()) or {},
+        "config file",
+        fix,
+        "config file is not valid YAML: {error}",
+    )
     if not isinstance(data, dict):
         raise AscRayError(
             "config file must hold a mapping of keys", path=path, fix="write `key: value` lines"
         )
     return data
-
-
-def schema() -> dict:
-    """The full profile: every valid key with its default (and so its type)."""
-    return _read_yaml(CONFIG_DIR / "full.yaml")
-
-
-def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
-    def bad(expected: str):
-        return AscRayError(
-            f"config key '{key}' has the wrong type: got {value!r}, expected {expected}",
-            path=source,
-            fix=f"set {key} to {expected} (see docs/config.md)",
-        )
-
-    if key in CHOICES:
-        if value not in CHOICES[key]:
-            raise bad("one of " + ", ".join(map(str, CHOICES[key])))
-        return value
-    if key in NULLABLE_STR:
-        if value is None or isinstance(value, str):
-            return value
-        raise bad("a path/URI string or null")
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        value = float(value)
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise bad("a string")
-    elif isinstance(default, list):
-        if not isinstance(value, list):
-            raise bad("a list, e.g. [a, b]")
-    return value
-
-
-def _merge(base: dict, update: dict, ref: dict, source: str, prefix: str = "") -> None:
-    for k, v in update.items():
-        key = f"{prefix}{k}"
-        if k not in ref:
-            known = ", ".join(sorted(ref)) if isinstance(ref, dict) else ""
-            raise AscRayError(
-                f"unknown config key '{key}'",
-                path=source,
-                fix=f"check the spelling; valid keys here: {known}",
-            )
-        if isinstance(ref[k], dict) and key not in FREE_MAPS:
-            if not isinstance(v, dict):
-                raise AscRayError(
-                    f"config key '{key}' must be a mapping",
-                    path=source,
-                    fix=f"write it as `{key}.<name>=value` or a nested YAML block",
-                )
-            _merge(base[k], v, ref[k], source, prefix=f"{key}.")
-        else:
-            base[k] = _check_value(key, v, ref[k], source)
 
 
 def _override_to_dict(item: str) -> dict:
@@ -136,94 +240,110 @@ def _override_to_dict(item: str) -> dict:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
+    parts = key.strip().split(".")
+    if parts[:2] == ["students", "search"] and len(parts) > 2:  # its own keys are dotted: keep them whole
+        parts = parts[:2] + [".".join(parts[2:])]
     out: dict = {}
     cur = out
-    parts = key.strip().split(".")
-    # students.search.<dotted key> keeps its dotted inner key whole
-    if parts[:2] == ["students", "search"] and len(parts) > 2:
-        parts = parts[:2] + [".".join(parts[2:])]
     for p in parts[:-1]:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = value
     return out
 
 
+def _merge(base: dict, update: dict, prefix: str = "") -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and key not in FREE_MAPS:
+            out[k] = _merge(out[k], v, f"{key}.")
+        else:
+            out[k] = v
+    return out
+
+
+def _validate(data: dict, source: str):
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise _error(e, source) from None
+
+
 def load_config(
     profile: str = "full", config_file: str | Path | None = None, overrides: list[str] | None = None
-) -> dict:
-    """Merge profile, file and overrides; validate; return a plain nested dict."""
+):
+    """Merge profile, file and overrides; each layer is checked as it comes, so an error names its source."""
     if profile not in PROFILES:
         raise AscRayError(f"unknown profile '{profile}'", path="--profile", fix="use --profile full or smoke")
-    ref = schema()
-    cfg = copy.deepcopy(ref)
+    data = _read_yaml(CONFIG_DIR / "full.yaml")
+    _validate(data, "configs/full.yaml")
+    layers = []
     if profile != "full":
-        _merge(cfg, _read_yaml(CONFIG_DIR / f"{profile}.yaml"), ref, f"profile {profile}")
+        layers.append((_read_yaml(CONFIG_DIR / f"{profile}.yaml"), f"profile {profile}"))
     if config_file:
-        _merge(cfg, _read_yaml(Path(config_file)), ref, str(config_file))
-    for item in overrides or []:
-        _merge(cfg, _override_to_dict(item), ref, f"override {item}")
+        layers.append((_read_yaml(Path(config_file)), str(config_file)))
+    layers += [(_override_to_dict(item), f"override {item}") for item in overrides or []]
+    for layer, source in layers:
+        if "profile" in layer:  # the profile is chosen with --profile
+            raise _unknown("profile", Config, source)
+        data = _merge(data, layer)
+        _validate(data, source)
+    cfg = _validate(data, "config")
+    cfg.profile = profile
     _check_semantics(cfg)
-    cfg["profile"] = profile
     return cfg
 
 
-def _check_semantics(cfg: dict) -> None:
-    from asc_ray.systems import (  # late import: systems imports nothing from here
-        STUDENTS,
-        TEACHERS,
-        check_needs,
-    )
-
+def _check_semantics(cfg) -> None:
+    """What a type cannot say: known systems that can be trained together, Ray resources, ranges, searches."""
     for group, valid in (("teachers", TEACHERS), ("students", STUDENTS)):
-        for name in cfg[group]["systems"]:
+        for name in getattr(cfg, group).systems:
             if name not in valid:
                 raise AscRayError(
                     f"unknown {group[:-1]} '{name}' in {group}.systems",
                     path="config",
                     fix="choose from " + ", ".join(valid),
                 )
-    check_needs(list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"]))
-    for group, name, amount in [
-        (g, n, a) for g in ("teachers", "students") for n, a in cfg[g]["resources"].items()
-    ]:
-        if name.lower() in ("cpu", "gpu", "memory"):  # Ray's own names: Tune would read "gpu" as GPUs
-            per = (
-                "cpus_per_worker / gpus_per_worker"
-                if group == "teachers"
-                else "cpus_per_trial / gpus_per_trial"
-            )
-            raise AscRayError(
-                f"{group}.resources.{name} names one of Ray's own resources",
-                path="config",
-                fix=f"set {group}.{per} for CPUs and GPUs; give custom resources another name, e.g. gpu_slot",
-            )
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
-            raise AscRayError(
-                f"{group}.resources.{name} must be a number >= 0, got {amount!r}",
-                path="config",
-                fix=f"e.g. {group}.resources={{large_gpu: 1}}",
-            )
-    if cfg["train"]["epochs"] < 0:
+    check_needs(list(cfg.teachers.systems) + list(cfg.students.systems))
+    for group in ("teachers", "students"):
+        for name, amount in getattr(cfg, group).resources.items():
+            if name.lower() in ("cpu", "gpu", "memory"):  # Ray's own names: Tune would read "gpu" as GPUs
+                per = (
+                    "cpus_per_worker / gpus_per_worker"
+                    if group == "teachers"
+                    else "cpus_per_trial / gpus_per_trial"
+                )
+                raise AscRayError(
+                    f"{group}.resources.{name} names one of Ray's own resources",
+                    path="config",
+                    fix=f"set {group}.{per} for CPUs and GPUs; give custom resources another name, e.g. gpu_slot",
+                )
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+                raise AscRayError(
+                    f"{group}.resources.{name} must be a number >= 0, got {amount!r}",
+                    path="config",
+                    fix=f"e.g. {group}.resources={{large_gpu: 1}}",
+                )
+    if cfg.train.epochs < 0:
         raise AscRayError(
-            f"train.epochs must be >= 0, got {cfg['train']['epochs']}",
+            f"train.epochs must be >= 0, got {cfg.train.epochs}",
             path="config",
             fix="e.g. train.epochs=1 (every model trains one epoch); 0 = each family's own epochs",
         )
-    every = cfg["train"]["checkpoint_every"]
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if cfg.train.checkpoint_every < 1:
         raise AscRayError(
-            f"train.checkpoint_every must be a whole number of epochs >= 1, got {every!r}",
+            f"train.checkpoint_every must be a whole number of epochs >= 1, got {cfg.train.checkpoint_every!r}",
             path="config",
             fix="e.g. train.checkpoint_every=5 (1 = a checkpoint every epoch)",
         )
-    if not 0.0 < cfg["data"]["holdout_fraction"] < 0.5:
+    if not 0.0 < cfg.data.holdout_fraction < 0.5:
         raise AscRayError(
             "data.holdout_fraction must be in (0, 0.5)", path="config", fix="e.g. data.holdout_fraction=0.1"
         )
-    ref = schema()
-    for key, values in cfg["students"]["search"].items():
+    for key, values in cfg.students.search.items():
         section, _, name = key.partition(".")
-        if section not in ref or not isinstance(ref[section], dict) or name not in ref[section]:
+        holder = getattr(cfg, section, None)
+        if not isinstance(holder, Section) or name not in type(holder).model_fields:
             raise AscRayError(
                 f"unknown search key '{key}' in students.search",
                 path="config",
@@ -236,8 +356,16 @@ def _check_semantics(cfg: dict) -> None:
                 fix=f"e.g. students.search.{key}=[0.9,0.98]",
             )
         for v in values:
-            _check_value(key, v, ref[section][name], "students.search")
-    if cfg["train"]["select"] == "last" and (cfg["students"]["search"] or cfg["students"]["num_samples"] > 1):
+            try:
+                setattr(holder.model_copy(), name, v)
+            except ValidationError:
+                want = expected(type(holder).model_fields[name].annotation)
+                raise AscRayError(
+                    f"config key '{key}' has the wrong type: got {v!r}, expected {want}",
+                    path="students.search",
+                    fix=f"set {key} to {want} (see docs/config.md)",
+                ) from None
+    if cfg.train.select == "last" and (cfg.students.search or cfg.students.num_samples > 1):
         raise AscRayError(
             "students.search / students.num_samples choose among trials on the validation holdout, but "
             "train.select=last trains without one",
@@ -246,29 +374,27 @@ def _check_semantics(cfg: dict) -> None:
         )
 
 
-def get(cfg: dict, dotted: str) -> Any:
-    cur = cfg
-    for p in dotted.split("."):
-        cur = cur[p]
-    return cur
-
-
-def with_overrides(cfg: dict, flat: dict[str, Any]) -> dict:
-    """A copy of cfg with dotted keys set (used for search-space trials)."""
-    out = copy.deepcopy(cfg)
+# ------------------------------------------------------------------------------------------- helpers
+def with_overrides(cfg, flat: dict[str, Any]):
+    """A copy of cfg with dotted keys set (a search trial's values), each checked against its type."""
+    out = cfg.model_copy(deep=True)
     for key, value in flat.items():
         *head, last = key.split(".")
         cur = out
         for p in head:
-            cur = cur[p]
-        cur[last] = value
+            cur = getattr(cur, p)
+        setattr(cur, last, value)
     return out
 
 
-def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
+def as_dict(cfg) -> dict:
+    return cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, Any]:
     """{'bcbl.epochs': 150, ...}: what MLflow gets as params."""
     out: dict[str, Any] = {}
-    for k, v in cfg.items():
+    for k, v in as_dict(cfg).items():
         if isinstance(v, dict) and v:
             out.update(flatten(v, f"{prefix}{k}."))
         else:
@@ -278,5 +404,70 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_hash(obj: Any) -> str:
     """Stable short hash of any JSON-able object (config subsets, data fingerprints)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    blob = json.dumps(
+        obj, sort_keys=True, default=lambda o: as_dict(o) if isinstance(o, BaseModel) else str(o)
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_yaml(cfg) -> str:
+    """The resolved config as YAML, in full.yaml's order: what a run will use."""
+    body = yaml.safe_dump({k: v for k, v in as_dict(cfg).items() if k != "profile"}, sort_keys=False)
+    return f"# asc-ray config, profile {cfg.profile} (with --config and overrides applied)\n{body}"
+
+
+# ------------------------------------------------------------------------------------- command line
+def positive_epochs(v: str) -> int:
+    if not v.isdigit() or int(v) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of epochs >= 1, got '{v}'")
+    return int(v)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every command that trains shares: which config, and --print-config to see it."""
+    p.add_argument(
+        "--profile",
+        default="full",
+        choices=PROFILES,
+        help="full = the report's settings (150 epochs, AudioSet PaSST: for GPUs); smoke = minutes on a laptop "
+        "CPU (default: %(default)s)",
+    )
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML file of config overrides")
+    p.add_argument(
+        "--epochs",
+        type=positive_epochs,
+        default=None,
+        metavar="N",
+        help="every model trains exactly N epochs, whatever the profile says (train.epochs=N): a quick check "
+        "of data and set-up end to end",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML and exit (nothing runs)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. bcbl.epochs=10")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The config of parsed add_config_arguments() options; --epochs comes last (it wins over a family's epochs
+    given as key=value). With --print-config: printed, then the process exits."""
+    overrides = [*args.overrides, f"train.epochs={args.epochs}"] if args.epochs else list(args.overrides)
+    cfg = load_config(args.profile, args.config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        sys.exit(0)
+    return cfg
+
+
+def split_list(text: str) -> list[int]:
+    """--splits 5,25,100 -> [5, 25, 100], each one of the DCASE 2024 splits."""
+    fix = "choose from " + ",".join(map(str, SPLITS)) + ", e.g. --splits 25,100"
+    try:
+        splits = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise AscRayError(f"--splits must be numbers, got '{text}'", path="--splits", fix=fix) from None
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise AscRayError(f"unknown split(s) {bad}", path="--splits", fix=fix)
+    return splits

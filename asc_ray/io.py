@@ -1,7 +1,7 @@
-"""Atomic file writes: the one helper every output goes through.
+"""Files in and out: atomic writes every output goes through, and reading a file or saying why not.
 
-A temporary file in the same folder, then os.replace, so an interrupted run never leaves a half-written
-file that a resume would trust (results, logits tables, checkpoints, exports, plots).
+A write goes to a temporary file in the same folder, then os.replace, so an interrupted run never leaves a
+half-written file that a resume would trust (results, logits tables, checkpoints, exports, plots).
 """
 
 from __future__ import annotations
@@ -14,6 +14,28 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from asc_ray.errors import AscRayError
+
+T = TypeVar("T")
+
+
+def read_or_raise(
+    path: str | Path, read: Callable[[Path], T], what: str, fix: str, unreadable: str = "{what} is unreadable"
+) -> T:
+    """`read(path)`, or one AscRayError naming the file: "<what> not found", or `unreadable` (it may use
+    {what} and {error}, the first line of what the reader raised) when the reader fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise AscRayError(f"{what} not found", path=path, fix=fix)
+    try:
+        return read(path)
+    except AscRayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every reader raises its own types for a corrupt file
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        raise AscRayError(unreadable.format(what=what, error=error), path=path, fix=fix) from None
 
 
 def atomic_write(path: str | Path, write: Callable[[io.IOBase], None], binary: bool = False) -> Path:
@@ -60,8 +82,6 @@ def explain_write_error(e: OSError, path: str | Path, needed: int | None = None)
     """A full disk (ENOSPC) or quota (EDQUOT) as an AscRayError naming the path, the space this write
     needed (`needed` bytes: what it had written when the disk filled, or an estimate) and what is free;
     any other OSError is returned unchanged."""
-    from asc_ray.errors import AscRayError
-
     if e.errno not in _FULL:
         return e
     path = Path(path)

@@ -99,3 +99,27 @@ def focusnet_loss(
     r_att = _cross_entropy(log_ps, att)
     r_ent = -(ps * log_ps).sum(dim=1).mean()
     return l_cls + alpha * r_att - beta * r_ent
+
+
+def soft_cross_entropy(student_logits: Tensor, target: Tensor) -> Tensor:
+    """H(y, softmax(z)) with soft targets (mixup mixes them), mean over the batch: the plain label loss."""
+    return torch.sum(-target * F.log_softmax(student_logits, dim=-1), dim=-1).mean()
+
+
+def _ce(z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
+    return soft_cross_entropy(z, y)
+
+
+def _kd(z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
+    k = cfg.kd
+    return kd_loss(z, zt, y, lam=k.lam, temperature=k.temperature, kl_reduction=k.kl_reduction)
+
+
+def _focusnet(z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
+    f = cfg.focusnet
+    return focusnet_loss(z, zt, y, alpha=f.alpha, beta=f.beta, variant=f.variant)
+
+
+# System.loss -> loss(student logits, soft targets, teacher logits or None, config). A loss with settings reads
+# the config section of its own name (kd:, focusnet:), which is also what puts them in its systems' resume keys.
+LOSSES = {"ce": _ce, "kd": _kd, "focusnet": _focusnet}

@@ -7,14 +7,18 @@ One name per concept, used in code, config, MLflow tags and docs:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from asc_ray.errors import AscRayError
+from asc_ray.models import get_architecture
 
 
 @dataclass(frozen=True)
 class System:
     name: str
     role: str  # "teacher" | "student"
-    model: str  # "passt" | "bcbl32" | "bcbl24": the network (and its width, config channels.<model>)
+    model: str  # its architecture in asc_ray.models.ARCHITECTURES: "passt" | "bcbl32" | "bcbl24"
     frontend: str  # "passt" | "mel44k" | "mel32k": what it hears (asc_ray.features); sets the sample rate
     fms: bool  # Freq-MixStyle on the spectrogram
     dir: bool  # device impulse responses on device-a waveforms
@@ -30,8 +34,8 @@ class System:
 
     @property
     def family(self) -> str:
-        """Hyper-parameter section of the config: 'passt' or 'bcbl'."""
-        return "passt" if self.model == "passt" else "bcbl"
+        """The config section its architecture trains by: 'passt' or 'bcbl'."""
+        return get_architecture(self.model).section
 
     @property
     def feeds(self) -> str | None:
@@ -43,7 +47,7 @@ class System:
 
     def reads(self, key: str) -> bool:
         """Whether a dotted config key changes what this system trains into. It decides which keys go into the
-        system's resume key (asc_ray.train.unit_key) and which searches apply to it. Keys that only change speed
+        system's resume key (asc_ray.pipeline.keys) and which searches apply to it. Keys that only change speed
         or bookkeeping (train.num_threads, train.compile, train.channels_last, resources, MLflow) are read by
         no system, so changing them never retrains a model."""
         section, _, name = key.partition(".")
@@ -62,16 +66,11 @@ class System:
             return name == "holdout_fraction"
         if section == "teachers":
             return name == "bcbl_epochs" and self.role == "teacher" and self.family == "bcbl"
-        return {
-            "seed": True,
-            "kd": self.loss == "kd",
-            "focusnet": self.loss == "focusnet",
-            "channels": name == self.model,
-            "bcbl": self.family == "bcbl",
-            "passt": self.family == "passt",
-            # a section named after a system overrides its family's settings for it (the `baseline:` recipe)
-            self.name: True,
-        }.get(section, False)
+        # its loss's section (kd, focusnet), its family's (bcbl, passt), and a section named after the system,
+        # which overrides its family's settings for it (the `baseline:` recipe)
+        if section in (self.loss, self.family, self.name):
+            return True
+        return {"seed": True, "channels": name == self.model}.get(section, False)
 
 
 _SYSTEMS = [
@@ -98,23 +97,32 @@ TEACHERS: tuple[str, ...] = tuple(s.name for s in _SYSTEMS if s.role == "teacher
 STUDENTS: tuple[str, ...] = tuple(s.name for s in _SYSTEMS if s.role == "student")
 
 
-def hparams(system: System, cfg: dict) -> dict:
+def hparams(system: System, cfg):
     """The system's training settings: its family's section (bcbl / passt), overridden by a section named after
-    the system where the config has one (`baseline:`, the official DCASE 2024 baseline recipe); the 32-BCBL
-    teachers train `teachers.bcbl_epochs` epochs where that is set (the smoke profile: teachers at their
-    plateau, students on the report's shared schedule); `train.epochs`, where set, overrides them all."""
-    h = {**cfg[system.family], **cfg.get(system.name, {})}
-    if system.role == "teacher" and system.family == "bcbl" and cfg["teachers"]["bcbl_epochs"]:
-        h["epochs"] = cfg["teachers"]["bcbl_epochs"]
-    if cfg["train"]["epochs"]:
-        h["epochs"] = cfg["train"]["epochs"]
-    return h
+    the system where the config has one (`baseline:`, the official DCASE 2024 baseline recipe)."""
+    base = getattr(cfg, system.family)
+    own = getattr(cfg, system.name, None)
+    return base if own is None else base.model_copy(update=own.model_dump())
+
+
+def epochs(system: System, cfg, steps_per_epoch: int | None = None) -> int:
+    """The epochs a unit trains, the one place they are decided: exactly `train.epochs` where set (a set-up
+    check); else its family's `epochs` (`teachers.bcbl_epochs` for the 32-BCBL teachers where set: the smoke
+    profile's teachers train to their plateau), raised where a split is too small for them to make
+    `train.min_steps` optimizer steps (a smoke run's 44-clip split 5 has 6 batches an epoch). Without
+    `steps_per_epoch` (the scheduler's estimate) there is no such floor."""
+    if cfg.train.epochs:
+        return cfg.train.epochs
+    n = hparams(system, cfg).epochs
+    if system.role == "teacher" and system.family == "bcbl" and cfg.teachers.bcbl_epochs:
+        n = cfg.teachers.bcbl_epochs
+    if steps_per_epoch is not None:
+        n = max(n, math.ceil(cfg.train.min_steps / max(1, steps_per_epoch)))
+    return n
 
 
 def check_needs(names: list[str]) -> None:
     """Every configured system's `needs` is fed by a configured system (tfs needs kd_ensemble's logits)."""
-    from asc_ray.errors import AscRayError
-
     fed = {SYSTEMS[n].feeds for n in names if n in SYSTEMS}
     for n in names:
         need = SYSTEMS[n].needs if n in SYSTEMS else None
@@ -128,8 +136,6 @@ def check_needs(names: list[str]) -> None:
 
 
 def get_system(name: str) -> System:
-    from asc_ray.errors import AscRayError
-
     if name not in SYSTEMS:
         raise AscRayError(
             f"unknown system '{name}'", path="--system", fix="choose from " + ", ".join(SYSTEMS)

@@ -12,6 +12,7 @@ created with its artifact location beside the SQLite database (`default_artifact
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -25,7 +26,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
+from asc_ray.lock import OutputLock
 
 SPOOL_DIR = "mlflow_spool"  # under the output dir: MLflow calls made while the server was down
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3's own default: `mlflow ui` in the working directory shows it
@@ -116,8 +119,6 @@ def mark_model_training(client, experiment_id: str) -> None:
 
 class Tracker:
     """A small, picklable wrapper: pass it to Ray workers, it reconnects there."""
-
-    artifact_location: str | None = None  # (a Tracker pickled before this attribute existed: Tune's state)
 
     def __init__(self, uri: str, experiment: str = "asc-ray", artifact_location: str | None = None):
         self.uri = uri
@@ -337,8 +338,6 @@ RETRY_AFTER_S = 30.0  # after a failed call, spool straight away for this long b
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(
         prog="python -m asc_ray.tracking",
         description="Send MLflow calls spooled during a tracking server outage (safe to run again).",
@@ -351,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     spool = Path(a.output_dir) / SPOOL_DIR
     uri = resolve_tracking_uri(a.tracking_uri)
     check_tracking(uri)
-    from asc_ray.pipeline.lock import OutputLock
-
     t = Tracker(uri)
     t.set_spool(spool)
     with OutputLock(
@@ -364,6 +361,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from asc_ray.errors import run_cli
-
     run_cli(main)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
 
-from asc_ray.cli import run_stages  # noqa: E402
-from asc_ray.errors import run_cli  # noqa: E402
+from asc_ray.cli.jobs import run_stages  # noqa: E402
+from asc_ray.console import run_cli  # noqa: E402
 
 if __name__ == "__main__":
     run_cli(lambda: run_stages(None, ("teachers",), __doc__.splitlines()[0]))

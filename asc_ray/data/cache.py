@@ -115,6 +115,20 @@ def _stat(ds: TauDataset, filename: str) -> os.stat_result:
         ) from None
 
 
+def cache_file_list(ds: TauDataset) -> list[str]:
+    """One stable superset per dataset (split100 + test), so one cache serves every split and stage."""
+    try:
+        files = set(ds.split_files(100))
+    except AscRayError:  # user brought smaller splits only: cache what exists
+        files = set()
+        for s in (5, 10, 25, 50):
+            try:
+                files |= set(ds.split_files(s))
+            except AscRayError:
+                pass
+    return sorted(files | set(ds.test_files()))
+
+
 def cache_keys(ds: TauDataset, files: Sequence[str], sample_rates: Sequence[int]) -> dict[int, str]:
     """The key of each sample rate's cache over `files`, with one stat() per file whatever the number of rates
     (on shared storage a stat is a round trip: 169k of them take minutes)."""

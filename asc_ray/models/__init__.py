@@ -1,6 +1,67 @@
-"""Models: N-BCBL students/teachers and the PaSST teacher wrapper."""
+"""The model architectures, one registry entry each: what builds the network, how it trains (its optimizer and
+schedule, its config section), and what it costs. Systems (asc_ray.systems) name an entry as their `model`.
 
-from asc_ray.models.bcbl import bcbl
-from asc_ray.models.passt import passt
+Adding an architecture: its module here (the network and its settings schema), an entry in ARCHITECTURES, its
+section in configs/full.yaml, and the systems that use it in asc_ray/systems.py (docs/architecture.md).
+"""
 
-__all__ = ["bcbl", "passt"]
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from asc_ray.data.tau import N_CLASSES
+from asc_ray.errors import AscRayError
+from asc_ray.models.bcbl import BcblSettings, bcbl
+from asc_ray.models.passt import PasstSettings, passt
+from asc_ray.optim import adam_warmup_linear_down, adamw_cosine
+from asc_ray.schema import Section
+
+
+@dataclass(frozen=True)
+class Architecture:
+    section: str  # its config section: the training settings (epochs, lr, ...) and what `build` reads
+    settings: type[Section]  # that section's schema
+    build: Callable[[Any, str, bool], nn.Module]  # (config, model name, pretrained weights?) -> the network
+    optimizer: Callable  # (model, settings, steps_per_epoch, epochs) -> (optimizer, scheduler), asc_ray.optim
+    cost: float  # compute per clip and epoch relative to a 32-BCBL: the scheduler launches the longest first
+    channels_last: bool  # the faster memory format for it on CPU and GPU (train.channels_last=auto)
+
+
+def _bcbl(cfg, model: str, pretrained: bool) -> nn.Module:
+    return bcbl(getattr(cfg.channels, model), N_CLASSES)  # width: config channels.<model>
+
+
+def _passt(cfg, model: str, pretrained: bool) -> nn.Module:
+    return passt(pretrained=cfg.passt.pretrained and pretrained, size=cfg.passt.size, n_classes=N_CLASSES)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "passt": Architecture(
+        "passt", PasstSettings, _passt, adam_warmup_linear_down, cost=20.0, channels_last=False
+    ),
+    "bcbl32": Architecture("bcbl", BcblSettings, _bcbl, adamw_cosine, cost=1.0, channels_last=True),
+    "bcbl24": Architecture("bcbl", BcblSettings, _bcbl, adamw_cosine, cost=0.8, channels_last=True),
+}
+
+
+def get_architecture(model: str) -> Architecture:
+    if model not in ARCHITECTURES:
+        raise AscRayError(
+            f"unknown model architecture '{model}'",
+            path="asc_ray/models/__init__.py",
+            fix="register it in ARCHITECTURES, or choose from " + ", ".join(ARCHITECTURES),
+        )
+    return ARCHITECTURES[model]
+
+
+def build_model(model: str, cfg, pretrained: bool = True) -> nn.Module:
+    """The network `model` as `cfg` configures it. pretrained=False: an empty shell to load trained weights
+    into (no AudioSet checkpoint lookup)."""
+    return get_architecture(model).build(cfg, model, pretrained)
+
+
+__all__ = ["ARCHITECTURES", "Architecture", "bcbl", "build_model", "get_architecture", "passt"]

@@ -9,6 +9,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from asc_ray.schema import Float, Int, Section
+
+
+class BcblSettings(Section):
+    """Config section `bcbl:` (configs/full.yaml): how the N-BCBL models train."""
+
+    epochs: Int
+    batch_size: Int
+    lr: Float
+    weight_decay: Float
+    warmup_steps: Int
+    roll_s: Float
+
+
 # --- architecture (the baseline's defaults) ---
 CHANNELS_MULTIPLIER = 1.8
 EXPANSION_RATE = 2.1

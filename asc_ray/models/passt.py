@@ -17,11 +17,14 @@ import os
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
 from asc_ray.errors import AscRayError
+from asc_ray.io import read_or_raise
+from asc_ray.schema import Bool, Float, Int, Section
 
 ARCH = "passt_s_swa_p16_128_ap476"
 CHECKPOINT_NAME = "passt-s-f128-p16-s10-ap.476-swa.pt"
@@ -38,6 +41,20 @@ S_PATCHOUT_T, S_PATCHOUT_F = 0, 6
 SMALL = dict(embed_dim=64, depth=2, num_heads=4)
 SMALL_PATCHOUT_F = 0
 SIZES = ("full", "small")
+
+
+class PasstSettings(Section):
+    """Config section `passt:` (configs/full.yaml): which PaSST, and how it trains."""
+
+    size: Literal["full", "small"]
+    pretrained: Bool
+    epochs: Int
+    batch_size: Int
+    lr: Float
+    weight_decay: Float
+    warmup_epochs: Int
+
+
 # classifier keys the package re-initialises when the number of classes differs from the checkpoint's
 HEAD_KEYS = ("head.1.weight", "head.1.bias", "head_dist.weight", "head_dist.bias")
 
@@ -196,14 +213,13 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
         "pass a PaSST checkpoint saved from this architecture (e.g. passt-s-f128-p16-s10-ap.476-swa.pt for "
         "size 'full' with fstride = tstride = 10), or set passt.pretrained=false."
     )
-    if not path.is_file():
-        raise AscRayError("PaSST checkpoint file not found", path=path, fix=fix)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise AscRayError(
-            f"cannot read the PaSST checkpoint ({type(exc).__name__}: {exc})", path=path, fix=fix
-        ) from None
+    state = read_or_raise(
+        path,
+        lambda p: torch.load(p, map_location="cpu", weights_only=True),
+        "PaSST checkpoint file",
+        fix,
+        "cannot read the PaSST checkpoint ({error})",
+    )
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

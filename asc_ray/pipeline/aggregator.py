@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from asc_ray.config import config_hash
+from asc_ray.data.logits import read_logits, table_metadata, table_path, write_logits_table
 from asc_ray.data.tau import N_CLASSES
 from asc_ray.io import atomic_write
-from asc_ray.logits import table_metadata, table_path, write_logits_table
 
 
 class LogitAggregatorImpl:
@@ -97,8 +98,6 @@ class LogitAggregatorImpl:
 
     def table(self, source: str, split: int) -> tuple[list[str], np.ndarray]:
         """(files, averaged logits) of a written table, validated: how students on any node get targets."""
-        from asc_ray.logits import read_logits
-
         files = self.split_meta[split][0]
         return files, read_logits(table_path(self.dir, source, split), files)
 
@@ -108,8 +107,6 @@ LogitAggregator = ray.remote(num_cpus=0)(LogitAggregatorImpl)  # one call at a t
 
 def start_aggregator(logits_dir: str | Path, split_meta: dict, data_keys: dict):
     """The actor, pinned to this (the driver's) node."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     node = ray.get_runtime_context().get_node_id()
     return LogitAggregator.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),

@@ -13,18 +13,16 @@ here. A finished unit whose record matches its key is reused.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from asc_ray.pipeline.runtime import log
-from asc_ray.systems import get_system, hparams
-
-# Rough cost per clip and epoch, to launch the longest work first (measured order of magnitude on a GPU).
-_COST = {"passt": 20.0, "bcbl32": 1.0, "bcbl24": 0.8}
+from asc_ray.console import log
+from asc_ray.errors import AscRayError, find_user_error
+from asc_ray.models import get_architecture
+from asc_ray.systems import epochs, get_system
 
 
 @dataclass(frozen=True, order=True)
@@ -75,23 +73,12 @@ def select(graph: dict[Unit, list[Unit]], stages: Iterable[str]) -> set[Unit]:
     return chosen
 
 
-def priority(u: Unit, cfg: dict) -> float:
+def priority(u: Unit, cfg) -> float:
     """Estimated length of the unit's work: bigger first."""
     if u.kind == "table":
         return 1e12  # seconds of work that unblocks others: always first
     s = get_system(u.name)
-    return u.split * hparams(s, cfg)["epochs"] * _COST.get(s.model, 1.0)
-
-
-def four_stage_rank(u: Unit, graph: dict[Unit, list[Unit]]) -> int:
-    """The stage of the old four-stage pipeline (teachers, tables, students, kd tables, tfs). Only for the
-    makespan comparison in bench/schedule_makespan.py (ASC_RAY_FOUR_STAGE=1)."""
-    if u.kind == "train" and u.role == "teacher":
-        return 0
-    deps = [four_stage_rank(d, graph) for d in graph[u]]
-    if u.kind == "table":
-        return max(deps) + 1
-    return max([2] + [d + 1 for d in deps])
+    return u.split * epochs(s, cfg) * get_architecture(s.model).cost
 
 
 class Scheduler:
@@ -103,7 +90,7 @@ class Scheduler:
         self,
         graph: dict[Unit, list[Unit]],
         selected: set[Unit],
-        cfg: dict,
+        cfg,
         is_done: Callable[[Unit], dict | None],
         launch: Callable[[list[Unit], Callable], None],
         on_reused: Callable[[Unit, dict], None] = lambda u, r: None,
@@ -117,7 +104,6 @@ class Scheduler:
         self.started: dict[Unit, float] = {}
         self.timeline: list[tuple[Unit, dict]] = []  # per unit that ran: (unit, {start, end, node})
         self._events: queue.Queue = queue.Queue()
-        self.four_stage = os.environ.get("ASC_RAY_FOUR_STAGE") == "1"
 
     # -- the units' states: pending -> running -> done | failed | blocked (a unit it needs failed)
     def _needed(self) -> set[Unit]:
@@ -130,17 +116,13 @@ class Scheduler:
                 stack.extend(self.graph[u])
         return need
 
-    def _ready(self, u: Unit) -> bool:
-        if any(self.state.get(d) != "done" for d in self.graph[u]):
-            return False
-        if self.four_stage:
-            rank = four_stage_rank(u, self.graph)
-            return all(
-                self.state[v] in ("done", "failed", "blocked")
-                for v in self.state
-                if four_stage_rank(v, self.graph) < rank
-            )
-        return True
+    def ready(self, u: Unit) -> bool:
+        """Whether a pending unit may start: everything it needs is done."""
+        return all(self.state.get(d) == "done" for d in self.graph[u])
+
+    def order(self, ready: list[Unit]) -> list[Unit]:
+        """The ready units in launch order: the longest work first."""
+        return sorted(ready, key=lambda u: -priority(u, self.cfg))
 
     def _done_cb(self, unit: Unit, outcome) -> None:
         self._events.put((unit, outcome, time.time()))
@@ -158,8 +140,6 @@ class Scheduler:
                 self.state[u] = "missing"
         missing = [u for u, s in self.state.items() if s == "missing"]
         if missing:
-            from asc_ray.errors import AscRayError
-
             roles = {u.role for u in missing}  # name the earliest stage that is missing
             stage = "teachers" if "teacher" in roles else "logits" if "table" in roles else "students"
             raise AscRayError(
@@ -172,13 +152,9 @@ class Scheduler:
         log(f"{len(todo)} units to run, {reused} reused")
         self.total = len(todo)
         self.t0 = time.time()
-        cap = self.cfg["teachers"]["max_concurrent"] or 10**9
+        cap = self.cfg.teachers.max_concurrent or 10**9
         while any(s in ("pending", "running") for s in self.state.values()):
-            ready = [u for u, s in self.state.items() if s == "pending" and self._ready(u)]
-            if self.four_stage:
-                ready.sort(key=lambda u: (u.split, u.name))  # the old order: smallest split first
-            else:
-                ready.sort(key=lambda u: -priority(u, self.cfg))
+            ready = self.order([u for u, s in self.state.items() if s == "pending" and self.ready(u)])
             running_teachers = sum(1 for u, s in self.state.items() if s == "running" and u.role == "teacher")
             batch = []
             for u in ready:
@@ -276,8 +252,6 @@ def _fmt_s(s: float) -> str:
 
 
 def short_error(exc) -> str:
-    from asc_ray.errors import find_user_error
-
     err = find_user_error(exc) if isinstance(exc, BaseException) else None
     if err is not None:
         return str(err).replace("\n ", ";")

@@ -14,33 +14,48 @@ $ASC_RAY_CACHE_DIR or temp dir); on one machine units read the pre-flight build 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from asc_ray.config import config_hash
-from asc_ray.data.cache import CacheRef
+from asc_ray.console import log
+from asc_ray.data.cache import CacheRef, build_cache, cache_file_list, cache_keys
+from asc_ray.data.irs import load_irs
+from asc_ray.data.tau import EvalSet, TauDataset
 from asc_ray.errors import AscRayError
-from asc_ray.pipeline.runtime import joining_cluster, log
-from asc_ray.pipeline.storage import SharedFolder
+from asc_ray.features import frontend_sample_rate
+from asc_ray.models.passt import find_checkpoint
+from asc_ray.pipeline.runtime import init_ray, joining_cluster
+from asc_ray.pipeline.storage import (
+    SERVER_FIX,
+    SharedFolder,
+    check_nodes,
+    refuse_job_working_dir,
+    write_tokens,
+)
 from asc_ray.systems import get_system
-from asc_ray.train import cache_file_list, resolve_paths
+from asc_ray.tracking import (
+    SPOOL_DIR,
+    Tracker,
+    check_tracking,
+    default_artifact_location,
+    local_artifact_path,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+from asc_ray.train import Paths
 
 
 @dataclass
 class Context:
     """What a pipeline run knows after pre-flight (plain data: it pickles to any node)."""
 
-    cfg: dict
-    data_dir: Path
-    out: Path
-    splits: list[int]
-    paths: dict[str, Path]  # paths["cache_dir"]: where pre-flight built the caches
+    paths: Paths  # paths.cache_dir: where pre-flight built the caches
     storage: str  # Ray Train/Tune results and checkpoints
     split_meta: dict[int, tuple[list[str], list[str], list[str]]]  # split -> (files, scene labels, devices)
     data_keys: dict[int, str]  # split -> hash of meta.csv, that split's file, test.csv and the cache content
-    tracker: object = None
-    eval_set: object = None
-    systems: list[str] = field(default_factory=list)  # every configured teacher and student
+    tracker: Tracker
+    eval_set: EvalSet | None = None
     cluster: bool = False  # joined a Ray cluster (RAY_ADDRESS): nodes may not share this machine's disk
     caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> the dataset's cache
     eval_caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> the evaluation set's
@@ -51,24 +66,12 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: list[int]) -> Context:
-    from asc_ray.data.cache import build_cache, cache_keys
-    from asc_ray.data.irs import load_irs
-    from asc_ray.data.tau import TauDataset
-    from asc_ray.features import frontend_sample_rate
-    from asc_ray.tracking import (
-        SPOOL_DIR,
-        Tracker,
-        check_tracking,
-        default_artifact_location,
-        resolve_tracking_uri,
-    )
-
+def preflight(cfg, data_dir: str | Path, output_dir: str | Path, splits: list[int]) -> Context:
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
     cluster = joining_cluster()
-    uri = resolve_tracking_uri(cfg["mlflow"]["tracking_uri"])
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     check_tracking(uri)
-    experiment = cfg["mlflow"]["experiment"]
+    experiment = cfg.mlflow.experiment
     tracker = Tracker(uri, experiment, default_artifact_location(uri, experiment, out))
     tracker.set_spool(out / SPOOL_DIR)  # calls made while the server is down wait there
     log(f"MLflow tracking at {uri} (experiment '{tracker.experiment}')")
@@ -81,7 +84,7 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
             fix="pass --data-dir with the TAU22 development set (or run "
             "`python -m asc_ray.data.synth --out DIR` for a synthetic one)",
         )
-    ds = TauDataset.open(data_dir, cfg["data"]["split_dir"])
+    ds = TauDataset.open(data_dir, cfg.data.split_dir)
     split_meta = {}
     for s in sorted(splits):
         files = ds.split_files(s)
@@ -92,14 +95,14 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
         + ", ".join(f"{s}%={len(split_meta[s][0])}" for s in sorted(splits))
         + f"; test {len(test)}"
     )
-    systems = list(cfg["teachers"]["systems"]) + list(cfg["students"]["systems"])
-    paths = resolve_paths(cfg, data_dir, out)
+    systems = list(cfg.teachers.systems) + list(cfg.students.systems)
+    paths = Paths.of(cfg, data_dir, out)
     # on a cluster: built on shared storage, copied by each node to its own disk (node_cache_dir() when
     # data.cache_dir is unset); on one machine: built where the units read it
     if cluster:
-        paths["cache_dir"], local = out / "cache", cfg["data"]["cache_dir"]
+        paths, local = replace(paths, cache_dir=out / "cache"), cfg.data.cache_dir
     else:
-        local = str(paths["cache_dir"])
+        local = str(paths.cache_dir)
     files = cache_file_list(ds)
     rates = sorted(
         {frontend_sample_rate(get_system(n).frontend) for n in systems}
@@ -109,51 +112,40 @@ def preflight(cfg: dict, data_dir: str | Path, output_dir: str | Path, splits: l
     log(
         "waveform caches: "
         + ", ".join(f"{r / 1000:g} kHz" for r in rates)
-        + f" in {paths['cache_dir']}"
+        + f" in {paths.cache_dir}"
         + (where if cluster else "")
     )
     caches = {}
     for rate in rates:  # decodes every file once
-        store = build_cache(ds, files, rate, paths["cache_dir"], progress=True, key=keys[rate])
-        caches[rate] = CacheRef(store.path.name, str(paths["cache_dir"]), local)
+        store = build_cache(ds, files, rate, paths.cache_dir, progress=True, key=keys[rate])
+        caches[rate] = CacheRef(store.path.name, str(paths.cache_dir), local)
     eval_set, eval_caches = None, {}
-    if cfg["data"]["eval_dir"]:
-        from asc_ray.data.tau import EvalSet
-
-        eval_set = EvalSet(cfg["data"]["eval_dir"])
-        eval_rates = sorted(
-            {frontend_sample_rate(get_system(n).frontend) for n in cfg["students"]["systems"]}
-        )
+    if cfg.data.eval_dir:
+        eval_set = EvalSet(cfg.data.eval_dir)
+        eval_rates = sorted({frontend_sample_rate(get_system(n).frontend) for n in cfg.students.systems})
         eval_keys = cache_keys(eval_set, eval_set.files, eval_rates)
         for rate in eval_rates:
             store = build_cache(
-                eval_set, eval_set.files, rate, paths["cache_dir"], progress=True, key=eval_keys[rate]
+                eval_set, eval_set.files, rate, paths.cache_dir, progress=True, key=eval_keys[rate]
             )
-            eval_caches[rate] = CacheRef(store.path.name, str(paths["cache_dir"]), local)
+            eval_caches[rate] = CacheRef(store.path.name, str(paths.cache_dir), local)
         log(f"evaluation set: {len(eval_set.files)} clips from {eval_set.root}")
     if any(get_system(n).dir for n in systems):
-        irs = load_irs(paths["irs_dir"], 32000)
-        log(f"device impulse responses: {len(irs)} from {paths['irs_dir']}")
-    if any(get_system(n).model == "passt" for n in systems) and cfg["passt"]["pretrained"]:
-        from asc_ray.models.passt import find_checkpoint
-
+        irs = load_irs(paths.irs_dir, 32000)
+        log(f"device impulse responses: {len(irs)} from {paths.irs_dir}")
+    if any(get_system(n).model == "passt" for n in systems) and cfg.passt.pretrained:
         log(f"PaSST AudioSet weights: {find_checkpoint()}")
     # a unit's data key covers what it reads: meta.csv, its own split file, test.csv and the decoded audio
     # (never the set of splits requested, so `--splits 100` then `--splits 50,100` reuses split 100)
     common = [_digest(data_dir / "meta.csv"), _digest(ds._split_path("test.csv")), keys[0]]
     data_keys = {s: config_hash([*common, _digest(ds._split_path(f"split{s}.csv"))]) for s in splits}
     return Context(
-        cfg=cfg,
-        data_dir=data_dir,
-        out=out,
-        splits=sorted(splits),
         paths=paths,
-        storage=cfg["storage_path"] or str(out / "ray_results"),
+        storage=cfg.storage_path or str(out / "ray_results"),
         split_meta=split_meta,
         data_keys=data_keys,
         tracker=tracker,
         eval_set=eval_set,
-        systems=systems,
         cluster=cluster,
         caches=caches,
         eval_caches=eval_caches,
@@ -167,13 +159,8 @@ MOUNT_FIX = (
 )
 
 
-def cluster_folders(
-    cfg: dict, out: Path, uri: str, artifact_root: str | None
-) -> list[tuple[Path, str, str, str]]:
+def cluster_folders(cfg, out: Path, uri: str, artifact_root: str | None) -> list[tuple[Path, str, str, str]]:
     """What every node of a cluster must see: (folder, what, why, the fix), the output dir first."""
-    from asc_ray.pipeline.storage import SERVER_FIX
-    from asc_ray.tracking import local_artifact_path, sqlite_path
-
     folders = [
         (
             out,
@@ -198,14 +185,14 @@ def cluster_folders(
         folders.append(
             (
                 art,
-                f"the artifact location of MLflow experiment '{cfg['mlflow']['experiment']}'",
+                f"the artifact location of MLflow experiment '{cfg.mlflow.experiment}'",
                 "artifacts logged there would stay on that node's disk",
                 "serve artifacts through an MLflow server (scripts/mlflow_server.sh: --serve-artifacts) or "
                 "use an object store (s3://...); an experiment created by an earlier asc-ray run keeps its "
                 "location: log to a new one with mlflow.experiment=<name>",
             )
         )
-    storage = cfg["storage_path"]
+    storage = cfg.storage_path
     if storage and "://" not in storage:
         folders.append(
             (
@@ -224,11 +211,8 @@ def cluster_folders(
     return unique
 
 
-def check_cluster_storage(cfg: dict, out: Path, tracker) -> list[SharedFolder]:
+def check_cluster_storage(cfg, out: Path, tracker: Tracker) -> list[SharedFolder]:
     """Join the cluster and check that every node that is up sees the folders of cluster_folders()."""
-    from asc_ray.pipeline.runtime import init_ray
-    from asc_ray.pipeline.storage import check_nodes, refuse_job_working_dir, write_tokens
-
     folders = cluster_folders(cfg, out, tracker.uri, None)
     refuse_job_working_dir(folders)  # before anything is created there
     init_ray()  # joins the cluster (seconds): the pipeline's own start later finds it joined

@@ -1,19 +1,19 @@
-"""The Ray touchpoints of the driver: start or join Ray, see whether it has GPUs, print a progress line."""
+"""The Ray touchpoints of the driver: start or join Ray, see whether it has GPUs, and leave no Ray process
+behind when a run is interrupted."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import time
+import socket
+import subprocess
 
 import ray
+from ray._private import ray_constants, worker
 
-from asc_ray.errors import handle_sigterm
-
-
-def log(msg: str) -> None:
-    print(f"[asc-ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
+from asc_ray.console import LEAVE_HOOKS, handle_sigterm
+from asc_ray.procs import children
 
 # Workers' and actors' output (Ray Train's per-report dumps, its placement-group cleaner's warnings, per-epoch
 # lines) stays in Ray's log files (/tmp/ray/session_latest/logs): the console is asc-ray's unit lines. Errors
@@ -24,7 +24,6 @@ QUIET_WORKERS = os.environ.get("ASC_RAY_WORKER_LOGS") != "1"
 def quiet_ray_driver() -> None:
     """Ray Tune's driver-side chatter (experiment banners, TensorBoard hints, per-trial loggers, snapshot
     warnings) off; its warnings and errors stay."""
-    import logging
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: no banners
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # figures go to MLflow, not TensorBoard
@@ -44,8 +43,6 @@ _OWN_ADDRESS: list[str] = []  # the RAY_ADDRESS this process set for the local R
 
 def free_port() -> int:
     """A free TCP port on loopback (for a local Ray's GCS; the makespan bench's simulated cluster)."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -107,12 +104,10 @@ def init_ray() -> None:
         # server (GCS, raylet, object manager, workers, agents) binds to loopback; by default Ray takes the
         # machine's routable IP and listens on all interfaces. (Ray resolves "127.0.0.1" to that routable IP
         # unless ENABLE_RAY_CLUSTER is off, as on macOS / Windows: switch it off for this start only.)
-        from ray._private import ray_constants
-
         # A laptop has no dashboard to show Ray Train's metrics: off. The controller polls its worker every 0.5 s
-        # instead of 2 s: a worker's ray.train.report waits until the controller took the previous one (a queue of
-        # one), so a 2-s poll caps a teacher at one epoch per 2 s (bench/teacher_overhead.py --epochs 80: 160 s
-        # of training instead of 44). Set before ray.init so that the raylet, and so every worker, inherits them.
+        # instead of 2 s: a worker's ray.train.report waits until the controller took the previous one, so a 2-s
+        # poll caps a teacher at one epoch per 2 s (docs/benchmarks.md). Set before ray.init so that the raylet,
+        # and so every worker, inherits them.
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         # nor spot nodes to be preempted: no PreemptionWatcher actor per teacher (one process, ~2 s of CPU)
@@ -134,10 +129,40 @@ def init_ray() -> None:
         finally:
             ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
     handle_sigterm()  # ray.init() installed its own SIGTERM handler (abort, no cleanup): a stop keeps finished work
+    if stop_own_ray_node not in LEAVE_HOOKS:
+        LEAVE_HOOKS.append(stop_own_ray_node)
 
 
-def detect_gpu(cfg: dict) -> bool:
-    v = cfg["use_gpu"]
+def detect_gpu(cfg) -> bool:
+    v = cfg.use_gpu
     if v != "auto":
         return bool(v)
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def stop_own_ray_node() -> None:
+    """Leave a reaper for the processes of the raylet this driver started (none when it joined a cluster). The
+    raylet and GCS share the driver's fate, but the raylet's dashboard and runtime-env agents then spend minutes
+    trying to report its death to a GCS that died too. Stopping the raylet from here instead (SIGTERM, as
+    `ray.shutdown()` does) races with Ray's core worker, which ends this process with status 1 when it sees the
+    raylet go. So a detached shell waits for this process to be gone, then kills what the raylet had started."""
+    node = worker._global_node
+    raylets = [
+        proc.pid
+        for kind, proc in (node.live_processes() if node is not None else [])
+        if kind == ray_constants.PROCESS_TYPE_RAYLET
+    ]
+    doomed = [pid for r in raylets for pid in children(r)]
+    if doomed:
+        subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.2; done; sleep 1; "
+                f"kill -9 {' '.join(map(str, doomed))} 2>/dev/null",
+            ],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )

@@ -19,10 +19,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from asc_ray.config import with_overrides
-from asc_ray.outputs import RECORD, read_record, write_record
-from asc_ray.pipeline.runtime import log
-from asc_ray.pipeline.unit import run_unit
+from asc_ray.console import log
+from asc_ray.pipeline.unit import UnitJob, run_unit
 from asc_ray.systems import get_system
+from asc_ray.train.outputs import RECORD, read_record, write_record
 
 METRIC, MODE = "val_macro_acc", "max"  # model selection: the validation holdout, never test
 
@@ -30,10 +30,10 @@ METRIC, MODE = "val_macro_acc", "max"  # model selection: the validation holdout
 def student_trial(config: dict) -> None:
     """The Tune function trainable: one student on one split (with the trial's search overrides)."""
     trial = config["trial"]
-    job = dict(trial["job"])
-    job["cfg"] = with_overrides(job["cfg"], trial["overrides"])
+    job = UnitJob(**trial["job"])
+    job.cfg = with_overrides(job.cfg, trial["overrides"])
     if trial.get("trial_dir"):
-        job["out_dir"] = trial["trial_dir"]
+        job.out_dir = trial["trial_dir"]
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
@@ -58,12 +58,12 @@ def search_grid(search: dict, num_samples: int, seed: int) -> list[dict]:
     return [{**o, **({"seed": seed + 1000 * r} if r else {})} for o in grid for r in range(num_samples)]
 
 
-def searching(cfg: dict) -> bool:
-    return bool(cfg["students"]["search"]) or cfg["students"]["num_samples"] > 1
+def searching(cfg) -> bool:
+    return bool(cfg.students.search) or cfg.students.num_samples > 1
 
 
 class TrialDone(tune.Callback):
-    """Calls `on_complete(job)` as each trial completes, so a student is reported (and what needs it starts)
+    """Calls `on_complete(job)` (the unit job as a dict) as each trial completes, so a student is reported (and what needs it starts)
     when its own trial ends, not when the last trial of its Tuner does. Runs in the driver."""
 
     def __init__(self, on_complete):
@@ -103,25 +103,23 @@ class TrialRetried(tune.Callback):
 
 
 def build_tuner(
-    jobs: list[dict], cfg: dict, storage_path: str, use_gpu: bool, name: str, callbacks: list | None = None
+    jobs: list[UnitJob], cfg, storage_path: str, use_gpu: bool, name: str, callbacks: list | None = None
 ) -> tune.Tuner:
-    """One Tuner over `jobs` (unit job dicts). With a search, `jobs` is one unit and every trial writes to
-    its own folder under the unit's `trials/`."""
-    s = cfg["students"]
+    """One Tuner over `jobs`. With a search, `jobs` is one unit and every trial writes to its own folder under
+    the unit's `trials/`."""
+    s = cfg.students
     search = searching(cfg)
     trials = []
     for j in jobs:
-        system = get_system(j["system"])
-        grid = search_grid(
-            {k: v for k, v in s["search"].items() if system.reads(k)}, s["num_samples"], cfg["seed"]
-        )
+        system = get_system(j.system)
+        grid = search_grid({k: v for k, v in s.search.items() if system.reads(k)}, s.num_samples, cfg.seed)
         for i, o in enumerate(grid):
-            trial_dir = str(Path(j["unit_dir"]) / "trials" / f"trial{i}") if search else None
-            trials.append({"job": j, "overrides": o, "trial_dir": trial_dir})
-    resources = {"cpu": s["cpus_per_trial"]}
+            trial_dir = str(Path(j.unit_dir) / "trials" / f"trial{i}") if search else None
+            trials.append({"job": j.as_dict(), "overrides": o, "trial_dir": trial_dir})
+    resources = {"cpu": s.cpus_per_trial}
     if use_gpu:
-        resources["gpu"] = s["gpus_per_trial"]
-    resources.update({k: float(v) for k, v in s["resources"].items()})  # e.g. a node type's custom resource
+        resources["gpu"] = s.gpus_per_trial
+    resources.update({k: float(v) for k, v in s.resources.items()})  # e.g. a node type's custom resource
     scheduler = None
     if search:
         # ASHA's clock is the fraction of a trial's epochs done (`progress`, at most 1): a clock in epochs would
@@ -153,12 +151,12 @@ def build_tuner(
             metric=METRIC,
             mode=MODE,
             scheduler=scheduler,
-            max_concurrent_trials=s["max_concurrent_trials"] or None,
+            max_concurrent_trials=s.max_concurrent_trials or None,
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,  # progress comes from asc-ray's own lines; Tune's tables would print every config
             callbacks=[TrialRetried(), *(callbacks or [])],
@@ -166,23 +164,22 @@ def build_tuner(
     )
 
 
-def unit_outcomes(grid, jobs: list[dict], search: bool) -> dict[tuple[str, int], dict | BaseException]:
+def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[tuple[str, int], dict | BaseException]:
     """(system, split) -> the unit's record, or the error that stopped it."""
     out: dict[tuple[str, int], dict | BaseException] = {}
     if search:
         (job,) = jobs
+        k = (job.system, job.split)
         try:
             best = grid.get_best_result(metric=METRIC, mode=MODE, filter_nan_and_inf=True)
         except RuntimeError as e:  # no trial reported the metric
-            out[(job["system"], job["split"])] = e
+            out[k] = e
             return out
         if best.error is not None:
-            out[(job["system"], job["split"])] = best.error
+            out[k] = best.error
             return out
-        rec = promote(Path(best.config["trial"]["trial_dir"]), Path(job["unit_dir"]), best.config["trial"])
-        out[(job["system"], job["split"])] = (
-            rec if rec is not None else RuntimeError("best trial left no record")
-        )
+        rec = promote(Path(best.config["trial"]["trial_dir"]), Path(job.unit_dir), best.config["trial"])
+        out[k] = rec if rec is not None else RuntimeError("best trial left no record")
         return out
     errors = {}
     for r in grid:
@@ -190,8 +187,8 @@ def unit_outcomes(grid, jobs: list[dict], search: bool) -> dict[tuple[str, int],
         if r.error is not None and k is not None:
             errors[k] = r.error
     for j in jobs:
-        k = (j["system"], j["split"])
-        rec = read_record(j["unit_dir"], j["key"])
+        k = (j.system, j.split)
+        rec = read_record(j.unit_dir, j.key)
         out[k] = rec if rec is not None else errors.get(k, RuntimeError("trial stopped before it finished"))
     return out
 

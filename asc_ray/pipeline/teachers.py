@@ -8,22 +8,43 @@ Ray Train run instead of starting over.
 
 from __future__ import annotations
 
+import datetime
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
+import torch.distributed as dist
+from ray.train._internal.utils import get_address_and_port
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
-from asc_ray.checkpointing import persist_by_link
 from asc_ray.pipeline.runtime import own_local_ray
-from asc_ray.pipeline.unit import run_unit
+from asc_ray.pipeline.unit import UnitJob, run_unit
+from asc_ray.train import link_tree
 
 
-def teacher_worker(job: dict) -> None:
+def persist_by_link(checkpoint, checkpoint_dir_name: str):
+    """A `checkpoint_upload_fn` for ray.train.report: Ray Train persists a reported folder by copying it into
+    its storage; on a POSIX filesystem (local disk, NFS, EFS) the files are hard-linked instead (Ray still owns
+    the registered checkpoint, its retention and its restore; the bytes exist once). Other storage (S3, GCS)
+    gets Ray's own upload."""
+    storage = ray.train.get_context().get_storage()
+    if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem) or not isinstance(
+        checkpoint.filesystem, pyarrow.fs.LocalFileSystem
+    ):
+        return storage.persist_current_checkpoint(checkpoint, checkpoint_dir_name)
+    dest = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    link_tree(Path(checkpoint.path), Path(dest))
+    return ray.train.Checkpoint(path=dest, filesystem=storage.storage_filesystem)
+
+
+def teacher_worker(job: UnitJob) -> None:
     """The Ray Train worker function: one teacher on one split."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -54,11 +75,6 @@ def teacher_worker(job: dict) -> None:
 def _private_process_group(
     backend: str, world_rank: int, world_size: int, addr: str, port: int, timeout_s: int
 ) -> None:
-    import datetime
-    import socket
-
-    import torch.distributed as dist
-
     _set_torch_distributed_env_vars()
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
     timeout = datetime.timedelta(seconds=timeout_s)
@@ -79,8 +95,6 @@ class _PrivateTorchBackend(_TorchBackend):
     def on_start(self, worker_group, backend_config) -> None:
         if len(worker_group) == 1:
             return  # one worker: no process group, no store, nothing listens
-        from ray.train._internal.utils import get_address_and_port
-
         addr, port = worker_group.execute_single(0, get_address_and_port)
         ray.get(
             [
@@ -110,15 +124,13 @@ class PrivateTorchConfig(TorchConfig):
 
 class TeacherTrainer(TorchTrainer):
     """A TorchTrainer without two per-fit actors that do nothing for asc-ray's teachers (`_create_default_callbacks`
-    is Ray's own hook for its default callbacks; on a Ray without it this class is a plain TorchTrainer):
+    is Ray's hook for its default callbacks; without it this class is a plain TorchTrainer):
 
-    - no Ray Data DatasetManager when it is given no datasets (teachers read the waveform cache themselves): Ray
-      2.60 starts one per fit regardless, one more process importing ray.data, ~2 s of CPU per teacher;
-    - no PlacementGroupCleaner on the local Ray this process started: the cleaner asks the state API every second
-      whether the controller is alive, and a local Ray has no dashboard to serve it, so every query fails
-      ("Failed to query Ray Train Controller actor state", in Ray's logs) and the cleaner could never act; when
-      the driver dies its local Ray, placement groups included, dies with it. ~2 s of CPU per teacher
-      (docs/benchmarks.md). On a cluster it stays: there it frees a dead controller's GPUs.
+    - no Ray Data DatasetManager when it is given no datasets (teachers read the waveform cache themselves);
+    - no PlacementGroupCleaner on the local Ray this process started: it asks the state API, which a local Ray
+      without a dashboard cannot serve, so it could never act (its local Ray dies with the driver anyway). On a
+      cluster it stays: there it frees a dead controller's GPUs.
+    Each costs a process per teacher (docs/benchmarks.md, "Fixed cost").
     """
 
     def _create_default_callbacks(self):
@@ -136,23 +148,23 @@ class TeacherTrainer(TorchTrainer):
         return [c for c in callbacks if not isinstance(c, idle)]
 
 
-def build_trainer(job: dict, storage_path: str, use_gpu: bool) -> TorchTrainer:
-    t = job["cfg"]["teachers"]
-    resources = {"CPU": t["cpus_per_worker"]}
+def build_trainer(job: UnitJob, storage_path: str, use_gpu: bool) -> TorchTrainer:
+    t = job.cfg.teachers
+    resources = {"CPU": t.cpus_per_worker}
     if use_gpu:
-        resources["GPU"] = t["gpus_per_worker"]
-    resources.update({k: float(v) for k, v in t["resources"].items()})  # e.g. a node type's custom resource
+        resources["GPU"] = t.gpus_per_worker
+    resources.update({k: float(v) for k, v in t.resources.items()})  # e.g. a node type's custom resource
     return TeacherTrainer(
         teacher_worker,
         train_loop_config=job,
         torch_config=PrivateTorchConfig(),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=t["num_workers"], use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            name=f"teacher-{job['system']}-split{job['split']}-{job['key'][:8]}",
+            name=f"teacher-{job.system}-split{job.split}-{job.key[:8]}",
             storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=t["max_failures"]),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own progress lines suffice
         ),

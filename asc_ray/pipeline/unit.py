@@ -6,29 +6,53 @@ and artifacts."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
+import torch
 
 from asc_ray.config import flatten
+from asc_ray.data.cache import CacheRef
+from asc_ray.features import frontend_sample_rate, input_shape
 from asc_ray.io import atomic_write_text
-from asc_ray.outputs import unit_dir
-from asc_ray.systems import get_system
-from asc_ray.train import Trainer, prepare_data, unit_params
+from asc_ray.pipeline.storage import SharedFolder, verify_on_this_node
+from asc_ray.predict.mlflow_model import log_unit_model
+from asc_ray.systems import System, get_system
+from asc_ray.tracking import Tracker
+from asc_ray.train import Trainer, finish_unit, prepare_data, unit_dir
 
 # where an epoch's report stands, not what it measured: MLflow's step, not metrics
 _CLOCKS = ("epoch", "progress")
 
-# What a unit's job dict holds (built by run.py, plain data so it pickles to any node):
-#   system, split, key, cfg, data_dir, output_dir, tracker, parent_run_id, aggregator (serves the logits
-#   tables a student learns from), out_dir (optional: a search trial's own folder instead of the unit's),
-#   caches (sample rate -> CacheRef: the waveform cache pre-flight built; optional, else the unit builds or
-#   finds one itself), shared (the folders pre-flight checked on a cluster: checked again on this node)
+
+@dataclass
+class UnitJob:
+    """Everything a unit needs, as plain data that pickles to any node."""
+
+    system: str
+    split: int
+    key: str  # its resume key (asc_ray.pipeline.keys)
+    cfg: object  # the run's config (asc_ray.config.Config)
+    data_dir: str
+    output_dir: str
+    unit_dir: str  # where its outputs and record go
+    tracker: Tracker | None = None
+    parent_run_id: str | None = None
+    aggregator: object = None  # the LogitAggregator's handle: serves the tables a student learns from
+    caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> pre-flight's waveform cache
+    shared: list[SharedFolder] = field(default_factory=list)  # folders pre-flight checked on a cluster
+    out_dir: str | None = None  # a search trial's own folder instead of the unit's
+
+    def as_dict(self) -> dict:
+        """Shallow: Tune walks dicts in its param space (and restores handles in them), not dataclasses."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class UnitLog:
@@ -48,71 +72,72 @@ class UnitLog:
         sys.stdout.flush()
 
 
-def write_shard_record(folder: Path, trainer: Trainer, rank: int, world_size: int) -> None:
-    import hashlib
-    import json
-
-    digest = hashlib.sha256()
-    for k, v in sorted(trainer.model.named_parameters()):  # not buffers: BatchNorm statistics are per rank
-        digest.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
-    record = {
-        "rank": rank,
-        "world_size": world_size,
-        "files": sorted(trainer.trained_files or ()),
-        "parameters": digest.hexdigest(),
-        "history": trainer.history,
+def unit_params(system: System, cfg, trainer: Trainer) -> dict:
+    """What this unit actually trains with, as MLflow params beside the flat config: its own seed and epochs,
+    the effective warm-up and roll (the `baseline:` recipe overrides `bcbl:`) and the front-end's input."""
+    params = {
+        "train_seed": trainer.seed,
+        "train_epochs": trainer.epochs,  # the family's epochs, or more where train.min_steps asks for them
+        "frontend": system.frontend,
+        "sample_rate": frontend_sample_rate(system.frontend),
+        "input_shape": "x".join(map(str, input_shape(system.frontend))),
     }
-    name = f"{trainer.system.name}_split{trainer.split}_rank{rank}.json"
-    atomic_write_text(folder / name, json.dumps(record, default=float))
+    if system.family == "bcbl":
+        params.update(warmup_steps=trainer.h.warmup_steps, roll_s=trainer.h.roll_s)
+    return params
 
 
 def run_unit(
-    job: dict,
+    job: UnitJob,
     report: Callable[[dict, Path | None], None],
     checkpoint_dir: str | None,
     rank: int = 0,
     world_size: int = 1,
     wrap_model=None,
 ) -> dict:
-    from asc_ray.features import frontend_sample_rate
-    from asc_ray.pipeline.storage import verify_on_this_node
-
-    system = get_system(job["system"])
-    split, cfg = job["split"], job["cfg"]
-    verify_on_this_node(job.get("shared", []))  # a node that joined after pre-flight: before writing anything
-    out = Path(job.get("out_dir") or unit_dir(job["output_dir"], system.role, split, system.name))
+    system = get_system(job.system)
+    split, cfg = job.split, job.cfg
+    verify_on_this_node(job.shared)  # a node that joined after pre-flight: before writing anything
+    out = Path(job.out_dir or unit_dir(job.output_dir, system.role, split, system.name))
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    if cfg["train"]["num_threads"] == 0:
+    if cfg.train.num_threads == 0:
         # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker/trial was given instead
-        import torch
-
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(round(cpus))))
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (kept in the result: node_id)
     say = UnitLog(out)
-    say(f"[{system.name} split{split}] rank {rank} on node {node_id}")
+    say(f"[{system.name} split{split}] rank {rank} on node {node_id} (pid {os.getpid()})")
     logits = None
     if system.needs:  # targets from the actor: works on any node, validated against the split's files
-        files, table = ray.get(job["aggregator"].table.remote(system.needs, split))
-        logits = (files, table)
-    cache = job.get("caches", {}).get(frontend_sample_rate(system.frontend))
+        logits = ray.get(job.aggregator.table.remote(system.needs, split))
+    cache = job.caches.get(frontend_sample_rate(system.frontend))
     store = cache.open(log=say) if cache else None  # the node's copy: made by its first unit, then reused
     data = prepare_data(
-        cfg, job["data_dir"], job["output_dir"], split, system, logits=logits, progress=False, store=store
+        cfg, job.data_dir, job.output_dir, split, system, logits=logits, progress=False, store=store
     )
     trainer = Trainer(
-        system, cfg, data, out, split, log=say, rank=rank, world_size=world_size, wrap_model=wrap_model
+        system,
+        cfg,
+        data,
+        out,
+        split,
+        log=say,
+        rank=rank,
+        world_size=world_size,
+        wrap_model=wrap_model,
+        unit_key=job.key,
     )
+    if world_size > 1:
+        say(
+            f"[{system.name} split{split}] rank {rank}/{world_size}: {len(trainer.batches.files)} training files"
+        )
     if trainer.device.type == "cuda":  # a cluster user's first question: is my GPU used?
-        import torch
-
         say(f"[{system.name} split{split}] training on {torch.cuda.get_device_name(trainer.device)}")
-    trainer.unit_key = job["key"]  # stored in checkpoints: a torn one falls back only to this unit's own
     if checkpoint_dir:
         trainer.load_checkpoint(checkpoint_dir)
 
-    tracker, run_id = job["tracker"], None
+    tracker, run_id = job.tracker, None
     if rank == 0 and tracker is not None:
         id_file = out / "mlflow_run_id"
         old = id_file.read_text().strip() if id_file.is_file() else None
@@ -121,11 +146,11 @@ def run_unit(
             "system": system.name,
             "split": split,
             "augment": system.augment,
-            "key": job["key"],
-            "seed": cfg["seed"],
+            "key": job.key,
+            "seed": cfg.seed,
             "train_seed": trainer.seed,
         }
-        run_id = tracker.start_run(f"{system.name} split{split}", tags, job["parent_run_id"], run_id=old)
+        run_id = tracker.start_run(f"{system.name} split{split}", tags, job.parent_run_id, run_id=old)
         atomic_write_text(id_file, run_id)
         tracker.log_params(
             run_id,
@@ -135,29 +160,21 @@ def run_unit(
                 "split": split,
                 "train_files": len(data.train_files),
                 "val_files": len(data.val_files),
-                **unit_params(trainer),
+                **unit_params(system, cfg, trainer),
             },
         )
-
-    pid_dir = os.environ.get("ASC_RAY_TEST_PID_DIR") if rank == 0 else None
 
     def report_and_log(m: dict, ckpt: Path | None) -> None:
         if run_id:
             tracker.log_metrics(run_id, {k: v for k, v in m.items() if k not in _CLOCKS}, step=m["epoch"])
         report(m, ckpt)
-        if pid_dir:  # test hook: which process trains this unit, and its last checkpointed epoch
-            (Path(pid_dir) / f"{system.name}_split{split}").write_text(f"{os.getpid()} {m['epoch']}\n")
 
-    trainer.record_extra = {"key": job["key"], "run_id": run_id, "node_id": node_id, "started": started}
-    shard_dir = os.environ.get("ASC_RAY_TEST_SHARD_DIR")
-    if shard_dir:
-        trainer.trained_files = set()
     with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
-        result = trainer.fit(report_and_log)
-    if shard_dir:  # test hook: what this rank trained on, and a digest of its final parameters
-        write_shard_record(Path(shard_dir), trainer, rank, world_size)
+        fitted = trainer.fit(report_and_log)
     if rank != 0:
         return {}
+    extra = {"key": job.key, "run_id": run_id, "node_id": node_id, "started": started}
+    result = finish_unit(system, cfg, split, data, out, fitted, extra, log=say)
     if run_id:
         finals = {
             k: v
@@ -169,8 +186,6 @@ def run_unit(
         tracker.log_artifacts(
             run_id, [files[k] for k in ("output", "complexity", "class_plot", "confusion_plot") if k in files]
         )
-        from asc_ray.mlflow_model import log_unit_model  # students: an MLflow model to load / serve
-
-        log_unit_model(tracker, run_id, out)
+        log_unit_model(tracker, run_id, out)  # students: an MLflow model to load / serve
         tracker.finish(run_id)
     return result

@@ -24,37 +24,17 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 
-from asc_ray.errors import AscRayError, proc_stat
+from asc_ray.errors import AscRayError
+from asc_ray.procs import boot_id, pid_alive, pid_start
 
 LOCK_NAME = ".asc-ray.lock"
 HEARTBEAT_S = 30.0
 STALE_S = 600.0  # another host's lock is stale after 10 minutes without a heartbeat
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _pid_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); '' when unknown."""
-    return (proc_stat(pid)[19:20] or [""])[0]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _read(path: Path) -> dict | None:
@@ -72,11 +52,11 @@ def stale_reason(holder: dict | None, mtime: float, now: float | None = None) ->
         return f"unreadable lock file, untouched for {age:.0f}s" if age > STALE_S else None
     if holder.get("host") == socket.gethostname():
         pid = int(holder.get("pid", -1))
-        if holder.get("boot_id") and _boot_id() and holder["boot_id"] != _boot_id():
+        if holder.get("boot_id") and boot_id() and holder["boot_id"] != boot_id():
             return "this machine rebooted since"
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return f"process {pid} is gone"
-        if holder.get("pid_start") and _pid_start(pid) and holder["pid_start"] != _pid_start(pid):
+        if holder.get("pid_start") and pid_start(pid) and holder["pid_start"] != pid_start(pid):
             return f"process {pid} is gone (the pid now belongs to another process)"
         return None
     if age > STALE_S:
@@ -126,13 +106,11 @@ class OutputLock:
 
     def acquire(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        import sys
-
         self.me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "pid_start": _pid_start(os.getpid()),
-            "boot_id": _boot_id(),
+            "pid_start": pid_start(os.getpid()),
+            "boot_id": boot_id(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join(sys.argv)[:300],
         }
@@ -145,9 +123,7 @@ class OutputLock:
                 continue  # released meanwhile: try again
             holder = _read(self.path)
             if holder is None and time.time() - mtime < 2:
-                time.sleep(
-                    0.5
-                )  # being written right now (between link and fill cannot happen, but NFS caches)
+                time.sleep(0.5)  # being written right now (NFS caches may show it empty for a moment)
                 holder = _read(self.path)
             reason = stale_reason(holder, mtime)
             if reason is None:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from asc_ray.data.tau import N_CLASSES
 from asc_ray.errors import AscRayError
-from asc_ray.io import atomic_write
+from asc_ray.io import atomic_write, read_or_raise
 
 
 def table_path(logits_dir: str | Path, source: str, split: int) -> Path:
@@ -81,14 +81,13 @@ def read_logits(path: str | Path, files: Sequence[str], column: str = "logits") 
     """
     path = Path(path)
     fix = "re-run the stage that writes it (python jobs/full_pipeline.py ... with the same --output-dir), or --fresh"
-    if not path.is_file():
-        raise AscRayError("logits table not found", path=path, fix=fix)
-    try:
-        table = pq.read_table(path, columns=["filename", column])
-    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for corrupt files
-        raise AscRayError(
-            f"logits table is unreadable or has no column '{column}': {e}", path=path, fix=fix
-        ) from None
+    table = read_or_raise(
+        path,
+        lambda p: pq.read_table(p, columns=["filename", column]),
+        "logits table",
+        fix,
+        f"logits table is unreadable or has no column '{column}': {{error}}",
+    )
     names = table.column("filename").to_pylist()
     if len(set(names)) != len(names):
         raise AscRayError("logits table lists a filename twice", path=path, fix=fix)

@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover
     PythonModel = object
 
 from asc_ray.errors import AscRayError
+from asc_ray.predict.classifier import UNIT_SPEC, Classifier, read_unit_spec
 
 ARTIFACT_PATH = "model"  # runs:/<run id>/model
 CHECKPOINT_PATH = "checkpoint"  # the fp32 model.pt beside it, as before
@@ -64,14 +65,12 @@ def registered_name(system: str, split: int | str) -> str:
 
 # ------------------------------------------------------------------------------------- the pyfunc model
 class AscRayModel(PythonModel):
-    """pyfunc wrapper around asc_ray.predict.Classifier: waveforms [B, n] at the model's rate -> probabilities."""
+    """pyfunc wrapper around asc_ray.predict.classifier.Classifier: waveforms [B, n] at the model's rate -> probabilities."""
 
     # the signature (_signature) describes the input, not type hints: MLflow's switch to not look for them
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        from asc_ray.predict import Classifier
-
         spec = json.loads(Path(context.artifacts["unit"]).read_text())
         self.clf = Classifier.from_weights(spec, context.artifacts["weights"])
 
@@ -118,8 +117,6 @@ def save_unit_model(unit_dir: str | Path, dest: str | Path) -> Path:
     """The MLflow pyfunc model of a student's unit folder (model_fp16.pt + unit.json), saved at dest."""
     import mlflow.pyfunc
 
-    from asc_ray.predict import UNIT_SPEC, read_unit_spec
-
     unit_dir = Path(unit_dir)
     spec = read_unit_spec(unit_dir)
     weights = unit_dir / "model_fp16.pt"
@@ -134,7 +131,9 @@ def save_unit_model(unit_dir: str | Path, dest: str | Path) -> Path:
         spec_file.write_text(json.dumps(spec, indent=1))
         # the package as code_paths, without bytecode caches
         code = Path(tmp) / "asc_ray"
-        shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            Path(__file__).parents[1], code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         example = (
             np.random.default_rng(0).standard_normal((1, round(EXAMPLE_SECONDS * spec["sample_rate"]))) * 0.1
         ).astype(np.float32)
@@ -318,8 +317,6 @@ def register_students(
 # ---------------------------------------------------------------------------------- loading for predict
 def load_classifier_from_mlflow(uri: str, device: str | None = None):
     """The Classifier inside an MLflow model of asc-ray (runs:/, models:/, a local model folder)."""
-    from asc_ray.predict import Classifier
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output stays readable
     try:
         import mlflow

@@ -1,0 +1,39 @@
+"""The command line of the pipeline jobs in jobs/ (they stay thin): which data, where to, which splits, which
+config; the stage jobs run part of the per-split graph."""
+
+from __future__ import annotations
+
+import argparse
+
+from asc_ray.config import add_config_arguments, config_from_args, split_list
+from asc_ray.data.tau import SPLITS
+
+
+def parse(argv: list[str] | None, description: str):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data-dir", help="TAU22 development set (meta.csv, audio/, split files)")
+    p.add_argument("--output-dir", help="where teachers, logits, students and results go")
+    p.add_argument(
+        "--splits",
+        default=",".join(map(str, SPLITS)),
+        help="comma-separated training splits, %% of the train fold (default: %(default)s)",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="recompute everything instead of reusing finished work"
+    )
+    add_config_arguments(p)
+    a = p.parse_intermixed_args(argv)  # options may follow key=value overrides
+    a.splits = split_list(a.splits)
+    cfg = config_from_args(a)  # --print-config exits here
+    missing = [f"--{n.replace('_', '-')}" for n in ("data_dir", "output_dir") if not getattr(a, n)]
+    if missing:
+        p.error("the following arguments are required: " + ", ".join(missing))
+    return a, cfg
+
+
+def run_stages(argv: list[str] | None, stages: tuple[str, ...], description: str) -> int:
+    args, cfg = parse(argv, description)  # first: a bad option or config key is refused before Ray loads
+    from asc_ray.pipeline.run import Pipeline  # Ray takes seconds to import: not for --help or a typo
+
+    Pipeline(cfg, args.data_dir, args.output_dir, args.splits, fresh=args.fresh).run(stages)
+    return 0

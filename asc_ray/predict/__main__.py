@@ -1,0 +1,3 @@
+from asc_ray.predict.cli import cli
+
+cli()

@@ -1,0 +1,234 @@
+"""A trained model with its front-end: the one inference path. Training's test evaluation, its validation, the
+teachers' logits over a split, the evaluation-set export, `asc-ray-predict` and the MLflow model all run
+`Classifier` (eval mode, batched, GPU when there is one).
+
+What a model is (system, architecture, sample rate) comes from the `unit.json` that training writes beside the
+weights (`unit_spec`), so a model can be rebuilt without the config that trained it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from asc_ray.data.cache import WaveformStore
+from asc_ray.data.tau import SCENES
+from asc_ray.errors import AscRayError
+from asc_ray.features import build_frontend, frontend_sample_rate
+from asc_ray.io import atomic_write_json, read_or_raise
+from asc_ray.models import build_model
+from asc_ray.systems import System, get_system
+
+UNIT_SPEC = "unit.json"  # what a unit folder (and the MLflow model) says about its model
+SPEC_VERSION = 1
+BATCH = 256  # windows per forward pass
+OTHER_SYSTEM_FIX = "pass a unit folder written by asc-ray (<output>/students/split<N>/<system>)"
+
+
+# ------------------------------------------------------------------------------------ what a model is
+def unit_spec(system: System, cfg) -> dict:
+    """What rebuilding a trained model needs, without the training config: its system, the architecture keys
+    its builder reads (after any search override), and its input sample rate."""
+    return {
+        "format": SPEC_VERSION,
+        "system": system.name,
+        "model": system.model,
+        "frontend": system.frontend,
+        "sample_rate": frontend_sample_rate(system.frontend),
+        "clip_seconds": 1.0,
+        "classes": list(SCENES),
+        "channels": dict(cfg.channels),
+        "passt": {"size": cfg.passt.size, "pretrained": False},
+    }
+
+
+def write_unit_spec(out_dir: str | Path, system: System, cfg) -> Path:
+    return atomic_write_json(Path(out_dir) / UNIT_SPEC, unit_spec(system, cfg))
+
+
+def read_unit_spec(folder: str | Path) -> dict:
+    """unit.json of a unit folder; units trained before it existed: result.json + the run's config.json."""
+    folder = Path(folder)
+    p = folder / UNIT_SPEC
+    if p.is_file():
+        try:
+            spec = json.loads(p.read_text())
+            get_system(spec["system"])
+            return spec
+        except (ValueError, KeyError, TypeError, AscRayError):
+            raise AscRayError(
+                f"{UNIT_SPEC} is not one asc-ray wrote (unreadable or unknown system)",
+                path=p,
+                fix=OTHER_SYSTEM_FIX,
+            ) from None
+    result, config = folder / "result.json", folder.parent.parent / "config.json"
+    if result.is_file() and config.is_file():
+        try:
+            system = get_system(json.loads(result.read_text())["system"])
+            cfg = json.loads(config.read_text())
+            return unit_spec(
+                system, SimpleNamespace(channels=cfg["channels"], passt=SimpleNamespace(**cfg["passt"]))
+            )
+        except (ValueError, KeyError, TypeError, AscRayError):
+            pass
+    raise AscRayError(
+        f"not an asc-ray unit folder (no {UNIT_SPEC}, or result.json + ../../config.json)",
+        path=folder,
+        fix=OTHER_SYSTEM_FIX,
+    )
+
+
+def build_from_spec(spec: dict) -> torch.nn.Module:
+    """An untrained network of the spec's architecture, to load its weights into."""
+    view = SimpleNamespace(
+        channels=SimpleNamespace(**spec["channels"]), passt=SimpleNamespace(**spec["passt"])
+    )
+    return build_model(spec["model"], view, pretrained=False)
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path | dict, system: str) -> torch.nn.Module:
+    """`model` with the weights of a file (or a state dict); fp16 weights make an fp16 model (the deployed
+    student runs in fp16, on CPU as on GPU)."""
+    state = weights
+    if not isinstance(weights, dict):
+        state = read_or_raise(
+            weights,
+            lambda p: torch.load(p, map_location="cpu", weights_only=True),
+            "model file",
+            "check the path (or re-run the stage that trained it)",
+            "not a model weights file (torch.load cannot read it)",
+        )
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - another architecture, not a state dict
+        raise AscRayError(
+            f"model file does not fit {system}: {str(e).splitlines()[0][:200]}",
+            path=None if isinstance(weights, dict) else weights,
+            fix="re-run the stage that trained it (or --fresh); " + OTHER_SYSTEM_FIX,
+        ) from None
+    if any(torch.is_tensor(v) and v.dtype == torch.float16 for v in state.values()):
+        model = model.half()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------- the one path
+@dataclass
+class Classifier:
+    """A model with its front-end, in eval mode: waveforms at `sample_rate` in, logits out. `channels_last` and
+    `amp` (bf16 autocast, GPU only) are the training run's settings, so that its figures are reproduced."""
+
+    spec: dict
+    model: torch.nn.Module
+    frontend: torch.nn.Module
+    device: torch.device
+    source: str
+    channels_last: bool = False
+    amp: bool = False
+
+    @classmethod
+    def from_weights(
+        cls,
+        spec: dict,
+        weights: str | Path | dict,
+        device: str | torch.device | None = None,
+        channels_last: bool = False,
+        amp: bool = False,
+    ) -> Classifier:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = load_weights(build_from_spec(spec), weights, spec["system"]).to(dev)
+        frontend = build_frontend(spec.get("frontend", spec["model"])).to(dev)
+        source = "weights in memory" if isinstance(weights, dict) else str(weights)
+        return cls(spec, model, frontend, dev, source, channels_last, amp)
+
+    @property
+    def system(self) -> System:
+        return get_system(self.spec["system"])
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.spec["sample_rate"])
+
+    @property
+    def window(self) -> int:
+        return round(self.spec.get("clip_seconds", 1.0) * self.sample_rate)
+
+    @torch.no_grad()
+    def _forward(self, waves: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
+        # fp16 on a CPU without fp16 units: channels-last is 2.7x slower than the default layout (measured,
+        # docs/benchmarks.md), so fp16 runs in the default layout there
+        cl = self.channels_last and not (dtype == torch.float16 and self.device.type == "cpu")
+        layout = torch.channels_last if cl else torch.contiguous_format
+        self.model.to(memory_format=layout).eval()
+        self.frontend.eval()
+        x = self.frontend(waves.to(self.device)).to(dtype).contiguous(memory_format=layout)
+        amp = self.amp and dtype == torch.float32 and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+            return self.model(x).float().cpu()
+
+    def logits(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Logits [B, 10] of B equal-length waveforms [B, n] (n = one window), batched."""
+        waves = torch.as_tensor(np.asarray(waves, dtype=np.float32))
+        out = [self._forward(waves[i : i + BATCH]) for i in range(0, len(waves), BATCH)]
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.spec["classes"])), np.float32)
+
+    def logits_of(self, store: WaveformStore, files: Sequence[str]) -> np.ndarray:
+        """Logits [len(files), 10] of cached 1-s clips (a waveform cache at the model's sample rate)."""
+        if store.sample_rate != self.sample_rate:
+            raise AscRayError(
+                f"waveform cache is at {store.sample_rate} Hz, {self.spec['system']} takes {self.sample_rate} Hz",
+                path=store.path,
+                fix="build the cache at the model's sample rate (asc_ray.features.frontend_sample_rate)",
+            )
+        rows = np.array([store.index_of(f) for f in files])
+        out = [
+            self._forward(torch.from_numpy(store.rows(rows[i : i + BATCH])))
+            for i in range(0, len(rows), BATCH)
+        ]
+        return torch.cat(out).numpy()
+
+    def windows(self, wave: np.ndarray) -> np.ndarray:
+        """A mono clip at `sample_rate` -> its 1-s windows [k, n]: shorter clips zero-padded to one window,
+        longer ones cut into consecutive windows, the last one ending at the clip's end."""
+        n = self.window
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if len(wave) <= n:
+            return np.pad(wave, (0, n - len(wave)))[None]
+        starts = list(range(0, len(wave) - n + 1, n))
+        if starts[-1] + n < len(wave):
+            starts.append(len(wave) - n)
+        return np.stack([wave[s : s + n] for s in starts])
+
+    def probabilities(self, waves: Sequence[np.ndarray], progress=None) -> np.ndarray:
+        """Scene probabilities [len(waves), 10] of clips of any length at `sample_rate`: the mean of the
+        softmax over each clip's 1-s windows (windows of many clips share a batch)."""
+        probs = np.zeros((len(waves), len(self.spec["classes"])), dtype=np.float64)
+        pending: list[np.ndarray] = []
+        owners: list[int] = []
+
+        def flush():
+            p = torch.softmax(torch.from_numpy(self.logits(np.stack(pending))).double(), dim=1).numpy()
+            np.add.at(probs, np.array(owners), p)
+            pending.clear()
+            owners.clear()
+
+        counts = np.zeros(len(waves))
+        for i, w in enumerate(waves):
+            win = self.windows(w)
+            counts[i] = len(win)
+            pending.extend(win)
+            owners.extend([i] * len(win))
+            if len(pending) >= BATCH:
+                flush()
+            if progress is not None:
+                progress.update(1)
+        if pending:
+            flush()
+        return probs / np.maximum(counts, 1)[:, None]

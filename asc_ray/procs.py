@@ -1,0 +1,44 @@
+"""Processes on this machine, from Linux's /proc: what the output-dir lock and the Ray runtime ask of them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def proc_stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (so field 4, the parent pid, is [1]; field 22, the start
+    time, is [19]); [] when unknown (no such process, not Linux). The name may hold spaces and ')'."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (Linux; elsewhere none)."""
+    entries = os.listdir("/proc") if os.path.isdir("/proc") else []
+    return [int(e) for e in entries if e.isdigit() and proc_stat(e)[1:2] == [str(pid)]]
+
+
+def pid_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22); '' when unknown."""
+    return (proc_stat(pid)[19:20] or [""])[0]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def boot_id() -> str:
+    """This boot of the machine ('' when unknown): a pid from before a reboot is another process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""

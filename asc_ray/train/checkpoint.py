@@ -1,0 +1,162 @@
+"""A unit's resumable state on disk, and how it is written without writing the same bytes twice.
+
+    <unit folder>/checkpoint/checkpoint.pt   weights, optimizer, scheduler, epoch, history, best, RNG, key
+    <unit folder>/checkpoint/best.pt         the selected model's weights
+    <unit folder>/checkpoint.prev/           the checkpoint before: a torn checkpoint.pt has a good one behind it
+
+- The state is written every `train.checkpoint_every` epochs and at the last epoch (`is_save_epoch`).
+- best.pt is written only when the selected model changed since the last checkpoint; otherwise the new
+  folder hard-links the unchanged file (`link_or_copy`: no bytes written).
+- Files are never modified in place (every write is a new file renamed into place), so a hard link is a
+  snapshot: Ray's persisted copy of a checkpoint (asc_ray.pipeline.teachers) links the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from asc_ray.errors import AscRayError
+from asc_ray.io import explain_write_error
+
+STATE_KEYS = ("model", "opt", "sched", "epoch", "history", "best", "torch_rng")
+
+
+def is_save_epoch(epoch: int, epochs: int, every: int) -> bool:
+    """Whether the resumable state is written after `epoch` (1-based, just finished) of `epochs`."""
+    return epoch >= epochs or epoch % max(1, int(every)) == 0
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put `src` at `dst` as a new directory entry: a hard link where the filesystem allows (no bytes written),
+    else a copy; via a temp name and a rename, so an existing `dst` (maybe a link to `src` itself, or a file
+    another checkpoint shares) is replaced, never truncated in place."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another filesystem (EXDEV), or one without hard links
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """`dst` gets every file of the folder `src`, linked (or copied) with link_or_copy."""
+    src, dst = Path(src), Path(dst)
+    for p in sorted(src.rglob("*")):
+        target = dst / p.relative_to(src)
+        if p.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(p, target)
+
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`, each inode counted once (hard links share their bytes)."""
+    seen, total = set(), 0
+    for p in Path(folder).rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def save_or_explain(obj: object, path: Path) -> None:
+    """torch.save, turning a full disk into an AscRayError that names the path and the space needed."""
+    try:
+        with open(path, "wb") as f:  # a file object: a full disk is then an OSError (ENOSPC), not a C++ error
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as e:
+        # torch's zip writer may replace the OSError by a RuntimeError while closing: look behind it
+        cause = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(cause, OSError) or not isinstance(explain_write_error(cause, path), AscRayError):
+            raise
+        buf = io.BytesIO()  # what the file needs (only on this rare path: it costs a copy in memory)
+        torch.save(obj, buf)
+        path.unlink(missing_ok=True)
+        raise explain_write_error(cause, path, buf.tell()) from None
+
+
+def read_checkpoint(path: Path, device) -> dict | str:
+    """The checkpoint's state dict, or why it cannot be read (missing, truncated, corrupt, not ours)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means a torn or foreign file
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        return "not an asc-ray checkpoint (keys missing)"
+    return state
+
+
+class CheckpointDir:
+    """The checkpoint folders of one unit (see the module doc)."""
+
+    def __init__(self, out_dir: str | Path, unit_key: str | None, log: Callable[[str], None], tag: str):
+        self.out_dir, self.unit_key, self.log, self.tag = Path(out_dir), unit_key, log, tag
+        self.final = self.out_dir / "checkpoint"
+        self.prev = self.out_dir / "checkpoint.prev"
+
+    def save(self, state: dict, best_weights: dict | None) -> Path:
+        """checkpoint/ replaced atomically, the one before kept as checkpoint.prev/. `best_weights`: the
+        selected model's weights when they changed since the last checkpoint, else None (best.pt is linked)."""
+        tmp = self.out_dir / f".checkpoint.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            save_or_explain(state, tmp / "checkpoint.pt")
+            best = self.final / "best.pt"
+            if best_weights is not None or not best.is_file():
+                save_or_explain(best_weights if best_weights is not None else state["model"], tmp / "best.pt")
+            else:
+                link_or_copy(best, tmp / "best.pt")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what this attempt took
+            raise
+        old = self.out_dir / f".checkpoint.old-{os.getpid()}"
+        if self.final.exists():
+            if self.prev.exists():
+                os.rename(self.prev, old)
+            os.rename(self.final, self.prev)
+        os.rename(tmp, self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def load(self, folder: str | Path, device, apply: Callable[[dict, Path], None]) -> bool:
+        """Resume from `folder`/checkpoint.pt: `apply(state, path)` with the first readable candidate. A torn or
+        corrupt file is logged and the previous good checkpoint of this unit is used instead (checkpoint.prev/,
+        or checkpoint/ when Ray handed over its own copy); False when none is left (training starts clean)."""
+        candidates = [Path(folder)]
+        for c in (self.final, self.prev):
+            if c.resolve() not in [x.resolve() for x in candidates]:
+                candidates.append(c)
+        for i, cand in enumerate(candidates):
+            path = cand / "checkpoint.pt"
+            if i > 0 and not path.is_file():
+                continue
+            state = read_checkpoint(path, device)
+            if isinstance(state, str):
+                self.log(f"[{self.tag}] checkpoint unreadable, skipped ({state}): {path}")
+                continue
+            if i > 0 and state.get("key") != self.unit_key:  # a fallback must be of this very unit
+                continue
+            apply(state, path)
+            if i > 0:
+                self.log(f"[{self.tag}] fell back to the previous good checkpoint {path}")
+            best = cand / "best.pt"
+            if best.is_file() and cand.resolve() != self.final.resolve():
+                self.final.mkdir(parents=True, exist_ok=True)
+                # a new entry, never a write into the old file: it may be a hard link shared with Ray's copy
+                link_or_copy(best, self.final / "best.pt")
+            self.log(f"[{self.tag}] resumed from epoch {state['epoch']}")
+            return True
+        self.log(f"[{self.tag}] no readable checkpoint left: training from scratch")
+        return False

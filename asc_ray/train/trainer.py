@@ -1,0 +1,344 @@
+"""One model's training: the loop every teacher and student of the pipeline runs. Plain PyTorch, no Ray: the
+Ray layer calls `fit()` inside a Train worker or a Tune trial and passes a `report` callback;
+`python -m asc_ray.train` runs the same code alone.
+
+Per step: waveform (cached, already at the front-end's sample rate) -> roll (baseline recipe) -> DIR (device a)
+-> log-mel front-end (frequency masking / PaSST fmax jitter in training) -> Freq-MixStyle -> mixup -> model -> loss.
+Each unit trains with its own seed (`unit_seed`: from seed, system and split); each data-parallel rank draws its
+own augmentation randomness per epoch (`augment_seed`), while the weights start identical on every rank.
+Each epoch: validation on the split's holdout (model selection); every train.checkpoint_every epochs and at the
+end a checkpoint to resume from (asc_ray.train.checkpoint). `fit()` returns what finishing the unit needs
+(asc_ray.train.outputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asc_ray import augment
+from asc_ray.data.dataset import ClipBatches, to_device
+from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES
+from asc_ray.errors import AscRayError
+from asc_ray.features import build_frontend
+from asc_ray.losses import LOSSES
+from asc_ray.metrics import evaluate
+from asc_ray.models import build_model, get_architecture
+from asc_ray.predict import Classifier, unit_spec
+from asc_ray.systems import System, epochs, hparams
+from asc_ray.train.checkpoint import CheckpointDir, is_save_epoch
+from asc_ray.train.data import RunData, shard
+
+DEVICE_A = DEVICE_INDEX["a"]
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from any parts, stable across runs, processes and Python versions (not hash())."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def unit_seed(seed: int, system: str, split: int) -> int:
+    """The seed one unit trains with (MLflow param `train_seed`): independent teachers, stable across resumes."""
+    return derive_seed(seed, system, split)
+
+
+def augment_seed(train_seed: int, epoch: int, rank: int) -> int:
+    """Seed of one rank's augmentation randomness in one epoch (mixup, DIR, FMS, roll, masking, patchout):
+    data-parallel ranks draw different augmentations; a resumed epoch draws what it drew the first time."""
+    return derive_seed(train_seed, epoch, rank)
+
+
+def use_channels_last(system: System, cfg) -> bool:
+    v = cfg.train.channels_last
+    return get_architecture(system.model).channels_last if v == "auto" else bool(v)
+
+
+@dataclass
+class Fitted:
+    """A finished training: the selected model and how it ran (what finishing the unit needs)."""
+
+    weights: Path  # the selected model's weights (checkpoint/best.pt)
+    selected_epoch: int  # 1-based
+    val_macro_acc: float  # NaN when selected without a holdout
+    selected_on: str  # "val" | "last"
+    train_seed: int
+    started: float  # when fit() began (epoch seconds)
+    device: torch.device
+    channels_last: bool
+    amp: bool
+
+
+class Trainer:
+    """Trains one system on one split; see the module docstring."""
+
+    def __init__(
+        self,
+        system: System,
+        cfg,
+        data: RunData,
+        out_dir: str | Path,
+        split: int,
+        log: Callable[[str], None] = print,
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        unit_key: str | None = None,
+        prefetch: bool = True,
+    ):
+        self.system, self.cfg, self.data, self.split = system, cfg, data, split
+        self.out_dir = Path(out_dir)
+        self.log = log if rank == 0 else (lambda _msg: None)
+        self.rank, self.world_size = rank, world_size
+        self.prefetch = prefetch  # one batch in flight on a GPU (asc_ray.data.dataset.to_device)
+        self.h = hparams(system, cfg)
+        self.seed = unit_seed(cfg.seed, system.name, split)  # same on every rank: identical initial weights
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        self.frontend = build_frontend(system.frontend, cfg.augment.freqm).to(self.device)
+        self.roll = round(getattr(self.h, "roll_s", 0.0) * data.store.sample_rate)  # max shift in samples
+        # the device impulse responses live on the training device, copied there once
+        self.irs = augment.ir_bank(data.irs, self.device) if system.dir and data.irs else None
+        self.model = build_model(system.model, cfg).to(self.device)
+        self.channels_last = use_channels_last(system, cfg)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = torch.compile(self.model) if cfg.train.compile else self.model
+        if wrap_model is not None:
+            self.net = wrap_model(self.net)
+        amp = cfg.train.amp
+        self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp) and self.device.type == "cuda"
+        files, logits = shard(data.train_files, data.teacher_logits, rank, world_size)
+        b = self.h.batch_size
+        self.batches = ClipBatches(
+            data.ds,
+            data.store,
+            files,
+            b,
+            shuffle=True,
+            seed=self.seed,
+            teacher_logits=logits,
+            drop_last=len(files) > b,
+        )
+        self.epochs = epochs(system, cfg, len(self.batches))
+        self.opt, self.sched = get_architecture(system.model).optimizer(
+            self.model, self.h, len(self.batches), self.epochs
+        )
+        self.checkpoints = CheckpointDir(self.out_dir, unit_key, self.log, self.tag)
+        self.unit_key = unit_key  # stored in checkpoints: a torn one falls back only to this unit's own
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best: dict = {"val_macro_acc": -1.0, "epoch": -1}
+        self._best_changed = False  # best model changed since the last checkpoint: best.pt is due
+        self._best_weights: dict | None = None  # its weights, when they are not the current ones
+
+    @property
+    def tag(self) -> str:
+        return f"{self.system.name} split{self.split}"
+
+    # -- checkpoints (asc_ray.train.checkpoint)
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "torch_rng": torch.get_rng_state(),
+            "system": self.system.name,
+            "split": self.split,
+            "key": self.unit_key,
+        }
+
+    def save_checkpoint(self) -> Path:
+        best = None
+        if self._best_changed:
+            best = self._best_weights if self._best_weights is not None else self.model.state_dict()
+        folder = self.checkpoints.save(self.state(), best)
+        self._best_changed, self._best_weights = False, None
+        return folder
+
+    def load_checkpoint(self, folder: str | Path) -> bool:
+        """Resume from `folder` (or this unit's previous good checkpoint). A readable checkpoint of another
+        model is an AscRayError: it is someone's work, left alone."""
+        return self.checkpoints.load(folder, self.device, self._load_state)
+
+    def _load_state(self, state: dict, path: Path) -> None:
+        fix = (
+            "check that --output-dir and --system name the run you meant; this checkpoint is another "
+            "model's work and is left as it is (move the folder elsewhere to keep it; --fresh trains from "
+            "scratch and replaces it)"
+        )
+        if state.get("system", self.system.name) != self.system.name:
+            raise AscRayError(
+                f"checkpoint does not fit {self.system.name} (it is a {state['system']} checkpoint)",
+                path=path,
+                fix=fix,
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as e:
+            raise AscRayError(
+                f"checkpoint does not fit {self.system.name} ({str(e).splitlines()[0][:200]})",
+                path=path,
+                fix=fix,
+            ) from None
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location put it on the GPU
+
+    def _note_best(self, save_now: bool) -> None:
+        """The best model just changed: best.pt follows at the next checkpoint, from a CPU copy of these
+        weights when that checkpoint is a later epoch (train.checkpoint_every > 1)."""
+        self._best_changed = True
+        self._best_weights = (
+            None
+            if save_now
+            else {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        )
+
+    # -- one epoch
+    def prepare_inputs(self, batch: dict, gen: torch.Generator):
+        """One training batch -> (spectrogram x, soft targets y, teacher logits zt or None), augmented."""
+        s, a = self.system, self.cfg.augment
+        wave = batch["wave"].to(self.device, non_blocking=True)
+        if self.roll:
+            wave = augment.roll(wave, self.roll, generator=gen)
+        if self.irs is not None:
+            wave = augment.dir_augment(
+                wave, batch["device"], self.irs, p=a.dir_p, device_a=DEVICE_A, generator=gen
+            )
+        x = self.frontend(wave)
+        if s.fms:
+            x = augment.freq_mixstyle(x, p=a.fms_p, alpha=a.fms_alpha, generator=gen)
+        y = F.one_hot(batch["label"].to(self.device), N_CLASSES).float()
+        zt = batch.get("teacher_logits")
+        zt = None if zt is None else zt.to(self.device)
+        if s.mixup:
+            x, y, lam, perm = augment.mixup(x, y, alpha=a.mixup_alpha, generator=gen)
+            if zt is not None:
+                zt = lam * zt + (1 - lam) * zt[perm.to(self.device)]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y, zt
+
+    def epoch_generator(self) -> torch.Generator:
+        """This epoch's augmentation randomness on this rank: the returned generator feeds mixup, DIR, FMS and
+        the roll; torch's global RNG (frequency masking, PaSST fmax jitter and patchout, dropout) is seeded
+        too. Both from (train_seed, epoch, rank): ranks differ, a resumed epoch repeats itself."""
+        seed = augment_seed(self.seed, self.epoch, self.rank)
+        torch.manual_seed(seed + 1)
+        return torch.Generator().manual_seed(seed)
+
+    def train_epoch(self) -> dict:
+        loss_fn = LOSSES[self.system.loss]
+        self.model.train()
+        self.frontend.train()
+        gen = self.epoch_generator()
+        self.batches.set_epoch(self.epoch)
+        total = torch.zeros((), device=self.device)
+        n = 0
+        t0 = time.perf_counter()
+        for batch in to_device(self.batches, self.device) if self.prefetch else self.batches:
+            x, y, zt = self.prepare_inputs(batch, gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext():
+                z = self.net(x)
+            loss = loss_fn(z.float(), y, zt, self.cfg)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            total += loss.detach() * len(x)  # no per-step host sync
+            n += len(x)
+        dt = time.perf_counter() - t0
+        return {
+            "train_loss": float(total) / max(n, 1),
+            "samples_per_s": n / max(dt, 1e-9),
+            "lr": self.opt.param_groups[0]["lr"],
+            "epoch_s": dt,
+        }
+
+    def classifier(self) -> Classifier:
+        """The model being trained, as the one inference path runs it (validation)."""
+        spec = unit_spec(self.system, self.cfg)
+        return Classifier(
+            spec, self.model, self.frontend, self.device, "training", self.channels_last, self.amp
+        )
+
+    def validate(self) -> dict[str, float]:
+        files = self.data.val_files
+        logits = self.classifier().logits_of(self.data.store, files)
+        return evaluate(logits, self.data.ds.labels(files), self.data.ds.devices(files)).metrics
+
+    # -- the loop
+    def fit(self, report: Callable[[dict, Path | None], None] | None = None) -> Fitted | None:
+        """Train the remaining epochs (resumes from self.epoch). Rank 0 returns the selected model."""
+        started = time.time()
+        n_epochs, select = self.epochs, self.cfg.train.select
+        if select == "val" and not self.data.val_files:
+            # a tiny split with one recording per scene has no holdout: fall back honestly, never to test
+            self.log(
+                f"[{self.tag}] no validation holdout (too few scenes with a recording to spare): "
+                "selecting the last epoch"
+            )
+            select = "last"
+        every = max(1, self.cfg.train.eval_every)
+        while self.epoch < n_epochs:
+            m = self.train_epoch()
+            self.epoch += 1
+            save = is_save_epoch(self.epoch, n_epochs, self.cfg.train.checkpoint_every)
+            # validation on rank 0 only: it alone selects and saves; DDP keeps the weights identical on all ranks
+            if select == "val" and self.rank == 0 and (self.epoch % every == 0 or self.epoch == n_epochs):
+                m.update({f"val_{k}": v for k, v in self.validate().items() if "/" not in k})
+                if m["val_macro_acc"] > self.best["val_macro_acc"]:
+                    self.best = {"val_macro_acc": m["val_macro_acc"], "epoch": self.epoch - 1}
+                    self._note_best(save)
+            elif select == "last":
+                self.best = {"val_macro_acc": float("nan"), "epoch": self.epoch - 1}
+                self._best_changed = True  # the last epoch's weights: current at the next checkpoint
+            m.setdefault(
+                "val_macro_acc", float("nan")
+            )  # every report carries the selection metric (Tune needs it)
+            m["epoch"] = self.epoch
+            # the fraction of this unit's epochs done: Tune's ASHA compares trials on it, since epoch counts
+            # differ between trials (train.min_steps raises them on small splits; a search may vary them)
+            m["progress"] = self.epoch / n_epochs
+            self.history.append(m)
+            # the resumable state every train.checkpoint_every epochs and at the end (Ray gets it then only)
+            ckpt = self.save_checkpoint() if self.rank == 0 and save else None
+            val = "" if math.isnan(m["val_macro_acc"]) else f" val_macro_acc {100 * m['val_macro_acc']:.1f}%"
+            self.log(
+                f"[{self.tag}] epoch {self.epoch}/{n_epochs} loss {m['train_loss']:.3f}{val} "
+                f"({m['epoch_s']:.0f}s, {m['samples_per_s']:.0f} samples/s)" + (" checkpoint" if ckpt else "")
+            )
+            if report is not None:
+                report(m, ckpt)
+        if self.rank != 0:
+            return None
+        return Fitted(
+            weights=self.out_dir / "checkpoint" / "best.pt",
+            selected_epoch=self.best["epoch"] + 1,
+            val_macro_acc=self.best["val_macro_acc"],
+            selected_on=select,
+            train_seed=self.seed,
+            started=started,
+            device=self.device,
+            channels_last=self.channels_last,
+            amp=self.amp,
+        )
