@@ -454,12 +454,17 @@ def parse_record(path: Path, url: str) -> list[dict]:
     )
     archives = []
     try:
-        for f in json.loads(path.read_text(encoding="utf-8"))["files"]:
-            m = ARCHIVE_RE.fullmatch(f["key"])
-            algo, _, digest = f["checksum"].partition(":")
-            if m and algo == "md5" and re.fullmatch(r"[0-9a-f]{32}", digest):
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if isinstance(files, dict):  # InvenioRDM's own serialisation: {"entries": {key: file}}
+            files = list(files["entries"].values())
+        for f in files:
+            key = f.get("key") or f["filename"]  # "filename", "filesize": Zenodo's older API
+            m = ARCHIVE_RE.fullmatch(key)
+            algo, _, digest = f["checksum"].rpartition(":")
+            if m and algo in ("md5", "") and re.fullmatch(r"[0-9a-f]{32}", digest):
                 part = int(m.group(1)) if m.group(1) else None
-                archives.append({"key": f["key"], "size": int(f["size"]), "md5": digest, "part": part})
+                size = int(f["size"] if "size" in f else f["filesize"])
+                archives.append({"key": key, "size": size, "md5": digest, "part": part})
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise AscRayError(f"the TAU22 record is not Zenodo's file list ({e!r})", path=url, fix=fix) from None
     if f"{TAU22_TOP}.meta.zip" not in {a["key"] for a in archives} or not any(a["part"] for a in archives):

@@ -206,7 +206,10 @@ def test_clean_download_gives_the_layout_preflight_reads(mirror, miniature, tmp_
 
 def test_rerun_downloads_nothing(mirror, miniature, tmp_path):
     dest = tmp_path / "tau22"
-    first = _get(dest, mirror)
+    first = download_tau22(dest, mirror.url, keep_archives=True, progress=False)
+    assert sorted(p.name for p in (dest / ".download").glob("*.zip")) == sorted(
+        k.removeprefix(FILE_PATH) for k in miniature.files if k.startswith(FILE_PATH)
+    )
     mirror.requests.clear()
     assert _get(dest, mirror) == first
     assert mirror.requests == []
@@ -277,6 +280,25 @@ def test_folder_mirror(miniature, monkeypatch, tmp_path):
         (tmp_path / "mirror" / path).write_bytes(data)
     assert main([str(tmp_path / "tau22"), "--from", (tmp_path / "mirror").as_uri()]) == 0
     _assert_complete(tmp_path / "tau22", miniature)
+
+
+def test_record_layouts(miniature, tmp_path):
+    """Zenodo's records API today; InvenioRDM's {"entries": ...} and the older API's filename/filesize too."""
+    files = json.loads(miniature.files[RECORD_PATH])["files"]
+    expected = download.parse_record(_write(tmp_path / "a.json", {"files": files}), "url")
+    assert [a["key"] for a in expected][-2:] == [f"{TOP}.doc.zip", f"{TOP}.meta.zip"]  # meta.csv last
+    entries = {f["key"]: f for f in files}
+    older = [{"filename": f["key"], "filesize": f["size"], "checksum": f["checksum"][4:]} for f in files]
+    for doc in ({"files": {"entries": entries}}, {"files": older}):
+        assert download.parse_record(_write(tmp_path / "b.json", doc), "url") == expected
+    with pytest.raises(AscRayError) as e:
+        download.parse_record(_write(tmp_path / "c.json", {"hits": []}), "http://x/record")
+    assert_user_error(e, "http://x/record", "'files'")
+
+
+def _write(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
 
 
 def test_final_check_knows_the_official_counts(tiny_dataset):
