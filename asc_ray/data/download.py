@@ -1,0 +1,684 @@
+"""Download the TAU22 development set, the DCASE 2024 split files and the MicIRP impulse responses.
+
+    asc-ray data tau22 DIR [--from URL] [--keep-archives] [--retries N]
+    python -m asc_ray.data.download tau22 DIR ...
+
+writes the layout the pipeline's pre-flight reads:
+    DIR/meta.csv, DIR/audio/*.wav   TAU Urban Acoustic Scenes 2022 Mobile, development (Zenodo 6337421)
+    DIR/split_setup/split{5,10,25,50,100}.csv, test.csv   DCASE 2024 splits (release files of the baseline)
+    DIR/irs/*.wav                   the 66 MicIRP device impulse responses
+    DIR/.download/                  the record, downloads in flight (NAME.part), a marker per unpacked zip
+
+The sources, and what is verified about each:
+- TAU22: Zenodo's records API (zenodo.org/api/records/6337421) lists every file with its size and md5:
+  16 audio zips (~1.6 GB each), a meta zip and a doc zip. A short file is resumed, a wrong md5 is an error.
+  Each zip holds one top folder, TAU-urban-acoustic-scenes-2022-mobile-development/, flattened into DIR.
+- Split files: GitHub release assets. No checksum is published for them (the baseline's own code fetches
+  them unchecked with torch.hub.download_url_to_file), so their content is checked instead: tab-separated
+  with a `filename` column (and `scene_label` in split*.csv), and from the real source the official row
+  counts.
+- Impulse responses: MicIRP (micirp.blogspot.com) has no archive to download, only a page per microphone;
+  CP-JKU committed the 66 WAVs it used to github.com/CPJKU/cpjku_dcase23 (datasets/dirs/). They are fetched
+  from that commit and checked against their git blob SHA-1s (git's checksum of a file), listed in MICIRP.
+
+Every download goes to NAME.part and is renamed to NAME only once complete and verified. A .part left by an
+interruption is resumed with an HTTP Range request (a server that ignores Range sends the whole file, which
+is then rewritten from the start); a connection that closes early is retried in-process, with backoff. The
+audio zips are unpacked one by one (each file under a temporary name, then renamed) and then deleted
+(--keep-archives keeps them); meta.csv comes last, so an interrupted run never leaves a set that looks
+complete. A re-run skips every finished step and asks the network nothing; it only repeats the final check:
+the dataset opened as the pre-flight opens it, every split file and test.csv read, every audio file of
+meta.csv present, the impulse responses loaded.
+
+`--from URL`: a mirror that serves each source URL's host and path below URL (http(s):// or file://), e.g.
+URL/zenodo.org/api/records/6337421, URL/zenodo.org/records/6337421/files/<zip>,
+URL/github.com/CPJKU/dcase2024_task1_baseline/releases/download/files/split5.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from asc_ray.data.irs import load_irs
+from asc_ray.data.tau import SPLIT_SUBDIR, SPLITS, TauDataset
+from asc_ray.errors import AscRayError, run_cli
+from asc_ray.io import atomic_write_text, explain_write_error
+
+# --- the sources -------------------------------------------------------------------------------------------
+
+TAU22_RECORD = 6337421
+TAU22_RECORD_URL = f"https://zenodo.org/api/records/{TAU22_RECORD}"  # JSON: files[] with key, size, "md5:..."
+TAU22_FILE_URL = f"https://zenodo.org/records/{TAU22_RECORD}/files/{{key}}?download=1"
+TAU22_TOP = "TAU-urban-acoustic-scenes-2022-mobile-development"  # the one folder inside every zip
+TAU22_CLIPS = 230_350
+TAU22_SAMPLE_RATE = 44_100
+# TAU-urban-acoustic-scenes-2022-mobile-development.audio.1.zip ... .audio.16.zip, .meta.zip, .doc.zip
+ARCHIVE_RE = re.compile(re.escape(TAU22_TOP) + r"\.(?:audio\.(\d+)|meta|doc)\.zip")
+
+SPLITS_URL = "https://github.com/CPJKU/dcase2024_task1_baseline/releases/download/files/{name}"
+SPLIT_ROWS = {  # the official row counts (no checksum is published for these files)
+    "split5.csv": 6_980,
+    "split10.csv": 13_960,
+    "split25.csv": 34_900,
+    "split50.csv": 69_800,
+    "split100.csv": 139_620,
+    "test.csv": 29_680,
+}
+
+IRS_COMMIT = "48d405f8f185e47a5aeb5d8dea45c051f33320aa"  # CPJKU/cpjku_dcase23: "update with dataset and ..."
+IRS_URL = f"https://raw.githubusercontent.com/CPJKU/cpjku_dcase23/{IRS_COMMIT}/datasets/dirs/{{name}}"
+IRS_SUBDIR = "irs"
+# (file name, size, git blob SHA-1) of each WAV at IRS_COMMIT, as `git ls-tree -l` lists them: the MicIRP
+# files (micirp.blogspot.com, Creative Commons; credits MicIRP & Xaudia.com) CP-JKU used for DIR augmentation
+MICIRP: tuple[tuple[str, int, str], ...] = (
+    ("Altec_639.wav", 53464, "f6a9aceb13a9a274b343e4fa246ca4376b40ffa4"),
+    ("Altec_670A.wav", 53458, "fce098e569868a60b41363d7375093680fbb0404"),
+    ("Altec_670B.wav", 53551, "030937e270b941a0e8dc05327ee5cd264ca8e243"),
+    ("American_R331.wav", 53461, "5eb98f9e4b93adb0c26ff9fe6705eb8b64b2acee"),
+    ("Amperite_RA.wav", 53473, "59cfc6bfc7c0b5b4c87459fb61b1621a792e9d05"),
+    ("B&O_BM2.wav", 53461, "6402be67ec6e053a56ab20c529cba96583969f14"),
+    ("B&O_BM6.wav", 53458, "2f927685e89341db429091f7d29efdde6b58a996"),
+    ("BBCmarconi_B.wav", 58525, "58d217abdb3f4cb39edf76fe46bfc70d6cee05fd"),
+    ("Beomic_1000.wav", 53470, "d3fb20772ace2d8e23588e0158580230fcebab3f"),
+    ("Beyer_M260.wav", 53443, "97ec17d3bb65c55bbdc36b53da769d5d63f56f77"),
+    ("Beyer_M360.wav", 53473, "ba1e2c5a8dfe7534ef76d42d255ea75e7e50f08a"),
+    ("Coles_4038.wav", 53458, "bd01cb67e5b0200e2158b8a673fb048d49901906"),
+    ("Doremi_.wav", 53461, "78f6727bbb15dba3617d27219ac37add8545a001"),
+    ("EMI_ribbon.wav", 53461, "8513044df1368460759064d1a0006575be1a58c5"),
+    ("EV_RE20_Flat.wav", 53521, "ce1fab56799d62e08e901dae7a41c112a8df1cad"),
+    ("EV_RE20_HPF.wav", 53467, "fe25b57ccc3c5523b508ed416b40c95db1837770"),
+    ("FilmIndustries_M8.wav", 53467, "429a509952806c1e5666e3b4880be85569e139bc"),
+    ("GEC_2373.wav", 53521, "e55b4a0b022f2adece52cc049437e2bcda24a503"),
+    ("GEC_bigdynamic.wav", 53539, "ea8a744e6d4f14026775edb1bf4e7993689e580d"),
+    ("Grampian_GR2.wav", 53467, "d36e2661f818a57ea69433867d7ca3296d55c3ae"),
+    ("IR_AKGD12.wav", 67106, "ab6ce27ca88ed4e974d62fa952b803e924dac005"),
+    ("IR_AKG_FaultyD12.wav", 67106, "a739e0bcd3b6216969de835124511847fb99651e"),
+    ("IR_Astatic77.wav", 67106, "c4aca30b42ec821aada7de521f432a2793fe109d"),
+    ("IR_BeyerM500Stock.wav", 67106, "f73b0f0b89f6995eb581cd34bbd0e8a6ae0dfc33"),
+    ("IR_FosterDynamicDF1.wav", 67106, "03d1165f5155bcf101558745c4806a485cd9c43a"),
+    ("IR_GaumontKalee.wav", 67106, "00a9ab7d4b638501539ee8c0142bb24db5ae5b6f"),
+    ("IR_Lomo52A5M.wav", 67106, "95a43cc366c473139bca80bb3777fae3ee9a59ff"),
+    ("IR_Meazzi.wav", 67106, "9ca4a9872652344ae74d62d88d87878c5a13d1dd"),
+    ("IR_MelodiumRM6.wav", 67106, "8b1070624064fa660baaeb7d60b4a031f3f9ab1b"),
+    ("IR_OktavaMD57.wav", 67106, "d6f34e65461602cebefb9662d3ecbe64f4238e60"),
+    ("IR_OktavaMK18Silver.wav", 67106, "e6824414d536730e4b5e25eb4d590b87eacb5ab4"),
+    ("IR_OktavaMK18_Overload.wav", 67106, "6e16f2068ff1e0f4ac1295bc38d34c5713145d5e"),
+    ("IR_OktavaML16.wav", 67106, "bdba30ba2b480e962735dc0fa5ad6a9f29ab0b38"),
+    ("IR_RCAKU3a.wav", 67106, "f33878d45415bf1b51650de893040226d7f64395"),
+    ("IR_ResloCR600.wav", 67106, "cd96acc0590ee4528baf55b0e775e75dc9d85dbf"),
+    ("IR_ResloDynamic.wav", 67106, "922e8c2882bd7482fa286f14d7e912abf9b40360"),
+    ("IR_ResloURA.wav", 67106, "b4db19a58d476efd0f90165a6d5149555928f6c1"),
+    ("IR_STC4033_Cardioid.wav", 67106, "e3174a0c7ca562bc6b9c617f712800d0004f58ce"),
+    ("IR_STC4033_Pressure.wav", 67106, "b88e08a9e5e46b1b61be617f73d9b2a16237f7f5"),
+    ("IR_STC4033_Ribbon.wav", 67106, "84dcd74e31fa9fb65b9999b427cd8f8e0892f5ff"),
+    ("IR_STC4035.wav", 67106, "dba7d66a10df1964dfa91eb4cef83a6f1e52c0d7"),
+    ("IR_Shure510C.wav", 67106, "f54ee11ded6ac2bb66082e0ab0127f61c47f6578"),
+    ("Melodium_42B_1.wav", 53476, "f112b9ac8e1c2edef54bfdc0075444be0281684e"),
+    ("Melodium_Model12.wav", 53479, "2cd51a56265fa13eaa98317f70e68327d60647f3"),
+    ("Oktava_ML19.wav", 53434, "1d379ac09e2caecc8272f8674afd772ac59a0ca8"),
+    ("RCA_44BX_1.wav", 53482, "8af1db8dff20f8c9d5b17bbfc580777b5f88f2bf"),
+    ("RCA_44BX_2.wav", 53467, "28b8a2b57301f5bfa4259eb8792dcf3a02b56e77"),
+    ("RCA_74B.wav", 53461, "bb1fa613b8d4aa71089e5b3f5d4f479647bf77f1"),
+    ("RCA_77DX_1.wav", 53467, "186ffba9312363473d26298c43d2518abdedc7ba"),
+    ("RCA_77DX_2.wav", 53473, "a9e4d0fc3bd9e0667fa85ca14f1d738dcbb8fc14"),
+    ("RCA_KU3a_1.wav", 53596, "bcea27940561c1725274e012e0800038f5662882"),
+    ("RCA_PB90.wav", 53461, "216c244f376c0a15bb688ed65ef1a5bfe98baadc"),
+    ("RCA_varacoustic_fig8.wav", 53491, "ff815ddf4e9e46bc2bf11ae96438f00ecd706d84"),
+    ("Reslo_RB250.wav", 53473, "60421506ed975abc2df0a66a09b2c8c9cf953e8b"),
+    ("Reslo_RB_RedLabel.wav", 53461, "732b89d9654fa653172f4077660a9c01a0a3e587"),
+    ("Reslo_RV.wav", 58528, "60dede0fd742cc54e215b63f57bcdc325dbddd1d"),
+    ("Reslo_SR1.wav", 53452, "97716266d98bb5980e20c77638b9807940e9c69a"),
+    ("Reslo_VMC2.wav", 53527, "9ba8238ecd37e67145ab2f0f1c1ed6071d62eb5a"),
+    ("Shure315_HPF.wav", 53467, "6bc637199e021991e26fede000596bc99b3796bb"),
+    ("Shure315_flat.wav", 53464, "25db072f3419d8d7b3740eb51d317c6affc9d7da"),
+    ("Sony_C37Fet.wav", 53473, "acdba98c75e1e65949a876a11bf3df33791362fe"),
+    ("Telefunken_M201.wav", 53473, "cc28884bcf1377569fc65e410b4df287bb6204ca"),
+    ("Toshiba_BK5.wav", 53482, "bf897670438df52b6ee3daa9e012a3f479f16b31"),
+    ("Toshiba_TypeG.wav", 53479, "452c3784bf58a27f2901b472a7e313b5fc658609"),
+    ("Toshiba_TypeK_HPF.wav", 53470, "5cd07e95156e292dc36e0a26d4e9bf8d9f39692c"),
+    ("Toshiba_TypeK_flat.wav", 53470, "bab5cff9adb2ff3d2b48dc7f35085f9849cbeaec"),
+)
+
+WORK_SUBDIR = ".download"
+RETRIES = 5  # further tries of a download that failed on the network; it resumes each time
+BACKOFF_S = 2.0  # wait before try k: BACKOFF_S * 2 ** (k - 1)
+TIMEOUT_S = 60  # a connection that sends nothing for this long counts as failed
+CHUNK = 1 << 20
+# A WAV in the TAU zips shrinks little (deflated 24-bit PCM noise): room for the unpacked files, estimated
+UNZIPPED_PER_ZIPPED = 1.15
+RETRY_HTTP = {408, 425, 429, 500, 502, 503, 504}
+USER_AGENT = "asc-ray (dataset download)"
+
+GET_FIX = "run the same command again: finished files are kept and a partial one resumes"
+MIRROR_FIX = "or use --from URL with a mirror that serves the same files"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def mirrored(url: str, mirror: str | None) -> str:
+    """`url`, or where a mirror serves it: MIRROR/<host>/<path>, no query (so a folder of files works)."""
+    if not mirror:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}"
+
+
+# --- one file ----------------------------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """A network failure worth another try; what arrived stays in the .part file."""
+
+
+def _content_range_start(value: str | None) -> int | None:
+    m = re.match(r"bytes (\d+)-", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _get(url: str, part: Path, size: int | None, progress: bool) -> None:
+    """One attempt: resume `part` from its length (or start it), until the server's end of the file."""
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have > size:  # not a prefix of this file
+        part.unlink()
+        have = 0
+    if size is not None and have == size:
+        return
+    headers = {"User-Agent": USER_AGENT}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the .part is not a prefix the server can continue: start over
+            part.unlink()
+            raise _Retry(f"the server cannot resume at byte {have:,} (HTTP 416)") from None
+        if e.code in RETRY_HTTP:
+            raise _Retry(f"HTTP {e.code} {e.reason}") from None
+        raise AscRayError(
+            f"the server answered HTTP {e.code} {e.reason}",
+            path=url,
+            fix="check the address (with --from: does the mirror serve this path? see --help)"
+            + ("" if e.code in (404, 410) else f"; {GET_FIX}"),
+        ) from None
+    except (OSError, http.client.HTTPException) as e:  # URLError, refused, reset, timeout
+        raise _Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+    with resp:
+        status = getattr(resp, "status", None) or 200
+        if have and (status != 206 or _content_range_start(resp.headers.get("Content-Range")) != have):
+            have = 0  # the server ignored Range (or answered another one): the whole file follows
+        length = resp.headers.get("Content-Length")
+        total = size if size is not None else (have + int(length) if length and length.isdigit() else None)
+        read = getattr(resp, "read1", resp.read)  # what has arrived: a stalled connection loses nothing
+        with (
+            open(part, "ab" if have else "wb") as f,
+            tqdm(
+                total=total,
+                initial=have,
+                desc=part.name[: -len(".part")],
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                disable=not progress or None,  # None: only on a terminal
+                leave=False,
+            ) as bar,
+        ):
+            while True:
+                try:
+                    chunk = read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:  # IncompleteRead: closed early
+                    raise _Retry(f"{type(e).__name__} after {f.tell():,} bytes") from None
+                if not chunk:
+                    break
+                try:
+                    f.write(chunk)
+                except OSError as e:
+                    raise explain_write_error(e, part, total) from None
+                bar.update(len(chunk))
+            got = f.tell()
+    if total is not None and got < total:
+        raise _Retry(f"the connection closed after {got:,} of {total:,} bytes")
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    size: int | None = None,
+    check: Callable[[Path, Path], None] | None = None,
+    retries: int = RETRIES,
+    backoff_s: float = BACKOFF_S,
+    progress: bool = True,
+) -> Path:
+    """Download `url` to `dest` through dest.part, resuming a .part left by an earlier call. `size`: the
+    length the source publishes (a shorter download is resumed, a longer one is an error); `check(part,
+    dest)`: raises AscRayError when the bytes are not the published file (the .part is then deleted).
+    `dest` is only ever created complete and checked, so an existing `dest` is taken as it is."""
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    reason = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        try:
+            _get(url, part, size, progress)
+            break
+        except _Retry as e:
+            reason = str(e)
+            if attempt < retries:
+                _say(f"  {dest.name}: {reason}; trying again ({attempt + 1}/{retries})")
+    else:
+        kept = part.stat().st_size if part.exists() else 0
+        raise AscRayError(
+            f"download of {dest.name} failed after {retries + 1} tries ({reason})"
+            + (f"; the {kept:,} bytes that arrived are kept in {part}" if kept else ""),
+            path=url,
+            fix=f"{GET_FIX}; {MIRROR_FIX}",
+        )
+    got = part.stat().st_size
+    if size is not None and got != size:
+        part.unlink()
+        raise AscRayError(
+            f"{dest.name} has {got:,} bytes, the source lists {size:,}; the download was deleted",
+            path=url,
+            fix=f"{GET_FIX}; if it happens again the server sends another file: {MIRROR_FIX}",
+        )
+    if check is not None:
+        try:
+            check(part, dest)
+        except AscRayError:
+            part.unlink(missing_ok=True)
+            raise
+    os.replace(part, dest)
+    return dest
+
+
+def _file_hash(path: Path, algorithm: str, prefix: bytes = b"") -> str:
+    h = hashlib.new(algorithm, prefix)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def md5_check(expected: str) -> Callable[[Path, Path], None]:
+    """A fetch() check: the file's md5 is `expected` (Zenodo publishes md5s)."""
+
+    def check(part: Path, dest: Path) -> None:
+        actual = _file_hash(part, "md5")
+        if actual != expected:
+            raise AscRayError(
+                f"{dest.name}: wrong checksum: md5 {actual}, the record publishes {expected}; "
+                "the bad download was deleted",
+                path=dest,
+                fix=f"run the same command again to download it afresh; if it happens again the server "
+                f"sends a corrupt copy: {MIRROR_FIX}",
+            )
+
+    return check
+
+
+def git_blob_check(expected: str) -> Callable[[Path, Path], None]:
+    """A fetch() check: the file's git blob SHA-1 is `expected` (as `git ls-tree` lists a committed file)."""
+
+    def check(part: Path, dest: Path) -> None:
+        actual = _file_hash(part, "sha1", b"blob %d\0" % part.stat().st_size)
+        if actual != expected:
+            raise AscRayError(
+                f"{dest.name}: wrong checksum: git blob SHA-1 {actual}, the repository lists {expected}; "
+                "the bad download was deleted",
+                path=dest,
+                fix=f"run the same command again to download it afresh; if it happens again: {MIRROR_FIX}",
+            )
+
+    return check
+
+
+def split_check(official: bool) -> Callable[[Path, Path], None]:
+    """A fetch() check for a split file: a tab-separated table with the DCASE columns, and (`official`) the
+    row count of the official release."""
+
+    def check(part: Path, dest: Path) -> None:
+        need = ("filename",) if dest.name == "test.csv" else ("filename", "scene_label")
+        fix = f"run the same command again to download it afresh; {MIRROR_FIX}"
+        try:
+            with open(part, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f, delimiter="\t"))
+        except UnicodeDecodeError:
+            raise AscRayError(f"{dest.name} is not a text file", path=dest, fix=fix) from None
+        header = [h.strip() for h in rows[0]] if rows else []
+        if not all(c in header for c in need):
+            raise AscRayError(
+                f"{dest.name} is not a DCASE split file: its header is {header}, expected {list(need)} "
+                "(tab-separated)",
+                path=dest,
+                fix=fix,
+            )
+        n = sum(1 for r in rows[1:] if any(v.strip() for v in r))
+        if official and n != SPLIT_ROWS[dest.name]:
+            raise AscRayError(
+                f"{dest.name} has {n:,} rows, the official DCASE 2024 file has {SPLIT_ROWS[dest.name]:,}",
+                path=dest,
+                fix=fix,
+            )
+
+    return check
+
+
+# --- archives ----------------------------------------------------------------------------------------------
+
+
+def _member_paths(names: list[str], archive: Path) -> list[PurePosixPath]:
+    """Each member's path below the archive's one top folder (if all share one); none may leave DIR."""
+    paths = [PurePosixPath(n) for n in names]
+    for p in paths:
+        if p.is_absolute() or ".." in p.parts or not p.parts:
+            raise AscRayError(
+                f"{archive.name} holds a file outside its folder ({p})",
+                path=archive,
+                fix="delete the archive and run again; if it happens again the source is not TAU22",
+            )
+    tops = {p.parts[0] for p in paths}
+    if len(tops) == 1 and all(len(p.parts) > 1 for p in paths):
+        return [PurePosixPath(*p.parts[1:]) for p in paths]
+    return paths
+
+
+def extract(archive: Path, dest: Path, progress: bool = True) -> int:
+    """Unpack a zip into `dest`, its one top-level folder flattened; each file is written under a temporary
+    name and renamed, so a file in `dest` is complete or absent. Returns the number of files."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            rels = _member_paths([m.filename for m in members], archive)
+            pairs = list(zip(members, rels, strict=True))
+            for member, rel in tqdm(
+                pairs,
+                desc=f"unzip {archive.name}",
+                unit="file",
+                file=sys.stderr,
+                disable=not progress or None,
+                leave=False,
+            ):
+                target = dest.joinpath(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.part")
+                try:
+                    with zf.open(member) as src, open(tmp, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                    os.replace(tmp, target)
+                except OSError as e:
+                    raise explain_write_error(e, target, member.file_size) from None
+                finally:
+                    tmp.unlink(missing_ok=True)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:  # a bad CRC: BadZipFile
+        raise AscRayError(
+            f"{archive.name} is not a readable zip archive ({e})",
+            path=archive,
+            fix=f"delete {archive} and run the same command again to download it afresh",
+        ) from None
+    return len(members)
+
+
+# --- the whole set -----------------------------------------------------------------------------------------
+
+
+def parse_record(path: Path, url: str) -> list[dict]:
+    """The TAU22 archives a Zenodo record lists, as [{key, size, md5, part}]: the audio zips in order, then
+    the doc and the meta zip (meta.csv is unpacked last)."""
+    fix = (
+        f"with --from, the mirror must serve {TAU22_RECORD_URL} as Zenodo's records API does (a JSON object "
+        "whose 'files' list each file's key, size and checksum 'md5:...'); run again to fetch it afresh"
+    )
+    archives = []
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if isinstance(files, dict):  # InvenioRDM's own serialisation: {"entries": {key: file}}
+            files = list(files["entries"].values())
+        for f in files:
+            key = f.get("key") or f["filename"]  # "filename", "filesize": Zenodo's older API
+            m = ARCHIVE_RE.fullmatch(key)
+            algo, _, digest = f["checksum"].rpartition(":")
+            if m and algo in ("md5", "") and re.fullmatch(r"[0-9a-f]{32}", digest):
+                part = int(m.group(1)) if m.group(1) else None
+                size = int(f["size"] if "size" in f else f["filesize"])
+                archives.append({"key": key, "size": size, "md5": digest, "part": part})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise AscRayError(f"the TAU22 record is not Zenodo's file list ({e!r})", path=url, fix=fix) from None
+    if f"{TAU22_TOP}.meta.zip" not in {a["key"] for a in archives} or not any(a["part"] for a in archives):
+        raise AscRayError(
+            f"the TAU22 record lists no {TAU22_TOP}.meta.zip or no audio zip", path=url, fix=fix
+        )
+    last = {"doc": 1 << 30, "meta": 1 << 31}
+    return sorted(archives, key=lambda a: a["part"] or last[a["key"].rsplit(".", 2)[1]])
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def _marker(work: Path, archive: dict) -> Path:
+    return work / f"{archive['key']}.unpacked"
+
+
+def _unpacked(work: Path, archive: dict) -> bool:
+    marker = _marker(work, archive)
+    return marker.is_file() and marker.read_text().strip() == archive["md5"]
+
+
+def _check_space(dest: Path, work: Path, todo: list[dict], keep_archives: bool) -> None:
+    """Stop before a download that cannot fit: the files still to unpack, and the zips still to fetch (without
+    --keep-archives only one lies on the disk at a time)."""
+    if not todo:
+        return
+
+    def have(a: dict) -> int:
+        for p in (work / a["key"], work / f"{a['key']}.part"):
+            if p.is_file():
+                return p.stat().st_size
+        return 0
+
+    left = [a["size"] - have(a) for a in todo]
+    need = UNZIPPED_PER_ZIPPED * sum(a["size"] for a in todo) + (sum(left) if keep_archives else max(left))
+    free = shutil.disk_usage(work).free
+    if free < need:
+        raise AscRayError(
+            f"not enough free space: the rest of the TAU22 download needs about {_gb(need)}, "
+            f"{_gb(free)} is free",
+            path=dest,
+            fix="free space on that disk, or choose a DIR on a larger one, then run the same command again "
+            "(finished steps are kept)",
+        )
+
+
+def check_dataset(root: str | Path, official: bool = True) -> dict[str, int]:
+    """The final check, on what the pre-flight reads: meta.csv, every split file and test.csv (each file known
+    to meta.csv), every audio file of meta.csv present, the impulse responses loadable. `official`: the counts
+    must be those of the real release. Returns the counts (clips, rows per split file, irs)."""
+    root = Path(root).expanduser()
+    ds = TauDataset.open(root)
+    counts = {"clips": len(ds.clips)}
+    counts.update({f"split{n}.csv": len(ds.split_files(n)) for n in SPLITS})
+    counts["test.csv"] = len(ds.test_files())
+    missing = [f for f in ds.clips if not ds.audio_path(f).is_file()]
+    if missing:
+        raise AscRayError(
+            f"{len(missing):,} of the {len(ds.clips):,} audio files meta.csv lists are missing, "
+            f"e.g. {missing[0]}",
+            path=root / "audio",
+            fix=f"delete {root / WORK_SUBDIR}/*.unpacked and run the download again: the audio zips are "
+            "fetched (or, kept with --keep-archives, reused) and unpacked again",
+        )
+    counts["irs"] = len(load_irs(root / IRS_SUBDIR, TAU22_SAMPLE_RATE))
+    if official:
+        expected = {"clips": TAU22_CLIPS, **SPLIT_ROWS, "irs": len(MICIRP)}
+        wrong = [f"{k}: {counts[k]:,}, officially {v:,}" for k, v in expected.items() if counts[k] != v]
+        if wrong:
+            raise AscRayError(
+                "the set differs from the official release (" + "; ".join(wrong) + ")",
+                path=root,
+                fix="remove what did not come from the release (split files in the data directory itself are "
+                f"read before {SPLIT_SUBDIR}/, and every .wav in {IRS_SUBDIR}/ is loaded), then run again",
+            )
+    return counts
+
+
+def download_tau22(
+    dest: str | Path,
+    mirror: str | None = None,
+    *,
+    keep_archives: bool = False,
+    retries: int = RETRIES,
+    backoff_s: float = BACKOFF_S,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Download and unpack the TAU22 development set, the DCASE 2024 split files and the MicIRP impulse
+    responses into `dest` (see the module's docstring), then check_dataset(); returns its counts. `mirror`:
+    the base URL of a mirror (--from). Each finished step is skipped when called again."""
+    dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise AscRayError(
+            "the destination is not a directory", path=dest, fix="choose a directory for the set"
+        )
+    work = dest / WORK_SUBDIR
+    work.mkdir(parents=True, exist_ok=True)
+    get = {"retries": retries, "backoff_s": backoff_s}
+
+    record_url = mirrored(TAU22_RECORD_URL, mirror)
+    record = fetch(
+        record_url,
+        work / f"record-{TAU22_RECORD}.json",
+        progress=False,
+        check=lambda p, _: parse_record(p, record_url),
+        **get,
+    )
+    archives = parse_record(record, record_url)
+    todo = [a for a in archives if not _unpacked(work, a)]
+    _check_space(dest, work, todo, keep_archives)
+    if todo:
+        size = _gb(sum(a["size"] for a in todo))
+        _say(f"TAU22: {len(todo)} of {len(archives)} archives to fetch and unpack ({size} of zips)")
+
+    def fetch_archive(a: dict) -> Path:
+        url = mirrored(TAU22_FILE_URL.format(key=urllib.parse.quote(a["key"])), mirror)
+        return fetch(
+            url, work / a["key"], size=a["size"], check=md5_check(a["md5"]), progress=progress, **get
+        )
+
+    def unpack(a: dict) -> None:
+        if _unpacked(work, a):
+            return
+        path = fetch_archive(a)
+        n = extract(path, dest, progress)
+        atomic_write_text(_marker(work, a), a["md5"])
+        if not keep_archives:
+            path.unlink()
+        _say(f"  {a['key']}: {n:,} files unpacked")
+
+    *rest, meta = archives
+    if not _unpacked(work, meta):  # fetched first (small: a bad source shows at once), unpacked last:
+        fetch_archive(meta)  # meta.csv is what makes a set look whole
+    for a in rest:
+        unpack(a)
+
+    official = mirror is None
+    for name in SPLIT_ROWS:
+        url = mirrored(SPLITS_URL.format(name=name), mirror)
+        fetch(url, dest / SPLIT_SUBDIR / name, check=split_check(official), progress=False, **get)
+    _say(f"split files: {len(SPLIT_ROWS)} in {dest / SPLIT_SUBDIR}")
+
+    for name, size, blob in tqdm(
+        MICIRP,
+        desc="impulse responses",
+        unit="file",
+        file=sys.stderr,
+        disable=not progress or None,
+        leave=False,
+    ):
+        url = mirrored(IRS_URL.format(name=urllib.parse.quote(name)), mirror)
+        fetch(url, dest / IRS_SUBDIR / name, size=size, check=git_blob_check(blob), progress=False, **get)
+    _say(f"impulse responses: {len(MICIRP)} in {dest / IRS_SUBDIR}")
+
+    unpack(meta)
+    return check_dataset(dest, official=official)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="asc-ray data tau22",
+        description="Download the TAU Urban Acoustic Scenes 2022 Mobile development set (Zenodo record "
+        f"{TAU22_RECORD}, ~26 GB of zips), the DCASE 2024 split files and the 66 MicIRP device impulse "
+        "responses into DIR, in the layout the pipeline reads; then check it as the pre-flight does.",
+        epilog="Interrupted? Run the same command again: finished files are kept, a partial one resumes. "
+        "Downloads are checked against the md5s of the Zenodo record and the git checksums of the impulse "
+        "responses; the split files, for which no checksum is published, against their official row counts. "
+        "The zips total about 26 GB and the unpacked set about as much again (the space is checked before "
+        "anything is downloaded, from the sizes the record lists).",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="where the set goes (new, or one a run filled)")
+    p.add_argument(
+        "--from",
+        dest="mirror",
+        metavar="URL",
+        help="a mirror (http(s):// or file://) that serves each source URL's host and path below URL, e.g. "
+        "URL/zenodo.org/api/records/6337421 (default: the sources themselves)",
+    )
+    p.add_argument(
+        "--keep-archives",
+        action="store_true",
+        help=f"keep the zips in DIR/{WORK_SUBDIR} once unpacked (default: each is deleted once unpacked)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=RETRIES,
+        metavar="N",
+        help="further tries of a download that fails on the network, each resuming (default: %(default)s)",
+    )
+    a = p.parse_args(argv)
+    if a.mirror is not None and urllib.parse.urlsplit(a.mirror).scheme not in ("http", "https", "file"):
+        raise AscRayError(
+            "--from takes a URL (http://, https:// or file://)",
+            path=a.mirror,
+            fix="give the mirror's base URL, e.g. --from https://mirror.example.org/asc "
+            "(or file:///data/mirror)",
+        )
+    counts = download_tau22(a.dir, a.mirror, keep_archives=a.keep_archives, retries=max(0, a.retries))
+    rows = ", ".join(f"{k[:-4]} {v:,}" for k, v in counts.items() if k.endswith(".csv"))
+    print(
+        f"TAU22 development set ready in {a.dir}: {counts['clips']:,} clips, split rows {rows}, "
+        f"{counts['irs']} impulse responses"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] != ["tau22"]:
+        print(
+            "usage: python -m asc_ray.data.download tau22 DIR [--from URL] [--keep-archives]", file=sys.stderr
+        )
+        sys.exit(2)
+    run_cli(lambda: main(args[1:]))
