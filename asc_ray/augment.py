@@ -103,7 +103,7 @@ def dir_augment(
         kernels = ir_bank([irs[k] for k in choice.tolist()], wave.device, wave.dtype)
     # fft convolution, batched over the chosen clips: linear (not circular) as long as the fft size is at least
     # n + len(ir) - 1; a 5-smooth size (next_fast_len) avoids pocketfft's slow path for sizes with large prime
-    # factors (measured: ~25x faster than one clip at a time at size n + len(ir) - 1; docs/benchmarks.md)
+    # factors
     size = next_fast_len(n + kernels.shape[1] - 1, real=True)
     idx = idx.to(wave.device)
     conv = torch.fft.irfft(torch.fft.rfft(wave[idx], size) * torch.fft.rfft(kernels, size), size)

@@ -15,10 +15,9 @@ import argparse
 import hashlib
 import json
 import sys
-import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError, create_model
@@ -27,90 +26,27 @@ from asc_ray.data.tau import SPLITS
 from asc_ray.errors import AscRayError
 from asc_ray.io import read_or_raise
 from asc_ray.models import ARCHITECTURES
-from asc_ray.schema import Bool, Float, Int, Section, Str
+from asc_ray.schema import (
+    KD,
+    Augment,
+    Auto,
+    BaselineRecipe,
+    Channels,
+    Data,
+    FocusNet,
+    Int,
+    Mlflow,
+    PathOrNone,
+    Section,
+    Students,
+    Teachers,
+    Train,
+    expected,
+)
 from asc_ray.systems import STUDENTS, TEACHERS, check_needs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROFILES = ("full", "smoke")
-PathOrNone = str | None
-Auto = Literal["auto"] | Bool
-
-
-class Data(Section):
-    split_dir: PathOrNone
-    holdout_fraction: Float
-    cache_dir: PathOrNone
-    irs_dir: PathOrNone
-    eval_dir: PathOrNone
-
-
-class Teachers(Section):
-    systems: list[Str]
-    num_workers: Int
-    cpus_per_worker: Float
-    gpus_per_worker: Float
-    max_failures: Int
-    max_concurrent: Int
-    bcbl_epochs: Int
-    resources: dict[str, Any]  # Ray resource name -> amount (checked below)
-
-
-class Students(Section):
-    systems: list[Str]
-    cpus_per_trial: Float
-    gpus_per_trial: Float
-    max_concurrent_trials: Int
-    max_failures: Int
-    resources: dict[str, Any]
-    num_samples: Int
-    search: dict[str, Any]  # dotted key -> values (checked below against the key's own type)
-
-
-class Channels(Section):
-    bcbl32: Int
-    bcbl24: Int
-
-
-class BaselineRecipe(Section):
-    warmup_steps: Int
-    roll_s: Float
-
-
-class Augment(Section):
-    mixup_alpha: Float
-    fms_p: Float
-    fms_alpha: Float
-    dir_p: Float
-    freqm: Int
-
-
-class KD(Section):
-    lam: Float
-    temperature: Float
-    kl_reduction: Literal["mean", "batchmean"]
-
-
-class FocusNet(Section):
-    alpha: Float
-    beta: Float
-    variant: Literal["report", "reference"]
-
-
-class Train(Section):
-    select: Literal["val", "last"]
-    epochs: Int
-    min_steps: Int
-    eval_every: Int
-    checkpoint_every: Int
-    channels_last: Auto
-    compile: Bool
-    amp: Auto
-    num_threads: Int
-
-
-class Mlflow(Section):
-    experiment: Str
-    tracking_uri: PathOrNone
 
 
 def _schema() -> type[Section]:
@@ -159,29 +95,6 @@ def _field(model: type[BaseModel], loc: tuple) -> tuple[str, Any, type[BaseModel
                 parts.append(part)
             break
     return ".".join(parts), annotation, holder
-
-
-def expected(annotation: Any) -> str:
-    """What a value of this type looks like, in words."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, args))
-    if origin in (typing.Union, types.UnionType):
-        if set(args) == {str, type(None)}:
-            return "a path/URI string or null"
-        choices = [c for a in args for c in (typing.get_args(a) if typing.get_origin(a) is Literal else ())]
-        if any(typing.get_args(a)[:1] == (bool,) for a in args):
-            choices += [True, False]
-        return "one of " + ", ".join(map(str, choices))
-    base = typing.get_args(annotation)[0] if origin is Annotated else annotation
-    return {
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        str: "a string",
-        list: "a list, e.g. [a, b]",
-        dict: "a mapping",
-    }.get(typing.get_origin(base) or base, str(base))
 
 
 def _unknown(key: str, holder: type[BaseModel], source: str) -> AscRayError:

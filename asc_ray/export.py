@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from asc_ray.data.tau import SCENES  # noqa: E402
 from asc_ray.errors import AscRayError  # noqa: E402
-from asc_ray.io import atomic_write, atomic_write_text  # noqa: E402
+from asc_ray.io import atomic_write, atomic_write_text, read_or_raise  # noqa: E402
 
 MISSING = "–"  # shown in markdown tables where a result does not exist (yet)
 
@@ -103,12 +103,12 @@ def read_dcase_output(path: str | Path) -> tuple[list[str], list[str], np.ndarra
     """Read a DCASE output file: (filenames, predicted scene labels, probabilities float [N, 10])."""
     path = Path(path)
     fix = "write it with asc_ray.export.write_dcase_output (tab-separated: filename, scene_label, one column per scene)"
-    if not path.is_file():
-        raise AscRayError(
-            "DCASE output file not found", path=path, fix="check the path, or run the evaluation first"
-        )
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+
+    def read(p: Path) -> list[list[str]]:
+        with p.open(encoding="utf-8", newline="") as f:
+            return list(csv.reader(f, delimiter="\t"))
+
+    rows = read_or_raise(path, read, "DCASE output file", "check the path, or run the evaluation first")
     if not rows or rows[0] != _HEADER:
         got = rows[0] if rows else "an empty file"
         raise AscRayError(f"unexpected header: expected {_HEADER}, got {got}", path=path, fix=fix)

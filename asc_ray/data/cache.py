@@ -38,7 +38,7 @@ import torchaudio.functional as AF
 from tqdm import tqdm
 
 from asc_ray.data.audio import CLIP_SECONDS, SOURCE_SAMPLE_RATE, read_wav
-from asc_ray.data.tau import TauDataset
+from asc_ray.data.tau import SPLITS, TauDataset
 from asc_ray.errors import AscRayError
 
 FORMAT_VERSION = 1  # bump when the stored layout or the decoding/resampling changes
@@ -116,16 +116,16 @@ def _stat(ds: TauDataset, filename: str) -> os.stat_result:
 
 
 def cache_file_list(ds: TauDataset) -> list[str]:
-    """One stable superset per dataset (split100 + test), so one cache serves every split and stage."""
-    try:
-        files = set(ds.split_files(100))
-    except AscRayError:  # user brought smaller splits only: cache what exists
-        files = set()
-        for s in (5, 10, 25, 50):
-            try:
-                files |= set(ds.split_files(s))
-            except AscRayError:
-                pass
+    """One stable superset per dataset (every split file there is, and test), so one cache serves every split
+    and stage. (The largest split holds the others; a user who brought smaller splits only gets those.)"""
+    files: set[str] = set()
+    for s in sorted(SPLITS, reverse=True):
+        try:
+            files |= set(ds.split_files(s))
+        except AscRayError:
+            continue
+        if s == max(SPLITS):
+            break
     return sorted(files | set(ds.test_files()))
 
 
@@ -294,7 +294,7 @@ def _decode_into(ds: TauDataset, files: list[str], sample_rate: int, out: Path, 
         dynamic_ncols=True,
     )
     # plain writes, not a writable memory map: a mapped file's pages count in this process's resident memory
-    # until written back (13.8 GB peak RSS in the driver for a full-size cache: bench/scale.py)
+    # until written back, which for a full-size cache is more than a laptop has (bench/scale.py)
     with open(out / "waves.npy", "wb") as fh, ThreadPoolExecutor(READ_THREADS) as pool:
         header = {"descr": np.dtype(np.int16).str, "fortran_order": False, "shape": (len(files), n_out)}
         np.lib.format.write_array_header_1_0(fh, header)

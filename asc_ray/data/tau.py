@@ -193,7 +193,7 @@ class TauDataset:
         return cls(root, found[0] if found else split_dirs[0], clips, split_dirs)
 
     # --- split files ---
-    def _split_path(self, name: str) -> Path:
+    def split_path(self, name: str) -> Path:
         for d in self._split_dirs:
             if (d / name).is_file():
                 return d / name
@@ -205,7 +205,7 @@ class TauDataset:
         )
 
     def _read_split(self, name: str, need_labels: bool = True) -> list[str]:
-        path = self._split_path(name)
+        path = self.split_path(name)
         rows = _read_table(
             path, ("filename", "scene_label") if need_labels else ("filename",), name, GET_SPLITS
         )

@@ -137,8 +137,8 @@ def preflight(cfg, data_dir: str | Path, output_dir: str | Path, splits: list[in
         log(f"PaSST AudioSet weights: {find_checkpoint()}")
     # a unit's data key covers what it reads: meta.csv, its own split file, test.csv and the decoded audio
     # (never the set of splits requested, so `--splits 100` then `--splits 50,100` reuses split 100)
-    common = [_digest(data_dir / "meta.csv"), _digest(ds._split_path("test.csv")), keys[0]]
-    data_keys = {s: config_hash([*common, _digest(ds._split_path(f"split{s}.csv"))]) for s in splits}
+    common = [_digest(data_dir / "meta.csv"), _digest(ds.split_path("test.csv")), keys[0]]
+    data_keys = {s: config_hash([*common, _digest(ds.split_path(f"split{s}.csv"))]) for s in splits}
     return Context(
         paths=paths,
         storage=cfg.storage_path or str(out / "ray_results"),

@@ -100,17 +100,13 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(namespace="asc_ray", runtime_env=env, log_to_driver=not QUIET_WORKERS)
     else:
-        # a laptop: a private local Ray, reachable from this machine only. With node IP 127.0.0.1 every Ray
-        # server (GCS, raylet, object manager, workers, agents) binds to loopback; by default Ray takes the
-        # machine's routable IP and listens on all interfaces. (Ray resolves "127.0.0.1" to that routable IP
-        # unless ENABLE_RAY_CLUSTER is off, as on macOS / Windows: switch it off for this start only.)
-        # A laptop has no dashboard to show Ray Train's metrics: off. The controller polls its worker every 0.5 s
-        # instead of 2 s: a worker's ray.train.report waits until the controller took the previous one, so a 2-s
-        # poll caps a teacher at one epoch per 2 s (docs/benchmarks.md). Set before ray.init so that the raylet,
-        # and so every worker, inherits them.
+        # a laptop: a private local Ray, reachable from this machine only: with node IP 127.0.0.1 every Ray
+        # server binds to loopback (Ray maps "127.0.0.1" to the routable IP unless ENABLE_RAY_CLUSTER is off).
+        # Set before ray.init, so that the raylet and every worker inherit them: no Ray Train metrics (no
+        # dashboard to show them), no preemption watcher (no spot nodes), and a 0.5-s controller poll, since a
+        # report waits for the previous one to be taken and a 2-s poll caps a teacher at an epoch per 2 s.
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        # nor spot nodes to be preempted: no PreemptionWatcher actor per teacher (one process, ~2 s of CPU)
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
         ray_constants.ENABLE_RAY_CLUSTER = False

@@ -162,8 +162,8 @@ class Classifier:
     @torch.no_grad()
     def _forward(self, waves: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
-        # fp16 on a CPU without fp16 units: channels-last is 2.7x slower than the default layout (measured,
-        # docs/benchmarks.md), so fp16 runs in the default layout there
+        # fp16 on a CPU without fp16 units: channels-last is slower than the default layout there
+        # (docs/benchmarks.md), so fp16 runs in the default layout on a CPU
         cl = self.channels_last and not (dtype == torch.float16 and self.device.type == "cpu")
         layout = torch.channels_last if cl else torch.contiguous_format
         self.model.to(memory_format=layout).eval()

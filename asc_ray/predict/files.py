@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from asc_ray.config import load_config
 from asc_ray.errors import AscRayError
+from asc_ray.io import read_or_raise
 from asc_ray.predict.classifier import (
     OTHER_SYSTEM_FIX,
     UNIT_SPEC,
@@ -68,12 +69,8 @@ def _spec_for_file(path: Path) -> dict:
         return read_unit_spec(path.parent)
     except AscRayError:
         pass
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise AscRayError(
-            f"not a model file: {str(e).splitlines()[0][:200]}", path=path, fix=OTHER_SYSTEM_FIX
-        ) from None
+    load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
+    state = read_or_raise(path, load, "model file", OTHER_SYSTEM_FIX, "not a model file: {error}")
     for name in ("baseline", "bcbl24"):  # the two student architectures (kd_ensemble/tfs are baseline's)
         spec = unit_spec(SYSTEMS[name], load_config("full"))  # the report's widths
         model = build_from_spec(spec)
