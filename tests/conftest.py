@@ -1,10 +1,57 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder: the synthetic dataset, an isolated environment and MLflow store per
+test, a Trainer factory, a local Ray runtime and a local multi-node Ray cluster. Helpers that are not fixtures
+(waiting on events, running the CLIs, the probe) live in tests/helpers."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
+
+# never inherited from the person running the tests: a cluster address, a PaSST checkpoint, probe switches
+FOREIGN_ENV = ("RAY_ADDRESS", "ASC_RAY_PASST_CHECKPOINT", "ASC_RAY_PROBE_DIR", "ASC_RAY_PROBE_MODULES")
+# a tiny, fast training: 2 epochs of 16-clip batches, one thread, no floor of steps
+TINY = [
+    "bcbl.epochs=2",
+    "teachers.bcbl_epochs=0",
+    "bcbl.batch_size=16",
+    "train.num_threads=1",
+    "train.min_steps=0",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory):
+    """For fixtures wider than a test: no cluster address, an MLflow store of the session's own."""
+    saved = dict(os.environ)
+    for k in FOREIGN_ENV:
+        os.environ.pop(k, None)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path):
+    """Each test gets its own environment, MLflow tracking URI (a SQLite store in its tmp_path), sys.path and
+    signal handlers: whatever a test sets (init_ray's RAY_ADDRESS, mlflow.set_tracking_uri, a path insert,
+    run_cli's SIGTERM handler) ends with it."""
+    env, path = dict(os.environ), list(sys.path)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    yield
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)  # the process-wide URI mlflow.set_tracking_uri set
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:] = path
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +64,73 @@ def synth_dataset(tmp_path_factory) -> Path:
     from asc_ray.data.synth import generate
 
     return generate(tmp_path_factory.mktemp("synth") / "tau", clips_per_class=20, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One waveform cache folder for the session's Trainers (keyed by content: datasets never mix)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def make_trainer(synth_dataset, shared_cache, tmp_path):
+    """Trainer factory: `make_trainer(system="baseline", split=100, overrides=(), out=None, data_dir=None,
+    profile="smoke", logits=None, **Trainer kwargs)` -> a Trainer on the synthetic set (TINY settings
+    before `overrides`), its unit folder `out` (default tmp_path/<system>), its log lines in `trainer.logs`."""
+
+    def make(
+        system="baseline",
+        split=100,
+        overrides=(),
+        out=None,
+        data_dir=None,
+        profile="smoke",
+        logits=None,
+        **kwargs,
+    ):
+        from asc_ray.config import load_config
+        from asc_ray.systems import get_system
+        from asc_ray.train import Trainer, prepare_data
+
+        cfg = load_config(profile, None, [*TINY, f"data.cache_dir={shared_cache}", *overrides])
+        s = get_system(system)
+        data = prepare_data(cfg, data_dir or synth_dataset, tmp_path, split, s, logits, progress=False)
+        logs: list[str] = []
+        kwargs.setdefault("log", logs.append)
+        t = Trainer(s, cfg, data, out or tmp_path / system, split, **kwargs)
+        t.logs = logs
+        return t
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray runtime for the module's tests (2 CPUs, no dashboard), shut down after them."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="asc_ray_test", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def no_ray():
+    """For a test that starts Ray itself: none runs before it, none is left after it."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """Factory of a local multi-node Ray cluster for the module (helpers.cluster.local_cluster): call it with the
+    worker nodes' specs; the cluster is shut down after the module."""
+    import contextlib
+
+    from helpers.cluster import local_cluster as start
+
+    with contextlib.ExitStack() as stack:
+        yield lambda workers, prefix="asc": stack.enter_context(start(workers, prefix))

@@ -26,9 +26,6 @@ from asc_ray.io import atomic_write_text
 
 TOKEN_PREFIX = ".asc-ray-shared"
 CHECK_TIMEOUT_S = 120.0  # a node that cannot start a worker in this time is reported as not answering
-# Test hook (tests/cluster/test_shared_storage.py): folders this node's processes treat as not mounted
-# (os.pathsep-separated), standing in for a node whose /mnt/efs is missing. Never set it for real runs.
-NOT_MOUNTED_ENV = "ASC_RAY_TEST_NOT_MOUNTED"
 
 SERVER_FIX = (
     "run an MLflow server that every node reaches (scripts/mlflow_server.sh; cluster.yaml starts one on the "
@@ -93,14 +90,7 @@ def write_tokens(output_dir: Path, folders: list[tuple[Path, str, str, str]]) ->
     return out
 
 
-def _not_mounted(path: str) -> bool:
-    hidden = [p for p in os.environ.get(NOT_MOUNTED_ENV, "").split(os.pathsep) if p]
-    return any(path == h or path.startswith(h.rstrip("/") + "/") for h in hidden)
-
-
 def read_token(path: str) -> str | None:
-    if _not_mounted(path):
-        return None
     try:
         return Path(path).read_text()
     except OSError:

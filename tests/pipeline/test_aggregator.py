@@ -1,25 +1,18 @@
-"""The LogitAggregator actor on a real (small) Ray runtime: tables appear only when complete, keyed by filename."""
+"""The LogitAggregator: tables appear only when complete, keyed by filename. Its logic in-process (fast); the
+Ray actor the pipeline starts, on a real (small) Ray runtime (slow)."""
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
+from asc_ray.data.logits import read_logits, table_metadata
 from asc_ray.errors import AscRayError
-from asc_ray.logits import read_logits, table_metadata
-from asc_ray.pipeline.aggregator import start_aggregator
+from asc_ray.pipeline.aggregator import LogitAggregatorImpl
 
 FILES = [f"audio/park-lyon-{i}-0-0-a.wav" for i in range(5)]
 META = {25: (FILES, ["park"] * 5, ["a"] * 5)}
 KEYS = {25: "datakey"}
-
-
-@pytest.fixture(scope="module")
-def ray_runtime():
-    ray.init(num_cpus=1, include_dashboard=False, namespace="asc_ray_test", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _npy(tmp_path, name, arr):
@@ -28,15 +21,15 @@ def _npy(tmp_path, name, arr):
     return str(p)
 
 
-def test_table_is_written_once_all_teachers_are_in(ray_runtime, tmp_path):
-    agg = start_aggregator(tmp_path / "logits", META, KEYS)
+def test_table_is_written_once_all_teachers_are_in(tmp_path):
+    agg = LogitAggregatorImpl(str(tmp_path / "logits"), META, KEYS)
     a, b = np.arange(50, dtype=np.float32).reshape(5, 10), np.ones((5, 10), np.float32)
     keys = {"bcbl32_fms": "k1", "passt_dir": "k2"}
-    ray.get(agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "a", a), "k1", "run1"))
-    assert ray.get(agg.write_table.remote("teachers", 25, keys)) is None  # passt_dir is not in yet
+    agg.collect("teachers", 25, "bcbl32_fms", _npy(tmp_path, "a", a), "k1", "run1")
+    assert agg.write_table("teachers", 25, keys) is None  # passt_dir is not in yet
     assert not (tmp_path / "logits" / "teachers_split25.parquet").exists()
-    ray.get(agg.collect.remote("teachers", 25, "passt_dir", _npy(tmp_path, "b", b), "k2", "run2"))
-    path = ray.get(agg.write_table.remote("teachers", 25, keys))
+    agg.collect("teachers", 25, "passt_dir", _npy(tmp_path, "b", b), "k2", "run2")
+    path = agg.write_table("teachers", 25, keys)
     table = pq.read_table(path)
     assert table.column_names == ["filename", "scene_label", "device", "bcbl32_fms", "passt_dir", "logits"]
     for col in ("bcbl32_fms", "passt_dir", "logits"):
@@ -49,30 +42,54 @@ def test_table_is_written_once_all_teachers_are_in(ray_runtime, tmp_path):
     meta = table_metadata(path)
     assert meta["runs"] == {"bcbl32_fms": "run1", "passt_dir": "run2"} and meta["data_key"] == "datakey"
     # the collected logits are remembered under their own unit key only
-    assert ray.get(agg.part_key.remote("teachers", 25, "bcbl32_fms")) == "k1"
-    assert ray.get(agg.write_table.remote("teachers", 25, {**keys, "passt_dir": "other"})) is None
-    files, logits = ray.get(agg.table.remote("teachers", 25))
+    assert agg.part_key("teachers", 25, "bcbl32_fms") == "k1"
+    assert agg.write_table("teachers", 25, {**keys, "passt_dir": "other"}) is None
+    files, logits = agg.table("teachers", 25)
     assert files == FILES and logits.shape == (5, 10)
     # the same keys again: the table is confirmed, not rewritten
     mtime = (tmp_path / "logits" / "teachers_split25.parquet").stat().st_mtime_ns
-    assert ray.get(agg.write_table.remote("teachers", 25, keys)) == path
+    assert agg.write_table("teachers", 25, keys) == path
     assert (tmp_path / "logits" / "teachers_split25.parquet").stat().st_mtime_ns == mtime
+    # a new aggregator (the driver restarted) finds the parts on disk
+    again = LogitAggregatorImpl(str(tmp_path / "logits"), META, KEYS)
+    assert again.part_key("teachers", 25, "passt_dir") == "k2" and again.write_table("teachers", 25, keys)
 
 
-def test_a_table_for_other_files_or_bad_values_is_refused(ray_runtime, tmp_path):
-    agg = start_aggregator(tmp_path / "logits", META, KEYS)
-    with pytest.raises(ray.exceptions.RayTaskError, match="expected \\(5, 10\\)"):
-        ray.get(
-            agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "x", np.zeros((4, 10))), "k", "")
-        )
+def test_a_table_for_other_files_or_bad_values_is_refused(tmp_path):
+    agg = LogitAggregatorImpl(str(tmp_path / "logits"), META, KEYS)
+    with pytest.raises(ValueError) as e:  # the model, the file and the shape it should have
+        agg.collect("teachers", 25, "bcbl32_fms", _npy(tmp_path, "x", np.zeros((4, 10))), "k", "")
+    assert "bcbl32_fms" in str(e.value) and "x.npy" in str(e.value) and "(5, 10)" in str(e.value)
     bad = np.zeros((5, 10), np.float32)
     bad[2, 3] = np.nan
-    with pytest.raises(ray.exceptions.RayTaskError, match="finite"):
-        ray.get(agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "y", bad), "k", ""))
-    ray.get(
-        agg.collect.remote("kd_ensemble", 25, "kd_ensemble", _npy(tmp_path, "z", np.zeros((5, 10))), "k", "")
-    )
-    path = ray.get(agg.write_table.remote("kd_ensemble", 25, {"kd_ensemble": "k"}))
+    with pytest.raises(ValueError) as e:
+        agg.collect("teachers", 25, "bcbl32_fms", _npy(tmp_path, "y", bad), "k", "")
+    assert "y.npy" in str(e.value)
+    assert agg.part_key("teachers", 25, "bcbl32_fms") is None  # nothing refused was kept
+    agg.collect("kd_ensemble", 25, "kd_ensemble", _npy(tmp_path, "z", np.zeros((5, 10))), "k", "")
+    path = agg.write_table("kd_ensemble", 25, {"kd_ensemble": "k"})
     # a table that no longer matches the split's files is refused when a student asks for it
-    with pytest.raises(AscRayError, match="does not match the split"):
+    with pytest.raises(AscRayError) as e:
         read_logits(path, FILES[:4])
+    assert e.value.path == path and FILES[4] in str(e.value) and e.value.fix
+
+
+@pytest.mark.slow
+def test_the_actor_serves_tables_and_refuses_bad_logits(ray_local, tmp_path):
+    """The actor the pipeline starts (pinned to the driver's node): the same calls through Ray, errors as
+    RayTaskError."""
+    from asc_ray.pipeline.aggregator import start_aggregator
+
+    ray = ray_local
+    agg = start_aggregator(tmp_path / "logits", META, KEYS)
+    a = np.arange(50, dtype=np.float32).reshape(5, 10)
+    ray.get(agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "a", a), "k1", "run1"))
+    path = ray.get(agg.write_table.remote("teachers", 25, {"bcbl32_fms": "k1"}))
+    np.testing.assert_allclose(read_logits(path, FILES), a)
+    files, logits = ray.get(agg.table.remote("teachers", 25))
+    assert files == FILES and np.array_equal(logits, a)
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(
+            agg.collect.remote("teachers", 25, "passt_dir", _npy(tmp_path, "x", np.zeros((4, 10))), "k", "")
+        )
+    assert isinstance(e.value.cause, ValueError) and "x.npy" in str(e.value)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asc_ray.checkpointing import is_save_epoch, link_or_copy, tree_bytes
 from asc_ray.config import load_config
-from asc_ray.systems import SYSTEMS, get_system
-from asc_ray.train import Trainer, prepare_data, unit_key
+from asc_ray.pipeline.keys import unit_key
+from asc_ray.systems import SYSTEMS
+from asc_ray.train import is_save_epoch, link_or_copy, tree_bytes
 
 
 @pytest.mark.parametrize(
@@ -39,15 +39,10 @@ def test_link_or_copy_replaces_without_touching_the_shared_file(tmp_path):
     assert a.read_bytes() == b"one" and b.read_bytes() == b"two"
 
 
-def test_fit_checkpoints_every_n_epochs_and_best_only_when_it_improves(synth_dataset, tmp_path):
-    cfg = load_config(
-        "smoke",
-        None,
-        ["bcbl.epochs=5", "teachers.bcbl_epochs=0", "train.checkpoint_every=2", "train.min_steps=0"],
+def test_fit_checkpoints_every_n_epochs_and_best_only_when_it_improves(make_trainer, tmp_path):
+    t = make_trainer(
+        out=tmp_path / "unit", overrides=["bcbl.epochs=5", "train.checkpoint_every=2", "train.select=val"]
     )
-    s = get_system("baseline")
-    data = prepare_data(cfg, synth_dataset, tmp_path, 25, s, progress=False)
-    t = Trainer(s, cfg, data, tmp_path / "unit", 25, log=lambda m: None)
     weights, reports = {}, []
 
     def report(m, ckpt):
@@ -55,14 +50,15 @@ def test_fit_checkpoints_every_n_epochs_and_best_only_when_it_improves(synth_dat
         best = t.out_dir / "checkpoint" / "best.pt"
         reports.append((m["epoch"], ckpt is not None, t.best["epoch"], best.stat().st_ino if ckpt else None))
 
-    result = t.fit(report)
+    fitted = t.fit(report)
     assert [(e, c) for e, c, _, _ in reports] == [(1, False), (2, True), (3, False), (4, True), (5, True)]
     saved = [(e, b, ino) for e, c, b, ino in reports if c]
     for (_, b0, i0), (_, b1, i1) in zip(saved, saved[1:], strict=False):
         assert (i0 == i1) == (b0 == b1)  # a new best.pt only when the best epoch changed, else the same file
     # best.pt holds the selected epoch's weights, even when that epoch was not a checkpoint epoch
     best = torch.load(t.out_dir / "checkpoint" / "best.pt", weights_only=True)
-    sel = result["selected_epoch"]
+    sel = fitted.selected_epoch
+    assert fitted.weights == t.out_dir / "checkpoint" / "best.pt"
     assert all(torch.equal(best[k], weights[sel][k]) for k in best)
     state = torch.load(t.out_dir / "checkpoint" / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 5 and state["best"]["epoch"] == sel - 1

@@ -8,22 +8,29 @@ from asc_ray.errors import AscRayError
 
 def test_full_profile_is_the_reports_settings():
     cfg = load_config("full")
-    assert cfg["bcbl"]["epochs"] == 150 and cfg["bcbl"]["batch_size"] == 256 and cfg["bcbl"]["lr"] == 0.005
-    assert cfg["passt"]["epochs"] == 25 and cfg["passt"]["batch_size"] == 80 and cfg["passt"]["lr"] == 2e-5
-    assert cfg["kd"] == {"lam": 0.98, "temperature": 2.0, "kl_reduction": "mean"}  # the reference scale
-    assert cfg["augment"]["fms_p"] == 0.4 and cfg["augment"]["dir_p"] == 0.6 and cfg["augment"]["freqm"] == 48
-    assert len(cfg["teachers"]["systems"]) == 6 and cfg["train"]["select"] == "val"
+    assert cfg.bcbl.epochs == 150 and cfg.bcbl.batch_size == 256 and cfg.bcbl.lr == 0.005
+    assert cfg.passt.epochs == 25 and cfg.passt.batch_size == 80 and cfg.passt.lr == 2e-5
+    assert cfg.kd.model_dump() == {
+        "lam": 0.98,
+        "temperature": 2.0,
+        "kl_reduction": "mean",
+    }  # the reference scale
+    assert cfg.augment.fms_p == 0.4 and cfg.augment.dir_p == 0.6 and cfg.augment.freqm == 48
+    assert len(cfg.teachers.systems) == 6 and cfg.train.select == "val"
     # the report's N-BCBL models: 100 warm-up steps, no roll; the official baseline recipe: 2000, +-0.1 s
-    assert cfg["bcbl"]["warmup_steps"] == 100 and cfg["bcbl"]["roll_s"] == 0.0
-    assert cfg["baseline"] == {"warmup_steps": 2000, "roll_s": 0.1}
+    assert cfg.bcbl.warmup_steps == 100 and cfg.bcbl.roll_s == 0.0
+    assert cfg.baseline.model_dump() == {"warmup_steps": 2000, "roll_s": 0.1}
+    assert cfg.model_dump()["bcbl"]["epochs"] == 150  # the nested dict MLflow and config.json get
 
 
 def test_smoke_profile_overrides_only_what_it_names():
     full, smoke = load_config("full"), load_config("smoke")
-    assert smoke["bcbl"]["epochs"] < full["bcbl"]["epochs"] and smoke["passt"]["size"] == "small"
-    assert smoke["teachers"]["systems"] == full["teachers"]["systems"]
+    assert smoke.bcbl.epochs < full.bcbl.epochs and smoke.passt.size == "small"
+    assert smoke.teachers.systems == full.teachers.systems
     # the report's loss (its temperature and the reference's KL scale); only the label weight is the smoke's own
-    assert {**smoke["kd"], "lam": full["kd"]["lam"]} == full["kd"] and smoke["kd"]["lam"] == 0.5
+    kd, full_kd = smoke.kd.model_dump(), full.kd.model_dump()
+    assert {**kd, "lam": full_kd["lam"]} == full_kd and smoke.kd.lam == 0.5
+    assert smoke.profile == "smoke" and full.profile == "full"
 
 
 def test_file_then_overrides_win(tmp_path):
@@ -32,94 +39,117 @@ def test_file_then_overrides_win(tmp_path):
     cfg = load_config(
         "smoke", f, ["bcbl.epochs=9", "teachers.systems=[bcbl32_fms]", "mlflow.tracking_uri=http://x"]
     )
-    assert cfg["bcbl"]["epochs"] == 9 and cfg["kd"]["lam"] == 0.5
-    assert cfg["teachers"]["systems"] == ["bcbl32_fms"] and cfg["mlflow"]["tracking_uri"] == "http://x"
+    assert cfg.bcbl.epochs == 9 and cfg.kd.lam == 0.5
+    assert cfg.teachers.systems == ["bcbl32_fms"] and cfg.mlflow.tracking_uri == "http://x"
 
 
 @pytest.mark.parametrize(
-    "override, words",
+    "override, named",
     [
-        ("bcbl.epoch=3", "unknown config key 'bcbl.epoch'"),
-        ("bcbl.epochs=three", "wrong type"),
-        ("bcbl.epochs=true", "wrong type"),
-        ("kd.lam=[1]", "wrong type"),
-        ("kd.kl_reduction=sum", "one of mean, batchmean"),
-        ("baseline.epochs=3", "unknown config key 'baseline.epochs'"),
-        ("train.select=test", "one of val, last"),
-        ("teachers.systems=[resnet]", "unknown teacher 'resnet'"),
-        ("students.systems=[tfs]", "tfs learns from the logits of kd_ensemble"),
-        ("students.search.kd.lamda=[0.5]", "unknown search key"),
-        ("students.search.kd.lam=[0.5,0.9]", "train.select=last trains without one"),
-        ("students.num_samples=2", "train.select=last trains without one"),
-        ("nonsense", "key=value"),
-        ("students.resources={gpu: 0.25}", "names one of Ray's own resources"),
-        ("students.resources={slot: -1}", "students.resources.slot must be a number >= 0"),
+        ("bcbl.epoch=3", ["bcbl.epoch", "epochs"]),  # the fix lists the valid keys
+        ("bcbl.epochs=three", ["bcbl.epochs", "three"]),
+        ("bcbl.epochs=true", ["bcbl.epochs", "True"]),
+        ("kd.lam=[1]", ["kd.lam"]),
+        ("kd.kl_reduction=sum", ["kd.kl_reduction", "batchmean"]),
+        ("baseline.epochs=3", ["baseline.epochs", "warmup_steps"]),
+        ("train.select=test", ["train.select", "last"]),
+        ("teachers.systems=[resnet]", ["resnet", "passt_fms"]),
+        ("students.systems=[tfs]", ["tfs", "kd_ensemble"]),
+        ("students.search.kd.lamda=[0.5]", ["kd.lamda"]),
+        ("students.search.kd.lam=[0.5,0.9]", ["train.select=val"]),
+        ("students.num_samples=2", ["train.select=val"]),
+        ("nonsense", ["nonsense", "bcbl.epochs=10"]),
+        ("students.resources={gpu: 0.25}", ["students.resources.gpu", "cpus_per_trial"]),
+        ("students.resources={slot: -1}", ["students.resources.slot", "-1"]),
     ],
 )
-def test_bad_overrides_are_refused_with_a_fix(override, words):
+def test_bad_overrides_are_refused_naming_the_key_and_the_fix(override, named):
     with pytest.raises(AscRayError) as e:
         load_config("smoke", None, [override])
-    assert words in str(e.value) and "fix:" in str(e.value)
+    assert e.value.fix and e.value.path  # where it came from and what to do
+    for name in named:
+        assert name in str(e.value), (name, str(e.value))
 
 
 def test_bad_config_file(tmp_path):
-    with pytest.raises(AscRayError, match="not found"):
+    with pytest.raises(AscRayError) as e:
         load_config("full", tmp_path / "missing.yaml")
+    assert e.value.path == str(tmp_path / "missing.yaml") and "--config" in e.value.fix
     bad = tmp_path / "bad.yaml"
     bad.write_text("bcbl: [\n")
-    with pytest.raises(AscRayError, match="not valid YAML"):
+    with pytest.raises(AscRayError) as e:
         load_config("full", bad)
+    assert e.value.path == str(bad) and "YAML" in str(e.value)
+    typed = tmp_path / "typed.yaml"
+    typed.write_text("bcbl:\n  epochs: [1, 2]\n")
+    with pytest.raises(AscRayError) as e:  # a wrong type in a file names the file and the key
+        load_config("full", typed)
+    assert e.value.path == str(typed) and "bcbl.epochs" in str(e.value)
 
 
 def test_search_space_and_helpers():
     cfg = load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])
-    assert cfg["students"]["search"] == {"kd.lam": [0.9, 0.98]}
+    assert cfg.students.search == {"kd.lam": [0.9, 0.98]}
     trial = with_overrides(cfg, {"kd.lam": 0.9})
-    assert trial["kd"]["lam"] == 0.9 and cfg["kd"]["lam"] == 0.5  # a copy (the smoke profile's lam)
-    assert flatten(cfg)["bcbl.epochs"] == cfg["bcbl"]["epochs"]
+    assert trial.kd.lam == 0.9 and cfg.kd.lam == 0.5  # a copy (the smoke profile's lam)
+    assert flatten(cfg)["bcbl.epochs"] == cfg.bcbl.epochs
     assert config_hash(cfg) == config_hash(
         load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])
     )
     assert config_hash(cfg) != config_hash(trial)
+    with pytest.raises(ValueError):  # a trial's value is checked against the key's type
+        with_overrides(cfg, {"kd.lam": "high"})
 
 
 def test_teacher_resources_are_a_free_mapping_of_numbers():
     cfg = load_config("smoke", None, ["teachers.resources={large_gpu: 1, teacher_slot: 0.5}"])
-    assert cfg["teachers"]["resources"] == {"large_gpu": 1, "teacher_slot": 0.5}
-    with pytest.raises(AscRayError, match="must be a number"):
+    assert cfg.teachers.resources == {"large_gpu": 1, "teacher_slot": 0.5}
+    with pytest.raises(AscRayError) as e:
         load_config("smoke", None, ["teachers.resources={large_gpu: lots}"])
+    assert "teachers.resources.large_gpu" in str(e.value) and "lots" in str(e.value) and e.value.fix
 
 
 def test_baseline_recipe_applies_to_the_baseline_only():
     from asc_ray.systems import get_system, hparams
 
     cfg = load_config("full")
-    assert hparams(get_system("baseline"), cfg)["warmup_steps"] == 2000
-    assert hparams(get_system("baseline"), cfg)["roll_s"] == 0.1
+    assert hparams(get_system("baseline"), cfg).warmup_steps == 2000
+    assert hparams(get_system("baseline"), cfg).roll_s == 0.1
     for name in ("kd_ensemble", "tfs", "bcbl24", "bcbl32_fms"):
         h = hparams(get_system(name), cfg)
-        assert h["warmup_steps"] == 100 and h["roll_s"] == 0.0 and h["epochs"] == 150
+        assert h.warmup_steps == 100 and h.roll_s == 0.0 and h.epochs == 150
 
 
 def test_teachers_bcbl_epochs_lengthens_the_cnn_teachers_only():
     """The smoke profile's teachers train to their plateau while the students keep the shared schedule; 0 (the
-    full profile) is the report's one schedule for all."""
-    from asc_ray.systems import SYSTEMS, hparams
+    full profile) is the report's one schedule for all. systems.epochs is the one place epochs are decided."""
+    from asc_ray.systems import SYSTEMS, epochs
 
     full, smoke = load_config("full"), load_config("smoke")
-    assert {hparams(s, full)["epochs"] for s in SYSTEMS.values() if s.family == "bcbl"} == {150}
+    assert {epochs(s, full) for s in SYSTEMS.values() if s.family == "bcbl"} == {150}
     cfg = load_config("full", None, ["teachers.bcbl_epochs=24", "bcbl.epochs=12"])
     for name, s in SYSTEMS.items():
-        want = {"passt": full["passt"]["epochs"], "bcbl": 24 if s.role == "teacher" else 12}[s.family]
-        assert hparams(s, cfg)["epochs"] == want, name
-    assert smoke["teachers"]["bcbl_epochs"] > smoke["bcbl"]["epochs"]
+        want = {"passt": full.passt.epochs, "bcbl": 24 if s.role == "teacher" else 12}[s.family]
+        assert epochs(s, cfg) == want, name
+    assert smoke.teachers.bcbl_epochs > smoke.bcbl.epochs
+
+
+def test_min_steps_raises_the_epochs_of_a_small_split_only():
+    """train.min_steps: where an epoch has few batches, more epochs, never fewer than configured."""
+    from asc_ray.systems import epochs, get_system
+
+    cfg = load_config("full", None, ["train.min_steps=100", "bcbl.epochs=4"])
+    s = get_system("baseline")
+    assert epochs(s, cfg) == 4  # the scheduler's estimate: no floor without a step count
+    assert epochs(s, cfg, steps_per_epoch=10) == 10  # 100 steps at 10 a step-epoch
+    assert epochs(s, cfg, steps_per_epoch=1000) == 4
 
 
 def test_resume_keys_hold_only_what_a_unit_reads():
     """A speed-only setting (threads, compile, channels_last) retrains nothing; a setting a system reads
     changes that system's key and no other's."""
+    from asc_ray.pipeline.keys import unit_key
     from asc_ray.systems import SYSTEMS
-    from asc_ray.train import unit_key
 
     base = load_config("full")
 
@@ -153,4 +183,4 @@ def test_resume_keys_hold_only_what_a_unit_reads():
     assert changed("train.eval_every=2") == set(SYSTEMS)  # which epoch is selected
     assert changed("seed=1") == set(SYSTEMS)
     assert changed("teachers.bcbl_epochs=24") == {"bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"}
-    assert base["train"]["num_threads"] == 0
+    assert base.train.num_threads == 0

@@ -1,7 +1,9 @@
 """The per-split dependency graph and its scheduler, without Ray: edges come from System.needs / feeds, a
 unit starts when what it needs is done, the longest work first, a failure stops only what depends on it."""
 
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,7 @@ from asc_ray.systems import STUDENTS, TEACHERS
 
 CFG = load_config("smoke")
 ALL = [*TEACHERS, *STUDENTS]
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def T(name, split):
@@ -33,7 +36,9 @@ def test_edges_come_from_what_each_system_needs():
 def test_a_new_system_needs_no_change_in_the_scheduler(monkeypatch):
     from asc_ray import systems
 
-    new = systems.System("kd_small", "student", "bcbl24", True, True, False, "kd", needs="teachers")
+    new = systems.System(
+        "kd_small", "student", "bcbl24", "mel44k", fms=True, dir=True, loss="kd", needs="teachers"
+    )
     monkeypatch.setitem(systems.SYSTEMS, "kd_small", new)
     g = build_graph([*TEACHERS, "kd_small"], [25])
     assert g[T("kd_small", 25)] == [Unit("table", "teachers", 25)]
@@ -73,8 +78,8 @@ class FakeRunner:
             threading.Thread(target=finish).start()
 
 
-def _run(graph, selected, runner, done=lambda u: None, cfg=CFG):
-    s = Scheduler(graph, selected, cfg, is_done=done, launch=runner.launch)
+def _run(graph, selected, runner, done=lambda u: None, cfg=CFG, scheduler=Scheduler):
+    s = scheduler(graph, selected, cfg, is_done=done, launch=runner.launch)
     s.run()
     return s
 
@@ -87,7 +92,7 @@ def test_each_unit_starts_once_what_it_needs_is_done_longest_first():
     for u in g:
         assert set(g[u]) <= r.done_before[u], u
     # the first launches: split 100's PaSST teachers before any split-5 work (max_concurrent caps teachers)
-    first = r.order[: CFG["teachers"]["max_concurrent"]]
+    first = r.order[: CFG.teachers.max_concurrent]
     assert all(u.split == 100 and u.name.startswith("passt") for u in first), first
     assert r.order.index(T("bcbl24", 100)) < r.order.index(T("bcbl24", 5))
     assert len(s.timeline) == len(g) and all(t["node"] == "n1" for _, t in s.timeline)
@@ -109,15 +114,27 @@ def test_finished_units_are_reused_and_a_missing_input_is_one_clear_error():
     r = FakeRunner()
     _run(g, select(g, ["students"]), r, done=lambda u: {"node_id": "old"} if u in finished else None)
     assert not finished & set(r.order) and T("kd_ensemble", 10) in r.order
-    with pytest.raises(AscRayError, match="run the teachers stage first"):
+    with pytest.raises(AscRayError) as e:
         _run(g, select(g, ["students"]), FakeRunner())
+    assert "passt_fms split10" in str(e.value) and "jobs/teachers.py" in e.value.fix
 
 
-def test_the_old_four_stage_order_is_kept_only_for_the_comparison(monkeypatch):
-    monkeypatch.setenv("ASC_RAY_FOUR_STAGE", "1")
+def test_a_scheduler_subclass_decides_readiness_and_order():
+    """Scheduler.ready / Scheduler.order are the hooks: the makespan bench's four-stage scheduler
+    (bench/makespan_driver.py) makes every student wait for every teacher of every split, smallest split first."""
+    sys.path.insert(0, str(BENCH))  # (the isolated fixture restores sys.path)
+    from makespan_driver import FourStageScheduler
+
     g = build_graph(ALL, [5, 100])
     r = FakeRunner()
-    _run(g, set(g), r)
+    s = _run(g, set(g), r, scheduler=FourStageScheduler)
+    assert set(s.state.values()) == {"done"} and len(r.order) == len(g)
     teachers = {T(t, sp) for t in TEACHERS for sp in (5, 100)}
     assert teachers <= r.done_before[T("baseline", 5)]  # students waited for every teacher of every split
+    assert teachers <= r.done_before[T("bcbl24", 100)]
     assert r.order[0].split == 5  # smallest split first, as v0.1 did
+    tables = {Unit("table", "teachers", sp) for sp in (5, 100)}
+    assert tables <= r.done_before[T("baseline", 100)]  # and for every table of the stage before theirs
+    plain = FakeRunner()
+    _run(g, set(g), plain)
+    assert T("baseline", 5) in plain.order[:12] and not teachers <= plain.done_before[T("baseline", 5)]

@@ -1,18 +1,13 @@
 """Student search spaces: a grid per (system, split) over only the keys that system reads; ASHA; pick on val."""
 
 import csv
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers.procs import ROOT, cli_env, run_py
 
 from asc_ray.pipeline.students import search_grid
 from asc_ray.systems import get_system
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_grid_is_the_product_of_the_lists():
@@ -44,13 +39,13 @@ def test_a_search_key_applies_only_to_the_students_it_changes(key, readers):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_path):
     from asc_ray.complexity import measure
     from asc_ray.features import input_shape
     from asc_ray.models import bcbl
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    env.pop("RAY_ADDRESS", None)
+    env = cli_env(f"sqlite:///{tmp_path}/mlflow.db")
     common = [
         "--data-dir",
         str(synth_dataset),
@@ -66,17 +61,11 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         "bcbl.epochs=2",  # raised by the smoke profile's train.min_steps (150 steps: 5 epochs here)
     ]
     for job in ("students", "evaluate"):
-        r = subprocess.run(
-            [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *common],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        r = run_py([str(ROOT / "jobs" / f"{job}.py"), *common], env, tmp_path, timeout=900)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        if job == "students":
-            assert "best of search on val: {'channels.bcbl24':" in r.stdout
+        if job == "students":  # the console says which searched value won
+            done = [ln for ln in r.stdout.splitlines() if "] done bcbl24 split100 " in ln]
+            assert len(done) == 1 and "channels.bcbl24" in done[0], r.stdout[-3000:]
     trials = list((tmp_path / "o" / "ray_results").glob("students-*/student_trial_*"))
     assert len(trials) == 2
     # the chosen trial trained every epoch min_steps asked for (an epoch clock stopped it at bcbl.epochs + 1)

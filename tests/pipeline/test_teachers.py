@@ -1,7 +1,14 @@
 """What each teacher's TorchTrainer asks Ray for, built from the config (no cluster needed)."""
 
+import pytest
+
 from asc_ray.config import load_config
 from asc_ray.pipeline.teachers import build_trainer
+from asc_ray.pipeline.unit import UnitJob
+
+
+def _job(cfg, system="passt_fms", split=25):
+    return UnitJob(system, split, "0123456789abcdef", cfg, data_dir="D", output_dir="O", unit_dir="U")
 
 
 def test_trainer_resources_names_and_failure_policy_come_from_the_config(tmp_path):
@@ -10,13 +17,12 @@ def test_trainer_resources_names_and_failure_policy_come_from_the_config(tmp_pat
         None,
         ["teachers.resources={large_gpu: 1}", "teachers.num_workers=2", "teachers.max_failures=5"],
     )
-    job = {"cfg": cfg, "system": "passt_fms", "split": 25, "key": "0123456789abcdef"}
-    t = build_trainer(job, str(tmp_path), use_gpu=True)
+    t = build_trainer(_job(cfg), str(tmp_path), use_gpu=True)
     assert t.scaling_config.num_workers == 2 and t.scaling_config.use_gpu
     assert t.scaling_config.resources_per_worker == {"CPU": 1.0, "GPU": 1.0, "large_gpu": 1.0}
     assert t.run_config.failure_config.max_failures == 5
     assert t.run_config.name == "teacher-passt_fms-split25-01234567"  # stable: a re-run continues it
-    cpu = build_trainer({**job, "cfg": load_config("smoke")}, str(tmp_path), use_gpu=False)
+    cpu = build_trainer(_job(load_config("smoke")), str(tmp_path), use_gpu=False)
     assert cpu.scaling_config.resources_per_worker == {"CPU": 0.5}
 
 
@@ -24,29 +30,21 @@ def test_a_teacher_fit_starts_no_ray_data_actor(tmp_path):
     # teachers pass no datasets: Ray's DatasetsCallback would still start a DatasetManager actor per fit
     from ray.train.v2._internal.callbacks import DatasetsCallback
 
-    job = {"cfg": load_config("smoke"), "system": "bcbl32_fms", "split": 25, "key": "0123456789abcdef"}
+    job = _job(load_config("smoke"), "bcbl32_fms")
     callbacks = build_trainer(job, str(tmp_path), use_gpu=False)._create_default_callbacks()
     assert callbacks and not any(isinstance(c, DatasetsCallback) for c in callbacks)
 
 
-def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, monkeypatch, no_ray):
     # Ray Train's PlacementGroupCleaner asks the state API every second whether the controller lives; the local
     # Ray has no dashboard to serve it, so it could never act there (and costs ~2 s of CPU per teacher)
-    import ray
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     from asc_ray.pipeline import runtime
 
-    # init_ray() sets these: this test leaves the environment as it was
-    for k in (
-        "RAY_ADDRESS",
-        "RAY_GCS_SERVER_PORT",
-        "RAY_TRAIN_METRICS_ENABLED",
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
-    ):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setattr(runtime, "_OWN_ADDRESS", [])
-    job = {"cfg": load_config("smoke"), "system": "bcbl32_fms", "split": 25, "key": "0123456789abcdef"}
+    monkeypatch.setattr(runtime, "_OWN_ADDRESS", [])  # (init_ray's environment ends with the test)
+    job = _job(load_config("smoke"), "bcbl32_fms")
 
     def cleaner() -> bool:
         callbacks = build_trainer(job, str(tmp_path), use_gpu=False)._create_default_callbacks()
@@ -54,9 +52,6 @@ def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, 
 
     assert not runtime.own_local_ray() and cleaner()  # no Ray of ours yet: as on a cluster, it stays
     runtime.init_ray()
-    try:
-        assert runtime.own_local_ray() and not cleaner()
-        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a driver that joined a cluster keeps it
-        assert not runtime.own_local_ray() and cleaner()
-    finally:
-        ray.shutdown()
+    assert runtime.own_local_ray() and not cleaner()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a driver that joined a cluster keeps it
+    assert not runtime.own_local_ray() and cleaner()

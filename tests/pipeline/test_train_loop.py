@@ -1,79 +1,68 @@
-"""The plain-PyTorch training loop (asc_ray.train): outputs, honest model selection, resume, bad checkpoints, CLI."""
+"""The plain-PyTorch training loop (asc_ray.train): outputs, honest model selection, resume, bad checkpoints, the
+one epoch count, and `python -m asc_ray.train` (in this process; as a subprocess in the slow suite)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.procs import run_py
 
 from asc_ray.config import load_config
+from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
 from asc_ray.export import read_dcase_output
-from asc_ray.systems import get_system
-from asc_ray.train import Trainer, prepare_data
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "bcbl.epochs=2",
-    "teachers.bcbl_epochs=0",
-    "bcbl.batch_size=16",
-    "train.num_threads=1",
-    "train.min_steps=0",
-]
+from asc_ray.predict import Classifier, unit_spec
+from asc_ray.train import finish_unit
 
 
-def _trainer(ds_dir, out, system="baseline", overrides=()):
-    cfg = load_config("smoke", None, [*TINY, *overrides])
-    s = get_system(system)
-    data = prepare_data(cfg, ds_dir, out, 100, s, progress=False)
-    return Trainer(s, cfg, data, out / system, 100, log=lambda m: None)
+def _finish(t, **kw):
+    """fit() then finish_unit(): what a unit does, in this process."""
+    fitted = t.fit()
+    return finish_unit(t.system, t.cfg, t.split, t.data, t.out_dir, fitted, **kw)
 
 
-def test_select_last_trains_on_the_whole_split_and_keeps_the_last_epoch(synth_dataset, tmp_path):
+def test_select_last_trains_on_the_whole_split_and_keeps_the_last_epoch(make_trainer):
     """Nothing reads a holdout when the last epoch is kept (the smoke profile): the whole split trains."""
-    t = _trainer(synth_dataset, tmp_path, overrides=["train.select=last"])
+    t = make_trainer(overrides=["train.select=last"])
     assert t.data.val_files == [] and sorted(t.data.train_files) == sorted(t.data.ds.split_files(100))
-    (tmp_path / "baseline").mkdir()
-    result = t.fit()
-    assert result["selected_epoch"] == 2 and result["selected_on"] == "last"
+    fitted = t.fit()
+    assert fitted.selected_epoch == 2 and fitted.selected_on == "last" and np.isnan(fitted.val_macro_acc)
 
 
-def test_fit_selects_on_validation_only_and_writes_outputs(synth_dataset, tmp_path, monkeypatch):
-    t = _trainer(synth_dataset, tmp_path, overrides=["train.select=val"])
+def test_fit_selects_on_validation_only_and_writes_outputs(make_trainer, monkeypatch):
+    t = make_trainer(overrides=["train.select=val"])
     seen = []
-    real = Trainer.evaluate
+    real = Classifier.logits_of
 
-    def spy(self, files, state_dict=None, model=None):
-        seen.append(("fit" if state_dict is None and model is None else "finish", set(files)))
-        return real(self, files, state_dict, model)
+    def spy(self, store, files):
+        seen.append(set(files))
+        return real(self, store, files)
 
-    monkeypatch.setattr(Trainer, "evaluate", spy)
-    (tmp_path / "baseline").mkdir()
-    result = t.fit()
+    monkeypatch.setattr(Classifier, "logits_of", spy)
+    fitted = t.fit()
+    during_fit, seen[:] = list(seen), []
+    result = finish_unit(t.system, t.cfg, 100, t.data, t.out_dir, fitted, log=lambda m: None)
     val, test = set(t.data.val_files), set(t.data.test_files)
-    assert not val & test and not val & set(t.data.train_files)
-    during_fit = [f for when, f in seen if when == "fit"]
-    assert during_fit and all(f == val for f in during_fit)  # selection never sees test
+    assert val and not val & test and not val & set(t.data.train_files)
+    assert len(during_fit) == 2 and all(f == val for f in during_fit)  # selection never sees test
     # test only for the report: the selected weights in fp32, then the deployed fp16 export
-    assert [f for when, f in seen if when == "finish"] == [test, test]
+    assert seen == [test, test]
     hist = [h["val_macro_acc"] for h in t.history]
     assert result["selected_epoch"] == int(np.argmax(hist)) + 1 and result["val_macro_acc"] == max(hist)
-    out = tmp_path / "baseline"
+    out = t.out_dir
     files, labels, probs = read_dcase_output(out / "output.csv")
     assert len(files) == len(test) and not files[0].startswith("audio/")
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-    assert json.loads((out / "output.complexity.json").read_text())["params"] == 61148
+    params = sum(p.numel() for p in t.model.parameters())
+    assert json.loads((out / "output.complexity.json").read_text())["params"] == params == result["params"]
     assert (out / "class_accuracy.png").stat().st_size > 1000 and (out / "model_fp16.pt").is_file()
-    assert 0.0 <= result["test_macro_acc"] <= 1.0 and result["params"] == 61148
+    assert json.loads((out / "result.json").read_text())["test_macro_acc"] == result["test_macro_acc"]
+    assert 0.0 <= result["test_macro_acc"] <= 1.0
 
 
-def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(synth_dataset, tmp_path):
-    full = _trainer(synth_dataset, tmp_path / "a")
-    (tmp_path / "a" / "baseline").mkdir(parents=True)
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(make_trainer, tmp_path):
+    full = make_trainer(out=tmp_path / "a")
     full.fit()
 
     class Stop(Exception):
@@ -82,12 +71,11 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(synt
     def stop_after_first(m, ckpt):
         raise Stop
 
-    first = _trainer(synth_dataset, tmp_path / "b")
-    (tmp_path / "b" / "baseline").mkdir(parents=True)
+    first = make_trainer(out=tmp_path / "b")
     with pytest.raises(Stop):
         first.fit(stop_after_first)
-    resumed = _trainer(synth_dataset, tmp_path / "b")
-    resumed.load_checkpoint(tmp_path / "b" / "baseline" / "checkpoint")
+    resumed = make_trainer(out=tmp_path / "b")
+    resumed.load_checkpoint(tmp_path / "b" / "checkpoint")
     assert resumed.epoch == 1
     resumed.fit()
     assert len(resumed.history) == 2
@@ -95,74 +83,42 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(synt
         assert torch.allclose(v.float(), resumed.model.state_dict()[k].float(), atol=1e-5), k
 
 
-def test_checkpoint_of_another_architecture_is_refused(synth_dataset, tmp_path):
-    t24 = _trainer(synth_dataset, tmp_path, "bcbl24", ["bcbl.epochs=1"])
-    (tmp_path / "bcbl24").mkdir()
+def test_checkpoint_of_another_architecture_is_refused(make_trainer, tmp_path):
+    t24 = make_trainer("bcbl24", overrides=["bcbl.epochs=1"])
     t24.fit()
-    t32 = _trainer(synth_dataset, tmp_path, "baseline")
+    t32 = make_trainer("baseline")
+    ckpt = tmp_path / "bcbl24" / "checkpoint"
     with pytest.raises(AscRayError) as e:
-        t32.load_checkpoint(tmp_path / "bcbl24" / "checkpoint")
-    assert "checkpoint.pt" in str(e.value) and "--fresh" in str(e.value)
+        t32.load_checkpoint(ckpt)
+    assert e.value.path == str(ckpt / "checkpoint.pt") and "--fresh" in e.value.fix
 
 
-def _cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "asc_ray.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+def _train_cli(capsys, *args) -> tuple[int, str, str]:
+    """`python -m asc_ray.train ARGS` in this process (as run_cli runs it): exit status, stdout, stderr."""
+    from asc_ray.train.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main([str(a) for a in args]))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_cli_kd_student_without_logits_says_what_to_do(synth_dataset, shared_cache, tmp_path, capsys):
+    code, _, err = _train_cli(
+        capsys,
+        *("--system", "kd_ensemble", "--data-dir", synth_dataset, "--split", "100"),
+        *("--epochs", "1", "--output-dir", tmp_path, "--profile", "smoke", f"data.cache_dir={shared_cache}"),
     )
+    assert code == 2 and "Traceback" not in err
+    msg = err[err.index("error: ") :].splitlines()  # one message: the problem with the file, then the fix
+    assert len(msg) == 2 and str(tmp_path / "logits" / "teachers_split100.parquet") in msg[0]
+    assert msg[1].startswith("  fix: ")
 
 
-def test_cli_trains_one_model(synth_dataset, tmp_path):
-    r = _cli(
-        "--system",
-        "baseline",
-        "--data-dir",
-        str(synth_dataset),
-        "--split",
-        "100",
-        "--epochs",
-        "1",
-        "--output-dir",
-        str(tmp_path),
-        "--profile",
-        "smoke",
-        "bcbl.batch_size=16",
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "epoch 1/1" in r.stdout and "test macro accuracy" in r.stdout
-    res = json.loads((tmp_path / "split100" / "baseline" / "result.json").read_text())
-    assert res["system"] == "baseline" and res["split"] == 100
-
-
-def test_cli_kd_student_without_logits_says_what_to_do(synth_dataset, tmp_path):
-    r = _cli(
-        "--system",
-        "kd_ensemble",
-        "--data-dir",
-        str(synth_dataset),
-        "--split",
-        "100",
-        "--epochs",
-        "1",
-        "--output-dir",
-        str(tmp_path),
-        "--profile",
-        "smoke",
-        cwd=tmp_path,
-    )
-    assert r.returncode == 2
-    assert "teachers_split100.parquet" in r.stderr and "fix:" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_cli_kd_student_trains_from_a_logits_table(synth_dataset, tmp_path):
+def test_cli_trains_a_kd_student_from_a_logits_table(synth_dataset, shared_cache, tmp_path, capsys):
+    """--logits: a kd_ensemble student learns from any table over its split; it writes what tfs learns from."""
+    from asc_ray.data.logits import write_logits_table
     from asc_ray.data.tau import TauDataset
-    from asc_ray.logits import write_logits_table
 
     ds = TauDataset.open(synth_dataset)
     files = ds.split_files(100)
@@ -174,47 +130,82 @@ def test_cli_kd_student_trains_from_a_logits_table(synth_dataset, tmp_path):
         ds.devices(files),
         {"bcbl32_fms": rng.normal(size=(len(files), 10)), "passt_dir": rng.normal(size=(len(files), 10))},
     )
-    r = _cli(
-        "--system",
-        "kd_ensemble",
-        "--data-dir",
-        str(synth_dataset),
-        "--split",
-        "100",
-        "--epochs",
-        "1",
-        "--output-dir",
-        str(tmp_path),
-        "--profile",
-        "smoke",
-        "--logits",
-        str(tmp_path / "t.parquet"),
-        "bcbl.batch_size=16",
-        cwd=tmp_path,
+    code, out, err = _train_cli(
+        capsys,
+        *("--system", "kd_ensemble", "--data-dir", synth_dataset, "--split", "100"),
+        *(
+            "--epochs",
+            "1",
+            "--output-dir",
+            tmp_path,
+            "--profile",
+            "smoke",
+            "--logits",
+            tmp_path / "t.parquet",
+        ),
+        *("bcbl.batch_size=16", f"data.cache_dir={shared_cache}"),
     )
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "split100" / "kd_ensemble" / "split_logits.npy").is_file()  # for tfs
+    assert code == 0, err
+    unit = tmp_path / "split100" / "kd_ensemble"
+    assert np.load(unit / "split_logits.npy").shape == (len(files), 10)  # for tfs
+    res = json.loads((unit / "result.json").read_text())
+    assert res["system"] == "kd_ensemble" and res["selected_epoch"] == 1 and str(unit) in out
+
+
+def _cli(*args, cwd):
+    return run_py(["-m", "asc_ray.train", *map(str, args)], cwd=cwd, timeout=600)
 
 
 @pytest.mark.slow
+def test_cli_trains_one_model(synth_dataset, tmp_path):
+    r = _cli(
+        *("--system", "baseline", "--data-dir", synth_dataset, "--split", "100", "--epochs", "1"),
+        *("--output-dir", tmp_path, "--profile", "smoke", "bcbl.batch_size=16"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "split100" / "baseline" / "result.json").read_text())
+    assert res["system"] == "baseline" and res["split"] == 100 and res["selected_epoch"] == 1
+    # its progress and its figures on the console: the epoch, and the test accuracy of the record
+    assert "epoch 1/1" in r.stdout and f"{100 * res['test_macro_acc']:.2f}%" in r.stdout
+
+
+@pytest.mark.slow
+def test_cli_kd_student_without_logits_exits_2_with_one_message(synth_dataset, tmp_path):
+    r = _cli(
+        *("--system", "kd_ensemble", "--data-dir", synth_dataset, "--split", "100", "--epochs", "1"),
+        *("--output-dir", tmp_path, "--profile", "smoke"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "teachers_split100.parquet" in r.stderr and "fix:" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_bcbl32_teacher_hears_44k(synth_dataset, tmp_path):
+    r = _cli(
+        *("--system", "bcbl32_fms", "--data-dir", synth_dataset, "--split", "100", "--epochs", "1"),
+        *("--output-dir", tmp_path, "--profile", "smoke", "bcbl.batch_size=16"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/1 " in r.stdout  # --epochs is exact for a teacher too (not the smoke teachers' 24)
+    res = json.loads((tmp_path / "split100" / "bcbl32_fms" / "result.json").read_text())
+    assert res["sample_rate"] == 44100 and res["input_shape"] == "1x256x89"
+    assert 39e6 < res["macs"] < 41e6 and res["tested_in"] == "fp32"
+    assert res["input_shape"] in r.stdout  # what it hears, printed before it trains
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_32_bcbl_learns_the_synthetic_scenes(tmp_path):
     """A few epochs on the default synthetic set: clearly above chance (10 %)."""
     from asc_ray.data.synth import generate
 
     d = generate(tmp_path / "tau", seed=0)
     r = _cli(
-        "--system",
-        "baseline",
-        "--data-dir",
-        str(d),
-        "--split",
-        "100",
-        "--epochs",
-        "12",
-        "--output-dir",
-        str(tmp_path / "o"),
-        "--profile",
-        "smoke",
+        *("--system", "baseline", "--data-dir", d, "--split", "100", "--epochs", "12"),
+        *("--output-dir", tmp_path / "o", "--profile", "smoke"),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -223,18 +214,18 @@ def test_a_32_bcbl_learns_the_synthetic_scenes(tmp_path):
 
 
 # --- issue 10: what Table 3 depends on ---------------------------------------------------------------
-def test_each_unit_trains_with_its_own_stable_seed(synth_dataset, tmp_path):
+def test_each_unit_trains_with_its_own_stable_seed(make_trainer):
     """Independent teachers: three bcbl32 teachers of a split start from different weights."""
     from asc_ray.train import unit_seed
 
     names = ("bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir")
-    trainers = [_trainer(synth_dataset, tmp_path, n) for n in names]
+    trainers = [make_trainer(n) for n in names]
     assert len({t.seed for t in trainers}) == 3
     assert [t.seed for t in trainers] == [unit_seed(0, n, 100) for n in names]  # stable run to run
     assert unit_seed(0, "bcbl32_fms", 50) != unit_seed(0, "bcbl32_fms", 100)
     w = [t.model.state_dict()["in_c.0.0.weight"] for t in trainers]  # the first convolution
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
-    again = _trainer(synth_dataset, tmp_path, "bcbl32_fms")
+    again = make_trainer("bcbl32_fms")
     assert all(
         torch.equal(a, b)
         for a, b in zip(
@@ -243,11 +234,9 @@ def test_each_unit_trains_with_its_own_stable_seed(synth_dataset, tmp_path):
     )
 
 
-def test_data_parallel_ranks_share_weights_but_draw_their_own_augmentations(synth_dataset, tmp_path):
-    cfg = load_config("smoke", None, TINY)
-    s = get_system("bcbl32_fms_dir")  # mixup + FMS + DIR
-    data = prepare_data(cfg, synth_dataset, tmp_path, 100, s, progress=False)
-    ranks = [Trainer(s, cfg, data, tmp_path / f"r{r}", 100, rank=r, world_size=2) for r in (0, 1)]
+def test_data_parallel_ranks_share_weights_but_draw_their_own_augmentations(make_trainer, tmp_path):
+    s = "bcbl32_fms_dir"  # mixup + FMS + DIR
+    ranks = [make_trainer(s, out=tmp_path / f"r{r}", rank=r, world_size=2) for r in (0, 1)]
     for a, b in zip(ranks[0].model.state_dict().values(), ranks[1].model.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # DDP would sync them anyway: start identical
     batch = next(iter(ranks[0].batches))
@@ -256,19 +245,36 @@ def test_data_parallel_ranks_share_weights_but_draw_their_own_augmentations(synt
     assert not torch.equal(y0, y1) and not torch.allclose(x0, x1)  # different mixup partners / lambdas
     x0b, y0b, _ = ranks[0].prepare_inputs(batch, ranks[0].epoch_generator())
     assert torch.equal(x0, x0b) and torch.equal(y0, y0b)  # the same rank and epoch repeat themselves
+    # each rank trains its own half of the training files (asc_ray.train.shard)
+    files = [set(t.batches.files) for t in ranks]
+    assert files[0] and files[1] and not files[0] & files[1]
 
 
-def test_baseline_is_the_official_recipe_and_says_so_in_its_params(synth_dataset, tmp_path):
-    from asc_ray.train import build_optimizer, unit_params
+def test_shard_gives_each_rank_every_nth_file_in_equal_numbers():
+    from asc_ray.train import shard
 
-    cfg = load_config("full", None, ["train.num_threads=1"])
+    files = [f"f{i}" for i in range(11)]
+    logits = np.arange(11 * 10, dtype=np.float32).reshape(11, 10)
+    parts = [shard(files, logits, r, 3) for r in range(3)]
+    assert [p[0] for p in parts] == [["f0", "f3", "f6"], ["f1", "f4", "f7"], ["f2", "f5", "f8"]]
+    for got_files, got_logits in parts:  # the teacher logits follow their files
+        assert np.array_equal(got_logits, logits[[int(f[1:]) for f in got_files]])
+    assert not set.intersection(*(set(p[0]) for p in parts))  # disjoint; the remainder (f9, f10) left out
+    assert shard(files, None, 1, 2) == (["f1", "f3", "f5", "f7", "f9"], None)
+    assert shard(files, logits, 0, 1) == (files, logits)  # one rank: everything, unchanged
+
+
+def test_baseline_is_the_official_recipe_and_says_so_in_its_params(make_trainer):
+    from asc_ray.models import get_architecture
+    from asc_ray.pipeline.unit import unit_params
+    from asc_ray.systems import epochs, hparams
+
     got = {}
     for name in ("baseline", "bcbl24"):
-        s = get_system(name)
-        data = prepare_data(cfg, synth_dataset, tmp_path, 100, s, progress=False)
-        t = Trainer(s, cfg, data, tmp_path / name, 100, log=lambda m: None)
-        opt, _ = build_optimizer(s, cfg, t.model, steps_per_epoch=1000)
-        got[name] = (unit_params(t), opt.param_groups[0]["lr"], t.roll)
+        t = make_trainer(name, profile="full", overrides=["bcbl.epochs=150"])
+        s, cfg = t.system, t.cfg
+        opt, _ = get_architecture(s.model).optimizer(t.model, hparams(s, cfg), 1000, epochs(s, cfg, 1000))
+        got[name] = (unit_params(s, cfg, t), opt.param_groups[0]["lr"], t.roll)
     params, lr0, roll = got["baseline"]
     assert params["warmup_steps"] == 2000 and params["roll_s"] == 0.1  # readable in its MLflow params
     assert lr0 == pytest.approx(0.005 / 2000) and roll == 3200  # 0.1 s at 32 kHz
@@ -278,21 +284,18 @@ def test_baseline_is_the_official_recipe_and_says_so_in_its_params(synth_dataset
     assert got["baseline"][0]["input_shape"] == "1x256x65" and got["baseline"][0]["sample_rate"] == 32000
 
 
-def test_the_reported_test_accuracy_is_the_fp16_models(synth_dataset, tmp_path, monkeypatch):
-    from asc_ray import outputs
+def test_the_reported_test_accuracy_is_the_fp16_models(make_trainer, monkeypatch):
     from asc_ray.metrics import evaluate
-    from asc_ray.predict import load_trained
+    from asc_ray.train import outputs
 
-    logs = []
     monkeypatch.setattr(outputs, "FP16_WARN_DROP", -1.0)  # any drop at all warns: see that the warning fires
-    t = _trainer(synth_dataset, tmp_path)
-    t.log = logs.append
-    (tmp_path / "baseline").mkdir()
-    result = t.fit()
-    out = tmp_path / "baseline"
-    fp16 = load_trained(t.system, t.cfg, out / "model_fp16.pt")
-    assert next(fp16.parameters()).dtype == torch.float16
-    logits16 = t.predict(t.data.test_files, model=fp16)
+    t = make_trainer()
+    logs = []
+    result = _finish(t, log=logs.append)
+    out = t.out_dir
+    fp16 = Classifier.from_weights(unit_spec(t.system, t.cfg), out / "model_fp16.pt")
+    assert next(fp16.model.parameters()).dtype == torch.float16
+    logits16 = fp16.logits_of(t.data.store, t.data.test_files)
     res16 = evaluate(logits16, t.data.ds.labels(t.data.test_files), t.data.ds.devices(t.data.test_files))
     assert result["test_macro_acc"] == res16.metrics["macro_acc"] and result["tested_in"] == "fp16"
     assert "test_macro_acc_fp32" in result
@@ -302,78 +305,51 @@ def test_the_reported_test_accuracy_is_the_fp16_models(synth_dataset, tmp_path, 
     assert any("WARNING" in m and "fp16" in m for m in logs)
 
 
-def test_cli_bcbl32_teacher_hears_44k(synth_dataset, tmp_path):
-    r = _cli(
-        "--system",
-        "bcbl32_fms",
-        "--data-dir",
-        str(synth_dataset),
-        "--split",
-        "100",
-        "--epochs",
-        "1",
-        "--output-dir",
-        str(tmp_path),
-        "--profile",
-        "smoke",
-        "bcbl.batch_size=16",
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "epoch 1/1 " in r.stdout  # --epochs is exact for a teacher too (not the smoke teachers' 24)
-    assert "1x256x89 at 44.1 kHz" in r.stdout
-    res = json.loads((tmp_path / "split100" / "bcbl32_fms" / "result.json").read_text())
-    assert res["sample_rate"] == 44100 and res["input_shape"] == "1x256x89"
-    assert 39e6 < res["macs"] < 41e6 and res["tested_in"] == "fp32"
-
-
 @pytest.mark.parametrize("profile", ["smoke", "full"])
 def test_epochs_option_is_exact_for_every_system(profile):
     """`--epochs N` (python -m asc_ray.train and every job: train.epochs=N) trains N epochs whatever the
     system: neither the smoke profile's 32-BCBL teacher epochs, nor the min_steps floor, nor a family's epochs
     given on the command line change it; it is in every unit's resume key."""
-    from asc_ray.cli import parse
-    from asc_ray.systems import SYSTEMS
-    from asc_ray.train import train_epochs, unit_config
+    from asc_ray.cli.jobs import parse
+    from asc_ray.pipeline.keys import unit_config
+    from asc_ray.systems import SYSTEMS, epochs
 
     argv = ["--data-dir", "D", "--output-dir", "O", "--profile", profile, "--epochs", "3"]
     _, cfg = parse([*argv[:-2], "bcbl.epochs=7", *argv[-2:], "passt.epochs=7"], "test")  # options anywhere
     plain = load_config(profile, None, [])
     for name, system in SYSTEMS.items():
-        assert train_epochs(system, cfg, steps_per_epoch=1) == 3, name
-        assert train_epochs(system, plain, steps_per_epoch=1) != 3, name
+        assert epochs(system, cfg, steps_per_epoch=1) == 3, name
+        assert epochs(system, plain, steps_per_epoch=1) != 3, name
         assert unit_config(cfg, system) != unit_config(plain, system), name
         assert "train.epochs" not in unit_config(plain, system)  # off: keys made before it existed still hold
     with pytest.raises(SystemExit):  # argparse refuses it with a message, before anything loads
         parse([*argv[:-1], "0"], "test")
 
 
-def test_min_steps_gives_a_tiny_split_more_epochs_and_the_schedule_follows(synth_dataset, tmp_path):
+def test_min_steps_gives_a_tiny_split_more_epochs_and_the_schedule_follows(make_trainer, tmp_path):
     """train.min_steps: a split whose epochs make fewer optimizer steps trains more epochs (the smoke profile's
     split 5 has a few batches an epoch: 12 epochs left every system at chance). The LR schedule spans them all,
     the effective epochs are an MLflow param, and the key is in the units' resume keys."""
-    from asc_ray.train import unit_config, unit_params
+    from asc_ray.pipeline.keys import unit_config
+    from asc_ray.pipeline.unit import unit_params
 
-    plain = _trainer(synth_dataset, tmp_path / "a")
+    plain = make_trainer(out=tmp_path / "a")
     steps = len(plain.batches)
-    assert plain.h["epochs"] == 2  # min_steps 0 (the full profile's default): epochs as configured
-    t = _trainer(synth_dataset, tmp_path / "b", overrides=[f"train.min_steps={5 * steps + 1}"])
-    assert t.h["epochs"] == 6 and unit_params(t)["train_epochs"] == 6
-    (tmp_path / "b" / "baseline").mkdir(parents=True)
+    assert plain.epochs == 2  # min_steps 0 (the full profile's default): epochs as configured
+    t = make_trainer(out=tmp_path / "b", overrides=[f"train.min_steps={5 * steps + 1}"])
+    assert t.epochs == 6 and unit_params(t.system, t.cfg, t)["train_epochs"] == 6
     t.fit()
     assert len(t.history) == 6 and t.sched.last_epoch == 6 * steps
-    assert t.sched.get_last_lr()[0] < 1e-3 * t.h["lr"]  # the cosine reached its end at the last step
-    big = _trainer(synth_dataset, tmp_path / "c", overrides=[f"train.min_steps={steps}"])
-    assert big.h["epochs"] == 2  # enough steps already: never fewer epochs than configured
+    assert t.sched.get_last_lr()[0] < 1e-3 * t.h.lr  # the cosine reached its end at the last step
+    big = make_trainer(out=tmp_path / "c", overrides=[f"train.min_steps={steps}"])
+    assert big.epochs == 2  # enough steps already: never fewer epochs than configured
     assert unit_config(t.cfg, t.system)["train.min_steps"] == 5 * steps + 1
 
 
-def test_fp16_on_a_cpu_runs_in_the_default_layout(synth_dataset, tmp_path, monkeypatch):
+def test_fp16_on_a_cpu_runs_in_the_default_layout(make_trainer, tmp_path, monkeypatch):
     """Half precision on a CPU without fp16 units is 2.7x slower channels-last (docs/benchmarks.md): the test
     pass of the fp16 export runs contiguous there; its logits are the fp32 model's up to fp16 rounding."""
-    from asc_ray.predict import load_trained
-
-    t = _trainer(synth_dataset, tmp_path)
+    t = make_trainer()
     assert t.channels_last and t.device.type == "cpu"
     torch.save({k: v.half() for k, v in t.model.state_dict().items()}, tmp_path / "m16.pt")
     layouts = []
@@ -387,10 +363,11 @@ def test_fp16_on_a_cpu_runs_in_the_default_layout(synth_dataset, tmp_path, monke
         ),
     )
     files = t.data.test_files[:8]
-    fp16 = load_trained(t.system, t.cfg, tmp_path / "m16.pt").to(memory_format=torch.channels_last)
-    got = t.predict(files, model=fp16)
+    spec = unit_spec(t.system, t.cfg)
+    fp16 = Classifier.from_weights(spec, tmp_path / "m16.pt", channels_last=True)  # as training ran it
+    got = fp16.logits_of(t.data.store, files)
     assert layouts and all(plain for plain, _ in layouts)
     layouts.clear()
-    want = t.predict(files)  # the fp32 model keeps channels-last
+    want = t.classifier().logits_of(t.data.store, files)  # the fp32 model keeps channels-last
     assert layouts and all(cl for _, cl in layouts) and not all(plain for plain, _ in layouts)
     assert np.abs(got - want).max() < 0.05 * max(1.0, np.abs(want).max())
