@@ -8,9 +8,11 @@ import argparse
 from asc_ray.config import add_config_arguments, config_from_args, split_list
 from asc_ray.data.tau import SPLITS
 
+STAGES = ("teachers", "logits", "students", "evaluate")  # the whole graph, then the results
 
-def parse(argv: list[str] | None, description: str):
-    p = argparse.ArgumentParser(description=description)
+
+def parse(argv: list[str] | None, description: str, prog: str | None = None):
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--data-dir", help="TAU22 development set (meta.csv, audio/, split files)")
     p.add_argument("--output-dir", help="where teachers, logits, students and results go")
     p.add_argument(
@@ -31,9 +33,28 @@ def parse(argv: list[str] | None, description: str):
     return a, cfg
 
 
-def run_stages(argv: list[str] | None, stages: tuple[str, ...], description: str) -> int:
-    args, cfg = parse(argv, description)  # first: a bad option or config key is refused before Ray loads
+def run_stages(
+    argv: list[str] | None, stages: tuple[str, ...], description: str, prog: str | None = None
+) -> int:
+    args, cfg = parse(
+        argv, description, prog
+    )  # first: a bad option or config key is refused before Ray loads
     from asc_ray.pipeline.run import Pipeline  # Ray takes seconds to import: not for --help or a typo
 
     Pipeline(cfg, args.data_dir, args.output_dir, args.splits, fresh=args.fresh).run(stages)
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "asc-ray run") -> int:
+    """`asc-ray run`: the whole pipeline, as jobs/full_pipeline.py (which `ray job submit` runs)."""
+    return run_stages(argv, STAGES, "The whole pipeline: teachers -> logits -> students -> results.", prog)
+
+
+def config(argv: list[str] | None = None, prog: str = "asc-ray config") -> int:
+    """`asc-ray config`: the resolved config as YAML (what --print-config prints)."""
+    p = argparse.ArgumentParser(prog=prog, description="Print the resolved config as YAML.")
+    add_config_arguments(p)
+    a = p.parse_intermixed_args(argv)
+    a.print_config = True
+    config_from_args(a)
     return 0

@@ -379,9 +379,14 @@ def download_tau22(
     return check_dataset(dest, official=official)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
+    """`asc-ray data DATASET DIR ...`: only tau22 (the TAU22 development set) so far."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["tau22"]:
+        print(f"usage: {prog} tau22 DIR [--from URL] [--keep-archives] [--retries N]", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     p = argparse.ArgumentParser(
-        prog="asc-ray data tau22",
+        prog=f"{prog} tau22",
         description="Download the TAU Urban Acoustic Scenes 2022 Mobile development set (Zenodo record "
         f"{TAU22_RECORD}, ~26 GB of zips), the DCASE 2024 split files and the 66 MicIRP device impulse "
         "responses into DIR, in the layout the pipeline reads; then check it as the pre-flight does.",
@@ -411,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="further tries of a download that fails on the network, each resuming (default: %(default)s)",
     )
-    a = p.parse_args(argv)
+    a = p.parse_args(argv[1:])
     if a.mirror is not None and urllib.parse.urlsplit(a.mirror).scheme not in ("http", "https", "file"):
         raise AscRayError(
             "--from takes a URL (http://, https:// or file://)",
@@ -429,10 +434,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if args[:1] != ["tau22"]:
-        print(
-            "usage: python -m asc_ray.data.download tau22 DIR [--from URL] [--keep-archives]", file=sys.stderr
-        )
-        sys.exit(2)
-    run_cli(lambda: main(args[1:]))
+    run_cli(lambda: main(prog="python -m asc_ray.data.download"))

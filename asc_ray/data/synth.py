@@ -301,11 +301,16 @@ def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m asc_ray.data.synth", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "asc-ray synth") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output directory (new or empty)")
-    ap.add_argument("--clips-per-class", type=int, default=40, help="clips per scene, train + test (>= 3)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--clips-per-class",
+        type=int,
+        default=40,
+        help="clips per scene, train + test, >= 3 (default: %(default)s)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
         generate(args.out, args.clips_per_class, args.seed)

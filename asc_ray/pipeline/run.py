@@ -32,7 +32,7 @@ from asc_ray.pipeline.unit import UnitJob
 from asc_ray.systems import get_system
 from asc_ray.train import read_record, unit_dir
 
-STAGES = ("teachers", "logits", "students", "evaluate")
+STAGES = ("teachers", "logits", "students", "evaluate")  # the stage jobs each run a part of the graph
 
 
 class Pipeline:

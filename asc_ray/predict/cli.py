@@ -25,9 +25,9 @@ def _table(names: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> s
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "asc-ray-predict") -> int:
     p = argparse.ArgumentParser(
-        prog="asc-ray-predict",
+        prog=prog,
         description="Classify recordings into the 10 TAU acoustic scenes with a trained asc-ray model.",
         epilog="Audio of any sample rate, channel count and length that soundfile reads is accepted: channels "
         "are averaged, the audio is resampled to the model's rate (32 kHz, or 44.1 kHz for bcbl24). Clips "

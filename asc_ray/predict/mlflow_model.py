@@ -192,8 +192,6 @@ def _description(r: Mapping) -> str:
 def register_student(client, result: Mapping, output_dir: str | Path | None = None):
     """A version of asc-ray-<system>-split<N> for one student result (dict of result.json + key + run_id),
     or the existing one when a version of the same unit key is there. Returns the ModelVersion or None."""
-    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
-
     run_id, key = result.get("run_id"), result.get("key")
     if not run_id or not key:
         return None
@@ -225,10 +223,72 @@ def register_student(client, result: Mapping, output_dir: str | Path | None = No
         "params": str(result.get("params", "")),
         "macs": str(result.get("macs", "")),
     }
-    source = RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/{ARTIFACT_PATH}")
+    # the run's own artifact location, from this client's store (resolving runs:/ would ask the process's
+    # default tracking URI, which need not be the store the pipeline logs to)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
     return client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=_description(result), await_creation_for=0
     )
+
+
+# ------------------------------------------------------------------------------------------- aliases
+# The registry's aliases, as MLflow's docs use them: @challenger is the version just trained; @champion is the one
+# to serve. The champion moves to a new version only where the validation holdout shows it better (never test:
+# a model picked on test would have its test figure biased), or when a person promotes it.
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def _val(version) -> float:
+    try:
+        return float(version.tags.get("val_macro_acc", "nan"))
+    except ValueError:
+        return float("nan")
+
+
+def set_aliases(client, version) -> str:
+    """@challenger on `version`; @champion too where it has none yet or `version` is better on validation.
+    Returns what happened to @champion, in words."""
+    name = version.name
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MLflow raises when the alias is not set
+        champion = None
+    if champion is not None and champion.version == version.version:
+        return f"@{CHAMPION} is this version"
+    new, old = _val(version), (_val(champion) if champion is not None else float("nan"))
+    if champion is None or new > old:  # NaN (no holdout) is never better
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        why = "the first version" if champion is None else f"val {100 * new:.2f} % > {100 * old:.2f} %"
+        return f"@{CHAMPION} moved here ({why})"
+    why = (
+        "no validation holdout to compare on" if new != new else f"val {100 * new:.2f} % <= {100 * old:.2f} %"
+    )
+    return (
+        f"@{CHAMPION} stays on version {champion.version} ({why}; asc-ray promote {name} {version.version})"
+    )
+
+
+def promote_version(tracking_uri: str, name: str, version: str, alias: str = CHAMPION) -> str:
+    """Point `alias` of the registered model `name` at `version` (a number, or an alias such as challenger)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    fix = f"list its versions in the MLflow UI (Models) or with `mlflow models` against {tracking_uri}"
+    try:
+        v = (
+            client.get_model_version(name, version)
+            if version.isdigit()
+            else client.get_model_version_by_alias(name, version)
+        )
+    except Exception as e:  # noqa: BLE001 - unknown model, version or alias
+        raise AscRayError(
+            f"no version '{version}' of registered model '{name}': {str(e).splitlines()[0][:200]}",
+            path=tracking_uri,
+            fix=fix,
+        ) from None
+    client.set_registered_model_alias(name, alias, v.version)
+    return str(v.version)
 
 
 # --------------------------------------------------------------------------------------------- the UI
@@ -291,7 +351,11 @@ def register_students(
         for r in sorted(students, key=lambda r: (int(r["split"]), r["system"])):
             v = register_student(client, r, output_dir)
             if v is not None:
-                log(f"MLflow model: models:/{v.name}/{v.version} ({100 * float(r['test_macro_acc']):.2f} %)")
+                champion = set_aliases(client, v)
+                log(
+                    f"MLflow model: models:/{v.name}/{v.version} ({100 * float(r['test_macro_acc']):.2f} %), "
+                    f"@{CHALLENGER}; {champion}"
+                )
         table = {
             c: [
                 r[c] if c in ("system", "split") else round(100 * float(r[c]), 2)

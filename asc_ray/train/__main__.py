@@ -25,10 +25,8 @@ from asc_ray.train.outputs import finish_unit
 from asc_ray.train.trainer import Trainer
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m asc_ray.train", description="Train and evaluate one model (no Ray)."
-    )
+def main(argv: list[str] | None = None, prog: str = "python -m asc_ray.train") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Train and evaluate one model (no Ray).")
     p.add_argument("--system", metavar="SYSTEM", help="a teacher or student: " + ", ".join(SYSTEMS))
     p.add_argument("--split", type=int, choices=SPLITS, help="training split, %% of the train fold")
     p.add_argument("--data-dir", help="TAU22 development set (meta.csv, audio/, split files)")

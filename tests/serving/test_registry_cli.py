@@ -1,0 +1,153 @@
+"""A registered student by alias, from the `asc-ray` command: @challenger on each new version, @champion moved
+only by the validation holdout (never test) or by `asc-ray promote`; `asc-ray serve` answers over HTTP from a
+shell without the venv on PATH, and `asc-ray mlflow-ui` serves the store it names."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asc_ray.predict import load_classifier
+from asc_ray.predict.mlflow_model import CHALLENGER, CHAMPION, log_unit_model, register_students
+from asc_ray.tracking import Tracker
+
+pytestmark = pytest.mark.slow
+NAME = "asc-ray-baseline-split100"
+ASC_RAY = [str(Path(sys.executable).parent / "asc-ray")]  # the console script, as a user runs it
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Until `url` answers 200 (the server is up), or the process died."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)  # polling a server that is starting: there is no event to wait on
+    raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _bare_env(uri: str) -> dict:
+    """A shell that has not activated the venv: no venv bin/ on PATH."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    return {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri}
+
+
+@pytest.fixture(scope="module")
+def registry(student_unit, tmp_path_factory):
+    """Three versions of one student, registered as pipeline runs do, with validation figures 0.5, 0.4, 0.6."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    t = Tracker(uri, "asc-ray")
+    base = json.loads((student_unit / "result.json").read_text())
+    champions = []
+    for i, val in enumerate((0.5, 0.4, 0.6)):
+        parent = t.start_run(f"pipeline {i}", {"role": "pipeline"})
+        run_id = t.start_run("baseline split100", {"role": "student"}, parent)
+        log_unit_model(t, run_id, student_unit)
+        t.finish(run_id)
+        rec = {**base, "run_id": run_id, "key": f"key{i}", "val_macro_acc": val}
+        lines = []
+        register_students(t, parent, [rec], None, log=lines.append)
+        champions.append(lines[0])
+    return {"uri": uri, "lines": champions, "root": root}
+
+
+def test_challenger_is_the_latest_and_champion_moves_only_on_validation(registry):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=registry["uri"])
+    assert c.get_model_version_by_alias(NAME, CHALLENGER).version == "3"
+    assert c.get_model_version_by_alias(NAME, CHAMPION).version == "3"  # 0.6 > 0.5 (0.4 did not move it)
+    first, second, third = registry["lines"]
+    assert "moved here (the first version)" in first
+    assert "stays on version 1" in second and "asc-ray promote" in second
+    assert "moved here" in third
+
+
+def test_promote_by_hand_and_load_by_alias(registry):
+    r = subprocess.run(
+        [*ASC_RAY, "promote", NAME, "2", "--tracking-uri", registry["uri"]], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    os.environ["MLFLOW_TRACKING_URI"] = registry["uri"]
+    try:
+        clf = load_classifier(f"models:/{NAME}@{CHAMPION}")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    assert clf.spec["system"] == "baseline"
+    from mlflow.tracking import MlflowClient
+
+    assert (
+        MlflowClient(tracking_uri=registry["uri"]).get_model_version_by_alias(NAME, CHAMPION).version == "2"
+    )
+    bad = subprocess.run(
+        [*ASC_RAY, "promote", NAME, "9", "--tracking-uri", registry["uri"]], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and NAME in bad.stderr and "fix:" in bad.stderr
+
+
+def test_serve_by_alias_from_a_shell_without_the_venv(registry, student_unit):
+    port = _port()
+    cmd = [*ASC_RAY, "serve", f"models:/{NAME}@{CHALLENGER}", "--port", str(port)]
+    p = subprocess.Popen(
+        cmd, env=_bare_env(registry["uri"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", p)
+        waves = np.random.default_rng(0).standard_normal((2, 32000)).astype(np.float32) * 0.1
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": waves.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.loads(r.read())["predictions"]
+        got = np.array(
+            [[row[c] for c in load_classifier(str(student_unit)).spec["classes"]] for row in answer]
+        )
+        want = load_classifier(str(student_unit)).probabilities(list(waves))
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+def test_mlflow_ui_serves_the_store_it_names(registry):
+    port = _port()
+    cmd = [*ASC_RAY, "mlflow-ui", "--tracking-uri", registry["uri"], "--port", str(port)]
+    p = subprocess.Popen(
+        cmd,
+        env=_bare_env("sqlite:///elsewhere.db"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", p)
+        url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/registered-models/get?name={NAME}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert json.loads(r.read())["registered_model"]["name"] == NAME
+    finally:
+        p.terminate()
+        p.wait(30)
+    assert f"http://127.0.0.1:{port}" in p.stdout.read()
