@@ -578,23 +578,23 @@ def test_preflight_storage_checks_on_the_manifests_paths(tmp_path, monkeypatch):
     args, cfg = entrypoint_config()
     uri = value(env_of(first_container(ray_pods()["head"])), "MLFLOW_TRACKING_URI")
     out, mount = Path(args.output_dir), shared_mount()
+    job_copy = tmp_path / "tmp/ray/session_latest/runtime_resources/working_dir_files/_ray_pkg_0"
+    job_copy.mkdir(parents=True)
+    monkeypatch.chdir(job_copy)  # where the driver runs under the RayJob: its working_dir's copy
+    job_config = {"runtime_env": {"working_dir": "gcs://_ray_pkg_0.zip"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job_config))
+
     folders = cluster_folders(cfg, out, uri, None)
     # the MLflow server holds the runs and artifacts: only the output dir and storage_path must be shared
     assert [f[0] for f in folders] == [out, Path(cfg["storage_path"])]
     assert all(under(f[0], mount) for f in folders)
+    refuse_job_working_dir(folders)
 
     def node_view(p: Path | str) -> Path:
         return tmp_path / Path(p).relative_to("/")
 
     local = [(node_view(f), what, why, fix) for f, what, why, fix in folders]
-    job_copy = tmp_path / "tmp/ray/session_latest/runtime_resources/working_dir_files/_ray_pkg_0"
-    job_copy.mkdir(parents=True)
-    monkeypatch.chdir(job_copy)  # the driver's current dir under the RayJob
-    monkeypatch.setenv(
-        "RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0.zip"}})
-    )
-    refuse_job_working_dir(local)
     shared = write_tokens(node_view(out), local)
-    assert unseen(shared) == []
+    assert unseen(shared) == []  # a pod that mounts the volume reads every token back
     monkeypatch.setenv(NOT_MOUNTED_ENV, str(node_view(mount)))
-    assert unseen(shared) == shared
+    assert unseen(shared) == shared  # one that does not is caught
