@@ -31,7 +31,7 @@ from asc_ray.errors import AscRayError
 from asc_ray.lock import OutputLock
 
 SPOOL_DIR = "mlflow_spool"  # under the output dir: MLflow calls made while the server was down
-DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3's own default: `mlflow ui` in the working directory shows it
+DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default since 3.7: a bare `mlflow ui` in the same folder shows it
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:

@@ -36,7 +36,7 @@ INPUT_FDIM = 128
 S_PATCHOUT_T, S_PATCHOUT_F = 0, 6
 # small variant for CPU runs: same code, narrow and shallow, trained from scratch on a few hundred clips. No
 # structured patchout: dropping 6 of its 12 frequency rows each step regularises an 85 M-parameter pretrained
-# model, but a 2-layer model from scratch underfits with it (docs/benchmarks.md)
+# model, but a 2-layer model from scratch underfits with it
 SMALL = dict(embed_dim=64, depth=2, num_heads=4)
 SMALL_PATCHOUT_F = 0
 SIZES = ("full", "small")
