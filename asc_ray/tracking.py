@@ -31,7 +31,9 @@ from asc_ray.errors import AscRayError
 from asc_ray.lock import OutputLock
 
 SPOOL_DIR = "mlflow_spool"  # under the output dir: MLflow calls made while the server was down
-DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default since 3.7: a bare `mlflow ui` in the same folder shows it
+DEFAULT_URI = (
+    "sqlite:///mlflow.db"  # MLflow's own default since 3.7: a bare `mlflow ui` in the same folder shows it
+)
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -79,8 +81,45 @@ def local_artifact_path(location: str | None) -> Path | None:
     return Path(location).resolve()
 
 
+MOUNTS = Path("/proc/mounts")
+# file systems whose locks SQLite cannot trust: several writers over them lose or corrupt the database
+NETWORK_FS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "lustre",
+    "glusterfs",
+    "ceph",
+    "gpfs",
+    "beegfs",
+    "fuse.sshfs",
+)
+
+
+def network_filesystem(path: Path) -> str | None:
+    """The type of the network file system `path` lies on (nfs4, cifs, ...), None for a local disk (or where
+    /proc/mounts cannot tell: not Linux)."""
+    try:
+        rows = [line.split() for line in MOUNTS.read_text().splitlines()]
+    except OSError:
+        return None
+    path = Path(path).resolve()
+    best, fstype = -1, None
+    for row in rows:
+        if len(row) < 3:
+            continue
+        point = Path(row[1].replace("\\040", " "))
+        if (path == point or point in path.parents) and len(point.parts) > best:
+            best, fstype = len(point.parts), row[2]
+    return fstype if fstype and (fstype in NETWORK_FS or fstype.startswith(("nfs", "fuse.sshfs"))) else None
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail at start-up, before any training, when the tracking store cannot be reached."""
+    """Fail at start-up, before any training, when the tracking store cannot be reached, refuses this
+    client, or is a SQLite file on a network file system."""
     fix = (
         "start the server (e.g. scripts/mlflow_server.sh), fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, "
         "or unset it to log to ./mlflow.db"
@@ -98,7 +137,30 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise AscRayError("MLflow SQLite store's folder is missing or not writable", path=folder, fix=fix)
-    Tracker(uri, "asc-ray-check")._client.search_experiments(max_results=1)
+        fs = network_filesystem(folder)
+        if fs:
+            raise AscRayError(
+                f"MLflow SQLite store on a network file system ({fs}): SQLite's locks do not hold there, and "
+                "several writers (the driver, every worker) lose or corrupt runs",
+                path=sqlite_path(uri),
+                fix="run an MLflow server on a database (scripts/mlflow_server.sh: PostgreSQL) and set "
+                "MLFLOW_TRACKING_URI=http://<its address>:5000; or, on one machine, put the SQLite file on a "
+                "local disk",
+            )
+    try:
+        Tracker(uri, "asc-ray-check")._client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own types for an HTTP answer
+        status = getattr(e, "get_http_status_code", lambda: None)()
+        if status not in (401, 403):
+            raise
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise AscRayError(
+            f"MLflow tracking server refused {'user ' + repr(who) if who else 'a client without credentials'} "
+            f"(HTTP {status})",
+            path=uri,
+            fix="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of the server (it runs "
+            "MLflow's basic-auth app; its admin creates accounts)",
+        ) from None
 
 
 # MLflow 3 keeps an experiment's kind in this tag; its UI opens a "custom model development" experiment on
