@@ -55,7 +55,7 @@ def busy_cpu_s() -> float:
 
 
 def proc_cpu_s(fields: list[str]) -> float:
-    """CPU seconds in a process's /proc/PID/stat fields (asc_ray.errors.proc_stat): its own and those of the
+    """CPU seconds in a process's /proc/PID/stat fields (asc_ray.procs.proc_stat): its own and those of the
     children it waited for."""
     return sum(int(x) for x in fields[11:15]) / HZ
 
@@ -63,7 +63,7 @@ def proc_cpu_s(fields: list[str]) -> float:
 def _others_cpu() -> dict[tuple[str, str], float]:
     """(pid, start time) -> CPU seconds, theirs and their waited-for children's, of every process but this one
     (Linux /proc; {} elsewhere). The start time tells a pid reused by a new process apart."""
-    from asc_ray.errors import proc_stat
+    from asc_ray.procs import proc_stat
 
     out = {}
     for e in os.listdir("/proc") if os.path.isdir("/proc") else []:
@@ -114,8 +114,8 @@ def random_teacher_logits(data_dir: str | Path, split: int, out_path: str | Path
     accuracy; the real table comes from the teachers stage). Written with the pipeline's own writer."""
     import numpy as np
 
+    from asc_ray.data.logits import write_logits_table
     from asc_ray.data.tau import TauDataset
-    from asc_ray.logits import write_logits_table
 
     ds = TauDataset.open(data_dir)
     files = ds.split_files(split)

@@ -20,9 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import figure, footer, header  # noqa: E402
 
-from asc_ray.data.cache import build_cache  # noqa: E402
+from asc_ray.data.cache import build_cache, cache_file_list  # noqa: E402
 from asc_ray.data.tau import TauDataset  # noqa: E402
-from asc_ray.train import cache_file_list  # noqa: E402
 
 
 def main(argv=None) -> int:

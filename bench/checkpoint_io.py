@@ -8,7 +8,7 @@ checkpoint carries Adam's state as in training. Then:
            of that folder into its storage path: 2 x (checkpoint.pt + best.pt) per epoch, from the sizes of the
            files the real Trainer.save_checkpoint writes.
   after    the epochs replayed through the real code: Trainer.save_checkpoint every `--every` epochs and at the
-           end, best.pt only when the best model changed, and Ray's copy made as asc_ray.checkpointing
+           end, best.pt only when the best model changed, and Ray's copy made as asc_ray.pipeline.teachers
            .persist_by_link makes it on a filesystem storage path (hard links). Bytes written = the sizes of
            the new files (new inodes) that appear, over the whole run, divided by the epochs. Worst case for
            best.pt: the validation figure improves every epoch.
@@ -54,11 +54,11 @@ def main() -> None:
     header(f"checkpoint_io {a.system}")
     import torch
 
-    from asc_ray.checkpointing import link_tree
     from asc_ray.config import load_config
     from asc_ray.data.synth import generate
-    from asc_ray.systems import get_system, hparams
-    from asc_ray.train import Trainer, prepare_data
+    from asc_ray.systems import epochs as system_epochs
+    from asc_ray.systems import get_system
+    from asc_ray.train import Trainer, is_save_epoch, link_tree, prepare_data
 
     s = get_system(a.system)
     tmp = Path(tempfile.mkdtemp(prefix="asc_ray_bench_"))
@@ -74,8 +74,8 @@ def main() -> None:
                 *([f"train.checkpoint_every={a.every}"] if a.every else []),
             ],
         )
-        epochs = a.epochs or hparams(s, cfg)["epochs"]
-        every = cfg["train"]["checkpoint_every"]
+        epochs = a.epochs or system_epochs(s, cfg)
+        every = cfg.train.checkpoint_every
         data = prepare_data(cfg, data_dir, tmp / "out", 100, s, progress=False)
         t = Trainer(s, cfg, data, tmp / "unit", 100, log=lambda m: None)
         t.model.train()
@@ -99,8 +99,6 @@ def main() -> None:
         figure("before_mb_per_run", before * epochs / MB, ".1f")
 
         # after: the epochs replayed through the real code, best improving every epoch (the worst case)
-        from asc_ray.checkpointing import is_save_epoch
-
         # the same trainer (its Adam state included), from a clean folder
         ray_dir, written = tmp / "ray_results", 0
         folders = [tmp / "unit", ray_dir]

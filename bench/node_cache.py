@@ -31,9 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import figure, footer, header  # noqa: E402
 
-from asc_ray.data.cache import CacheRef, build_cache, cache_keys  # noqa: E402
+from asc_ray.data.cache import CacheRef, build_cache, cache_file_list, cache_keys  # noqa: E402
 from asc_ray.data.tau import TauDataset  # noqa: E402
-from asc_ray.train import cache_file_list  # noqa: E402
 
 
 def drop_from_page_cache(paths) -> None:

@@ -21,7 +21,7 @@ import time
 
 from _common import figure, footer, header, proc_cpu_s
 
-from asc_ray.errors import proc_stat
+from asc_ray.procs import proc_stat
 
 SERVERS = ("raylet", "gcs_server", "log_monitor", "dashboard", "monitor.py", "runtime_env", "default_worker")
 

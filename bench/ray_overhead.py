@@ -2,7 +2,7 @@
 
     python bench/ray_overhead.py --data-dir D [--split 100] [--epochs 6] [--profile full] [key=value ...]
 
-Both sides run asc_ray.train.Trainer.fit() with the same config, data, cache and random teachers table (see
+Both sides run asc_ray.train.Trainer.fit() and finish_unit() with the same config, data, cache and random teachers table (see
 bench/student_throughput.py); the Tune side is a minimal Tune function trainable, as
 asc_ray.pipeline.students runs it (tune.with_resources, a checkpoint reported every epoch via tune.report).
 Both use every core (the trial asks for os.cpu_count() CPUs and train.num_threads is set to it, because Ray
@@ -26,17 +26,18 @@ from _common import ROOT, figure, footer, header, random_teacher_logits  # noqa:
 
 from asc_ray.config import load_config  # noqa: E402
 from asc_ray.systems import get_system  # noqa: E402
-from asc_ray.train import Trainer, prepare_data  # noqa: E402
+from asc_ray.train import Trainer, finish_unit, prepare_data  # noqa: E402
 
 
-def train_once(cfg: dict, data_dir: str, work: str, split: int, table: str, out: str, report=None) -> dict:
-    """What both sides run: prepare data (cache hit), build the Trainer, fit. Returns timings + history."""
+def train_once(cfg, data_dir: str, work: str, split: int, table: str, out: str, report=None) -> dict:
+    """What both sides run: prepare data (cache hit), build the Trainer, fit and finish the unit (test pass,
+    export, record), as a pipeline unit does. Returns timings + history."""
     t0 = time.perf_counter()
     system = get_system("kd_ensemble")
     data = prepare_data(cfg, data_dir, work, split, system, logits=table, progress=False)
     trainer = Trainer(system, cfg, data, out, split, log=lambda m: None)
     t1 = time.perf_counter()
-    trainer.fit(report)
+    finish_unit(system, cfg, split, data, out, trainer.fit(report), log=lambda m: None)
     t2 = time.perf_counter()
     sps = [h["samples_per_s"] for h in trainer.history]
     eps = [h["epoch_s"] for h in trainer.history]

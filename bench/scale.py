@@ -182,7 +182,7 @@ def _unit(data_dir: str, out: str, steps: int, cache, q) -> None:
     # the steps: batches drawn at random from the whole split (reads spread over the full memory map); the
     # timed pass reads rows the warm-up did not touch, so page-cache misses count as they would in an epoch
     rng = np.random.default_rng(1)
-    bs = trainer.h["batch_size"]
+    bs = trainer.h.batch_size
     n = min(len(data.train_files) // 2, bs * steps)
     order = rng.permutation(len(data.train_files))
     for pick in (order[:n], order[n : 2 * n]):
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         ctx = preflight(_cfg(), data, run, [5, 10, 25, 50, 100])
         figure("preflight_s", time.perf_counter() - t)
-        figure("cache_gb", _du_gb(ctx.paths["cache_dir"]), ".2f")
+        figure("cache_gb", _du_gb(ctx.paths.cache_dir), ".2f")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         figure("driver_peak_rss_gb", peak / 1e6, ".2f")  # ru_maxrss is in KiB on Linux
         # RSS counts the file pages of the caches the driver wrote through memory maps (page cache the kernel

@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asc_ray.config import load_config  # noqa: E402
 from asc_ray.data.tau import TauDataset  # noqa: E402
-from asc_ray.outputs import ensemble_on_test  # noqa: E402
 from asc_ray.systems import get_system  # noqa: E402
-from asc_ray.train import Trainer, prepare_data  # noqa: E402
+from asc_ray.train import Trainer, ensemble_on_test, finish_unit, prepare_data  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -58,7 +57,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     cfg = load_config(a.profile, None, a.overrides)
     out = Path(a.out or tempfile.mkdtemp(prefix="split_quality_")) / f"split{a.split}"
-    ds = TauDataset.open(a.data_dir, cfg["data"]["split_dir"])
+    ds = TauDataset.open(a.data_dir, cfg.data.split_dir)
     acc: dict[str, float] = {}
 
     def train(name: str, logits=None) -> Path:
@@ -71,16 +70,16 @@ def main(argv=None) -> dict:
         data = prepare_data(cfg, a.data_dir, out.parent, a.split, system, logits=logits, progress=False)
         log = (lambda m: print(m, flush=True)) if a.verbose else (lambda _m: None)
         trainer = Trainer(system, cfg, data, out / name, a.split, log=log)
-        result = trainer.fit()
+        result = finish_unit(system, cfg, a.split, data, out / name, trainer.fit(), log=log)
         acc[name] = round(100 * result["test_macro_acc"], 1)
         print(
-            f"split{a.split} {name}: test macro accuracy {acc[name]} % ({trainer.h['epochs']} epochs, selected "
+            f"split{a.split} {name}: test macro accuracy {acc[name]} % ({trainer.epochs} epochs, selected "
             f"{result['selected_epoch']}, {time.time() - t0:.0f} s)",
             flush=True,
         )
         return out / name
 
-    teachers = cfg["teachers"]["systems"]
+    teachers = cfg.teachers.systems
     folders = [train(t) for t in teachers]
     split_files = ds.split_files(a.split)
     table = np.mean([np.load(f / "split_logits.npy") for f in folders], axis=0).astype(np.float32)

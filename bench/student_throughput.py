@@ -6,7 +6,7 @@ naive loop that decodes and resamples every clip every epoch (the DCASE baseline
 Real path = asc_ray.train.Trainer.train_epoch(): batches read from the memory-mapped int16 waveform cache
 (ClipBatches, no DataLoader), DIR on device-a clips, log-mel front-end + frequency masking, Freq-MixStyle,
 32-BCBL forward, KD loss against the logits table, AdamW step. The logits table holds RANDOM logits written by
-this script with asc_ray.logits.write_logits_table (speed, not accuracy, is measured). Epochs after the first
+this script with asc_ray.data.logits.write_logits_table (speed, not accuracy, is measured). Epochs after the first
 count (the first warms caches, allocators and torch.compile).
 
 Naive path = the same Trainer step, but its batches come from a torch DataLoader over a Dataset whose
@@ -183,8 +183,8 @@ def main(argv=None) -> int:
     data = prepare_data(cfg, a.data_dir, work, a.split, system, logits=table, progress=False)
     print(
         f"# data prepared (cache reused or built) in {time.perf_counter() - t:.1f}s; {len(data.train_files)} "
-        f"training clips; batch {cfg['bcbl']['batch_size']}; channels_last {cfg['train']['channels_last']}, "
-        f"compile {cfg['train']['compile']}, num_threads {cfg['train']['num_threads']}",
+        f"training clips; batch {cfg.bcbl.batch_size}; channels_last {cfg.train.channels_last}, "
+        f"compile {cfg.train.compile}, num_threads {cfg.train.num_threads}",
         flush=True,
     )
 
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         real = run_epochs(trainer, a.epochs, "real")
     figure("decodes_during_epochs", c.reads, "d")
     figure("resamples_during_epochs", c.resamples, "d")
-    epoch_s = len(trainer.batches) * trainer.h["batch_size"] / real
+    epoch_s = len(trainer.batches) * trainer.h.batch_size / real
     b = breakdown(trainer, epoch_s)
     figure("epoch_s", epoch_s, ".2f")
     figure("data_read_s_per_epoch", b["data_s"], ".3f")
@@ -207,10 +207,10 @@ def main(argv=None) -> int:
         naive = Trainer(system, cfg, data, work / "naive", a.split, log=lambda m: None)
         naive.batches = NaiveBatches(
             NaiveClips(data.ds, data.train_files, data.store.sample_rate, data.teacher_logits),
-            cfg["bcbl"]["batch_size"],
-            cfg["seed"],
+            cfg.bcbl.batch_size,
+            cfg.seed,
             a.naive_workers,
-            drop_last=len(data.train_files) > cfg["bcbl"]["batch_size"],
+            drop_last=len(data.train_files) > cfg.bcbl.batch_size,
         )
         with Counter() as c:
             slow = run_epochs(naive, a.epochs, "naive")

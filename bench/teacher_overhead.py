@@ -38,10 +38,11 @@ def main() -> None:
 
     from asc_ray.config import load_config
     from asc_ray.data.synth import generate
-    from asc_ray.outputs import read_record
     from asc_ray.pipeline.preflight import preflight
     from asc_ray.pipeline.runtime import init_ray
     from asc_ray.pipeline.teachers import build_trainer
+    from asc_ray.pipeline.unit import UnitJob
+    from asc_ray.train import read_record, unit_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="asc_ray_bench_"))
     data = Path(a.data_dir) if a.data_dir else generate(tmp / "tau", clips_per_class=20, seed=0)
@@ -62,21 +63,20 @@ def main() -> None:
     phases: dict[str, list[float]] = {}
     for i in range(a.repeats):
         out = tmp / "out" / f"r{i}"
-        job = {
-            "system": "bcbl32_fms",
-            "split": 10,
-            "key": f"bench{i}",
-            "cfg": cfg,
-            "data_dir": str(data),
-            "output_dir": str(out),
-            "tracker": None,
-            "parent_run_id": None,
-            "aggregator": None,
-        }
+        job = UnitJob(
+            system="bcbl32_fms",
+            split=10,
+            key=f"bench{i}",
+            cfg=cfg,
+            data_dir=str(data),
+            output_dir=str(out),
+            unit_dir=str(unit_dir(out, "teacher", 10, "bcbl32_fms")),
+            caches=ctx.caches,  # the pre-flight build, as the pipeline hands it to its units
+        )
         c0, t0 = busy_cpu_s(), time.time()
         build_trainer(job, str(tmp / "ray_results"), False).fit()
         t_end, c_end = time.time(), busy_cpu_s()
-        rec = read_record(out / "teachers" / "split10" / "bcbl32_fms")
+        rec = read_record(job.unit_dir)
         got = {
             "launch_to_worker_s": rec["started"] - t0,
             "worker_setup_s": rec["fit_started"] - rec["started"],

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
     cfg = load_config(a.profile, None, a.overrides)
     splits = [int(s) for s in a.splits.split(",")]
-    names = [*cfg["teachers"]["systems"], *cfg["students"]["systems"]]
+    names = [*cfg.teachers.systems, *cfg.students.systems]
     work = Path(tempfile.mkdtemp(prefix="asc_ray_floor_"))
 
     tables: dict[int, Path] = {}  # split -> a logits table of RANDOM logits, written once
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     print("| system | clip-passes | CPU ms per clip | CPU s |", flush=True)
     for name in names:
         trainers = {split: trainer(name, split) for split in splits}
-        clips = sum(t.h["epochs"] * t.batches.clips_per_epoch for t in trainers.values())
+        clips = sum(t.epochs * t.batches.clips_per_epoch for t in trainers.values())
         t = trainers[max(splits)]  # the largest split's is timed
         t.train_epoch()  # warm-up: allocator, caches
         c0 = time.process_time()

@@ -124,10 +124,11 @@ def no_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_cluster():
-    """Factory of a local multi-node Ray cluster for the module (helpers.cluster.local_cluster): call it with the
-    worker nodes' specs; the cluster is shut down after the module."""
+    """Factory of local multi-node Ray clusters (helpers.cluster.local_cluster: a head with no CPUs and a worker
+    node per spec): `local_cluster([{"num_cpus": 1}, ...])`; each is shut down after the test. A module that
+    shares one cluster between its tests uses helpers.cluster.local_cluster in a module fixture."""
     import contextlib
 
     from helpers.cluster import local_cluster as start

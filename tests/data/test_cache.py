@@ -207,8 +207,9 @@ def test_a_node_without_the_shared_cache_or_room_for_it_says_so(tiny_dataset, tm
 def test_a_unit_given_the_cache_touches_no_audio_file(synth_dataset, tmp_path, monkeypatch):
     """prepare_data with the pipeline's store (what run_unit passes) stats and decodes nothing."""
     from asc_ray.config import load_config
+    from asc_ray.data.cache import cache_file_list
     from asc_ray.systems import get_system
-    from asc_ray.train import cache_file_list, prepare_data
+    from asc_ray.train import prepare_data
 
     ds = TauDataset.open(synth_dataset)
     shared = build_cache(ds, cache_file_list(ds), 32000, tmp_path / "shared", progress=False)

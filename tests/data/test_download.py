@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import threading
-import time
 import urllib.parse
 import zipfile
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from data_helpers import assert_user_error
+from helpers.wait import wait_for
 
 from asc_ray.data import download
 from asc_ray.data.download import check_dataset, download_tau22, fetch, git_blob_check, main
@@ -119,11 +119,10 @@ class Mirror(ThreadingHTTPServer):
         return [r for p, r in self.requests if p == path]
 
 
-def _wait_for_size(path: Path, size: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not (path.is_file() and path.stat().st_size >= size):
-        assert time.monotonic() < deadline, f"{path} never reached {size} bytes"
-        time.sleep(0.005)
+def _wait_for_size(path: Path, size: int, timeout_s: float = 30.0) -> None:
+    wait_for(
+        lambda: path.is_file() and path.stat().st_size >= size, timeout_s, f"{path} to reach {size} bytes"
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):

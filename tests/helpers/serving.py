@@ -1,39 +1,28 @@
-"""Helpers of the serving tests (a unique module name: tests/ is not a package): train a student as a user
-does, run asc-ray-predict, serve an MLflow model, and look at the MLflow UI in a real headless Chromium."""
+"""Helpers of the serving tests: run asc-ray-predict, run a server (an MLflow model, the MLflow UI) until its
+URL answers, and look at the MLflow UI in a real headless Chromium."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers.procs import PY, cli_env
+from helpers.wait import wait_for_http
 
 
 def env_with_venv_bin(tmp: Path, tracking_uri: str | None = None) -> dict:
     """The environment a user has after activating the venv: its bin/ first on PATH (mlflow starts
     `uvicorn` / `gunicorn` by name). A venv that shares another's packages may lack their scripts:
     then a shim runs the module with this interpreter."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env = cli_env(tracking_uri)
+    env.pop("PYTHONPATH")  # the installed package, as a user has it
     shims = tmp / "bin"
     shims.mkdir(exist_ok=True)
     venv_bin = Path(PY).parent
@@ -45,22 +34,13 @@ def env_with_venv_bin(tmp: Path, tracking_uri: str | None = None) -> dict:
     return env
 
 
-def train_student(data: Path, out: Path, system: str = "baseline") -> Path:
-    """One student, one epoch, the way the README's `python -m asc_ray.train` runs it."""
-    cmd = [PY, "-m", "asc_ray.train", "--system", system, "--data-dir", str(data), "--split", "100"]
-    cmd += ["--epochs", "1", "--output-dir", str(out), "--profile", "smoke"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out.parent)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return out / "split100" / system
-
-
 def predict_cli(*args, env=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PY, "-m", "asc_ray.predict", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=env if env is not None else cli_env(),
         cwd=cwd,
     )
 
@@ -78,17 +58,7 @@ def running(cmd: list[str], env: dict, url: str, log: Path, timeout: float = 240
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        t0 = time.time()
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-            assert time.time() - t0 < timeout, f"server not up in {timeout}s: {log.read_text()[-3000:]}"
-            time.sleep(1)
+        wait_for_http(url, timeout, proc=proc, details=lambda: log.read_text()[-3000:])
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):

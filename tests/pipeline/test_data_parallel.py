@@ -2,25 +2,25 @@
 Ray runtime, one TorchTrainer per teacher with two workers, DistributedDataParallel over gloo on CPU. PaSST (its
 distilled head is unused by its forward: DDP needs every trainable parameter to get a gradient) and a CNN
 teacher. What docs/cluster.md promises: each rank trains on its own disjoint shard of the training files, the
-weights stay identical across ranks, validation and test run on rank 0, which alone writes the outputs."""
+weights stay identical across ranks, validation and test run on rank 0, which alone writes the outputs.
+
+What each rank trained on is seen from outside the package: the run and its Ray workers have the test probe
+(tests/helpers/probe/sitecustomize.py) on their PYTHONPATH, which records each rank's training files and a
+digest of its parameters into ASC_RAY_PROBE_DIR."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.procs import ROOT, cli_env, run_py
 
-ROOT = Path(__file__).resolve().parents[2]
 TEACHERS = ("passt_dir", "bcbl32_fms")
 # split 50: the smallest split of the tiny set with a validation holdout (rank 0 validates; splits 5-25 have none)
 SPLIT = 50
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_two_workers_per_teacher_train_disjoint_shards_in_step(synth_dataset, tmp_path):
@@ -30,13 +30,7 @@ def test_two_workers_per_teacher_train_disjoint_shards_in_step(synth_dataset, tm
 
     shards = tmp_path / "shards"
     shards.mkdir()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-        "PYTHONUNBUFFERED": "1",
-        "ASC_RAY_TEST_SHARD_DIR": str(shards),
-    }
-    env.pop("RAY_ADDRESS", None)
+    env = cli_env(f"sqlite:///{tmp_path}/mlflow.db", probe=True, ASC_RAY_PROBE_DIR=str(shards))
     overrides = [
         "teachers.num_workers=2",
         f"teachers.systems=[{','.join(TEACHERS)}]",
@@ -45,21 +39,21 @@ def test_two_workers_per_teacher_train_disjoint_shards_in_step(synth_dataset, tm
         "train.select=val",  # rank 0 validates on the holdout (the smoke profile keeps the last epoch)
     ]
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "jobs" / "teachers.py"), "--data-dir", str(synth_dataset)]
+    cmd = [str(ROOT / "jobs" / "teachers.py"), "--data-dir", str(synth_dataset)]
     cmd += ["--output-dir", str(out), "--splits", str(SPLIT), "--profile", "smoke", *overrides]
-    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    r = run_py(cmd, env, tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
 
     cfg = load_config("smoke", None, overrides)
     ds = TauDataset.open(synth_dataset)
-    train, val = split_holdout(ds, ds.split_files(SPLIT), cfg["data"]["holdout_fraction"], cfg["seed"])
+    train, val = split_holdout(ds, ds.split_files(SPLIT), cfg.data.holdout_fraction, cfg.seed)
     for name in TEACHERS:
         ranks = [json.loads((shards / f"{name}_split{SPLIT}_rank{i}.json").read_text()) for i in (0, 1)]
         assert [x["world_size"] for x in ranks] == [2, 2]
         seen = [set(x["files"]) for x in ranks]
         assert seen[0] and seen[1] and not seen[0] & seen[1], name  # disjoint shards, both non-empty
         assert seen[0] | seen[1] <= set(train), name  # training files only: never validation or test
-        # the shards are the rank-strided halves of the training files (asc_ray.train.Trainer)
+        # the shards are the rank-strided halves of the training files (asc_ray.train.shard)
         half = len(train) // 2
         assert seen[0] <= set(train[0 : 2 * half : 2]) and seen[1] <= set(train[1 : 2 * half : 2]), name
         # DDP: one model, in step on both ranks (BatchNorm running statistics are each rank's own; rank 0's

@@ -3,34 +3,28 @@ SQLite MLflow store; then the same command again, which must reuse everything an
 
 import csv
 import os
+import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.procs import ROOT, cli_env, run_py
 
+from asc_ray.data.logits import read_logits, table_metadata
 from asc_ray.data.tau import TauDataset
-from asc_ray.logits import read_logits, table_metadata
 from asc_ray.metrics import evaluate
 from asc_ray.systems import TEACHERS
 
-ROOT = Path(__file__).resolve().parents[2]
 SPLITS = (10, 100)
 STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def _run(data, out, cwd, *extra):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    t0 = time.time()
-    r = subprocess.run(
+    return run_py(
         [
-            sys.executable,
             str(ROOT / "jobs" / "full_pipeline.py"),
             "--data-dir",
             str(data),
@@ -46,13 +40,10 @@ def _run(data, out, cwd, *extra):
             "passt.epochs=1",
             *extra,
         ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
+        cli_env(f"sqlite:///{cwd}/mlflow.db"),
+        cwd,
         timeout=1500,
     )
-    return r, time.time() - t0
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +59,13 @@ def pipeline(synth_dataset, tmp_path_factory):
         names.append(f"audio/{i}.wav")
         shutil.copy(synth_dataset / f, ev / names[-1])
     (ev / "evaluation_setup" / "fold1_test.csv").write_text("filename\n" + "\n".join(names) + "\n")
-    first, t_first = _run(synth_dataset, out, cwd, f"data.eval_dir={ev}")
+    first = _run(synth_dataset, out, cwd, f"data.eval_dir={ev}")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return {
         "data": synth_dataset,
         "out": out,
         "cwd": cwd,
         "first": first,
-        "t_first": t_first,
         "eval": ev,
         "eval_names": names,
     }
@@ -110,8 +100,9 @@ def test_results_table_has_every_student_and_split(pipeline):
         assert 0.0 <= float(r["test_macro_acc"]) <= 100.0
         assert int(r["params"]) <= 64_000 and int(r["macs"]) <= 30_000_000
     md = (pipeline["out"] / "results.md").read_text()
-    assert "| split (%) | bcbl24 | kd_ensemble | tfs | baseline |" in md
-    assert "not comparable" in md.splitlines()[0] and str(pipeline["data"]) in md
+    header = next(ln for ln in md.splitlines() if ln.startswith("| split"))
+    assert all(f"| {s} " in header for s in STUDENTS), header  # a column per student, a row per split
+    assert "smoke" in md.splitlines()[0] and str(pipeline["data"]) in md  # what was run, on what
     with (pipeline["out"] / "teachers.csv").open() as f:
         teachers = list(csv.DictReader(f))
     # a row `teachers` per split: the ensemble the students learn from, scored on test from its teachers' logits
@@ -133,7 +124,7 @@ def test_results_table_has_every_student_and_split(pipeline):
     n = len(SPLITS) * (
         len(TEACHERS) + len(STUDENTS) + 2
     )  # + a teachers table and a kd_ensemble table per split
-    assert f"done {n}/{n} units, running 0, ETA 0s" in out
+    assert re.findall(r"done (\d+)/(\d+) units, running 0,", out)[-1] == (str(n), str(n))
 
 
 def test_students_predict_the_evaluation_set_in_dcase_format(pipeline):
@@ -224,18 +215,18 @@ def test_each_student_is_a_registered_mlflow_model_with_its_accuracy(pipeline):
 
 def test_mlflow_ui_opens_on_the_students_of_a_split_with_their_accuracy(pipeline, tmp_path):
     """A real `mlflow server` and a real headless Chromium on the link the pipeline printed."""
-    sys.path.insert(0, str(ROOT / "tests" / "serving"))
-    from serving_helpers import browse, env_with_venv_bin, free_port, running, runs_table
+    from helpers.procs import PY, free_port
+    from helpers.serving import browse, env_with_venv_bin, running, runs_table
 
-    link = next(
-        line.split(": ", 1)[1].strip()
+    link = next(  # the link the pipeline printed for split 100's students
+        re.search(r"http://\S+", line).group(0)
         for line in pipeline["first"].stdout.splitlines()
-        if "MLflow UI, students of split 100:" in line
+        if "viewStateShareKey=asc-ray-students-split100" in line
     )
     port = free_port()
     link = link.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}")
     cmd = [
-        sys.executable,
+        PY,
         "-m",
         "mlflow",
         "server",
@@ -268,14 +259,15 @@ def test_mlflow_ui_opens_on_the_students_of_a_split_with_their_accuracy(pipeline
 def test_the_same_command_again_reuses_everything(pipeline):
     before = _results(pipeline["out"] / "results.csv")
     table = (pipeline["out"] / "logits" / "teachers_split100.parquet").read_bytes()
-    again, t_again = _run(
-        pipeline["data"], pipeline["out"], pipeline["cwd"], f"data.eval_dir={pipeline['eval']}"
-    )
+    records = {p: p.stat().st_mtime_ns for p in pipeline["out"].glob("*/split*/*/result.json")}
+    runs = sorted((pipeline["out"] / "ray_results").iterdir())
+    again = _run(pipeline["data"], pipeline["out"], pipeline["cwd"], f"data.eval_dir={pipeline['eval']}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 units to run," in again.stdout and "] start " not in again.stdout
+    assert re.search(r"\] 0 units to run, \d+ reused", again.stdout) and "] start " not in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in records} == records  # no unit finished again
+    assert sorted((pipeline["out"] / "ray_results").iterdir()) == runs  # no Ray Train / Tune run started
     assert _results(pipeline["out"] / "results.csv") == before
     assert (pipeline["out"] / "logits" / "teachers_split100.parquet").read_bytes() == table
-    assert t_again < 0.5 * pipeline["t_first"], (t_again, pipeline["t_first"])
 
 
 def test_console_is_asc_rays_one_line_per_unit_start_and_finish(pipeline):
@@ -284,8 +276,6 @@ def test_console_is_asc_rays_one_line_per_unit_start_and_finish(pipeline):
     ours = [ln for ln in lines if ln.startswith("[asc-ray ")]
     others = [ln for ln in lines if not ln.startswith("[asc-ray ")]
     assert len(ours) >= 0.8 * len(lines), "\n".join(others)[:3000]
-    assert "Reporting training result" not in out and "Failed to query Ray Train Controller" not in out
-    assert "Configuration for experiment" not in out
     for split in SPLITS:
         for s in (*TEACHERS, *STUDENTS):
             assert sum(ln.endswith(f"] start {s} split{split}") for ln in ours) == 1
@@ -333,13 +323,11 @@ def test_one_split_more_reuses_every_unit_of_the_splits_already_done(pipeline, t
     the new parent run shows the reused units as children that point to the runs that trained them."""
     from mlflow.tracking import MlflowClient
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline['cwd']}/mlflow.db"}
-    env.pop("RAY_ADDRESS", None)
+    env = cli_env(f"sqlite:///{pipeline['cwd']}/mlflow.db")
     out = tmp_path / "out"
     shutil.copytree(pipeline["out"], out, ignore=shutil.ignore_patterns("ray_results"))
-    r = subprocess.run(
+    r = run_py(
         [
-            sys.executable,
             str(ROOT / "jobs" / "full_pipeline.py"),
             "--data-dir",
             str(pipeline["data"]),
@@ -354,10 +342,8 @@ def test_one_split_more_reuses_every_unit_of_the_splits_already_done(pipeline, t
             "train.min_steps=0",
             "passt.epochs=1",
         ],
-        cwd=pipeline["cwd"],
-        env=env,
-        capture_output=True,
-        text=True,
+        env,
+        pipeline["cwd"],
         timeout=1500,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -1,11 +1,12 @@
-"""Bad input, end to end: `python jobs/full_pipeline.py` (and `python -m asc_ray.train`) run as users run them,
-on a broken copy of a small synthetic dataset. Each case must end in pre-flight with exit status 2 and one
-message on stderr that names the file or setting and the fix; never a traceback, never a started Ray or a
-teacher folder, within seconds.
+"""Bad input, end to end: a broken copy of a small synthetic dataset, a bad option, an unreachable MLflow
+server, missing PaSST weights. Each case must end in pre-flight with one error that names the file or setting
+and the fix; never a traceback, never a started Ray or a teacher folder.
 
-These runs are local (no RAY_ADDRESS): joining a cluster adds checks of its own before the data
-(tests/cluster/test_shared_storage.py). A case that got past pre-flight would start a local Ray and train a
-one-epoch smoke model: its test then fails on the exit status.
+Fast: pre-flight itself, in this process (asc_ray.pipeline.preflight raises the AscRayError). Slow: the same cases
+as users meet them, `python jobs/full_pipeline.py` (and `python -m asc_ray.train`) as subprocesses: exit status 2
+and the message on stderr. These runs are local (no RAY_ADDRESS): joining a cluster adds checks of its own
+before the data (tests/cluster/test_shared_storage.py). A case that got past pre-flight would start a local Ray
+and train a one-epoch smoke model: its test then fails on the exit status.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from rel_helpers import ROOT, cli_env, closed_port, run_cli
+from helpers.procs import ROOT, cli_env, free_port, run_py
 
+from asc_ray.config import load_config
 from asc_ray.data.synth import generate
 from asc_ray.data.tau import TauDataset
+from asc_ray.errors import AscRayError
 
 PIPELINE = [str(ROOT / "jobs" / "full_pipeline.py")]
 SMALL = [
@@ -31,7 +34,7 @@ SMALL = [
     "teachers.systems=[bcbl32_fms]",
     "students.systems=[baseline]",
 ]
-PREFLIGHT_S = 150  # generous for a loaded 2-core machine; a pre-flight failure takes ~5-15 s on an idle one
+PREFLIGHT_S = 150  # a subprocess's limit: generous for a loaded 2-core machine (a failure takes ~5-15 s)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def _copy(tiny, tmp_path):
 
 def _pipeline(tiny, data, out, *extra, env=None, timeout=PREFLIGHT_S * 2):
     env = env or cli_env(tiny["uri"])  # (without RAY_ADDRESS: see the module docstring)
-    return run_cli(
+    return run_py(
         [*PIPELINE, "--data-dir", str(data), "--output-dir", str(out), *SMALL, *extra],
         env,
         out.parent,
@@ -62,7 +65,33 @@ def _pipeline(tiny, data, out, *extra, env=None, timeout=PREFLIGHT_S * 2):
     )
 
 
-def assert_preflight_error(r, seconds, out, *names, limit=PREFLIGHT_S):
+def _preflight(tiny, data, out, *overrides, uri=None):
+    """Pre-flight in this process with the CLI cases' config; the AscRayError it raises."""
+    from asc_ray.pipeline.preflight import preflight
+
+    cfg = load_config(
+        "smoke", None, [*SMALL[6:], "train.epochs=1", f"mlflow.tracking_uri={uri or tiny['uri']}", *overrides]
+    )
+    with pytest.raises(AscRayError) as e:
+        preflight(cfg, data, out, [25])
+    return e.value
+
+
+def assert_names(err: AscRayError, *names) -> None:
+    """One error naming the file or setting (and what is wrong with it), with a fix."""
+    text = str(err)
+    for name in names:
+        assert str(name) in text, f"{name!r} not in:\n{text}"
+    assert err.fix, text
+
+
+def assert_nothing_started(out) -> None:
+    """Pre-flight: no teacher was launched, nothing to resume from was written."""
+    for sub in ("ray_results", "teachers", "students", "units", "logits"):
+        assert not (out / sub).exists(), sub
+
+
+def assert_preflight_error(r, out, *names):
     text = r.stdout + r.stderr
     assert r.returncode == 2, f"exit {r.returncode}\n{text[-3000:]}"
     assert "Traceback" not in text, text[-3000:]
@@ -71,10 +100,8 @@ def assert_preflight_error(r, seconds, out, *names, limit=PREFLIGHT_S):
     for name in names:
         assert str(name) in msg, f"{name!r} not in:\n{msg}"
     # pre-flight: Ray never started, no teacher was launched, nothing to resume from was written
-    assert "Ray: " not in r.stdout and "teachers: " not in r.stdout, r.stdout[-2000:]
-    for sub in ("ray_results", "teachers", "students", "units", "logits"):
-        assert not (out / sub).exists(), sub
-    assert seconds < limit, f"took {seconds:.0f}s"
+    assert "Ray: " not in r.stdout, r.stdout[-2000:]
+    assert_nothing_started(out)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -177,9 +204,78 @@ DATA_CASES = [
 ]
 
 
+@pytest.mark.parametrize("breaker", DATA_CASES, ids=[b.__name__[len("break_") :] for b in DATA_CASES])
+def test_broken_data_fails_in_preflight(tiny, tmp_path, breaker):
+    data = _copy(tiny, tmp_path)
+    names, extra = breaker(data)
+    err = _preflight(tiny, data, tmp_path / "out", *extra)
+    assert_names(err, *names)
+    assert_nothing_started(tmp_path / "out")
+
+
+def test_missing_data_dir(tiny, tmp_path):
+    err = _preflight(tiny, tmp_path / "no-such-dir", tmp_path / "out")
+    assert_names(err, tmp_path / "no-such-dir", "--data-dir")
+
+
+def test_unreachable_mlflow_server_is_named_before_the_data(tiny, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "out"
+    err = _preflight(tiny, tiny["data"], out, uri=uri)
+    assert_names(err, uri, "MLFLOW_TRACKING_URI")
+    assert not (out / "cache").exists()  # checked first: no data work either
+
+
+def test_passt_weights_absent_without_network(tiny, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    dead = f"http://127.0.0.1:{free_port()}"  # every download goes to a closed proxy: no network
+    monkeypatch.setenv("HOME", str(home))
+    for k in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(k, dead)
+    for k in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    err = _preflight(
+        tiny,
+        tiny["data"],
+        tmp_path / "out",
+        "teachers.systems=[passt_fms]",
+        "passt.pretrained=true",
+        "passt.size=full",
+    )
+    assert_names(
+        err, "passt-s-f128-p16-s10-ap.476-swa.pt", "ASC_RAY_PASST_CHECKPOINT", "passt.pretrained=false"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["bcbl.epochz=3"], ["bcbl.epochz", "epochs"]),
+        (["bcbl.epochs=three"], ["bcbl.epochs", "three"]),
+        (["--splits", "7"], ["--splits", "25,100"]),
+    ],
+)
+def test_a_bad_option_is_one_message_and_exit_2(tiny, tmp_path, capsys, args, names):
+    """The job's command line (asc_ray.cli.jobs, in this process): refused before Ray or any data work."""
+    from asc_ray.cli.jobs import run_stages
+    from asc_ray.console import run_cli
+
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(tiny["data"]), "--output-dir", str(out), *SMALL, *args]
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: run_stages(argv, ("teachers",), "test"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    for name in names:
+        assert name in err, (name, err)
+    assert "\n  fix: " in err and not out.exists()
+
+
+# ------------------------------------------------------------ the same, as users meet them (slow)
 @pytest.fixture(scope="module")
 def data_results(tiny, tmp_path_factory):
-    """Every broken-data case, run two at a time (each is a separate CLI run: seconds of imports and checks)."""
+    """Every broken-data case as a CLI run, two at a time (each a separate run: seconds of imports and checks)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(breaker):
@@ -187,26 +283,28 @@ def data_results(tiny, tmp_path_factory):
         data = _copy(tiny, tmp)
         names, extra = breaker(data)
         out = tmp / "out"
-        r, secs = _pipeline(tiny, data, out, *extra)
-        return r, secs, out, names
+        return _pipeline(tiny, data, out, *extra), out, names
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(DATA_CASES, pool.map(one, DATA_CASES), strict=True))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("breaker", DATA_CASES, ids=[b.__name__[len("break_") :] for b in DATA_CASES])
-def test_broken_data_fails_in_preflight(data_results, breaker):
-    r, secs, out, names = data_results[breaker]
-    assert_preflight_error(r, secs, out, *names)
+def test_cli_broken_data_exits_2_in_preflight(data_results, breaker):
+    r, out, names = data_results[breaker]
+    assert_preflight_error(r, out, *names)
 
 
-def test_missing_data_dir(tiny, tmp_path):
+@pytest.mark.slow
+def test_cli_missing_data_dir(tiny, tmp_path):
     out = tmp_path / "out"
-    r, secs = _pipeline(tiny, tmp_path / "no-such-dir", out)
-    assert_preflight_error(r, secs, out, tmp_path / "no-such-dir", "--data-dir")
+    r = _pipeline(tiny, tmp_path / "no-such-dir", out)
+    assert_preflight_error(r, out, tmp_path / "no-such-dir", "--data-dir")
 
 
-# ----------------------------------------------------------------------------------------- config
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, words",
     [
@@ -214,63 +312,37 @@ def test_missing_data_dir(tiny, tmp_path):
         ("bcbl.epochs=three", ["bcbl.epochs", "integer"]),
     ],
 )
-def test_bad_config_fails_within_seconds(tiny, tmp_path, override, words):
+def test_cli_bad_config_is_refused_before_ray_is_imported(tiny, tmp_path, override, words):
     out = tmp_path / "out"
-    r, secs = _pipeline(tiny, tiny["data"], out, override)
-    assert_preflight_error(r, secs, out, *words, limit=20)  # parsed before Ray / torch are even imported
+    modules = tmp_path / "modules.txt"
+    env = cli_env(tiny["uri"], probe=True, ASC_RAY_PROBE_MODULES=str(modules))
+    r = _pipeline(tiny, tiny["data"], out, override, env=env)
+    assert_preflight_error(r, out, *words)
+    assert "ray" not in modules.read_text().split()  # parsed before Ray is even imported
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_bad_config_file(tiny, tmp_path):
+@pytest.mark.slow
+def test_cli_bad_config_file(tiny, tmp_path):
     cfg = tmp_path / "my.yaml"
     cfg.write_text("bcbl:\n  epochs: [1, 2]\n")
     out = tmp_path / "out"
-    r, secs = _pipeline(tiny, tiny["data"], out, "--config", str(cfg))
-    assert_preflight_error(r, secs, out, "my.yaml", "bcbl.epochs", limit=30)
+    r = _pipeline(tiny, tiny["data"], out, "--config", str(cfg))
+    assert_preflight_error(r, out, "my.yaml", "bcbl.epochs")
 
 
-# ------------------------------------------------------------------------------------ MLflow, PaSST
-def test_unreachable_mlflow_server_is_named_before_ray_starts(tiny, tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
+@pytest.mark.slow
+def test_cli_unreachable_mlflow_server_is_named_before_ray_starts(tiny, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
     out = tmp_path / "out"
-    r, secs = _pipeline(tiny, tiny["data"], out, env=cli_env(uri))
-    assert_preflight_error(r, secs, out, uri, "MLflow", "MLFLOW_TRACKING_URI")
+    r = _pipeline(tiny, tiny["data"], out, env=cli_env(uri))
+    assert_preflight_error(r, out, uri, "MLFLOW_TRACKING_URI")
     assert not (out / "cache").exists()  # checked first: no data work either
-
-
-def test_passt_weights_absent_without_network(tiny, tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    dead = f"http://127.0.0.1:{closed_port()}"  # every download goes to a closed proxy: no network
-    env = cli_env(
-        tiny["uri"], HOME=str(home), https_proxy=dead, HTTPS_PROXY=dead, http_proxy=dead, HTTP_PROXY=dead
-    )
-    for k in ("no_proxy", "NO_PROXY"):
-        env.pop(k, None)
-    out = tmp_path / "out"
-    r, secs = _pipeline(
-        tiny,
-        tiny["data"],
-        out,
-        "teachers.systems=[passt_fms]",
-        "passt.pretrained=true",
-        "passt.size=full",
-        env=env,
-    )
-    assert_preflight_error(
-        r,
-        secs,
-        out,
-        "passt-s-f128-p16-s10-ap.476-swa.pt",
-        "ASC_RAY_PASST_CHECKPOINT",
-        "passt.pretrained=false",
-    )
 
 
 # --------------------------------------------------------------------------- python -m asc_ray.train
 def _train(tiny, out, *args):
-    env = cli_env(tiny["uri"])
-    return run_cli(
+    return run_py(
         [
             "-m",
             "asc_ray.train",
@@ -284,38 +356,46 @@ def _train(tiny, out, *args):
             "1",
             *args,
         ],
-        env,
+        cli_env(tiny["uri"]),
         out.parent,
         PREFLIGHT_S * 2,
     )
 
 
+@pytest.mark.slow
 def test_train_cli_corrupt_wav(tiny, tmp_path):
     data = _copy(tiny, tmp_path)
     (names, _) = break_truncated_wav_in_test_set(data)
-    r, secs = _train(tiny, tmp_path / "out", "--system", "baseline", "--data-dir", str(data))
-    assert_preflight_error(r, secs, tmp_path / "out", *names)
+    r = _train(tiny, tmp_path / "out", "--system", "baseline", "--data-dir", str(data))
+    assert_preflight_error(r, tmp_path / "out", *names)
     assert not (tmp_path / "out" / "split25" / "baseline" / "checkpoint").exists()
 
 
-def test_train_cli_refuses_a_checkpoint_of_another_architecture(tiny, tmp_path):
+@pytest.mark.slow
+def test_train_cli_refuses_a_checkpoint_of_another_architecture(tiny, make_trainer, tmp_path):
     """A bcbl24 checkpoint (a real one, written by the Trainer) in the baseline's checkpoint folder."""
-    from asc_ray.config import load_config
-    from asc_ray.systems import get_system
-    from asc_ray.train import Trainer, prepare_data
-
     out = tmp_path / "out"
-    cfg = load_config("smoke", None, [])
-    s24 = get_system("bcbl24")
-    data = prepare_data(cfg, tiny["data"], out, 25, s24, progress=False)
     wrong = out / "split25" / "baseline"
-    Trainer(s24, cfg, data, wrong, 25, log=lambda m: None).save_checkpoint()
+    make_trainer("bcbl24", split=25, data_dir=tiny["data"], out=wrong).save_checkpoint()
     ckpt = wrong / "checkpoint" / "checkpoint.pt"
     before = ckpt.read_bytes()
-    r, secs = _train(tiny, out, "--system", "baseline", "--data-dir", str(tiny["data"]))
+    r = _train(tiny, out, "--system", "baseline", "--data-dir", str(tiny["data"]))
     text = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in text, text[-3000:]
-    assert str(ckpt) in r.stderr and "fix: " in r.stderr and "--fresh" in r.stderr, r.stderr
-    assert "does not fit baseline" in r.stderr and "delete" not in r.stderr  # never advice that loses work
+    msg = r.stderr[r.stderr.index("error: ") :]
+    assert str(ckpt) in msg and "--fresh" in msg.split("fix: ", 1)[1], msg
+    assert "baseline" in msg and "delete" not in msg  # never advice that loses work
     assert ckpt.read_bytes() == before  # left alone for the user to inspect
     assert not (wrong / "model.pt").exists()
+
+
+def test_a_checkpoint_of_another_architecture_is_left_alone(make_trainer, tmp_path):
+    """The same refusal in this process: the file named, the fix, the checkpoint untouched."""
+    wrong = tmp_path / "unit"
+    make_trainer("bcbl24", split=25, out=wrong).save_checkpoint()
+    ckpt = wrong / "checkpoint" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(AscRayError) as e:
+        make_trainer("baseline", split=25, out=wrong).load_checkpoint(wrong / "checkpoint")
+    assert e.value.path == str(ckpt) and "--fresh" in e.value.fix and "delete" not in str(e.value)
+    assert ckpt.read_bytes() == before

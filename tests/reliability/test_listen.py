@@ -6,17 +6,15 @@ not on all interfaces."""
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
+import os
 
 import pytest
-from rel_helpers import PY, ROOT, cli_env
+from helpers.procs import ROOT, cli_env, run_py
 
 pytestmark = pytest.mark.slow
 
 CODE = """
-import json, os, sys
-sys.path.insert(0, %r)
+import json, os
 import ray, ray.train
 from ray.train.torch import TorchTrainer
 from asc_ray.pipeline.runtime import init_ray
@@ -24,7 +22,7 @@ from asc_ray.pipeline.teachers import PrivateTorchConfig
 
 def fn(cfg):
     import torch, torch.distributed as dist
-    from rel_helpers import listening_sockets  # the workers have the tests folder on PYTHONPATH
+    from helpers.procs import listening_sockets  # the workers have the tests folder on PYTHONPATH
     pg = dist.is_initialized()
     total = None
     if pg:
@@ -49,15 +47,9 @@ print("RESULT done")
 
 
 def test_teacher_workers_listen_on_the_node_address_only(tmp_path):
-    code = CODE % (str(Path(__file__).parent), str(tmp_path), str(tmp_path / "ray_results"))
-    r = subprocess.run(
-        [PY, "-c", code],
-        env=cli_env(f"sqlite:///{tmp_path}/m.db", PYTHONPATH=f"{ROOT}:{Path(__file__).parent}"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    code = CODE % (str(tmp_path), str(tmp_path / "ray_results"))
+    env = cli_env(f"sqlite:///{tmp_path}/m.db", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    r = run_py(["-c", code], env, tmp_path, timeout=400)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "RESULT done" in r.stdout, r.stdout[-2000:]
     got = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("listen*_rank*.json")}

@@ -6,15 +6,14 @@ Ray instances` as soon as a second Ray ran on the machine."""
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
-from rel_helpers import PY, cli_env
+from helpers.procs import PY, ROOT, Background, cli_env, run_py
 
 pytestmark = pytest.mark.slow
 
 PROBE = """
-import os, sys, time
+import os, sys
 from asc_ray.pipeline.runtime import init_ray
 import ray
 init_ray()
@@ -34,7 +33,7 @@ def look():
     return os.environ.get("RAY_ADDRESS"), r
 
 print("started", ray.get_runtime_context().gcs_address, flush=True)
-time.sleep(float(sys.argv[1]))
+sys.stdin.readline()  # the test says when: while another local Ray runs
 addr, r = ray.get(look.remote())
 print("RESULT", addr, ray.get_runtime_context().gcs_address, r, flush=True)
 ray.shutdown()
@@ -44,28 +43,43 @@ ray.shutdown()
 def test_two_local_rays_each_find_their_own(tmp_path):
     env = cli_env(f"sqlite:///{tmp_path}/mlflow.db")
     first = subprocess.Popen(
-        [PY, "-c", PROBE, "40"],
+        [PY, "-c", PROBE],
         env=env,
         cwd=tmp_path,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert first.stdout.readline().startswith("started"), first.stderr.read()[-3000:]
-        r = subprocess.run(
-            [PY, "-c", PROBE, "0"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+        # the second Ray starts and looks while the first one is up (it waits on its stdin) ...
+        second = subprocess.Popen(
+            [PY, "-c", PROBE],
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        out_first, err_first = first.communicate(timeout=240)
+        assert second.stdout.readline().startswith("started"), second.stderr.read()[-3000:]
+        # ... then the first looks while the second is up
+        out_first, err_first = first.communicate("go\n", timeout=240)
+        out_second, err_second = second.communicate("go\n", timeout=240)
     finally:
-        if first.poll() is None:
-            first.kill()
-    for rc, out, err in ((r.returncode, r.stdout, r.stderr), (first.returncode, out_first, err_first)):
-        assert rc == 0, err[-3000:]
+        for p in (first, locals().get("second")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    results = []
+    for p, out, err in ((first, out_first, err_first), (second, out_second, err_second)):
+        assert p.returncode == 0, err[-3000:]
         line = next(x for x in out.splitlines() if x.startswith("RESULT"))
         _, worker_addr, gcs, verdict = line.split(" ", 3)
         assert worker_addr == gcs, line  # the worker's RAY_ADDRESS is its own run's GCS
         assert not verdict.startswith("FAILED"), line
+        results.append(gcs)
+    assert results[0] != results[1]  # two Rays, each found its own
 
 
 def test_init_ray_again_in_the_same_process_starts_a_new_local_ray(tmp_path):
@@ -77,49 +91,30 @@ def test_init_ray_again_in_the_same_process_starts_a_new_local_ray(tmp_path):
         "init_ray(); b = os.environ['RAY_ADDRESS']\n"
         "assert a != b and ray.get_runtime_context().gcs_address == b, (a, b)\nray.shutdown()\nprint('ok')\n"
     )
-    t0 = time.time()
-    r = subprocess.run(
-        [PY, "-c", code],
-        env=cli_env(f"sqlite:///{tmp_path}/mlflow.db"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_py(["-c", code], cli_env(f"sqlite:///{tmp_path}/mlflow.db"), tmp_path, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
-    assert time.time() - t0 < 240
 
 
+@pytest.mark.timeout(1500)
 def test_two_pipelines_on_one_machine_both_finish(synth_dataset, tmp_path):
     """Two small real pipelines at once, different output dirs, one MLflow store: both end with exit 0,
     results and no 'multiple active Ray instances'."""
-    from rel_helpers import ROOT
-
     env = cli_env(f"sqlite:///{tmp_path}/mlflow.db")
     args = [
-        "--splits",
-        "25",
-        "--profile",
-        "smoke",
-        "--epochs",
-        "1",
-        "teachers.systems=[bcbl32_fms]",
-        "students.systems=[baseline]",
+        *("--data-dir", str(synth_dataset), "--splits", "25", "--profile", "smoke", "--epochs", "1"),
+        *("teachers.systems=[bcbl32_fms]", "students.systems=[baseline]"),
     ]
-    procs = []
+    runs = {}
     for name in ("a", "b"):
-        cmd = [str(ROOT / "jobs" / "full_pipeline.py"), "--data-dir", str(synth_dataset)]
-        cmd += ["--output-dir", str(tmp_path / name), *args]
-        log = open(tmp_path / f"{name}.log", "w")
-        procs.append(
-            subprocess.Popen([PY, *cmd], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-        )
-        time.sleep(5)  # the second starts while the first one's Ray is up
-    for p in procs:
-        p.wait(timeout=1200)
-    for name, p in zip(("a", "b"), procs, strict=True):
-        text = (tmp_path / f"{name}.log").read_text(errors="replace")
-        assert p.returncode == 0, text[-4000:]
+        cmd = [str(ROOT / "jobs" / "full_pipeline.py"), "--output-dir", str(tmp_path / name), *args]
+        runs[name] = Background(cmd, env, tmp_path, tmp_path / f"{name}.log")
+        # the next starts once this one's Ray is up
+        runs[name].wait_for(lambda r=runs[name]: "] Ray: " in r.text(), 300, f"run {name}'s Ray")
+        assert runs["a"].p.poll() is None  # the first still runs: the two Rays are up at once
+    for name, r in runs.items():
+        rc = r.finish(1200)
+        text = r.text()
+        assert rc == 0, text[-4000:]
         assert "multiple active Ray instances" not in text, text[-4000:]
         # no traceback of the driver (lines of Ray's own processes start with "(Name pid=...)": under CPU
         # overload Ray Train's controller logs a tolerated GetTimeoutError with its traceback)

@@ -6,28 +6,29 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import sys
 import urllib.request
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from serving_helpers import PY, env_with_venv_bin, free_port, read_probs, running
+from helpers.procs import free_port, run_py
+from helpers.serving import env_with_venv_bin, read_probs, running
 
-from asc_ray.errors import run_cli
-from asc_ray.mlflow_model import ARTIFACT_PATH, register_students
+from asc_ray.console import run_cli
 from asc_ray.predict import main, read_audio
+from asc_ray.predict.mlflow_model import ARTIFACT_PATH, register_students
 from asc_ray.tracking import Tracker
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SR = 32000
 
 
 @pytest.fixture(scope="module")
 def logged(student_unit, synth_dataset, tmp_path_factory):
     """A store with a pipeline-like parent run and the student's run, its model logged by the unit hook."""
-    from asc_ray.mlflow_model import log_unit_model
+    from asc_ray.predict.mlflow_model import log_unit_model
 
     root = tmp_path_factory.mktemp("mlflow_model")
     uri = f"sqlite:///{root}/mlflow.db"
@@ -86,7 +87,7 @@ def test_logged_model_has_fp16_weights_signature_example_and_its_code(logged):
     assert m.saved_input_example_info is not None
     state = torch.load(f"{local}/artifacts/model_fp16.pt", weights_only=True)
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
-    assert os.path.isfile(f"{local}/code/asc_ray/predict.py")
+    assert os.path.isfile(f"{local}/code/asc_ray/predict/classifier.py")  # its own copy of the code
     assert json.loads(open(f"{local}/artifacts/unit.json").read())["sample_rate"] == SR
     arts = {a.path for a in c.list_artifacts(logged["run_id"], "checkpoint")}
     assert "checkpoint/model.pt" in arts  # the fp32 weights stay beside it
@@ -103,9 +104,7 @@ def test_pyfunc_in_a_fresh_process_uses_its_own_code_and_matches_predict(logged,
         "print(json.dumps({'file': asc_ray.__file__, 'cols': list(p.columns), 'p': p.to_numpy().tolist()}))\n"
     )
     env = env_with_venv_bin(logged["root"], logged["uri"])
-    r = subprocess.run(
-        [PY, "-c", code], capture_output=True, text=True, env=env, timeout=600, cwd=logged["root"]
-    )
+    r = run_py(["-c", code], env, logged["root"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert "/code/asc_ray/" in got["file"]  # the model's copy of asc_ray, not the installed package
@@ -116,7 +115,7 @@ def test_pyfunc_in_a_fresh_process_uses_its_own_code_and_matches_predict(logged,
 def test_served_model_answers_http_with_the_same_probabilities(logged, tmp_path, capsys, monkeypatch):
     expected = _predict(logged, f"runs:/{logged['run_id']}/model", capsys, monkeypatch)
     port = free_port()
-    cmd = [PY, "-m", "mlflow", "models", "serve", "-m", f"runs:/{logged['run_id']}/model"]
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{logged['run_id']}/model"]
     cmd += ["--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
     env = env_with_venv_bin(tmp_path, logged["uri"])
     with running(cmd, env, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log"):
