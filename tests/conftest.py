@@ -13,14 +13,6 @@ import pytest
 
 # never inherited from the person running the tests: a cluster address, a PaSST checkpoint, probe switches
 FOREIGN_ENV = ("RAY_ADDRESS", "ASC_RAY_PASST_CHECKPOINT", "ASC_RAY_PROBE_DIR", "ASC_RAY_PROBE_MODULES")
-# a tiny, fast training: 2 epochs of 16-clip batches, one thread, no floor of steps
-TINY = [
-    "bcbl.epochs=2",
-    "teachers.bcbl_epochs=0",
-    "bcbl.batch_size=16",
-    "train.num_threads=1",
-    "train.min_steps=0",
-]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,14 +28,17 @@ def _session_env(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path):
-    """Each test gets its own environment, MLflow tracking URI (a SQLite store in its tmp_path), sys.path and
-    signal handlers: whatever a test sets (init_ray's RAY_ADDRESS, mlflow.set_tracking_uri, a path insert,
-    run_cli's SIGTERM handler) ends with it."""
-    env, path = dict(os.environ), list(sys.path)
+def isolated(tmp_path, tmp_path_factory):
+    """Each test gets its own environment, MLflow tracking URI (a SQLite store in its tmp_path), working
+    directory (an empty temp dir: nothing lands in the checkout), sys.path and signal handlers: whatever a test
+    sets (init_ray's RAY_ADDRESS, mlflow.set_tracking_uri, a path insert, run_cli's SIGTERM handler) ends with
+    it."""
+    env, path, cwd = dict(os.environ), list(sys.path), os.getcwd()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
+    os.chdir(cwd)
     for s, h in handlers.items():
         signal.signal(s, h)
     mlflow = sys.modules.get("mlflow")
@@ -74,32 +69,17 @@ def shared_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_trainer(synth_dataset, shared_cache, tmp_path):
-    """Trainer factory: `make_trainer(system="baseline", split=100, overrides=(), out=None, data_dir=None,
-    profile="smoke", logits=None, **Trainer kwargs)` -> a Trainer on the synthetic set (TINY settings
-    before `overrides`), its unit folder `out` (default tmp_path/<system>), its log lines in `trainer.logs`."""
+    """Trainer factory (helpers.training.new_trainer): `make_trainer(system="baseline", split=100, overrides=(),
+    out=None, data_dir=None, profile="smoke", logits=None, **Trainer kwargs)` -> a Trainer on the synthetic set
+    (tiny settings before `overrides`), its unit folder `out` (default tmp_path/<system>), its log lines in
+    `trainer.logs`; the session's waveform cache."""
+    from helpers.training import new_trainer
 
-    def make(
-        system="baseline",
-        split=100,
-        overrides=(),
-        out=None,
-        data_dir=None,
-        profile="smoke",
-        logits=None,
-        **kwargs,
-    ):
-        from asc_ray.config import load_config
-        from asc_ray.systems import get_system
-        from asc_ray.train import Trainer, prepare_data
-
-        cfg = load_config(profile, None, [*TINY, f"data.cache_dir={shared_cache}", *overrides])
-        s = get_system(system)
-        data = prepare_data(cfg, data_dir or synth_dataset, tmp_path, split, s, logits, progress=False)
-        logs: list[str] = []
-        kwargs.setdefault("log", logs.append)
-        t = Trainer(s, cfg, data, out or tmp_path / system, split, **kwargs)
-        t.logs = logs
-        return t
+    def make(system="baseline", split=100, overrides=(), out=None, data_dir=None, **kwargs):
+        data_dir = data_dir or synth_dataset
+        return new_trainer(
+            data_dir, tmp_path, system, split, overrides, out, cache_dir=shared_cache, **kwargs
+        )
 
     return make
 

@@ -72,6 +72,7 @@ def _mean_logmel(ds, files):
     return (mel(waves) + 1e-8).log().mean(-1).numpy().astype(np.float64)
 
 
+@pytest.mark.slow
 def test_the_smallest_split_of_the_default_set_teaches_a_simple_classifier(tmp_path):
     """Issue 10: the README's table must show every system above chance at every split, so the default set's
     split 5 (one recording per scene, ~4 clips a scene) must carry its scenes: a nearest-centroid classifier on

@@ -41,7 +41,9 @@ def test_link_or_copy_replaces_without_touching_the_shared_file(tmp_path):
 
 def test_fit_checkpoints_every_n_epochs_and_best_only_when_it_improves(make_trainer, tmp_path):
     t = make_trainer(
-        out=tmp_path / "unit", overrides=["bcbl.epochs=5", "train.checkpoint_every=2", "train.select=val"]
+        split=50,
+        out=tmp_path / "unit",
+        overrides=["bcbl.epochs=5", "train.checkpoint_every=2", "train.select=val"],
     )
     weights, reports = {}, []
 

@@ -12,15 +12,12 @@ import pytest
 def student_unit(synth_dataset, tmp_path_factory) -> Path:
     """The unit folder of a `baseline` student (model.pt, model_fp16.pt, unit.json, result.json, ...), laid
     out as `python -m asc_ray.train --output-dir OUT` lays it out: OUT/split100/baseline."""
-    from asc_ray.config import load_config
-    from asc_ray.systems import get_system
-    from asc_ray.train import Trainer, finish_unit, prepare_data
+    from helpers.training import new_trainer
+
+    from asc_ray.train import finish_unit
 
     root = tmp_path_factory.mktemp("student")
-    cfg = load_config("smoke", None, ["train.epochs=1", "bcbl.batch_size=16", "train.num_threads=1"])
-    system = get_system("baseline")
     out = root / "out" / "split100" / "baseline"
-    data = prepare_data(cfg, synth_dataset, root / "out", 100, system, progress=False)
-    fitted = Trainer(system, cfg, data, out, 100, log=lambda m: None).fit()
-    finish_unit(system, cfg, 100, data, out, fitted, log=lambda m: None)
+    t = new_trainer(synth_dataset, root / "out", "baseline", 100, ["train.epochs=1"], out)
+    finish_unit(t.system, t.cfg, 100, t.data, out, t.fit(), log=t.logs.append)
     return out

@@ -19,7 +19,7 @@ from helpers.serving import env_with_venv_bin, read_probs, running
 from asc_ray.console import run_cli
 from asc_ray.predict import main, read_audio
 from asc_ray.predict.mlflow_model import ARTIFACT_PATH, register_students
-from asc_ray.tracking import Tracker
+from asc_ray.tracking import Tracker, default_artifact_location
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SR = 32000
@@ -32,7 +32,7 @@ def logged(student_unit, synth_dataset, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mlflow_model")
     uri = f"sqlite:///{root}/mlflow.db"
-    t = Tracker(uri, "asc-ray")
+    t = Tracker(uri, "asc-ray", default_artifact_location(uri, "asc-ray", root))  # (as the pipeline makes it)
     parent = t.start_run("pipeline", {"role": "pipeline"})
     run_id = t.start_run("baseline split100", {"role": "student", "system": "baseline", "split": 100}, parent)
     log_unit_model(t, run_id, student_unit)

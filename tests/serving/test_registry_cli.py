@@ -6,43 +6,30 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.procs import free_port
+from helpers.wait import wait_for_http
 
 from asc_ray.predict import load_classifier
 from asc_ray.predict.mlflow_model import CHALLENGER, CHAMPION, log_unit_model, register_students
-from asc_ray.tracking import Tracker
+from asc_ray.tracking import Tracker, default_artifact_location
 
 pytestmark = pytest.mark.slow
 NAME = "asc-ray-baseline-split100"
 ASC_RAY = [str(Path(sys.executable).parent / "asc-ray")]  # the console script, as a user runs it
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    """Until `url` answers 200 (the server is up), or the process died."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)  # polling a server that is starting: there is no event to wait on
-    raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
+    """Until `url` answers 200 (the server is up); at once when the process died, with its output."""
+    wait_for_http(
+        url, timeout, proc=proc, details=lambda: proc.stdout.read() if proc.poll() is not None else ""
+    )
 
 
 def _bare_env(uri: str) -> dict:
@@ -57,7 +44,7 @@ def registry(student_unit, tmp_path_factory):
     """Three versions of one student, registered as pipeline runs do, with validation figures 0.5, 0.4, 0.6."""
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"
-    t = Tracker(uri, "asc-ray")
+    t = Tracker(uri, "asc-ray", default_artifact_location(uri, "asc-ray", root))  # never ./mlruns
     base = json.loads((student_unit / "result.json").read_text())
     champions = []
     for i, val in enumerate((0.5, 0.4, 0.6)):
@@ -76,8 +63,8 @@ def test_challenger_is_the_latest_and_champion_moves_only_on_validation(registry
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri=registry["uri"])
-    assert c.get_model_version_by_alias(NAME, CHALLENGER).version == "3"
-    assert c.get_model_version_by_alias(NAME, CHAMPION).version == "3"  # 0.6 > 0.5 (0.4 did not move it)
+    assert str(c.get_model_version_by_alias(NAME, CHALLENGER).version) == "3"
+    assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == "3"  # 0.6 > 0.5 (0.4 did not move it)
     first, second, third = registry["lines"]
     assert "moved here (the first version)" in first
     assert "stays on version 1" in second and "asc-ray promote" in second
@@ -97,9 +84,8 @@ def test_promote_by_hand_and_load_by_alias(registry):
     assert clf.spec["system"] == "baseline"
     from mlflow.tracking import MlflowClient
 
-    assert (
-        MlflowClient(tracking_uri=registry["uri"]).get_model_version_by_alias(NAME, CHAMPION).version == "2"
-    )
+    c = MlflowClient(tracking_uri=registry["uri"])
+    assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
     bad = subprocess.run(
         [*ASC_RAY, "promote", NAME, "9", "--tracking-uri", registry["uri"]], capture_output=True, text=True
     )
@@ -107,7 +93,7 @@ def test_promote_by_hand_and_load_by_alias(registry):
 
 
 def test_serve_by_alias_from_a_shell_without_the_venv(registry, student_unit):
-    port = _port()
+    port = free_port()
     cmd = [*ASC_RAY, "serve", f"models:/{NAME}@{CHALLENGER}", "--port", str(port)]
     p = subprocess.Popen(
         cmd, env=_bare_env(registry["uri"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -132,22 +118,19 @@ def test_serve_by_alias_from_a_shell_without_the_venv(registry, student_unit):
         p.wait(30)
 
 
-def test_mlflow_ui_serves_the_store_it_names(registry):
-    port = _port()
+def test_mlflow_ui_serves_the_store_it_names_and_stops_with_the_command(registry):
+    port = free_port()
     cmd = [*ASC_RAY, "mlflow-ui", "--tracking-uri", registry["uri"], "--port", str(port)]
-    p = subprocess.Popen(
-        cmd,
-        env=_bare_env("sqlite:///elsewhere.db"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = _bare_env("sqlite:///elsewhere.db")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", p)
         url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/registered-models/get?name={NAME}"
         with urllib.request.urlopen(url, timeout=10) as r:
             assert json.loads(r.read())["registered_model"]["name"] == NAME
     finally:
-        p.terminate()
-        p.wait(30)
-    assert f"http://127.0.0.1:{port}" in p.stdout.read()
+        p.terminate()  # SIGTERM to the command: its MLflow server must go too (the pipe closes)
+        out, _ = p.communicate(timeout=60)
+    assert f"http://127.0.0.1:{port}" in out
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)

@@ -1,0 +1,45 @@
+"""A Trainer on a dataset, set up the way every unit sets one up (asc_ray.train.prepare_data, then Trainer): the
+one place tests build one (the `make_trainer` fixture wraps it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# a tiny, fast training: 2 epochs of 16-clip batches, one thread, no floor of steps
+TINY = [
+    "bcbl.epochs=2",
+    "teachers.bcbl_epochs=0",
+    "bcbl.batch_size=16",
+    "train.num_threads=1",
+    "train.min_steps=0",
+]
+
+
+def new_trainer(
+    data_dir: Path,
+    work: Path,
+    system: str = "baseline",
+    split: int = 100,
+    overrides=(),
+    out: Path | None = None,
+    profile: str = "smoke",
+    logits=None,
+    cache_dir: Path | None = None,
+    **kwargs,
+):
+    """A Trainer of `system` on `split` (TINY settings, then `overrides`), its unit folder `out` (default
+    work/<system>), the waveform cache in `cache_dir` (default work/cache), its log lines in `trainer.logs`
+    unless a `log` is given."""
+    from asc_ray.config import load_config
+    from asc_ray.systems import get_system
+    from asc_ray.train import Trainer, prepare_data
+
+    cache = [f"data.cache_dir={cache_dir}"] if cache_dir else []
+    cfg = load_config(profile, None, [*TINY, *cache, *overrides])
+    s = get_system(system)
+    data = prepare_data(cfg, data_dir, work, split, s, logits, progress=False)
+    logs: list[str] = []
+    kwargs.setdefault("log", logs.append)
+    t = Trainer(s, cfg, data, out or Path(work) / system, split, **kwargs)
+    t.logs = logs
+    return t
