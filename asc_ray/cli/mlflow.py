@@ -21,10 +21,16 @@ def _mlflow(args: list[str], env: dict | None = None) -> int:
     name, which a shell without the venv activated would not find."""
     env = dict(os.environ if env is None else env)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args], env=env)
     try:
-        return subprocess.call([sys.executable, "-m", "mlflow", *args], env=env)
-    except KeyboardInterrupt:
-        return 130
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (asc_ray.console): the server stops with this command
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
 
 
 def ui(argv: list[str] | None = None, prog: str = "asc-ray mlflow-ui") -> int:

@@ -20,7 +20,7 @@ from asc_ray.predict import load_classifier
 from asc_ray.predict.mlflow_model import CHALLENGER, CHAMPION, log_unit_model, register_students
 from asc_ray.tracking import Tracker, default_artifact_location
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 NAME = "asc-ray-baseline-split100"
 ASC_RAY = [str(Path(sys.executable).parent / "asc-ray")]  # the console script, as a user runs it
 
