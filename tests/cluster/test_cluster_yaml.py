@@ -1,7 +1,8 @@
 """cluster.yaml: Ray's own validator (offline, as Ray's tests do) plus checks of what the validator
 cannot know: dashboard on 127.0.0.1, token auth on, no public ingress but SSH, GPU worker types that
 fit the job's resource requests, image tag == package version, shared storage for storage_path,
-MLflow reachable from every node, documented placeholders. No AWS or network calls."""
+MLflow reachable from every node, on PostgreSQL with logins whose passwords come from files outside the
+repository, documented placeholders. No AWS or network calls."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -30,6 +32,12 @@ MLFLOW_SCRIPT = ROOT / "scripts" / "mlflow_server.sh"
 TEACHER_GPU, TEACHER_CPU = 1, 4  # teachers.gpus_per_worker / teachers.cpus_per_worker
 STUDENT_GPU, STUDENT_CPU = 0.25, 2  # students.gpus_per_trial / students.cpus_per_trial
 SHARED_PREFIXES = ("s3://", "/mnt/efs/")
+# the files of the secrets folder file_mounts copies to every node, beside Ray's auth_token
+MLFLOW_SECRETS = {
+    "PGPASSWORD_FILE": "postgres_password",
+    "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": "mlflow_admin_password",
+    "CLIENT_PASSWORD_FILE": "mlflow_password",
+}
 
 # vCPUs / GPUs of the instance types this config may use (AWS instance-type pages).
 INSTANCES = {
@@ -336,34 +344,104 @@ def test_mlflow_tracking_uri_reaches_every_node(prepared):
     assert m and m.group(1) == "$HEAD_IP", "MLflow on the head's private address, not 0.0.0.0"
 
 
-def test_mlflow_server_script_defaults_to_localhost(tmp_path):
+def _secrets_dir(prepared) -> str:
+    """The file_mounts target that holds Ray's token: the secrets folder on every node."""
+    token_path = env_options(prepared)["RAY_AUTH_TOKEN_PATH"]
+    return next(r.rstrip("/") for r in prepared["file_mounts"] if token_path.startswith(r.rstrip("/") + "/"))
+
+
+def _expand(cmd: str) -> str:
+    """The command with its own plain `NAME=value;` shell variables substituted ($SECRETS, ...)."""
+    for name, value in re.findall(r"(?:^|;)\s*([A-Z_]+)=([^\s;$]+);", cmd):
+        cmd = cmd.replace(f"${name}", value)
+    return cmd
+
+
+def _server_env(prepared) -> dict[str, str]:
+    """The variables the head sets for scripts/mlflow_server.sh (the assignments before `nohup`)."""
+    head = _expand(_ray_start(prepared["head_start_ray_commands"], head=True))
+    line = head.split("mlflow_server.sh")[0].rsplit(";", 1)[1]
+    words = shlex.split(line.split("nohup")[0])
+    return dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+
+
+def test_mlflow_server_on_postgres_with_basic_auth(prepared):
+    env = _server_env(prepared)
+    assert env.get("AUTH") == "1", "the head's MLflow server runs MLflow's basic-auth app"
+    store = urlparse(env.get("BACKEND_STORE_URI", ""))
+    assert store.scheme == "postgresql" and store.password is None, "PostgreSQL, its password from a file"
+    assert env.get("ARTIFACTS_DESTINATION", "").startswith(SHARED_PREFIXES), "artifacts outlive the head"
+    secrets = _secrets_dir(prepared)
+    for var, name in MLFLOW_SECRETS.items():
+        assert env.get(var) == f"{secrets}/{name}", f"{var}: a file in the secrets folder file_mounts copies"
+    assert env.get("CLIENT_USERNAME"), "the script creates the user asc-ray logs in as"
+
+
+def test_every_node_logs_in_to_mlflow_from_a_file(prepared):
+    user, secrets = _server_env(prepared)["CLIENT_USERNAME"], _secrets_dir(prepared)
+    head = _expand(_ray_start(prepared["head_start_ray_commands"], head=True))
+    worker = _expand(_ray_start(prepared["worker_start_ray_commands"], head=False))
+    for cmd in (head, worker):
+        before = cmd.split("ray start")[0]  # exported before `ray start`: the raylet and every worker have it
+        assert f"export MLFLOW_TRACKING_USERNAME={user};" in before, cmd
+        assert f"export MLFLOW_TRACKING_PASSWORD=$(cat {secrets}/mlflow_password);" in before, cmd
+    # never in `docker run -e` (docker inspect shows it) nor as a value anywhere in this file
+    assert not {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD"} & set(
+        env_options(prepared)
+    )
+    for cmd in all_commands(prepared):
+        for name, value in re.findall(r"(\w*PASSWORD\w*)=(\S+)", cmd):
+            assert name.endswith("_FILE") or value == "$(cat", f"a password in cluster.yaml: {cmd}"
+
+
+def test_head_has_the_servers_python_packages(prepared):
+    """The image has the pipeline's dependencies only; the head adds the server's, at the locked versions."""
+    install = " ".join(prepared["head_setup_commands"])
+    assert "psycopg[binary]" in install and "mlflow[auth]" in install
+    workdir = re.findall(r"^WORKDIR\s+(\S+)", DOCKERFILE.read_text(), re.M)[-1]
+    assert f"-c {workdir}/constraints.txt" in install
+    assert re.search(r"^COPY .*constraints\.txt \./$", DOCKERFILE.read_text(), re.M)
+    locked = (ROOT / "constraints.txt").read_text()
+    assert re.search(r"^psycopg-binary==", locked, re.M) and re.search(r"^flask-wtf==", locked, re.M)
+
+
+def _dry_run(tmp_path, **env) -> str:
+    return subprocess.run(
+        ["bash", str(MLFLOW_SCRIPT)],
+        env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin", **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_mlflow_server_script_local_and_shared_defaults(tmp_path):
     assert MLFLOW_SCRIPT.stat().st_mode & 0o111, "scripts/mlflow_server.sh must be executable"
-    out = subprocess.run(
-        ["bash", str(MLFLOW_SCRIPT)],
-        env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    # one machine: loopback, the SQLite store a local run writes, no login
+    out = _dry_run(tmp_path)
     assert "--host 127.0.0.1" in out and f"sqlite:///{tmp_path}/mlflow.db" in out
+    assert "--app-name" not in out and "--serve-artifacts" in out
     assert "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in out
-    out = subprocess.run(
-        ["bash", str(MLFLOW_SCRIPT)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={
-            "DRY_RUN": "1",
-            "PATH": "/usr/bin:/bin",
-            "HOST": "10.0.1.23",
-            "ARTIFACTS_DESTINATION": "s3://b/p",
-            "BACKEND_STORE_URI": "postgresql://u:p@db:5432/mlflow",
-        },
-    ).stdout
-    assert "--host 10.0.1.23" in out and "--artifacts-destination s3://b/p" in out
-    assert "postgresql://u:p@db:5432/mlflow" in out and "MLFLOW_TRACKING_URI=http://10.0.1.23:5000" in out
+    # a server others reach: PostgreSQL and basic-auth by default, users in a database of their own
+    out = _dry_run(
+        tmp_path, HOST="10.0.1.23", PGPASSWORD="pg-secret", MLFLOW_AUTH_ADMIN_PASSWORD="admin-secret"
+    )
+    assert "--host 10.0.1.23" in out and "--app-name basic-auth" in out
+    assert (
+        "postgresql://mlflow@127.0.0.1:5432/mlflow " in out
+        and "postgresql://mlflow@127.0.0.1:5432/mlflow_auth" in out
+    )
+    assert "secret" not in out, "a password on the command line"
+    out = _dry_run(
+        tmp_path,
+        HOST="10.0.1.23",
+        AUTH="0",
+        ARTIFACTS_DESTINATION="s3://b/p",
+        BACKEND_STORE_URI="postgresql://u@db:5432/mlflow",
+    )
+    assert "--artifacts-destination s3://b/p" in out and "--app-name" not in out
+    assert "postgresql://u@db:5432/mlflow" in out and "MLFLOW_TRACKING_URI=http://10.0.1.23:5000" in out
 
 
 # ----------------------------------------------------------------------------- docs
@@ -373,6 +451,12 @@ def test_every_placeholder_is_explained_in_the_docs():
     docs = DOCS.read_text()
     missing = sorted(p for p in placeholders if p not in docs)
     assert not missing, f"docs/cluster.md does not explain {missing}"
+
+
+def test_docs_say_how_to_make_every_secret_file():
+    docs = DOCS.read_text()
+    for name in ["auth_token", *MLFLOW_SECRETS.values()]:
+        assert f"~/.asc-ray/cluster-auth/{name}" in docs, f"docs/cluster.md does not say how to make {name}"
 
 
 def test_docs_sections():
