@@ -4,7 +4,9 @@ moving a student's @champion alias by hand."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +23,21 @@ def _mlflow(args: list[str], env: dict | None = None) -> int:
     name, which a shell without the venv activated would not find."""
     env = dict(os.environ if env is None else env)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args], env=env)
+    # a session of its own: MLflow's server starts workers and a job runner, which must stop with it
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args], env=env, start_new_session=True)
     try:
         return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (asc_ray.console): the server stops with this command
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(30)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):  # what outlived the server (its job runner)
+            os.killpg(proc.pid, signal.SIGKILL)
         raise
 
 

@@ -134,3 +134,18 @@ def test_mlflow_ui_serves_the_store_it_names_and_stops_with_the_command(registry
     assert f"http://127.0.0.1:{port}" in out
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    # nothing of the server is left: MLflow's job runner and its consumers carry the server's address
+    assert _serving(f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}") == []
+
+
+def _serving(marker: str) -> list[int]:
+    """Processes whose environment holds `marker`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in env:
+            found.append(int(pid))
+    return found
