@@ -394,13 +394,13 @@ def test_every_node_logs_in_to_mlflow_from_a_file(prepared):
             assert name.endswith("_FILE") or value == "$(cat", f"a password in cluster.yaml: {cmd}"
 
 
-def test_head_has_the_servers_python_packages(prepared):
-    """The image has the pipeline's dependencies only; the head adds the server's, at the locked versions."""
-    install = " ".join(prepared["head_setup_commands"])
-    assert "psycopg[binary]" in install and "mlflow[auth]" in install
-    workdir = re.findall(r"^WORKDIR\s+(\S+)", DOCKERFILE.read_text(), re.M)[-1]
-    assert f"-c {workdir}/constraints.txt" in install
-    assert re.search(r"^COPY .*constraints\.txt \./$", DOCKERFILE.read_text(), re.M)
+def test_the_image_has_the_servers_python_packages(prepared):
+    """The head runs the MLflow server from the image: its `server` extra is in the dependency layer, at the
+    locked versions, and nothing is pip-installed at start-up."""
+    assert not any("pip install" in c for c in all_commands(prepared))
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
+    assert {r.split(">")[0] for r in server} == {"mlflow[auth]", "psycopg[binary]"}
+    assert "['optional-dependencies']['server']" in DOCKERFILE.read_text()
     locked = (ROOT / "constraints.txt").read_text()
     assert re.search(r"^psycopg-binary==", locked, re.M) and re.search(r"^flask-wtf==", locked, re.M)
 

@@ -256,7 +256,9 @@ def test_constraints_pin_every_dependency_within_pyproject_ranges():
     assert any("bash scripts/lock.sh" in ln for ln in head), "constraints.txt must say how it is made"
     pinned = locked()
     project = pyproject()["project"]
-    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    extras = project["optional-dependencies"]
+    reqs = [Requirement(r) for r in project["dependencies"] + extras["dev"] + extras["server"]]
+    reqs = [r for r in reqs if canonicalize_name(r.name) != canonicalize_name(project["name"])]  # its extras
     env = {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"}
     for req in reqs:
         if req.marker and not req.marker.evaluate(env):
@@ -294,7 +296,10 @@ def test_layers_base_torch_deps_package_jobs_in_that_order(instructions):
     jobs = index_of(instructions, copies("jobs"))
     assert torch < lock < deps < code < package < jobs, (torch, lock, deps, code, package, jobs)
     deps_run = instructions[deps][1]
-    assert "['project']['dependencies']" in deps_run, "layer 3 installs pyproject's dependencies"
+    assert "['project']" in deps_run and "['dependencies']" in deps_run, (
+        "layer 3 installs pyproject's dependencies"
+    )
+    assert "['optional-dependencies']['server']" in deps_run, "... and the MLflow server's (the head runs it)"
     assert "--no-deps" in instructions[package][1], "the package layer must not resolve dependencies again"
     before_deps = [s for ins, a in instructions[:deps] if ins == "COPY" for s in _copy_sources(a)]
     assert not {"asc_ray", "jobs", "README.md"} & {s.rstrip("/") for s in before_deps}, (
