@@ -19,7 +19,11 @@ import pytest
 from helpers.procs import ROOT, cli_env, run_py
 
 BENCH = ROOT / "bench"
-slow = pytest.mark.slow
+
+
+def slow(test):
+    """A bench script's run: minutes on a loaded 2-core machine."""
+    return pytest.mark.timeout(900)(pytest.mark.slow(test))
 
 
 def run(script: str, *args: str, timeout: int = 300) -> str:

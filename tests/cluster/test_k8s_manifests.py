@@ -52,8 +52,9 @@ K8S_VERSIONS = ("1.30", "1.37")  # the oldest Kubernetes the manifests are meant
 SHARED_CLAIM = "asc-ray-shared"
 RAY_LOGIN = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
 MLFLOW_LOGIN = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
-# Env vars asc_ray reads that a deployment need not set: opt-in switches and test hooks (ASC_RAY_TEST_*).
-OPTIONAL_ENV = {"ASC_RAY_WORKER_LOGS", "ASC_RAY_FOUR_STAGE"}
+# Env vars asc_ray reads that a deployment need not set: opt-in switches (the package has no test hooks: the
+# tests' own switches live in tests/)
+OPTIONAL_ENV = {"ASC_RAY_WORKER_LOGS"}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|_KEY$", re.I)
 
 
@@ -414,7 +415,7 @@ def job_env_names() -> set[str]:
     names = set()
     for py in (ROOT / "asc_ray").rglob("*.py"):
         names |= set(re.findall(r"[\"'](ASC_RAY_[A-Z0-9_]+|MLFLOW_TRACKING_URI)[\"']", py.read_text()))
-    return {n for n in names if not n.startswith("ASC_RAY_TEST_") and n not in OPTIONAL_ENV}
+    return {n for n in names if n not in OPTIONAL_ENV}
 
 
 def test_every_ray_container_has_the_jobs_env():

@@ -11,7 +11,7 @@ import os
 import pytest
 from helpers.procs import ROOT, cli_env, run_py
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CODE = """
 import json, os

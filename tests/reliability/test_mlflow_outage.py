@@ -16,7 +16,7 @@ from helpers.wait import wait_for_http
 
 from asc_ray.tracking import SPOOL_DIR, Tracker
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 class Server:

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from helpers.procs import PY, ROOT, Background, cli_env, run_py
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 PROBE = """
 import os, sys

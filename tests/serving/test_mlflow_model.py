@@ -143,7 +143,7 @@ def test_registry_one_version_per_trained_student_and_loadable_by_name(logged, c
     assert len(versions) == 1
     v = versions[0]
     assert v.tags["test_macro_acc"] == f"{r['test_macro_acc']:.4f}" and v.tags["key"] == "unit-key-1"
-    assert f"test macro accuracy {100 * r['test_macro_acc']:.2f} %" in v.description
+    assert f"{100 * r['test_macro_acc']:.2f} %" in v.description  # its figure, readable in the registry
     # the same model by name as by run
     by_name = _predict(logged, f"models:/asc-ray-baseline-split100/{v.version}", capsys, monkeypatch)
     by_run = _predict(logged, f"runs:/{logged['run_id']}/model", capsys, monkeypatch)
