@@ -398,7 +398,9 @@ def test_the_image_has_the_servers_python_packages(prepared):
     """The head runs the MLflow server from the image: its `server` extra is in the dependency layer, at the
     locked versions, and nothing is pip-installed at start-up."""
     assert not any("pip install" in c for c in all_commands(prepared))
-    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "server"
+    ]
     assert {r.split(">")[0] for r in server} == {"mlflow[auth]", "psycopg[binary]"}
     assert "['optional-dependencies']['server']" in DOCKERFILE.read_text()
     locked = (ROOT / "constraints.txt").read_text()
