@@ -191,7 +191,7 @@ def _assert_complete(dest: Path, mini: Miniature) -> None:
 
 def test_clean_download_gives_the_layout_preflight_reads(mirror, miniature, tmp_path, capsys):
     dest = tmp_path / "tau22"
-    assert main([str(dest), "--from", mirror.url]) == 0
+    assert main(["tau22", str(dest), "--from", mirror.url]) == 0
     _assert_complete(dest, miniature)
     ds = TauDataset.open(dest)
     assert ds.split_dir == dest / "split_setup"
@@ -277,7 +277,7 @@ def test_folder_mirror(miniature, monkeypatch, tmp_path):
     for path, data in miniature.files.items():
         (tmp_path / "mirror" / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "mirror" / path).write_bytes(data)
-    assert main([str(tmp_path / "tau22"), "--from", (tmp_path / "mirror").as_uri()]) == 0
+    assert main(["tau22", str(tmp_path / "tau22"), "--from", (tmp_path / "mirror").as_uri()]) == 0
     _assert_complete(tmp_path / "tau22", miniature)
 
 
@@ -311,7 +311,7 @@ def test_final_check_knows_the_official_counts(tiny_dataset):
 
 def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["--help"])
+        main(["tau22", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "asc-ray data tau22" in out and "(default: 5)" in out and "--from URL" in out
