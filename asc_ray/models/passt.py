@@ -51,7 +51,10 @@ class PasstSettings(Section):
     batch_size: Int
     lr: Float
     weight_decay: Float
-    warmup_epochs: Int
+    warmup_epochs: Int  # the learning rate's exponential warm-up (asc_ray.optim.exp_warmup_linear_down)
+    rampdown_start: Int  # the epoch its linear ramp down starts
+    rampdown_epochs: Int  # epochs it ramps down over, to last_lr x lr
+    last_lr: Float
 
 
 # classifier keys the package re-initialises when the number of classes differs from the checkpoint's
@@ -192,6 +195,14 @@ def find_checkpoint() -> Path:
             f"(or anywhere, with {CHECKPOINT_ENV}=/path/to/{CHECKPOINT_NAME}); "
             f"or train the PaSST teachers from scratch with passt.pretrained=false.",
         ) from None
+    return path
+
+
+def check_checkpoint() -> Path:
+    """The AudioSet checkpoint this machine would use, found (or fetched) and loaded into hear21passt's
+    PaSST-S: what a PaSST teacher needs before it trains. AscRayError when it is missing or does not fit."""
+    path = find_checkpoint()
+    passt(pretrained=path, size="full")
     return path
 
 
