@@ -283,7 +283,14 @@ def _check_semantics(cfg) -> None:
             "students.search / students.num_samples choose among trials on the validation holdout, but "
             "train.select=last trains without one",
             path="config",
-            fix="add train.select=val (the smoke profile sets last)",
+            fix="add train.select=val (a validation holdout carved from each split picks the trial)",
+        )
+    seeds = cfg.students.seeds
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise AscRayError(
+            f"students.seeds must be distinct seeds, at least one, got {seeds}",
+            path="config",
+            fix="e.g. students.seeds=[0,1,2] (each student trains once per seed)",
         )
 
 

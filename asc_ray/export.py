@@ -1,4 +1,5 @@
-"""What leaves the system: the DCASE submission file, plots like the report's figures, the results table.
+"""What leaves the system: the DCASE submission file and plots like the report's figures (the results pages:
+asc_ray.report).
 
 Every file is written atomically (asc_ray.io), so an interrupted run never leaves a half-written output
 that a resume would trust.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,24 +27,6 @@ import numpy as np  # noqa: E402
 from asc_ray.data.tau import SCENES  # noqa: E402
 from asc_ray.errors import AscRayError  # noqa: E402
 from asc_ray.io import atomic_write, atomic_write_text, read_or_raise  # noqa: E402
-
-MISSING = "–"  # shown in markdown tables where a result does not exist (yet)
-
-# The report's Table 3 (macro-averaged class accuracy on test, %), split -> system -> value.
-REPORT_RESULTS: dict[int, dict[str, float]] = {
-    5: {"bcbl24": 43.68, "kd_ensemble": 47.97, "tfs": 44.93, "baseline": 42.40},
-    10: {"bcbl24": 47.21, "kd_ensemble": 53.03, "tfs": 50.01, "baseline": 45.29},
-    25: {"bcbl24": 53.39, "kd_ensemble": 56.81, "tfs": 55.57, "baseline": 50.29},
-    50: {"bcbl24": 55.50, "kd_ensemble": 59.82, "tfs": 59.66, "baseline": 53.19},
-    100: {"bcbl24": 57.59, "kd_ensemble": 61.74, "tfs": 62.21, "baseline": 56.99},
-}
-# Table 3's column order and the report's names for our system ids.
-REPORT_SYSTEMS: dict[str, str] = {
-    "bcbl24": "24-BCBL",
-    "kd_ensemble": "KD-Ensemble",
-    "tfs": "TFS",
-    "baseline": "BL Model",
-}
 
 _HEADER = ["filename", "scene_label", *SCENES]
 
@@ -228,125 +210,3 @@ def plot_timeline(entries: Sequence[dict], path: str | Path, title: str = "Pipel
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save_figure(fig, path)
-
-
-# --- results table ------------------------------------------------------------------------------------
-
-
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    return f"{float(value):.2f}"
-
-
-def _md_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
-    return "\n".join(lines) + "\n"
-
-
-def run_header(profile: str, data_dir: str | Path, date: str, what: str = "Results", epochs: int = 0) -> str:
-    """The top of a results page: what was run, on what, when. Under any profile but `full`, or with every
-    model cut to `epochs` (train.epochs, a set-up check), the title says that the numbers are not comparable
-    with the report's Table 3."""
-    title = f"# {what}"
-    if epochs:
-        title += f" (--epochs {epochs}: a set-up check, every model trained {epochs} epoch(s): not results)"
-    elif profile != "full":
-        title += f" ({profile} profile: not comparable with the report's Table 3)"
-    lines = [title, "", f"- profile: `{profile}`", f"- data: `{data_dir}`", f"- date: {date}"]
-    if epochs:
-        lines.append(
-            f"- every model trained exactly {epochs} epoch(s) (`train.epochs`); the next run without it retrains"
-        )
-    if profile != "full":
-        lines.append(
-            "- the report's settings are the `full` profile (e.g. `PROFILE=full bash scripts/run_local.sh`)"
-        )
-    return "\n".join(lines) + "\n\n"
-
-
-def _models_table(rows: list[dict]) -> str:
-    """One line per system: the input its front-end gives, its size and MACs (first row of each system)."""
-    seen: dict[str, dict] = {}
-    for r in rows:
-        if "input_shape" in r and "macs" in r:
-            seen.setdefault(str(r["system"]), r)
-    if not seen:
-        return ""
-    body = [
-        [
-            s,
-            str(r["input_shape"]),
-            f"{int(r['sample_rate']) / 1000:g} kHz" if r.get("sample_rate") else MISSING,
-            f"{int(r['params']):,}" if r.get("params") is not None else MISSING,
-            f"{int(r['macs']) / 1e6:.1f} M",
-        ]
-        for s, r in seen.items()
-    ]
-    return "\n## Models\n\n" + _md_table(["system", "input", "sample rate", "params", "MACs"], body)
-
-
-def write_results_table(
-    rows: list[dict], csv_path: str | Path, md_path: str | Path, header: str | None = None
-) -> None:
-    """Write every row to `csv_path` (all columns) and a report-style Table 3 to `md_path`.
-
-    Each row has at least `system`, `split` and `test_macro_acc` (percent). The markdown starts with `header`
-    (run_header: profile, data dir, date; default a bare title), then our table (rows = splits ascending;
-    columns = bcbl24, kd_ensemble, tfs, baseline, then other systems in order of appearance), each model's
-    input shape and MACs where the rows carry them, and the report's numbers beside ours. Missing cells are "–".
-    """
-    ours: dict[int, dict[str, float]] = {}
-    systems: list[str] = []
-    for r in rows:
-        missing = {"system", "split", "test_macro_acc"} - set(r)
-        if missing:
-            raise ValueError(f"results row {r} lacks {sorted(missing)}")
-        system, split = str(r["system"]), int(r["split"])
-        if system in ours.get(split, {}):
-            raise ValueError(f"two results for system {system!r} on split {split}")
-        ours.setdefault(split, {})[system] = r["test_macro_acc"]
-        if system not in systems:
-            systems.append(system)
-
-    # CSV: the union of all columns, in order of first appearance
-    columns: list[str] = []
-    for r in rows:
-        columns += [c for c in r if c not in columns]
-
-    def write_csv(f):
-        w = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-
-    atomic_write(Path(csv_path), write_csv)
-
-    order = [s for s in REPORT_SYSTEMS if s in systems] + [s for s in systems if s not in REPORT_SYSTEMS]
-    splits = sorted(ours)
-    main = _md_table(
-        ["split (%)", *order],
-        [[str(sp), *(_fmt(ours[sp].get(s)) for s in order)] for sp in splits],
-    )
-    cmp_header = ["split (%)"]
-    for s, name in REPORT_SYSTEMS.items():
-        cmp_header += [f"{s} ours", f"{name} report"]
-    cmp_body = []
-    for sp in sorted(set(splits) | set(REPORT_RESULTS)):
-        cells = [str(sp)]
-        for s in REPORT_SYSTEMS:
-            cells += [_fmt(ours.get(sp, {}).get(s)), _fmt(REPORT_RESULTS.get(sp, {}).get(s))]
-        cmp_body.append(cells)
-    text = (
-        (header or "# Results\n\n")
-        + "Macro-averaged class accuracy on the test split (%).\n\n"
-        + main
-        + _models_table(rows)
-        # the report's Table 3 holds students only: a teachers' table would compare nothing with it
-        + (
-            "\n## Compared with the report (Table 3)\n\n" + _md_table(cmp_header, cmp_body)
-            if any(s in REPORT_SYSTEMS for s in systems)
-            else ""
-        )
-    )
-    atomic_write_text(Path(md_path), text)

@@ -9,7 +9,8 @@ focusnet_loss, eqs. (2)-(8) (teacher-informed confusing class instruction):
     l'_n = [zt_n > 0];  l''_n = min(1, l'_n + y_n);  l = l'' / sum(l'')
     R_att = H(l, softmax(zs));  R_ent = -sum softmax(zs) log softmax(zs)
     L = L_cls + alpha * R_att - beta * R_ent
-variant="reference" is the public code's form: mask softmax(zt / 2) > 1/C, label smoothing 0.1 in L_cls.
+mask="reference" is the code that made Table 3's TFS column (SNTL's "Author's Version", helpers/fpLoss.py): mask
+    softmax(zt / 2) > 1/C and label smoothing 0.1 in L_cls; mask="report" is eq. (4) as printed.
 Otherwise all losses: per-sample sums over classes, mean over the batch. Targets: int64 indices [B] or soft [B, C].
 """
 
@@ -71,11 +72,11 @@ def focusnet_loss(
     target: Tensor,
     alpha: float = 1.0,
     beta: float = 1.0,
-    variant: str = "report",
+    mask: str = "reference",
 ) -> Tensor:
-    """Eqs. (2)-(8); variant "report" (default) or "reference" (see module docstring)."""
-    if variant not in ("report", "reference"):
-        raise ValueError(f"focusnet variant must be 'report' or 'reference', got {variant!r}")
+    """Eqs. (2)-(8); mask "reference" (default, the code behind Table 3) or "report" (see module docstring)."""
+    if mask not in ("report", "reference"):
+        raise ValueError(f"focusnet mask must be 'report' or 'reference', got {mask!r}")
     zs, zt = student_logits.float(), teacher_logits.detach().float()
     n_classes = zs.shape[1]
     y = _soft_targets(target, n_classes)
@@ -85,11 +86,11 @@ def focusnet_loss(
     d = ps - F.softmax(zt, dim=1)
     log_y_hat = F.log_softmax(d + zs, dim=1)
     y_cls = y
-    if variant == "reference":
+    if mask == "reference":
         y_cls = y * (1 - REF_LABEL_SMOOTHING) + REF_LABEL_SMOOTHING / n_classes
     l_cls = _cross_entropy(log_y_hat, y_cls)
     # eqs. (5)-(6): attention target = the teacher's "confusing" classes plus the true class
-    if variant == "report":
+    if mask == "report":
         l1 = (zt > 0).float()
     else:
         l1 = (F.softmax(zt / REF_MASK_TEMPERATURE, dim=1) > 1.0 / n_classes).float()
@@ -117,7 +118,7 @@ def _kd(z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
 
 def _focusnet(z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
     f = cfg.focusnet
-    return focusnet_loss(z, zt, y, alpha=f.alpha, beta=f.beta, variant=f.variant)
+    return focusnet_loss(z, zt, y, alpha=f.alpha, beta=f.beta, mask=f.mask)
 
 
 # System.loss -> loss(student logits, soft targets, teacher logits or None, config). A loss with settings reads

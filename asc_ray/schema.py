@@ -71,6 +71,7 @@ class Students(Section):
     resources: dict[str, Any]
     num_samples: Int
     search: dict[str, Any]  # dotted key -> values (checked below against the key's own type)
+    seeds: list[Int]
 
 
 class Channels(Section):
@@ -100,7 +101,7 @@ class KD(Section):
 class FocusNet(Section):
     alpha: Float
     beta: Float
-    variant: Literal["report", "reference"]
+    mask: Literal["report", "reference"]
 
 
 class Train(Section):

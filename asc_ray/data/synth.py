@@ -1,6 +1,6 @@
 """A small synthetic dataset in the exact TAU22 + DCASE 2024 layout, for tests and smoke runs.
 
-    python -m asc_ray.data.synth --out DIR [--clips-per-class N] [--seed S]
+    asc-ray synth --out DIR [--clips-per-class N] [--test-clips-per-class N] [--seed S]
 
 Writes DIR/meta.csv, DIR/audio/*.wav (1 s, 44.1 kHz, mono, PCM_16), DIR/split{5,10,25,50,100}.csv,
 DIR/test.csv and DIR/irs/*.wav (impulse responses of mixed lengths, channel counts and rates, like MicIRP).
@@ -206,14 +206,52 @@ def _impulse_response(rng, sr: int, channels: int, length: int) -> np.ndarray:
     return (ir / np.abs(ir).max() * 0.9).astype(np.float32)
 
 
-def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
-    """Write the dataset to `out` (must be empty or absent); returns `out`."""
+def _recordings(rng, n_clips: int, n_rec: int, first_loc: int) -> list[tuple[str, str, str, int]]:
+    """n_rec recordings (identifier, city, location, clips) holding n_clips clips, at least one each."""
+    recs = []
+    for k, size in enumerate(1 + rng.multinomial(n_clips - n_rec, np.ones(n_rec) / n_rec)):
+        city = CITIES[rng.integers(len(CITIES))]
+        recs.append((f"{city}-{first_loc + k}", city, str(first_loc + k), int(size)))
+    return recs
+
+
+def _write_clips(rng, out: Path, scene: str, recs: list, devices) -> list[tuple[str, str, str]]:
+    """Synthesise and write every clip of `recs`; (filename, identifier, device) each. `devices(rng)` picks a
+    clip's device."""
+    slots, rec_jitter = [], []
+    for ident, city, location, size in recs:
+        jit = (
+            rng.normal(0, REC_SLOPE_SD),
+            rng.normal(0, REC_BAND_OCT_SD),
+        )  # the recording place's own character
+        for j in range(size):
+            dev = devices(rng)
+            slots.append(
+                (f"audio/{scene}-{city}-{location}-{1000 * (j // 10)}-{j % 10}-{dev}.wav", ident, dev)
+            )
+            rec_jitter.append(jit)
+    rec_jitter = np.array(rec_jitter)
+    for start in range(0, len(slots), CHUNK):
+        part = slots[start : start + CHUNK]
+        clips = _scene_clips(rng, scene, rec_jitter[start : start + CHUNK], [d for _, _, d in part])
+        for (fn, _, _), wave in zip(part, clips, strict=True):
+            sf.write(out / fn, wave.astype(np.float32), SR, subtype="PCM_16")
+    return slots
+
+
+def generate(
+    out: Path, clips_per_class: int = 40, seed: int = 0, test_clips_per_class: int | None = None
+) -> Path:
+    """Write the dataset to `out` (must be empty or absent); returns `out`. Each scene has `clips_per_class`
+    clips, TEST_SHARE of them in test, unless `test_clips_per_class` sets the test part's size: the training part
+    (its clips, recordings and splits) is the same whatever the test part's size, since each has its own random
+    stream and its own range of recording places."""
     out = Path(out).expanduser()
-    if clips_per_class < 3:
+    if clips_per_class < 3 or (test_clips_per_class is not None and test_clips_per_class < 1):
         raise AscRayError(
-            f"--clips-per-class must be >= 3 (two train recordings and one test recording "
-            f"per scene), got {clips_per_class}",
-            fix="use e.g. 40",
+            f"--clips-per-class must be >= 3 (two train recordings and one test recording per scene) and "
+            f"--test-clips-per-class >= 1, got {clips_per_class} and {test_clips_per_class}",
+            fix="use e.g. --clips-per-class 40 --test-clips-per-class 100",
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AscRayError(
@@ -222,57 +260,37 @@ def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
             fix="choose a new --out directory or delete this one",
         )
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    train_rng, test_rng, ir_rng = (np.random.default_rng([seed, part]) for part in range(3))
 
     rows, train_rows, test_rows, splits = [], [], [], {p: [] for p in SPLITS}
-    loc = 1000
     for s, scene in enumerate(SCENES):
-        n_test = max(1, round(TEST_SHARE * clips_per_class))
-        n_train = clips_per_class - n_test
-        n_train_rec = max(2, round(n_train / CLIPS_PER_RECORDING))
-        n_test_rec = max(1, round(n_test / 4))
-        recs = []  # (identifier, city, location, n_clips, is_test)
-        for is_test, n_clips, n_rec in ((False, n_train, n_train_rec), (True, n_test, n_test_rec)):
-            sizes = 1 + rng.multinomial(n_clips - n_rec, np.ones(n_rec) / n_rec)
-            for size in sizes:
-                city = CITIES[rng.integers(len(CITIES))]
-                recs.append((f"{city}-{loc}", city, str(loc), int(size), is_test))
-                loc += 1
-        # clip slots: (recording, segment, chunk, device)
-        slots, rec_jitter = [], []
+        n_train = clips_per_class - max(1, round(TEST_SHARE * clips_per_class))
+        n_test = test_clips_per_class or max(1, round(TEST_SHARE * clips_per_class))
+        train_recs = _recordings(
+            train_rng, n_train, max(2, round(n_train / CLIPS_PER_RECORDING)), 1000 + 1000 * s
+        )
+        test_recs = _recordings(test_rng, n_test, max(1, round(n_test / 4)), 100000 + 1000 * s)
+        train = _write_clips(
+            train_rng,
+            out,
+            scene,
+            train_recs,
+            lambda r: TRAIN_DEVICES[r.choice(len(TRAIN_DEVICES), p=TRAIN_P)],
+        )
         # test devices cycle through all nine across scenes (balanced, every device present), shuffled
-        test_devices = [DEVICES[(s * n_test + k) % len(DEVICES)] for k in rng.permutation(n_test)]
-        for r, (_, city, location, size, is_test) in enumerate(recs):
-            # the recording place's own character
-            jit = (rng.normal(0, REC_SLOPE_SD), rng.normal(0, REC_BAND_OCT_SD))
-            for j in range(size):
-                dev = (
-                    test_devices.pop()
-                    if is_test
-                    else TRAIN_DEVICES[rng.choice(len(TRAIN_DEVICES), p=TRAIN_P)]
-                )
-                fn = f"audio/{scene}-{city}-{location}-{1000 * (j // 10)}-{j % 10}-{dev}.wav"
-                slots.append((r, fn, dev))
-                rec_jitter.append(jit)
-        rec_jitter = np.array(rec_jitter)
-        for start in range(0, len(slots), CHUNK):
-            part = slots[start : start + CHUNK]
-            clips = _scene_clips(rng, scene, rec_jitter[start : start + CHUNK], [d for _, _, d in part])
-            for (_, fn, _), wave in zip(part, clips, strict=True):
-                sf.write(out / fn, wave.astype(np.float32), SR, subtype="PCM_16")
-        for r, fn, dev in slots:
-            ident, is_test = recs[r][0], recs[r][4]
-            rows.append((fn, scene, ident, dev))
-            (test_rows if is_test else train_rows).append((fn, scene))
+        test_devices = [DEVICES[(s * n_test + k) % len(DEVICES)] for k in test_rng.permutation(n_test)]
+        test = _write_clips(test_rng, out, scene, test_recs, lambda r, devs=test_devices: devs.pop())
+        rows += [(fn, scene, ident, dev) for fn, ident, dev in train + test]
+        train_rows += [(fn, scene) for fn, _, _ in train]
+        test_rows += [(fn, scene) for fn, _, _ in test]
         # nested splits: a shuffled order of this scene's train recordings; split p = the shortest prefix
         # holding >= p % of the scene's train clips (at least one recording), so 5 c 10 c ... c 100
-        train_recs = [r for r, rec in enumerate(recs) if not rec[4]]
-        train_recs = [train_recs[i] for i in rng.permutation(len(train_recs))]
-        cum = np.cumsum([recs[r][3] for r in train_recs])
+        order = [train_recs[i] for i in train_rng.permutation(len(train_recs))]
+        cum = np.cumsum([r[3] for r in order])
         for p in SPLITS:
             k = int(np.searchsorted(cum, p / 100 * n_train - 1e-9)) + 1
-            chosen = {recs[r][0] for r in train_recs[:k]}
-            splits[p] += [(fn, scene) for fn, scene_, ident, _ in rows if scene_ == scene and ident in chosen]
+            chosen = {r[0] for r in order[:k]}
+            splits[p] += [(fn, scene) for fn, ident, _ in train if ident in chosen]
 
     def write(name, header, table):
         with open(out / name, "w", newline="") as f:
@@ -287,7 +305,7 @@ def generate(out: Path, clips_per_class: int = 40, seed: int = 0) -> Path:
 
     (out / "irs").mkdir(exist_ok=True)
     for i, (sr, ch, length, subtype) in enumerate(IR_SPECS):
-        ir = _impulse_response(rng, sr, ch, length)
+        ir = _impulse_response(ir_rng, sr, ch, length)
         sf.write(
             out / "irs" / f"ir{i:02d}_{sr}hz_{ch}ch.wav", ir if ch > 1 else ir[:, 0], sr, subtype=subtype
         )
@@ -308,12 +326,19 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray synth") -> int:
         "--clips-per-class",
         type=int,
         default=40,
-        help="clips per scene, train + test, >= 3 (default: %(default)s)",
+        help="clips per scene: its training part is this less the test share (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--test-clips-per-class",
+        type=int,
+        default=100,
+        help="test clips per scene, whatever the training part (default: %(default)s: 1,000 test clips, "
+        "enough to tell a few points apart)",
     )
     ap.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
-        generate(args.out, args.clips_per_class, args.seed)
+        generate(args.out, args.clips_per_class, args.seed, args.test_clips_per_class)
     except AscRayError as e:  # also the console script asc-ray-synth: one message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from asc_ray.data.tau import N_CLASSES
 from asc_ray.errors import AscRayError
 from asc_ray.models.bcbl import BcblSettings, bcbl
 from asc_ray.models.passt import PasstSettings, passt
-from asc_ray.optim import adam_warmup_linear_down, adamw_cosine
+from asc_ray.optim import adam_exp_warmup_linear_down, adamw_cosine
 from asc_ray.schema import Section
 
 
@@ -41,7 +41,7 @@ def _passt(cfg, model: str, pretrained: bool) -> nn.Module:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "passt": Architecture(
-        "passt", PasstSettings, _passt, adam_warmup_linear_down, cost=20.0, channels_last=False
+        "passt", PasstSettings, _passt, adam_exp_warmup_linear_down, cost=20.0, channels_last=False
     ),
     "bcbl32": Architecture("bcbl", BcblSettings, _bcbl, adamw_cosine, cost=1.0, channels_last=True),
     "bcbl24": Architecture("bcbl", BcblSettings, _bcbl, adamw_cosine, cost=0.8, channels_last=True),

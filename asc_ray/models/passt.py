@@ -5,8 +5,8 @@
   "Input image size ... doesn't match model" warning are kept out of the user's output.
 - Weights: the AudioSet checkpoint is looked up locally first ($ASC_RAY_PASST_CHECKPOINT, then the asc_ray
   cache), then downloaded from the PaSST release; offline without the file -> one AscRayError saying what to do.
-- size="small": the same PaSST code, 2 layers of width 64 and no structured patchout, so that CPU runs train in
-  seconds per batch and learn from a few hundred clips.
+- size="small": the same PaSST code, 2 layers of width 64, patches without overlap and no structured patchout,
+  so that CPU runs train in seconds per batch and learn from a few hundred clips.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ FSTRIDE = TSTRIDE = 10
 INPUT_FDIM = 128
 S_PATCHOUT_T, S_PATCHOUT_F = 0, 6
 # small variant for CPU runs: same code, narrow and shallow, trained from scratch on a few hundred clips. No
-# structured patchout: dropping 6 of its 12 frequency rows each step regularises an 85 M-parameter pretrained
-# model, but a 2-layer model from scratch underfits with it
-SMALL = dict(embed_dim=64, depth=2, num_heads=4)
+# structured patchout: dropping 6 of the 12 frequency rows each step regularises the 85 M-parameter pretrained
+# model, but a 2-layer model from scratch underfits with it. Patches without overlap (stride 16: 8 x 8 tokens, not
+# 12 x 13): each epoch costs about half, and the epochs that buys at the same CPU teach it more than the overlap
+# does (chosen on a development set: docs/benchmarks.md, "The smoke profile's PaSST teachers")
+SMALL = dict(embed_dim=64, depth=2, num_heads=4, patch_size=16, stride=(16, 16))
 SMALL_PATCHOUT_F = 0
 SIZES = ("full", "small")
 
@@ -51,7 +53,10 @@ class PasstSettings(Section):
     batch_size: Int
     lr: Float
     weight_decay: Float
-    warmup_epochs: Int
+    warmup_epochs: Int  # the learning rate's exponential warm-up (asc_ray.optim.exp_warmup_linear_down)
+    rampdown_start: Int  # the epoch its linear ramp down starts
+    rampdown_epochs: Int  # epochs it ramps down over, to last_lr x lr
+    last_lr: Float
 
 
 # classifier keys the package re-initialises when the number of classes differs from the checkpoint's
@@ -108,8 +113,6 @@ def _build(size: str, n_classes: int, input_tdim: int) -> nn.Module:
             )
         return module.PaSST(
             img_size=(INPUT_FDIM, input_tdim),
-            patch_size=16,
-            stride=(FSTRIDE, TSTRIDE),
             in_chans=1,
             num_classes=n_classes,
             distilled=True,
@@ -192,6 +195,14 @@ def find_checkpoint() -> Path:
             f"(or anywhere, with {CHECKPOINT_ENV}=/path/to/{CHECKPOINT_NAME}); "
             f"or train the PaSST teachers from scratch with passt.pretrained=false.",
         ) from None
+    return path
+
+
+def check_checkpoint() -> Path:
+    """The AudioSet checkpoint this machine would use, found (or fetched) and loaded into hear21passt's
+    PaSST-S: what a PaSST teacher needs before it trains. AscRayError when it is missing or does not fit."""
+    path = find_checkpoint()
+    passt(pretrained=path, size="full")
     return path
 
 

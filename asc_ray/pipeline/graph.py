@@ -3,8 +3,10 @@
 Units are a system trained on a split (a teacher with Ray Train, a student with Ray Tune) and a logits
 table (written by the LogitAggregator). Every edge comes from `System.needs` / `System.feeds`:
 
-    split N:  passt_* , bcbl32_*  ──> table teachers ──> kd_ensemble ──> table kd_ensemble ──> tfs
-              bcbl24, baseline    (need nothing: start at once)
+    split N:  passt_* , bcbl32_*  ──> table teachers ──> kd_ensemble@s ──> table kd_ensemble@s ──> tfs@s
+              bcbl24@s, baseline@s, no_kd@s    (need nothing: start at once)
+
+Students train once per seed s of students.seeds (`@s`); the teachers, and so their table, once per split.
 
 A unit starts as soon as the units it needs are finished and the cluster has room; the longest work is
 launched first (split 100 before split 5, PaSST before CNN). Adding a system to systems.py needs no change
@@ -25,35 +27,54 @@ from asc_ray.models import get_architecture
 from asc_ray.systems import epochs, get_system
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Unit:
     kind: str  # "train": a system on a split | "table": the logits table of a source on a split
     name: str  # the system, or the table's source ("teachers", "kd_ensemble")
     split: int
+    seed: int | None = None  # a student's seed (students.seeds), and the table one feeds; None: teachers
 
     def __str__(self) -> str:
+        seed = "" if self.seed is None else f" seed{self.seed}"
         return (
-            f"{self.name} split{self.split}"
+            f"{self.name} split{self.split}{seed}"
             if self.kind == "train"
-            else f"{self.name} logits split{self.split}"
+            else f"{self.name} logits split{self.split}{seed}"
         )
 
     @property
     def role(self) -> str:
         return get_system(self.name).role if self.kind == "train" else "table"
 
+    @property
+    def source(self) -> str:
+        """A table's name for the LogitAggregator: its source, with the seed of a student's table."""
+        return self.name if self.seed is None else f"{self.name}_seed{self.seed}"
 
-def build_graph(systems: Iterable[str], splits: Iterable[int]) -> dict[Unit, list[Unit]]:
-    """unit -> the units it needs, for every configured system on every split."""
-    systems = [get_system(n) for n in systems]
+
+def _seeds(system, seeds: list[int]) -> list[int | None]:
+    return list(seeds) if system.role == "student" else [None]
+
+
+def build_graph(
+    systems: Iterable[str], splits: Iterable[int], seeds: Iterable[int] = (0,)
+) -> dict[Unit, list[Unit]]:
+    """unit -> the units it needs, for every configured system on every split (students once per seed)."""
+    systems, seeds = [get_system(n) for n in systems], list(seeds)
+    by_name = {s.name: s for s in systems}
     graph: dict[Unit, list[Unit]] = {}
     for split in splits:
         for s in systems:
-            graph[Unit("train", s.name, split)] = [Unit("table", s.needs, split)] if s.needs else []
+            for seed in _seeds(s, seeds):
+                # a student's table is per seed (tfs@s learns from kd_ensemble@s); the teachers' one is not
+                need = s.needs and Unit("table", s.needs, split, seed if s.needs in by_name else None)
+                graph[Unit("train", s.name, split, seed)] = [need] if need else []
         for source in dict.fromkeys(s.feeds for s in systems if s.feeds):
-            graph[Unit("table", source, split)] = [
-                Unit("train", s.name, split) for s in systems if s.feeds == source
-            ]
+            feeders = [s for s in systems if s.feeds == source]
+            for seed in _seeds(feeders[0], seeds):
+                graph[Unit("table", source, split, seed)] = [
+                    Unit("train", f.name, split, seed) for f in feeders
+                ]
     return graph
 
 
@@ -128,7 +149,9 @@ class Scheduler:
         self._events.put((unit, outcome, time.time()))
 
     def run(self) -> dict[Unit, dict]:
-        for u in sorted(self._needed(), key=lambda u: (u.split, u.kind, u.name)):
+        for u in sorted(
+            self._needed(), key=lambda u: (u.split, u.kind, u.name, u.seed if u.seed is not None else -1)
+        ):
             rec = self.is_done(u)
             if rec is not None:
                 self.state[u] = "done"

@@ -9,6 +9,11 @@ from asc_ray.config import config_hash, flatten
 from asc_ray.pipeline.graph import Unit
 from asc_ray.systems import System, get_system
 
+# What the training code does, beside the config it reads: bump it when a change to the code changes what a unit
+# trains into (a schedule, a seed's derivation), so that finished units of the older code are retrained, not
+# reused. 2: SNTL's PaSST schedule, the students' shared seeds, no warm-up cap.
+RECIPE = 2
+
 
 def unit_config(cfg, system: System) -> dict:
     """The config keys this system reads (System.reads). `train.epochs` is left out while it is off (0), so
@@ -16,14 +21,17 @@ def unit_config(cfg, system: System) -> dict:
     return {k: v for k, v in flatten(cfg).items() if system.reads(k) and (k, v) != ("train.epochs", 0)}
 
 
-def unit_key(cfg, system: System, split: int, data_key: str, upstream: str = "") -> str:
-    """What a trained model depends on: the config keys it reads, the data, and its inputs' keys. A student's
-    search space and replica count pick its model too."""
+def unit_key(
+    cfg, system: System, split: int, data_key: str, upstream: str = "", seed: int | None = None
+) -> str:
+    """What a trained model depends on: the config keys it reads, the data, its inputs' keys, the training code
+    (RECIPE) and, for a student, its seed. A student's search space and replica count pick its model too."""
     parts = unit_config(cfg, system)
     if system.role == "student":
         parts["search"] = {k: v for k, v in cfg.students.search.items() if system.reads(k)}
         parts["num_samples"] = cfg.students.num_samples
-    return config_hash([parts, system.name, split, data_key, upstream])
+        parts["unit_seed"] = seed
+    return config_hash([parts, system.name, split, data_key, upstream, RECIPE])
 
 
 class Keys:
@@ -38,11 +46,10 @@ class Keys:
         if u not in self._keys:
             upstream = config_hash([self[d] for d in self.graph[u]])
             if u.kind == "table":
-                self._keys[u] = config_hash([u.name, u.split, upstream])
+                self._keys[u] = config_hash([u.source, u.split, upstream])
             else:
-                self._keys[u] = unit_key(
-                    self.cfg, get_system(u.name), u.split, self.data_keys[u.split], upstream
-                )
+                s = get_system(u.name)
+                self._keys[u] = unit_key(self.cfg, s, u.split, self.data_keys[u.split], upstream, u.seed)
         return self._keys[u]
 
     def of_inputs(self, u: Unit) -> dict[str, str]:

@@ -24,13 +24,15 @@ from asc_ray.data.irs import load_irs
 from asc_ray.data.tau import EvalSet, TauDataset
 from asc_ray.errors import AscRayError
 from asc_ray.features import frontend_sample_rate
-from asc_ray.models.passt import find_checkpoint
+from asc_ray.models.passt import check_checkpoint, find_checkpoint
 from asc_ray.pipeline.runtime import init_ray, joining_cluster
 from asc_ray.pipeline.storage import (
     SERVER_FIX,
     SharedFolder,
     check_nodes,
+    on_other_nodes,
     refuse_job_working_dir,
+    this_node,
     write_tokens,
 )
 from asc_ray.systems import get_system
@@ -134,7 +136,9 @@ def preflight(cfg, data_dir: str | Path, output_dir: str | Path, splits: list[in
         irs = load_irs(paths.irs_dir, 32000)
         log(f"device impulse responses: {len(irs)} from {paths.irs_dir}")
     if any(get_system(n).model == "passt" for n in systems) and cfg.passt.pretrained:
-        log(f"PaSST AudioSet weights: {find_checkpoint()}")
+        log(f"PaSST AudioSet weights: {passt_checkpoint_here()}")
+        if cluster:  # each node reads its own disk: every node a teacher may land on, before any trains
+            check_passt_on_nodes()
     # a unit's data key covers what it reads: meta.csv, its own split file, test.csv and the decoded audio
     # (never the set of splits requested, so `--splits 100` then `--splits 50,100` reuses split 100)
     common = [_digest(data_dir / "meta.csv"), _digest(ds.split_path("test.csv")), keys[0]]
@@ -221,3 +225,35 @@ def check_cluster_storage(cfg, out: Path, tracker: Tracker) -> list[SharedFolder
     shared = write_tokens(out, folders)
     check_nodes(shared, log)
     return shared
+
+
+def passt_checkpoint_here(load: bool = True) -> str:
+    """The PaSST checkpoint on this node, found and (`load`) loaded into PaSST-S: its path, or one AscRayError
+    that names the node."""
+    try:
+        return str(check_checkpoint() if load else find_checkpoint())
+    except AscRayError as e:
+        raise AscRayError(
+            f"PaSST checkpoint not usable on node {this_node()}: {e.problem}", path=e.path, fix=e.fix
+        ) from None
+
+
+def check_passt_on_nodes() -> None:
+    """The PaSST checkpoint found and loaded on every other node that is up (a node that joins later checks
+    when its first PaSST teacher starts: asc_ray.pipeline.unit)."""
+    answers, late = on_other_nodes(_passt_task)
+    for error in answers:
+        if error is not None:
+            raise error
+    log(
+        f"PaSST AudioSet weights: loaded on {len(answers)} other node(s)"
+        + (f", {late} did not answer" if late else "")
+    )
+
+
+def _passt_task() -> AscRayError | None:
+    try:
+        passt_checkpoint_here()
+    except AscRayError as e:
+        return e
+    return None

@@ -13,30 +13,31 @@ import numpy as np
 import ray
 
 from asc_ray.console import log
-from asc_ray.data.tau import EvalSet, TauDataset
+from asc_ray.data.tau import SCENES, EvalSet, TauDataset
 from asc_ray.errors import AscRayError
-from asc_ray.export import (
-    plot_class_accuracy,
-    plot_timeline,
-    run_header,
-    write_dcase_output,
-    write_results_table,
-)
+from asc_ray.export import plot_class_accuracy, plot_timeline, read_dcase_output, write_dcase_output
 from asc_ray.features import frontend_sample_rate
 from asc_ray.io import atomic_write_json
+from asc_ray.pipeline.graph import Unit
 from asc_ray.pipeline.storage import verify_on_this_node
 from asc_ray.predict import Classifier, unit_spec
 from asc_ray.predict.mlflow_model import register_students
-from asc_ray.systems import get_system
+from asc_ray.report import run_header, write_results_table
+from asc_ray.stats import bootstrap
+from asc_ray.systems import ABLATIONS, get_system
 from asc_ray.train import ensemble_on_test, unit_dir
 
-RecordOf = Callable[[str, int], dict | None]  # (system, split) -> the finished unit's record, or None
+RecordOf = Callable[[Unit], dict | None]  # a finished unit's record, or None
+# The paired differences results.md shows: what distillation itself buys (the same student, recipe and seeds,
+# without KD), and what FocusNet adds on top of the KD student it learns from.
+DIFFERENCES = (("kd_ensemble", "no_kd"), ("tfs", "kd_ensemble"))
 
 
 def _row(name: str, split: int, r: dict) -> dict:
     return {
         "system": name,
         "split": split,
+        **({"seed": r["seed"]} if r.get("seed") is not None else {}),
         "test_macro_acc": round(100 * r["test_macro_acc"], 2),
         "val_macro_acc": round(100 * r["val_macro_acc"], 2),
         "test_acc": round(100 * r["test_acc"], 2),
@@ -50,6 +51,15 @@ def _row(name: str, split: int, r: dict) -> dict:
         "selected_epoch": r["selected_epoch"],
         "mlflow_run_id": r.get("run_id") or "",
     }
+
+
+def correct_on_test(ds: TauDataset, rec: dict) -> np.ndarray:
+    """Which test clips (test.csv's order) the unit's deployed model classified right, from its output.csv."""
+    files = ds.test_files()
+    names, predicted, _ = read_dcase_output(rec["files"]["output"])
+    by_name = dict(zip(names, predicted, strict=True))
+    truth = ds.labels(files)
+    return np.array([SCENES.index(by_name[f.split("/", 1)[-1]]) for f in files]) == truth
 
 
 def ensemble_row(split: int, ds: TauDataset, paths: list[str]) -> dict:
@@ -72,28 +82,39 @@ def ensemble_row(split: int, ds: TauDataset, paths: list[str]) -> dict:
 
 def write_results(
     cfg, splits: list[int], data_dir: Path, out: Path, record_of: RecordOf, timeline: list
-) -> list[dict]:
-    """results.* and teachers.* with their plots; returns the students' rows."""
-    rows, teacher_rows = [], []
-    ds = None  # the dataset, opened once for the teachers' ensembles
+) -> tuple[list[dict], list[dict]]:
+    """results.* and teachers.* with their plots; returns the students' and the teachers' rows."""
+    ds = TauDataset.open(data_dir, cfg.data.split_dir)
+    labels = ds.labels(ds.test_files())
+    rows, teacher_rows, estimates, differences = [], [], {}, {}
     for split in splits:
-        per_system, teacher_logits = {}, []
-        for name in cfg.students.systems + cfg.teachers.systems:
-            r = record_of(name, split)
-            if r is None:
-                continue
-            row = _row(name, split, r)
-            if get_system(name).role == "teacher":
-                teacher_rows.append(row)
+        per_system, teacher_logits, correct = {}, [], {}
+        for name in cfg.teachers.systems:
+            r = record_of(Unit("train", name, split))
+            if r is not None:
+                teacher_rows.append(_row(name, split, r))
                 teacher_logits.append(r.get("files", {}).get("test_logits"))
-            else:
-                rows.append(row)
-                per_system[name] = {
-                    k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("test_class_acc/")
-                }
+        for name in cfg.students.systems:
+            recs = [r for seed in cfg.students.seeds if (r := record_of(Unit("train", name, split, seed)))]
+            if not recs:
+                continue
+            rows += [_row(name, split, r) for r in recs]
+            correct[name] = {r.get("seed"): correct_on_test(ds, r) for r in recs}
+            estimates[(split, name)] = bootstrap(np.stack(list(correct[name].values())), labels)
+            first = recs[0]  # the class-wise plot shows the first seed's model
+            per_system[name] = {
+                k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("test_class_acc/")
+            }
+        for a, b in DIFFERENCES:
+            shared = [k for k in correct.get(a, {}) if k in correct.get(b, {})]
+            if shared:
+                differences[(split, f"{a} - {b}")] = bootstrap(
+                    np.stack([correct[a][k] for k in shared]),
+                    labels,
+                    np.stack([correct[b][k] for k in shared]),
+                )
         n_teachers = len(cfg.teachers.systems)
         if n_teachers and len(teacher_logits) == n_teachers and all(teacher_logits):
-            ds = ds or TauDataset.open(data_dir, cfg.data.split_dir)
             teacher_rows.append(ensemble_row(split, ds, teacher_logits))
         if per_system:
             plot_class_accuracy(
@@ -111,29 +132,43 @@ def write_results(
             path=out,
             fix="run the students stage first (jobs/students.py or jobs/full_pipeline.py)",
         )
+    for r in rows:  # each unit's own interval (one seed, its test clips)
+        r["test_macro_acc_ci95"] = round(100 * _unit_halfwidth(ds, labels, record_of, r), 2)
     date = time.strftime("%Y-%m-%d %H:%M %Z")
     header = run_header(cfg.profile, data_dir, date, epochs=cfg.train.epochs)
-    write_results_table(rows, out / "results.csv", out / "results.md", header)
+    write_results_table(
+        rows, out / "results.csv", out / "results.md", header, estimates, differences, ABLATIONS
+    )
     if teacher_rows:
         header = run_header(cfg.profile, data_dir, date, "Teachers", cfg.train.epochs)
         write_results_table(teacher_rows, out / "teachers.csv", out / "teachers.md", header)
     return rows, teacher_rows
 
 
+def _unit_halfwidth(ds, labels, record_of: RecordOf, row: dict) -> float:
+    rec = record_of(Unit("train", row["system"], row["split"], row.get("seed")))
+    return bootstrap(correct_on_test(ds, rec)[None], labels).half_width
+
+
 def report_to_mlflow(
-    tracker, parent_run_id: str, out: Path, rows: list[dict], teacher_rows: list[dict], record_of
+    tracker, parent_run_id: str, out: Path, rows: list[dict], teacher_rows: list[dict], record_of: RecordOf
 ) -> None:
     """The parent run's figures and files, and every student as a registered model."""
     ensembles = [r for r in teacher_rows if r["system"] == "teachers"]
+    seed = lambda r: "" if r.get("seed") is None else f".seed{r['seed']}"  # noqa: E731
     tracker.log_metrics(
         parent_run_id,
-        {f"{r['system']}.split{r['split']}.test_macro_acc": r["test_macro_acc"] for r in rows + ensembles},
+        {
+            f"{r['system']}.split{r['split']}{seed(r)}.test_macro_acc": r["test_macro_acc"]
+            for r in rows + ensembles
+        },
     )
     tracker.log_artifacts(
         parent_run_id, [out / n for n in ("results.csv", "results.md", "teachers.csv", "teachers.md")]
     )
     tracker.log_artifacts(parent_run_id, sorted((out / "plots").glob("*.png")), "plots")
-    register_students(tracker, parent_run_id, [record_of(r["system"], r["split"]) for r in rows], out, log)
+    records = [record_of(Unit("train", r["system"], r["split"], r.get("seed"))) for r in rows]
+    register_students(tracker, parent_run_id, records, out, log)
 
 
 def export_eval_set(
@@ -144,7 +179,7 @@ def export_eval_set(
     task = ray.remote(num_cpus=cfg.students.cpus_per_trial, num_gpus=gpu)(_eval_task)
     refs = []
     for r in rows:
-        unit = unit_dir(out, "student", r["split"], r["system"])
+        unit = unit_dir(out, "student", r["split"], r["system"], r.get("seed"))
         rate = frontend_sample_rate(get_system(r["system"]).frontend)
         # the deployed model: its predictions are in fp16
         refs.append(

@@ -41,7 +41,8 @@ class Pipeline:
     ):
         self.cfg, self.splits, self.fresh = cfg, sorted(splits), fresh
         self.data_dir, self.out = Path(data_dir).resolve(), Path(output_dir).resolve()
-        self.graph = build_graph(list(cfg.teachers.systems) + list(cfg.students.systems), self.splits)
+        systems = list(cfg.teachers.systems) + list(cfg.students.systems)
+        self.graph = build_graph(systems, self.splits, cfg.students.seeds)
         self.ctx: Context | None = None
         self.keys: Keys | None = None
         self.parent_run_id: str | None = None
@@ -78,28 +79,32 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------------- units
     def unit_dir(self, u: Unit) -> Path:
-        return unit_dir(self.out, get_system(u.name).role, u.split, u.name)
+        return unit_dir(self.out, get_system(u.name).role, u.split, u.name, u.seed)
 
-    def record(self, name: str, split: int) -> dict | None:
+    def record(self, u: Unit) -> dict | None:
         """A finished unit's record, if it has the key the unit has now."""
-        u = Unit("train", name, split)
         return read_record(self.unit_dir(u), self.keys[u])
 
     def is_done(self, u: Unit) -> dict | None:
         if u.kind == "table":
-            path = ray.get(self.aggregator.write_table.remote(u.name, u.split, self.keys.of_inputs(u)))
+            path = ray.get(self.aggregator.write_table.remote(u.source, u.split, self.keys.of_inputs(u)))
             return None if path is None else {"path": path, "key": self.keys[u]}
-        rec = self.record(u.name, u.split)
+        rec = self.record(u)
         if rec is not None and get_system(u.name).feeds:
             self._collect(u, rec)  # the aggregator may have lost it (e.g. the driver stopped in between)
         return rec
 
     def _collect(self, u: Unit, rec: dict) -> None:
-        feeds = get_system(u.name).feeds
+        table = Unit(
+            "table", get_system(u.name).feeds, u.split, u.seed
+        )  # the table this unit's logits go into
         path = rec["files"]["split_logits"]
-        ray.get(self.aggregator.collect.remote(feeds, u.split, u.name, path, rec["key"], rec.get("run_id")))
+        ray.get(
+            self.aggregator.collect.remote(table.source, u.split, u.name, path, rec["key"], rec.get("run_id"))
+        )
 
     def job(self, u: Unit) -> UnitJob:
+        needs = [d.source for d in self.graph[u] if d.kind == "table"]
         return UnitJob(
             system=u.name,
             split=u.split,
@@ -113,6 +118,8 @@ class Pipeline:
             aggregator=self.aggregator,
             caches=self.ctx.caches,
             shared=self.ctx.shared,
+            seed=u.seed,
+            needs_table=needs[0] if needs else None,
         )
 
     def launch(self, units: list[Unit], done) -> None:
@@ -130,7 +137,7 @@ class Pipeline:
             run_in_thread(lambda g=g: self._run_students(g, done))
 
     def _finished(self, u: Unit, done, error: BaseException | None = None) -> None:
-        rec = self.record(u.name, u.split)
+        rec = self.record(u)
         if rec is None:
             done(u, error or RuntimeError(f"{u} finished without a result record"))
             return
@@ -157,9 +164,9 @@ class Pipeline:
         lock = threading.Lock()
 
         def trial_done(job: dict) -> None:  # a trial of a plain (no search) Tuner ended: its unit is done
-            u = Unit("train", job["system"], job["split"])
+            u = Unit("train", job["system"], job["split"], job["seed"])
             with lock:
-                if u in reported or self.record(u.name, u.split) is None:
+                if u in reported or self.record(u) is None:
                     return  # not finished after all (stopped, failed): reported when the Tuner returns
                 reported.add(u)
             self._finished(u, done)
@@ -178,7 +185,7 @@ class Pipeline:
                 if u in reported:
                     continue
                 reported.add(u)
-            o = outcomes[(u.name, u.split)]
+            o = outcomes[(u.name, u.split, u.seed)]
             if isinstance(o, BaseException):
                 done(u, o)
             else:
@@ -190,6 +197,8 @@ class Pipeline:
             return
         t = self.ctx.tracker
         tags = {"role": rec["role"], "system": u.name, "split": u.split, "augment": rec["augment"]}
+        if u.seed is not None:
+            tags["seed"] = u.seed
         rid = t.start_run(str(u), {**tags, "reused_from": rec.get("run_id") or ""}, self.parent_run_id)
         t.log_metrics(rid, {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "split"})
         t.finish(rid)

@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from asc_ray.errors import AscRayError
 from asc_ray.io import atomic_write_text
 
@@ -111,9 +114,7 @@ def _error(f: SharedFolder, node: str) -> AscRayError:
     )
 
 
-def _this_node() -> str:
-    import ray
-
+def this_node() -> str:
     if not ray.is_initialized():
         return socket.gethostname()
     return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:12]})"
@@ -123,43 +124,49 @@ def verify_on_this_node(folders: list[SharedFolder]) -> None:
     """In a unit, before it reads or writes anything: the folders pre-flight checked are the same here."""
     missing = unseen(folders)
     if missing:
-        raise _error(missing[0], _this_node())
+        raise _error(missing[0], this_node())
 
 
 def _check_task(folders: list[SharedFolder]) -> tuple[str, list[int]]:
     missing = unseen(folders)
-    return _this_node(), [i for i, f in enumerate(folders) if f in missing]
+    return this_node(), [i for i, f in enumerate(folders) if f in missing]
+
+
+def on_other_nodes(fn, *args) -> tuple[list, int]:
+    """fn(*args) on every other node that is up, as a 0-CPU task pinned to it: (the answers of the nodes that
+    answered within CHECK_TIMEOUT_S, how many did not). A node that went away meanwhile is left out: the units
+    that land elsewhere check for themselves."""
+    own = ray.get_runtime_context().get_node_id()
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != own]
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    refs = [
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(*args)
+        for n in nodes
+    ]
+    done, late = ray.wait(refs, num_returns=len(refs), timeout=CHECK_TIMEOUT_S) if refs else ([], [])
+    answers = []
+    for ref in done:
+        try:
+            answers.append(ray.get(ref))
+        except ray.exceptions.RayError:
+            continue
+    for ref in late:
+        ray.cancel(ref, force=True)
+    return answers, len(late)
 
 
 def check_nodes(folders: list[SharedFolder], log) -> None:
-    """Each folder's token read back on every other node that is up (a 0-CPU task pinned to it)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    own = ray.get_runtime_context().get_node_id()
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != own]
+    """Each folder's token read back on every other node that is up."""
     names = ", ".join(f.what for f in folders)
-    if not nodes:
+    answers, late = on_other_nodes(_check_task, folders)
+    if not answers and not late:
         log(f"shared storage: no other node is up yet; each node checks {names} when its first unit starts")
         return
-    task = ray.remote(num_cpus=0, max_retries=0)(_check_task)
-    refs = {
-        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(folders): n
-        for n in nodes
-    }
-    done, late = ray.wait(list(refs), num_returns=len(refs), timeout=CHECK_TIMEOUT_S)
-    for ref in done:
-        try:
-            node, missing = ray.get(ref)
-        except ray.exceptions.RayError:  # the node went away meanwhile: the units that land elsewhere check
-            continue
+    for node, missing in answers:
         if missing:
             raise _error(folders[missing[0]], node)
-    for ref in late:
-        ray.cancel(ref, force=True)
     if late:
         log(
-            f"shared storage: {len(late)} node(s) did not answer within {CHECK_TIMEOUT_S:.0f}s; their units "
-            "check when they start"
+            f"shared storage: {late} node(s) did not answer within {CHECK_TIMEOUT_S:.0f}s; their units check when they start"
         )
-    log(f"shared storage: {names} seen by {len(done)} other node(s)")
+    log(f"shared storage: {names} seen by {len(answers)} other node(s)")

@@ -31,7 +31,10 @@ def student_trial(config: dict) -> None:
     """The Tune function trainable: one student on one split (with the trial's search overrides)."""
     trial = config["trial"]
     job = UnitJob(**trial["job"])
-    job.cfg = with_overrides(job.cfg, trial["overrides"])
+    overrides = dict(trial["overrides"])
+    if "seed" in overrides:  # a replica: its own training seed; the holdout (config seed) stays the unit's
+        job.seed = overrides.pop("seed")
+    job.cfg = with_overrides(job.cfg, overrides)
     if trial.get("trial_dir"):
         job.out_dir = trial["trial_dir"]
 
@@ -52,7 +55,8 @@ def student_trial(config: dict) -> None:
 
 def search_grid(search: dict, num_samples: int, seed: int) -> list[dict]:
     """{'kd.lam': [0.9, 0.98], ...} -> one overrides dict per combination and replica ([{}] without a
-    search). Replicas beyond the first get their own seed, so no two trials are identical."""
+    search). Replicas beyond the first get their own training seed ("seed": the unit's seed + 1000 r), so no two
+    trials are identical."""
     keys = sorted(search)
     grid = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(search[k] for k in keys))]
     return [{**o, **({"seed": seed + 1000 * r} if r else {})} for o in grid for r in range(num_samples)]
@@ -97,7 +101,7 @@ class TrialRetried(tune.Callback):
             pass
         start = "its last checkpoint" if trial.checkpoint is not None else "the start (no checkpoint yet)"
         log(
-            f"{job['system']} split{job['split']}: trial failed ({cause}), retrying from {start} "
+            f"{job['system']} split{job['split']} seed{job['seed']}: trial failed ({cause}), retrying from {start} "
             f"(failure {trial.num_failures}, students.max_failures={trial.max_failures})"
         )
 
@@ -112,7 +116,8 @@ def build_tuner(
     trials = []
     for j in jobs:
         system = get_system(j.system)
-        grid = search_grid({k: v for k, v in s.search.items() if system.reads(k)}, s.num_samples, cfg.seed)
+        keys = {k: v for k, v in s.search.items() if system.reads(k)}
+        grid = search_grid(keys, s.num_samples, cfg.seed if j.seed is None else j.seed)
         for i, o in enumerate(grid):
             trial_dir = str(Path(j.unit_dir) / "trials" / f"trial{i}") if search else None
             trials.append({"job": j.as_dict(), "overrides": o, "trial_dir": trial_dir})
@@ -164,12 +169,12 @@ def build_tuner(
     )
 
 
-def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[tuple[str, int], dict | BaseException]:
-    """(system, split) -> the unit's record, or the error that stopped it."""
-    out: dict[tuple[str, int], dict | BaseException] = {}
+def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[tuple, dict | BaseException]:
+    """(system, split, seed) -> the unit's record, or the error that stopped it."""
+    out: dict[tuple, dict | BaseException] = {}
     if search:
         (job,) = jobs
-        k = (job.system, job.split)
+        k = (job.system, job.split, job.seed)
         try:
             best = grid.get_best_result(metric=METRIC, mode=MODE, filter_nan_and_inf=True)
         except RuntimeError as e:  # no trial reported the metric
@@ -183,11 +188,12 @@ def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[tuple[str, in
         return out
     errors = {}
     for r in grid:
-        k = (r.config["trial"]["job"]["system"], r.config["trial"]["job"]["split"]) if r.config else None
+        job = r.config["trial"]["job"] if r.config else None
+        k = (job["system"], job["split"], job["seed"]) if job else None
         if r.error is not None and k is not None:
             errors[k] = r.error
     for j in jobs:
-        k = (j.system, j.split)
+        k = (j.system, j.split, j.seed)
         rec = read_record(j.unit_dir, j.key)
         out[k] = rec if rec is not None else errors.get(k, RuntimeError("trial stopped before it finished"))
     return out

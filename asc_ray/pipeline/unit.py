@@ -22,11 +22,12 @@ from asc_ray.config import flatten
 from asc_ray.data.cache import CacheRef
 from asc_ray.features import frontend_sample_rate, input_shape
 from asc_ray.io import atomic_write_text
+from asc_ray.pipeline.preflight import passt_checkpoint_here
 from asc_ray.pipeline.storage import SharedFolder, verify_on_this_node
 from asc_ray.predict.mlflow_model import log_unit_model
 from asc_ray.systems import System, get_system
 from asc_ray.tracking import Tracker
-from asc_ray.train import Trainer, finish_unit, prepare_data, unit_dir
+from asc_ray.train import Trainer, finish_unit, prepare_data
 
 # where an epoch's report stands, not what it measured: MLflow's step, not metrics
 _CLOCKS = ("epoch", "progress")
@@ -49,6 +50,8 @@ class UnitJob:
     caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> pre-flight's waveform cache
     shared: list[SharedFolder] = field(default_factory=list)  # folders pre-flight checked on a cluster
     out_dir: str | None = None  # a search trial's own folder instead of the unit's
+    seed: int | None = None  # a student's seed (students.seeds)
+    needs_table: str | None = None  # the LogitAggregator's table it learns from (kd_ensemble's: per seed)
 
     def as_dict(self) -> dict:
         """Shallow: Tune walks dicts in its param space (and restores handles in them), not dataclasses."""
@@ -98,7 +101,9 @@ def run_unit(
     system = get_system(job.system)
     split, cfg = job.split, job.cfg
     verify_on_this_node(job.shared)  # a node that joined after pre-flight: before writing anything
-    out = Path(job.out_dir or unit_dir(job.output_dir, system.role, split, system.name))
+    if system.model == "passt" and cfg.passt.pretrained and job.shared:  # ... and its PaSST checkpoint
+        passt_checkpoint_here(load=False)  # (the teacher loads it next: an error now names the node)
+    out = Path(job.out_dir or job.unit_dir)
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     if cfg.train.num_threads == 0:
@@ -107,10 +112,11 @@ def run_unit(
         torch.set_num_threads(max(1, int(round(cpus))))
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (kept in the result: node_id)
     say = UnitLog(out)
-    say(f"[{system.name} split{split}] rank {rank} on node {node_id} (pid {os.getpid()})")
+    name = f"{system.name} split{split}" + ("" if job.seed is None else f" seed{job.seed}")
+    say(f"[{name}] rank {rank} on node {node_id} (pid {os.getpid()})")
     logits = None
     if system.needs:  # targets from the actor: works on any node, validated against the split's files
-        logits = ray.get(job.aggregator.table.remote(system.needs, split))
+        logits = ray.get(job.aggregator.table.remote(job.needs_table, split))
     cache = job.caches.get(frontend_sample_rate(system.frontend))
     store = cache.open(log=say) if cache else None  # the node's copy: made by its first unit, then reused
     data = prepare_data(
@@ -127,13 +133,12 @@ def run_unit(
         world_size=world_size,
         wrap_model=wrap_model,
         unit_key=job.key,
+        seed=job.seed,
     )
     if world_size > 1:
-        say(
-            f"[{system.name} split{split}] rank {rank}/{world_size}: {len(trainer.batches.files)} training files"
-        )
+        say(f"[{name}] rank {rank}/{world_size}: {len(trainer.batches.files)} training files")
     if trainer.device.type == "cuda":  # a cluster user's first question: is my GPU used?
-        say(f"[{system.name} split{split}] training on {torch.cuda.get_device_name(trainer.device)}")
+        say(f"[{name}] training on {torch.cuda.get_device_name(trainer.device)}")
     if checkpoint_dir:
         trainer.load_checkpoint(checkpoint_dir)
 
@@ -147,10 +152,10 @@ def run_unit(
             "split": split,
             "augment": system.augment,
             "key": job.key,
-            "seed": cfg.seed,
+            "seed": cfg.seed if job.seed is None else job.seed,
             "train_seed": trainer.seed,
         }
-        run_id = tracker.start_run(f"{system.name} split{split}", tags, job.parent_run_id, run_id=old)
+        run_id = tracker.start_run(name, tags, job.parent_run_id, run_id=old)
         atomic_write_text(id_file, run_id)
         tracker.log_params(
             run_id,
@@ -173,7 +178,7 @@ def run_unit(
         fitted = trainer.fit(report_and_log)
     if rank != 0:
         return {}
-    extra = {"key": job.key, "run_id": run_id, "node_id": node_id, "started": started}
+    extra = {"key": job.key, "run_id": run_id, "node_id": node_id, "started": started, "seed": job.seed}
     result = finish_unit(system, cfg, split, data, out, fitted, extra, log=say)
     if run_id:
         finals = {

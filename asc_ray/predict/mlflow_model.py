@@ -220,6 +220,7 @@ def register_student(client, result: Mapping, output_dir: str | Path | None = No
         "system": result["system"],
         "split": str(result["split"]),
         "key": key,
+        **({"seed": str(result["seed"])} if result.get("seed") is not None else {}),
         "params": str(result.get("params", "")),
         "macs": str(result.get("macs", "")),
     }
@@ -348,14 +349,21 @@ def register_students(
     client = tracker._client
     links: dict[str, str] = {}
     try:
-        for r in sorted(students, key=lambda r: (int(r["split"]), r["system"])):
+        by_model: dict[str, list] = {}
+        for r in sorted(students, key=lambda r: (int(r["split"]), r["system"], r.get("seed") or 0)):
             v = register_student(client, r, output_dir)
             if v is not None:
-                champion = set_aliases(client, v)
+                by_model.setdefault(v.name, []).append(v)
+                seed = "" if r.get("seed") is None else f", seed {r['seed']}"
                 log(
-                    f"MLflow model: models:/{v.name}/{v.version} ({100 * float(r['test_macro_acc']):.2f} %), "
-                    f"@{CHALLENGER}; {champion}"
+                    f"MLflow model: models:/{v.name}/{v.version} ({100 * float(r['test_macro_acc']):.2f} %{seed})"
                 )
+        for name, versions in by_model.items():
+            # one challenger per model and run: the seed best on validation (the first without a holdout)
+            best = max(versions, key=lambda v: (_val(v) if _val(v) == _val(v) else -1.0, -versions.index(v)))
+            log(
+                f"MLflow model: models:/{name}@{CHALLENGER} = version {best.version}; {set_aliases(client, best)}"
+            )
         table = {
             c: [
                 r[c] if c in ("system", "split") else round(100 * float(r[c]), 2)

@@ -4,7 +4,15 @@ Plain PyTorch, no Ray; `python -m asc_ray.train` trains one model from the comma
 from asc_ray.train.checkpoint import CheckpointDir, is_save_epoch, link_or_copy, link_tree, tree_bytes
 from asc_ray.train.data import Paths, RunData, prepare_data, shard
 from asc_ray.train.outputs import ensemble_on_test, finish_unit, read_record, unit_dir, write_record
-from asc_ray.train.trainer import Fitted, Trainer, augment_seed, derive_seed, unit_seed, use_channels_last
+from asc_ray.train.trainer import (
+    Fitted,
+    Trainer,
+    augment_seed,
+    derive_seed,
+    train_seed,
+    unit_seed,
+    use_channels_last,
+)
 
 __all__ = [
     "CheckpointDir",
@@ -22,6 +30,7 @@ __all__ = [
     "prepare_data",
     "read_record",
     "shard",
+    "train_seed",
     "tree_bytes",
     "unit_dir",
     "unit_seed",

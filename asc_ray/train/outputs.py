@@ -32,8 +32,10 @@ from asc_ray.train.trainer import Fitted
 RECORD = "result.json"
 
 
-def unit_dir(output_dir: str | Path, role: str, split: int, system: str) -> Path:
-    return Path(output_dir) / f"{role}s" / f"split{split}" / system
+def unit_dir(output_dir: str | Path, role: str, split: int, system: str, seed: int | None = None) -> Path:
+    """<output-dir>/<role>s/split<N>/<system>, and seed<s>/ below it for a student's seed."""
+    folder = Path(output_dir) / f"{role}s" / f"split{split}" / system
+    return folder if seed is None else folder / f"seed{seed}"
 
 
 def write_record(folder: str | Path, record: dict) -> Path:

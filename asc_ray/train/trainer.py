@@ -48,8 +48,17 @@ def derive_seed(*parts) -> int:
 
 
 def unit_seed(seed: int, system: str, split: int) -> int:
-    """The seed one unit trains with (MLflow param `train_seed`): independent teachers, stable across resumes."""
+    """A teacher's training seed (MLflow param `train_seed`): independent teachers, stable across resumes."""
     return derive_seed(seed, system, split)
+
+
+def train_seed(system: System, cfg, split: int, seed: int | None = None) -> int:
+    """The seed a unit trains with. Students of one seed share it (the same initial weights for the same
+    architecture, the same batch order and augmentation draws: what distinguishes kd_ensemble from no_kd at a
+    seed is then the distillation alone); teachers each have their own."""
+    if system.role == "student":
+        return derive_seed("student", cfg.seed if seed is None else seed, split)
+    return unit_seed(cfg.seed, system.name, split)
 
 
 def augment_seed(train_seed: int, epoch: int, rank: int) -> int:
@@ -94,6 +103,7 @@ class Trainer:
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         unit_key: str | None = None,
         prefetch: bool = True,
+        seed: int | None = None,
     ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
         self.out_dir = Path(out_dir)
@@ -101,7 +111,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.prefetch = prefetch  # one batch in flight on a GPU (asc_ray.data.dataset.to_device)
         self.h = hparams(system, cfg)
-        self.seed = unit_seed(cfg.seed, system.name, split)  # same on every rank: identical initial weights
+        self.seed = train_seed(system, cfg, split, seed)  # same on every rank: identical initial weights
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
@@ -138,6 +148,11 @@ class Trainer:
         self.opt, self.sched = get_architecture(system.model).optimizer(
             self.model, self.h, len(self.batches), self.epochs
         )
+        steps, warm = self.epochs * len(self.batches), getattr(self.h, "warmup_steps", 0)
+        if 2 * warm > steps:  # the recipe's warm-up is kept: a split this small is said, not silently changed
+            self.log(
+                f"[{self.tag}] note: {warm} warm-up steps of {steps} in all: the learning rate peaks late"
+            )
         self.checkpoints = CheckpointDir(self.out_dir, unit_key, self.log, self.tag)
         self.unit_key = unit_key  # stored in checkpoints: a torn one falls back only to this unit's own
         self.epoch = 0

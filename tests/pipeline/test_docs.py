@@ -151,12 +151,19 @@ def test_fidelity_page_matches_the_code():
         "baseline.roll_s",
         "kd.kl_reduction",
         "augment.freqm",
-        "focusnet.variant",
+        "focusnet.mask",
         "train.select",
+        "students.seeds",
     ):
         section, name = key.split(".")
         assert f"`{key}`" in page or f"`{section}.*`" in page or f"`{name}`" in page, key
     assert f"`{cfg['kd.kl_reduction']}`" in page and str(cfg["baseline.warmup_steps"]) in page
     assert "±0.1 s" in page and str(cfg["bcbl.warmup_steps"]) in page
-    for difference in ("holdout", "Mixup mixes the inputs", "FocusNet as written", "silent"):
+    for difference in (
+        "holdout",
+        "Mixup mixes the inputs",
+        "FocusNet's mask as the code",
+        "`no_kd`",
+        "silent",
+    ):
         assert difference in page

@@ -26,11 +26,17 @@ def test_the_pipeline_job_prints_the_resolved_config_and_exits(tmp_path):
     f = tmp_path / "my.yaml"
     f.write_text("kd:\n  lam: 0.7\n")
     cmd = [sys.executable, str(ROOT / "jobs" / "full_pipeline.py"), "--profile", "smoke", "--config", str(f)]
-    r = subprocess.run([*cmd, "bcbl.epochs=3", "--print-config", "--epochs", "2"], capture_output=True, text=True)
+    r = subprocess.run(
+        [*cmd, "bcbl.epochs=3", "--print-config", "--epochs", "2"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     printed = yaml.safe_load(r.stdout)
     assert printed == _expected("smoke", ["bcbl.epochs=3", "train.epochs=2"], f)
-    assert printed["kd"]["lam"] == 0.7 and printed["train"]["epochs"] == 2 and printed["passt"]["size"] == "small"
+    assert (
+        printed["kd"]["lam"] == 0.7
+        and printed["train"]["epochs"] == 2
+        and printed["passt"]["size"] == "small"
+    )
     assert "profile smoke" in r.stdout.splitlines()[0]
     assert "ray" not in r.stderr.lower()  # exited before Ray started
 

@@ -1,4 +1,4 @@
-"""DCASE output, plots and the results table."""
+"""DCASE output, plots (asc_ray.export) and the results table (asc_ray.report)."""
 
 import csv
 import json
@@ -11,14 +11,13 @@ import asc_ray.io
 from asc_ray.data.tau import SCENES
 from asc_ray.errors import AscRayError
 from asc_ray.export import (
-    REPORT_RESULTS,
     complexity_path,
     plot_class_accuracy,
     plot_confusion,
     read_dcase_output,
     write_dcase_output,
-    write_results_table,
 )
+from asc_ray.report import REPORT_RESULTS, write_results_table
 
 
 def _png_size(path):
@@ -175,7 +174,7 @@ def test_report_results_match_spec():
 
 
 def test_results_page_says_what_was_run(tmp_path):
-    from asc_ray.export import run_header
+    from asc_ray.report import run_header
 
     rows = [
         {

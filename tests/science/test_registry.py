@@ -34,18 +34,31 @@ class Toy(nn.Module):
 @pytest.fixture
 def toy_registered(monkeypatch):
     # section "bcbl": its epochs, batch size, lr and warm-up; a new section would be one more key in full.yaml
-    toy = Architecture("bcbl", ARCHITECTURES["bcbl32"].settings, lambda cfg, m, p: Toy(), adamw_cosine, 0.1, False)
+    toy = Architecture(
+        "bcbl", ARCHITECTURES["bcbl32"].settings, lambda cfg, m, p: Toy(), adamw_cosine, 0.1, False
+    )
     monkeypatch.setitem(ARCHITECTURES, "toy", toy)
     teacher = System("toy_fms", "teacher", "toy", "mel32k", fms=True, dir=False)
     monkeypatch.setitem(systems.SYSTEMS, teacher.name, teacher)
     return teacher
 
 
-def test_a_registered_architecture_trains_through_the_training_entry_point(toy_registered, synth_dataset, tmp_path):
+def test_a_registered_architecture_trains_through_the_training_entry_point(
+    toy_registered, synth_dataset, tmp_path
+):
     from asc_ray.train.__main__ import main
 
     out = tmp_path / "out"
-    argv = ["--system", "toy_fms", "--split", "100", "--data-dir", str(synth_dataset), "--output-dir", str(out)]
+    argv = [
+        "--system",
+        "toy_fms",
+        "--split",
+        "100",
+        "--data-dir",
+        str(synth_dataset),
+        "--output-dir",
+        str(out),
+    ]
     assert main([*argv, "--profile", "smoke", "--epochs", "1"]) == 0
     unit = out / "split100" / "toy_fms"
     rec = json.loads((unit / "result.json").read_text())

@@ -1,0 +1,66 @@
+"""Students once per seed (students.seeds), the same seeds for every student; what each seed learns from; resume
+keys that a longer seed list keeps; results.md with means, standard deviations, per-seed values, intervals and
+the paired differences."""
+
+from __future__ import annotations
+
+from asc_ray.config import load_config
+from asc_ray.pipeline.graph import Unit, build_graph
+from asc_ray.pipeline.keys import Keys
+from asc_ray.report import write_results_table
+from asc_ray.stats import Estimate
+from asc_ray.train import unit_dir
+
+SYSTEMS = ["bcbl32_fms", "passt_dir", "kd_ensemble", "tfs", "no_kd"]
+
+
+def test_each_student_trains_once_per_seed_and_tfs_learns_from_its_own_seeds_kd_student():
+    g = build_graph(SYSTEMS, [25], seeds=[0, 1])
+    assert Unit("train", "bcbl32_fms", 25) in g and Unit("train", "bcbl32_fms", 25, 0) not in g
+    assert {u.seed for u in g if u.kind == "train" and u.name == "no_kd"} == {0, 1}
+    assert g[Unit("train", "kd_ensemble", 25, 1)] == [Unit("table", "teachers", 25)]  # one teachers' table
+    assert g[Unit("train", "tfs", 25, 1)] == [Unit("table", "kd_ensemble", 25, 1)]
+    assert g[Unit("table", "kd_ensemble", 25, 1)] == [Unit("train", "kd_ensemble", 25, 1)]
+    assert g[Unit("train", "no_kd", 25, 0)] == []  # needs no teacher: starts at once
+    assert Unit("table", "kd_ensemble", 25, 1).source == "kd_ensemble_seed1"
+
+
+def test_a_longer_seed_list_keeps_every_key_it_had():
+    def keys(seeds):
+        cfg = load_config("smoke", None, [f"students.seeds={seeds}"])
+        g = build_graph(SYSTEMS, [25], cfg.students.seeds)
+        k = Keys(g, cfg, {25: "data"})
+        return {u: k[u] for u in g}
+
+    one, three = keys([0]), keys([0, 1, 2])
+    assert all(three[u] == key for u, key in one.items())  # seed 0's units (and the teachers) are reused
+    assert len({v for u, v in three.items() if u.name == "no_kd"}) == 3  # each seed its own unit
+
+
+def test_a_student_seed_has_a_folder_of_its_own(tmp_path):
+    assert (
+        unit_dir(tmp_path, "student", 25, "kd_ensemble", 2) == tmp_path / "students/split25/kd_ensemble/seed2"
+    )
+    assert unit_dir(tmp_path, "teacher", 25, "passt_dir") == tmp_path / "teachers/split25/passt_dir"
+
+
+def test_results_page_shows_seeds_intervals_and_paired_differences(tmp_path):
+    rows = [
+        {"system": s, "split": 25, "seed": k, "test_macro_acc": v}
+        for s, values in (("kd_ensemble", [60.0, 62.0, 64.0]), ("no_kd", [58.0, 59.0, 60.0]))
+        for k, v in zip([0, 1, 2], values, strict=True)
+    ]
+    est = {(25, "kd_ensemble"): Estimate(0.62, 0.60, 0.64), (25, "no_kd"): Estimate(0.59, 0.575, 0.605)}
+    diffs = {(25, "kd_ensemble - no_kd"): Estimate(0.03, 0.005, 0.055)}
+    write_results_table(rows, tmp_path / "r.csv", tmp_path / "r.md", None, est, diffs, ("no_kd",))
+    md = (tmp_path / "r.md").read_text()
+    assert "| 25 | 62.00 ± 2.00 [±2.0] | 59.00 ± 1.00 [±1.5] |" in md
+    assert (
+        "no_kd (ablation)" in md
+        and "## Per seed" in md
+        and "| 25 | kd_ensemble | 60.00 | 62.00 | 64.00 |" in md
+    )
+    assert "| 25 | +3.00 [+0.50, +5.50] |" in md
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 6  # one row per unit
+    table3 = md.split("## Compared with the report")[1]
+    assert "| 25 | – | 53.39 | 62.00 | 56.81 |" in table3  # our mean over seeds beside the report's
