@@ -186,7 +186,7 @@ def _impulse_response(rng, sr: int, channels: int, length: int) -> np.ndarray:
         lp = min(10 ** rng.uniform(np.log10(3000), np.log10(20000)), 0.45 * sr)
         centre, gain_db, tilt = (
             10 ** rng.uniform(np.log10(500), np.log10(8000)),
-            rng.uniform(-8, 8),
+            rng.choice([-1, 1]) * rng.uniform(10, 14),  # a resonance or a notch always: a microphone colours
             rng.uniform(-3, 3),
         )
         mag = 1 / np.sqrt(1 + (hp / f) ** 4) / np.sqrt(1 + (f / lp) ** 8)

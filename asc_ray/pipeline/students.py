@@ -101,7 +101,7 @@ class TrialRetried(tune.Callback):
             pass
         start = "its last checkpoint" if trial.checkpoint is not None else "the start (no checkpoint yet)"
         log(
-            f"{job['system']} split{job['split']} seed{job['seed']}: trial failed ({cause}), retrying from {start} "
+            f"{job['system']} split{job['split']} seed{job.get('seed')}: trial failed ({cause}), retrying from {start} "
             f"(failure {trial.num_failures}, students.max_failures={trial.max_failures})"
         )
 
@@ -189,7 +189,7 @@ def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[tuple, dict |
     errors = {}
     for r in grid:
         job = r.config["trial"]["job"] if r.config else None
-        k = (job["system"], job["split"], job["seed"]) if job else None
+        k = (job["system"], job["split"], job.get("seed")) if job else None
         if r.error is not None and k is not None:
             errors[k] = r.error
     for j in jobs:

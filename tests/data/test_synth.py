@@ -52,9 +52,9 @@ def test_impulse_responses_colour_like_a_microphone_not_a_room(synth_dataset):
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "d"), "--clips-per-class", "3", "--seed", "2"]) == 0
+    assert main(["--out", str(tmp_path / "d"), "--clips-per-class", "3", "--test-clips-per-class", "2"]) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path / "d") in out and "30 clips" in out
+    assert str(tmp_path / "d") in out and "40 clips (train 20, test 20)" in out
     assert main(["--out", str(tmp_path / "d")]) == 2  # not empty: refused, one message
     assert "not empty" in capsys.readouterr().err
     with pytest.raises(AscRayError, match="clips-per-class"):

@@ -16,7 +16,7 @@ def test_full_profile_is_the_reports_settings():
         "kl_reduction": "mean",
     }  # the reference scale
     assert cfg.augment.fms_p == 0.4 and cfg.augment.dir_p == 0.6 and cfg.augment.freqm == 48
-    assert len(cfg.teachers.systems) == 6 and cfg.train.select == "val"
+    assert len(cfg.teachers.systems) == 6 and cfg.train.select == "last"  # the whole split, the last epoch
     # the report's N-BCBL models: 100 warm-up steps, no roll; the official baseline recipe: 2000, +-0.1 s
     assert cfg.bcbl.warmup_steps == 100 and cfg.bcbl.roll_s == 0.0
     assert cfg.baseline.model_dump() == {"warmup_steps": 2000, "roll_s": 0.1}

@@ -18,17 +18,25 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def T(name, split):
-    return Unit("train", name, split)
+    """A system on a split: a student at the graph's one default seed (0), a teacher at none."""
+    from asc_ray.systems import SYSTEMS
+
+    return Unit("train", name, split, 0 if name not in SYSTEMS or SYSTEMS[name].role == "student" else None)
+
+
+def Tab(source, split):
+    """A logits table: the teachers' one per split, a student's per seed (the default seed 0)."""
+    return Unit("table", source, split, None if source == "teachers" else 0)
 
 
 def test_edges_come_from_what_each_system_needs():
     g = build_graph(ALL, [5, 100])
     for sp in (5, 100):
         assert g[T("bcbl24", sp)] == [] and g[T("baseline", sp)] == []
-        assert g[T("kd_ensemble", sp)] == [Unit("table", "teachers", sp)]
-        assert set(g[Unit("table", "teachers", sp)]) == {T(t, sp) for t in TEACHERS}
-        assert g[Unit("table", "kd_ensemble", sp)] == [T("kd_ensemble", sp)]
-        assert g[T("tfs", sp)] == [Unit("table", "kd_ensemble", sp)]
+        assert g[T("kd_ensemble", sp)] == [Tab("teachers", sp)]
+        assert set(g[Tab("teachers", sp)]) == {T(t, sp) for t in TEACHERS}
+        assert g[Tab("kd_ensemble", sp)] == [T("kd_ensemble", sp)]
+        assert g[T("tfs", sp)] == [Tab("kd_ensemble", sp)]
         assert all(g[T(t, sp)] == [] for t in TEACHERS)
     assert len(g) == 2 * (len(ALL) + 2)
 
@@ -41,14 +49,14 @@ def test_a_new_system_needs_no_change_in_the_scheduler(monkeypatch):
     )
     monkeypatch.setitem(systems.SYSTEMS, "kd_small", new)
     g = build_graph([*TEACHERS, "kd_small"], [25])
-    assert g[T("kd_small", 25)] == [Unit("table", "teachers", 25)]
+    assert g[T("kd_small", 25)] == [Tab("teachers", 25)]
 
 
 def test_stage_jobs_select_their_part_of_the_graph():
     g = build_graph(ALL, [10])
     assert select(g, ["teachers"]) == {T(t, 10) for t in TEACHERS}
-    assert select(g, ["logits"]) == {Unit("table", "teachers", 10)}
-    assert select(g, ["students"]) == {T(s, 10) for s in STUDENTS} | {Unit("table", "kd_ensemble", 10)}
+    assert select(g, ["logits"]) == {Tab("teachers", 10)}
+    assert select(g, ["students"]) == {T(s, 10) for s in STUDENTS} | {Tab("kd_ensemble", 10)}
     assert select(g, ["evaluate"]) == set()
 
 
@@ -103,14 +111,14 @@ def test_a_failed_teacher_blocks_only_what_depends_on_it():
     r = FakeRunner(fail={T("passt_dir", 5)})
     s = _run(g, set(g), r)
     assert set(s.failures) == {T("passt_dir", 5)}
-    for u in (Unit("table", "teachers", 5), T("kd_ensemble", 5), T("tfs", 5)):
+    for u in (Tab("teachers", 5), T("kd_ensemble", 5), T("tfs", 5)):
         assert s.state[u] == "blocked" and u not in r.order
     assert s.state[T("tfs", 100)] == "done" and s.state[T("baseline", 5)] == "done"
 
 
 def test_finished_units_are_reused_and_a_missing_input_is_one_clear_error():
     g = build_graph(ALL, [10])
-    finished = {T(t, 10) for t in TEACHERS} | {Unit("table", "teachers", 10)}
+    finished = {T(t, 10) for t in TEACHERS} | {Tab("teachers", 10)}
     r = FakeRunner()
     _run(g, select(g, ["students"]), r, done=lambda u: {"node_id": "old"} if u in finished else None)
     assert not finished & set(r.order) and T("kd_ensemble", 10) in r.order
@@ -133,7 +141,7 @@ def test_a_scheduler_subclass_decides_readiness_and_order():
     assert teachers <= r.done_before[T("baseline", 5)]  # students waited for every teacher of every split
     assert teachers <= r.done_before[T("bcbl24", 100)]
     assert r.order[0].split == 5  # smallest split first, as v0.1 did
-    tables = {Unit("table", "teachers", sp) for sp in (5, 100)}
+    tables = {Tab("teachers", sp) for sp in (5, 100)}
     assert tables <= r.done_before[T("baseline", 100)]  # and for every table of the stage before theirs
     plain = FakeRunner()
     _run(g, set(g), plain)

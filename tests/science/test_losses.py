@@ -59,14 +59,14 @@ def test_kd_gradient_flows_to_student_only():
     assert zt.grad is None
 
 
-def focus_by_hand(zs, zt, y, alpha=1.0, beta=1.0, variant="report"):
+def focus_by_hand(zs, zt, y, alpha=1.0, beta=1.0, mask="report"):
     C = zs.shape[1]
     ps, pt = softmax(zs), softmax(zt)
     d = ps - pt  # eq. (2)
     y_hat = softmax(d + zs)
-    y_cls = y if variant == "report" else y * 0.9 + 0.1 / C
+    y_cls = y if mask == "report" else y * 0.9 + 0.1 / C
     l_cls = -(y_cls * np.log(y_hat)).sum(axis=1)  # eq. (3)
-    if variant == "report":
+    if mask == "report":
         l1 = (zt > 0).astype(float)  # eq. (4)
     else:
         l1 = (softmax(zt / 2) > 1 / C).astype(float)
@@ -81,32 +81,33 @@ def test_focusnet_trivial_case_by_hand():
     # zs = zt = 0, C = 2, y = class 0: y_hat = (.5, .5) -> L_cls = log 2; mask empty -> l = (1, 0) ->
     # R_att = log 2; R_ent = log 2; L = log 2 + log 2 - log 2 = log 2
     z = torch.zeros(1, 2)
-    assert focusnet_loss(z, z, torch.tensor([0])).item() == pytest.approx(math.log(2))
+    assert focusnet_loss(z, z, torch.tensor([0]), mask="report").item() == pytest.approx(math.log(2))
 
 
 def test_focusnet_report_form_hard_targets():
     y = np.eye(3)[Y_IDX]
     # sample 0: teacher mask (1, 1, 0), y = (1, 0, 0) -> l = (.5, .5, 0); sample 1: mask (0, 1, 1) + y(2) -> (0, .5, .5)
     expected = focus_by_hand(ZS, ZT, y)
-    got = focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX))
+    got = focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), mask="report")
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_focusnet_soft_targets_and_weights():
     y_soft = np.array([[0.6, 0.0, 0.4], [0.0, 0.25, 0.75]])
     expected = focus_by_hand(ZS, ZT, y_soft, alpha=0.5, beta=0.3)
-    got = focusnet_loss(t(ZS), t(ZT), t(y_soft), alpha=0.5, beta=0.3)
+    got = focusnet_loss(t(ZS), t(ZT), t(y_soft), alpha=0.5, beta=0.3, mask="report")
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_focusnet_reference_variant_differs_and_matches_its_form():
+def test_focusnet_reference_mask_is_the_default_differs_and_matches_its_form():
     y = np.eye(3)[Y_IDX]
-    expected = focus_by_hand(ZS, ZT, y, variant="reference")
-    got = focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), variant="reference")
+    expected = focus_by_hand(ZS, ZT, y, mask="reference")
+    got = focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX))  # the default: the code behind Table 3
     assert got.item() == pytest.approx(expected, rel=1e-5)
-    assert got.item() != pytest.approx(focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX)).item(), rel=1e-4)
+    report = focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), mask="report").item()
+    assert got.item() != pytest.approx(report, rel=1e-4)
     with pytest.raises(ValueError):
-        focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), variant="paper")
+        focusnet_loss(t(ZS), t(ZT), torch.tensor(Y_IDX), mask="paper")
 
 
 def test_kd_kl_reduction_mean_is_the_reference_scale():
