@@ -27,6 +27,7 @@ import pytest
 from helpers.wait import wait_for
 
 from asc_ray.data.logits import read_logits
+from asc_ray.train.outputs import unit_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -34,9 +35,11 @@ REPO = Path(__file__).resolve().parents[2]
 SPLIT = 25
 TEACHERS = ["bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"]
 EPOCHS = 16  # long enough that two teachers overlap on the two nodes, however fast the machine
-ON_NODE = re.compile(rf"\[(\w+) split{SPLIT}\] rank 0 on node ([0-9a-f]+)")  # asc_ray/pipeline/unit.py
-EPOCH_DONE = re.compile(rf"\[(\w+) split{SPLIT}\] epoch (\d+)/\d+ ")  # asc_ray/train/trainer.py
-RESUMED = re.compile(rf"\[(\w+) split{SPLIT}\] resumed from epoch (\d+)")
+ON_NODE = re.compile(
+    rf"\[(\w+) split{SPLIT}(?: seed\d+)?\] rank 0 on node ([0-9a-f]+)"
+)  # asc_ray/pipeline/unit.py
+EPOCH_DONE = re.compile(rf"\[(\w+) split{SPLIT}(?: seed\d+)?\] epoch (\d+)/\d+ ")  # asc_ray/train/trainer.py
+RESUMED = re.compile(rf"\[(\w+) split{SPLIT}(?: seed\d+)?\] resumed from epoch (\d+)")
 
 
 @pytest.fixture
@@ -46,9 +49,9 @@ def cluster(local_cluster):
 
 
 def _unit_logs(out: Path, role: str = "teachers") -> str:
-    """Every unit.log of the role (the console shows one line per unit; the details are in these)."""
+    """Every unit.log of the role, students' in their seed folders (the console shows one line per unit; the details are in these)."""
     return "\n".join(
-        p.read_text(errors="replace") for p in sorted(out.glob(f"{role}/split{SPLIT}/*/unit.log"))
+        p.read_text(errors="replace") for p in sorted(out.glob(f"{role}/split{SPLIT}/**/unit.log"))
     )
 
 
@@ -220,7 +223,9 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     # the console says so in one line (asc_ray/pipeline/students.py TrialRetried), not with Tune's traceback:
     # the unit, why (the node's actor died), from its checkpoint
     retry = [
-        ln for ln in text.splitlines() if f"{STUDENT} split{SPLIT}: " in ln and "students.max_failures" in ln
+        ln
+        for ln in text.splitlines()
+        if f"{STUDENT} split{SPLIT} seed0: " in ln and "students.max_failures" in ln
     ]
     assert len(retry) == 1 and re.search(r"Actor(Unavailable|Died)Error", retry[0]), text[-6000:]
     assert "checkpoint" in retry[0] and "no checkpoint" not in retry[0], retry
@@ -233,6 +238,6 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     assert any(t == STUDENT and int(e) >= 1 for t, e in RESUMED.findall(after)), units[-6000:]
 
     # the unit's result record: finished on the survivor
-    rec = json.loads((out / "students" / f"split{SPLIT}" / STUDENT / "result.json").read_text())
+    rec = json.loads((unit_dir(out, "student", SPLIT, STUDENT, 0) / "result.json").read_text())
     assert rec["node_id"] == survivor
     assert 0.0 <= rec["test_macro_acc"] <= 1.0

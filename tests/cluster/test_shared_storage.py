@@ -107,7 +107,7 @@ def test_each_node_copies_the_cache_once_and_its_units_reuse_it(cluster, tmp_pat
 
     # per unit: the node it ran on, and what it did with that node's cache
     node_dirs = {cl["a"].node_id: cl["a"].cache_dir, cl["b"].node_id: cl["b"].cache_dir}
-    units = sorted(out.glob(f"*/split{SPLIT}/*/unit.log"))
+    units = sorted(out.glob(f"*/split{SPLIT}/**/unit.log"))  # students: in their seed folders
     assert len(units) == len(TEACHERS) + 1
     by_node: dict[str, list[str]] = {}
     for log in units:

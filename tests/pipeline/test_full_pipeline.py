@@ -16,6 +16,7 @@ from asc_ray.data.logits import read_logits, table_metadata
 from asc_ray.data.tau import TauDataset
 from asc_ray.metrics import evaluate
 from asc_ray.systems import TEACHERS
+from asc_ray.train.outputs import unit_dir
 
 SPLITS = (10, 100)
 STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline")
@@ -89,7 +90,7 @@ def test_teacher_logits_tables_cover_each_split_by_filename(pipeline):
         assert np.ptp(per_teacher, axis=0).max() > 0  # six different models, not one copied
         meta = table_metadata(path)
         assert set(meta["runs"]) == set(TEACHERS) and all(meta["runs"].values())
-        kd = pipeline["out"] / "logits" / f"kd_ensemble_split{split}.parquet"
+        kd = pipeline["out"] / "logits" / f"kd_ensemble_seed0_split{split}.parquet"  # the student's, per seed
         assert read_logits(kd, files).shape == (len(files), 10)
 
 
@@ -133,7 +134,7 @@ def test_students_predict_the_evaluation_set_in_dcase_format(pipeline):
     for sp in SPLITS:
         for s in STUDENTS:
             files, labels, probs = read_dcase_output(
-                pipeline["out"] / "students" / f"split{sp}" / s / "eval_output.csv"
+                unit_dir(pipeline["out"], "student", sp, s, 0) / "eval_output.csv"
             )
             assert files == [n[len("audio/") :] for n in pipeline["eval_names"]]
             assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
@@ -168,11 +169,17 @@ def test_mlflow_has_a_parent_run_with_tagged_children(pipeline):
     bl = next(r for r in kids if r.data.tags["system"] == "baseline" and r.data.tags["split"] == "100")
     assert bl.data.params["roll_s"] == "0.1" and bl.data.params["warmup_steps"] == "10"
     assert kd.data.params["roll_s"] == "0.0" and kd.data.params["input_shape"] == "1x256x65"
-    assert len({r.data.params["train_seed"] for r in kids}) == len(kids)
+    # teachers each their own seed; the students of a split (one seed here) share theirs, so that kd_ensemble
+    # and its controls differ only by what they learn from
+    by_role = {role: [r for r in kids if r.data.tags["role"] == role] for role in ("teacher", "student")}
+    assert len({r.data.params["train_seed"] for r in by_role["teacher"]}) == len(by_role["teacher"])
+    assert len({(r.data.tags["split"], r.data.params["train_seed"]) for r in by_role["student"]}) == len(
+        SPLITS
+    )
     rows = _results(pipeline["out"] / "results.csv")
     assert (
         abs(
-            parents[0].data.metrics["kd_ensemble.split100.test_macro_acc"]
+            parents[0].data.metrics["kd_ensemble.split100.seed0.test_macro_acc"]
             - float(rows[("kd_ensemble", 100)]["test_macro_acc"])
         )
         < 1e-6
@@ -245,7 +252,7 @@ def test_mlflow_ui_opens_on_the_students_of_a_split_with_their_accuracy(pipeline
     shutil.copy(shot, keep / shot.name)
     assert shot.stat().st_size > 20_000
     table = runs_table(dom)
-    shown = {r["attributes.`Run Name`"].split()[-2]: r for r in table if "attributes.`Run Name`" in r}
+    shown = {r["attributes.`Run Name`"].split()[0]: r for r in table if "attributes.`Run Name`" in r}
     assert set(shown) == set(STUDENTS), table  # the students of split 100, nothing else
     rows = _results(pipeline["out"] / "results.csv")
     for s, r in shown.items():
@@ -259,7 +266,7 @@ def test_mlflow_ui_opens_on_the_students_of_a_split_with_their_accuracy(pipeline
 def test_the_same_command_again_reuses_everything(pipeline):
     before = _results(pipeline["out"] / "results.csv")
     table = (pipeline["out"] / "logits" / "teachers_split100.parquet").read_bytes()
-    records = {p: p.stat().st_mtime_ns for p in pipeline["out"].glob("*/split*/*/result.json")}
+    records = {p: p.stat().st_mtime_ns for p in pipeline["out"].glob("*/split*/**/result.json")}
     runs = sorted((pipeline["out"] / "ray_results").iterdir())
     again = _run(pipeline["data"], pipeline["out"], pipeline["cwd"], f"data.eval_dir={pipeline['eval']}")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -278,13 +285,14 @@ def test_console_is_asc_rays_one_line_per_unit_start_and_finish(pipeline):
     assert len(ours) >= 0.8 * len(lines), "\n".join(others)[:3000]
     for split in SPLITS:
         for s in (*TEACHERS, *STUDENTS):
-            assert sum(ln.endswith(f"] start {s} split{split}") for ln in ours) == 1
-            assert sum(f"] done {s} split{split} in " in ln for ln in ours) == 1
+            unit = f"{s} split{split}" + (" seed0" if s in STUDENTS else "")
+            assert sum(ln.endswith(f"] start {unit}") for ln in ours) == 1
+            assert sum(f"] done {unit} in " in ln for ln in ours) == 1
     progress = [ln for ln in ours if " units, running " in ln and "ETA" in ln]
     assert len(progress) == len(SPLITS) * (len(TEACHERS) + len(STUDENTS) + 2)
     # per-epoch lines are in each unit's own log
-    log = (pipeline["out"] / "students" / "split100" / "kd_ensemble" / "unit.log").read_text()
-    assert "[kd_ensemble split100] epoch 2/2" in log
+    log = (unit_dir(pipeline["out"], "student", 100, "kd_ensemble", 0) / "unit.log").read_text()
+    assert "[kd_ensemble split100 seed0] epoch 2/2" in log
 
 
 def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(pipeline):
@@ -298,15 +306,15 @@ def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(p
     by = {t["label"]: t for t in timeline}
     last_teacher_end = {sp: max(by[f"{t} split{sp}"]["end"] for t in TEACHERS) for sp in SPLITS}
     for sp, other in ((10, 100), (100, 10)):
-        assert by[f"baseline split{sp}"]["start"] < last_teacher_end[other]
+        assert by[f"baseline split{sp} seed0"]["start"] < last_teacher_end[other]
     # a split's kd_ensemble starts once its own teachers are done, whatever the other split does
     for sp in SPLITS:
-        assert by[f"kd_ensemble split{sp}"]["start"] >= last_teacher_end[sp] - 1
+        assert by[f"kd_ensemble split{sp} seed0"]["start"] >= last_teacher_end[sp] - 1
     # each student is reported when its own trial ends, not when the last trial of its Tuner does
     for s in STUDENTS:
         for sp in SPLITS:
-            rec = json.loads((pipeline["out"] / "students" / f"split{sp}" / s / "result.json").read_text())
-            assert by[f"{s} split{sp}"]["end"] - rec["finished"] < 60, (s, sp)
+            rec = json.loads((unit_dir(pipeline["out"], "student", sp, s, 0) / "result.json").read_text())
+            assert by[f"{s} split{sp} seed0"]["end"] - rec["finished"] < 60, (s, sp)
     assert (pipeline["out"] / "plots" / "timeline.png").stat().st_size > 5000
     c = MlflowClient(tracking_uri=f"sqlite:///{pipeline['cwd']}/mlflow.db")
     exp = c.get_experiment_by_name("asc-ray")
@@ -347,7 +355,7 @@ def test_one_split_more_reuses_every_unit_of_the_splits_already_done(pipeline, t
         timeout=1500,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert all(f"] start {s} split50" in r.stdout for s in (*TEACHERS, *STUDENTS))
+    assert all(f"] start {s} split50" in r.stdout for s in (*TEACHERS, *STUDENTS))  # students: "... seed0"
     assert "split100" not in "".join(ln for ln in r.stdout.splitlines() if "] start " in ln)
     c = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     exp = c.get_experiment_by_name("asc-ray")

@@ -64,12 +64,14 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         r = run_py([str(ROOT / "jobs" / f"{job}.py"), *common], env, tmp_path, timeout=900)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         if job == "students":  # the console says which searched value won
-            done = [ln for ln in r.stdout.splitlines() if "] done bcbl24 split100 " in ln]
+            done = [ln for ln in r.stdout.splitlines() if "] done bcbl24 split100 seed0 " in ln]
             assert len(done) == 1 and "channels.bcbl24" in done[0], r.stdout[-3000:]
     trials = list((tmp_path / "o" / "ray_results").glob("students-*/student_trial_*"))
     assert len(trials) == 2
     # the chosen trial trained every epoch min_steps asked for (an epoch clock stopped it at bcbl.epochs + 1)
-    epochs = re.findall(r"epoch (\d+)/(\d+) ", (tmp_path / "o/students/split100/bcbl24/unit.log").read_text())
+    epochs = re.findall(
+        r"epoch (\d+)/(\d+) ", (tmp_path / "o/students/split100/bcbl24/seed0/unit.log").read_text()
+    )
     assert epochs[-1][0] == epochs[-1][1] and int(epochs[-1][1]) > 3, epochs[-3:]
     with open(tmp_path / "o" / "results.csv") as f:
         (row,) = list(csv.DictReader(f))

@@ -20,6 +20,8 @@ import pytest
 from helpers.procs import ROOT, Background, alive, cli_env, cmdline, descendants, listening_sockets, run_py
 from helpers.wait import wait_for
 
+from asc_ray.train.outputs import unit_dir
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TEACHERS = ("bcbl32_fms", "passt_dir")
@@ -94,7 +96,7 @@ CKPT_LINE = re.compile(r"\] epoch (\d+)/\d+ .* checkpoint$", re.M)  # asc_ray.tr
 
 
 def _unit_log(out: Path, role: str, system: str) -> str:
-    p = out / role / "split25" / system / "unit.log"
+    p = unit_dir(out, role[:-1], 25, system, 0 if role == "students" else None) / "unit.log"
     return p.read_text(errors="replace") if p.is_file() else ""
 
 
@@ -155,7 +157,7 @@ def test_seeds_are_logged_to_mlflow(ref):
 
 
 def _records(out: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in out.glob("*/split25/*/result.json")}
+    return {p: p.stat().st_mtime_ns for p in out.glob("*/split25/**/result.json")}  # students: per seed
 
 
 def test_rerun_of_a_finished_pipeline_reuses_everything(ref):

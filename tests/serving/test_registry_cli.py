@@ -55,7 +55,7 @@ def registry(student_unit, tmp_path_factory):
         rec = {**base, "run_id": run_id, "key": f"key{i}", "val_macro_acc": val}
         lines = []
         register_students(t, parent, [rec], None, log=lines.append)
-        champions.append(lines[0])
+        champions.append(next(ln for ln in lines if f"@{CHALLENGER} = " in ln))  # the aliases' line
     return {"uri": uri, "lines": champions, "root": root}
 
 
