@@ -5,6 +5,12 @@
 - dir_augment: device impulse responses on device-`a` clips only.
 - freq_mask: SpecAugment frequency masking, one mask per sample (torchaudio's iid_masks=True).
 - roll: circular shift of each waveform by a random number of samples (the DCASE 2024 baseline's roll).
+
+Each draws its random numbers from a CPU generator, step by step. With train.device_augment the Trainer draws
+a whole epoch's numbers at once instead (`draw_epoch`: the same distributions, another random stream), copies
+them to the training device once, and applies the `*_drawn` forms: fixed shapes and no host round trip per
+step (a CUDA graph can hold them). Each eager function and its drawn form share the arithmetic (`roll_by`,
+`band_mask`, `_mix_band_stats`, `_fft_convolve`), so the same draws give the same output.
 """
 
 from __future__ import annotations
@@ -55,12 +61,18 @@ def freq_mixstyle(
     if p <= 0 or float(_rand((1,), generator, "cpu")) > p:
         return x
     b = x.shape[0]
+    lam = _beta(alpha, b, generator)
+    return _mix_band_stats(x, lam, torch.randperm(b, generator=generator), eps)
+
+
+def _mix_band_stats(x: Tensor, lam: Tensor, perm: Tensor, eps: float) -> Tensor:
+    b = x.shape[0]
     f_mu = x.mean(dim=(1, 3), keepdim=True).detach()  # [B, 1, F, 1]
     f_var = x.var(dim=(1, 3), keepdim=True).detach()
     f_sig = (f_var + eps).sqrt()
     x_normed = (x - f_mu) / f_sig
-    lam = _beta(alpha, b, generator).to(device=x.device, dtype=x.dtype).view(b, 1, 1, 1)
-    perm = torch.randperm(b, generator=generator).to(x.device)
+    lam = lam.to(device=x.device, dtype=x.dtype).view(b, 1, 1, 1)
+    perm = perm.to(x.device)
     mu_mix = f_mu * lam + f_mu[perm] * (1 - lam)
     sig_mix = f_sig * lam + f_sig[perm] * (1 - lam)
     return x_normed * sig_mix + mu_mix
@@ -101,14 +113,18 @@ def dir_augment(
         kernels = irs[choice.to(irs.device)].to(device=wave.device, dtype=wave.dtype)
     else:
         kernels = ir_bank([irs[k] for k in choice.tolist()], wave.device, wave.dtype)
-    # fft convolution, batched over the chosen clips: linear (not circular) as long as the fft size is at least
-    # n + len(ir) - 1; a 5-smooth size (next_fast_len) avoids pocketfft's slow path for sizes with large prime
-    # factors
-    size = next_fast_len(n + kernels.shape[1] - 1, real=True)
     idx = idx.to(wave.device)
-    conv = torch.fft.irfft(torch.fft.rfft(wave[idx], size) * torch.fft.rfft(kernels, size), size)
-    out[idx] = conv[:, :n]
+    out[idx] = _fft_convolve(wave[idx], kernels)
     return out
+
+
+def _fft_convolve(wave: Tensor, kernels: Tensor) -> Tensor:
+    """Each row of wave [B, n] convolved with its row of kernels [B, L], cut to n samples. An fft convolution:
+    linear (not circular) as long as the fft size is at least n + L - 1; a 5-smooth size (next_fast_len) avoids
+    pocketfft's slow path for sizes with large prime factors."""
+    n = wave.shape[1]
+    size = next_fast_len(n + kernels.shape[1] - 1, real=True)
+    return torch.fft.irfft(torch.fft.rfft(wave, size) * torch.fft.rfft(kernels, size), size)[:, :n]
 
 
 def freq_mask(
@@ -117,11 +133,18 @@ def freq_mask(
     """x [B, ..., F, T]: per sample, set a band of width ~U[0, max_bins) at a random start to `value`."""
     if max_bins <= 0:
         return x
+    b = x.shape[0]
+    u_width = _rand((b,), generator, "cpu")
+    return band_mask(x, u_width, _rand((b,), generator, "cpu"), max_bins, value)
+
+
+def band_mask(x: Tensor, u_width: Tensor, u_start: Tensor, max_bins: int, value: float = 0.0) -> Tensor:
+    """freq_mask with its uniform draws given ([B] each), computed where they are."""
     b, n_freq = x.shape[0], x.shape[-2]
-    width = _rand((b,), generator, "cpu") * min(max_bins, n_freq)
-    start = _rand((b,), generator, "cpu") * (n_freq - width)
+    width = u_width * min(max_bins, n_freq)
+    start = u_start * (n_freq - width)
     lo, hi = start.floor().long(), (start + width).floor().long()
-    f = torch.arange(n_freq)
+    f = torch.arange(n_freq, device=u_width.device)
     mask = (f[None, :] >= lo[:, None]) & (f[None, :] < hi[:, None])  # [B, F]
     mask = mask.view(b, *([1] * (x.dim() - 3)), n_freq, 1).to(x.device)
     return x.masked_fill(mask, value)
@@ -132,7 +155,75 @@ def roll(wave: Tensor, max_shift: int, generator: torch.Generator | None = None)
     samples (the DCASE 2024 baseline rolls by up to +-0.1 s: max_shift = 0.1 * sample rate)."""
     if max_shift <= 0:
         return wave
-    b, n = wave.shape
-    shift = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator)
-    idx = (torch.arange(n)[None, :] - shift[:, None]) % n  # out[t] = wave[t - shift], as torch.roll
+    shift = torch.randint(-max_shift, max_shift + 1, (wave.shape[0],), generator=generator)
+    return roll_by(wave, shift)
+
+
+def roll_by(wave: Tensor, shift: Tensor) -> Tensor:
+    """wave [B, n], each clip circularly shifted by its own shift [B] (computed where `shift` is)."""
+    n = wave.shape[1]
+    idx = (torch.arange(n, device=shift.device)[None, :] - shift[:, None]) % n  # out[t] = wave[t - shift]
     return wave.gather(1, idx.to(wave.device))
+
+
+# ------------------------------------------------------------------------- drawn per epoch (device_augment)
+def draw_epoch(
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+    *,
+    max_shift: int = 0,
+    n_irs: int = 0,
+    fms_alpha: float = 0.3,
+    mixup_alpha: float = 1.0,
+) -> dict[str, Tensor]:
+    """Every random number of an epoch's augmentations, one row per step ([steps, batch] or [steps]), drawn
+    at once from `generator` on the host: the same distributions as the eager functions draw them.
+    `step_draws` picks a step's row (on whatever device the dict was moved to)."""
+    s, b = steps, batch
+    g = generator
+    out = {
+        "dir_u": torch.rand(s, b, generator=g),  # apply DIR where < p (device a only)
+        "dir_k": torch.randint(0, max(1, n_irs), (s, b), generator=g),  # which impulse response
+        "fms_u": torch.rand(s, generator=g),  # FMS on this batch where <= p
+        "fms_lam": _beta(fms_alpha, s * b, g).view(s, b),
+        "fms_perm": torch.rand(s, b, generator=g).argsort(dim=1),  # a uniform random permutation per row
+        "mix_lam": _beta(mixup_alpha, s, g),
+        "mix_perm": torch.rand(s, b, generator=g).argsort(dim=1),
+        "mask_w": torch.rand(s, b, generator=g),  # frequency mask width and start (front-end)
+        "mask_s": torch.rand(s, b, generator=g),
+    }
+    if max_shift > 0:
+        out["roll"] = torch.randint(-max_shift, max_shift + 1, (s, b), generator=g)
+    return out
+
+
+def step_draws(epoch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    """The draws of one step: views of each tensor's row (no copy, no host round trip)."""
+    return {k: v[step] for k, v in epoch.items()}
+
+
+def dir_drawn(
+    wave: Tensor, device_ids: Tensor, bank: Tensor, u: Tensor, k: Tensor, p: float, device_a: int = 0
+) -> Tensor:
+    """dir_augment with its draws given (u [B] uniform, k [B] impulse response index): every clip is
+    convolved, device-`a` clips with u < p keep it (a fixed shape, where dir_augment picks clips by index)."""
+    if p <= 0 or bank.shape[0] == 0:
+        return wave
+    apply = (device_ids.to(wave.device).view(-1) == device_a) & (u < p)
+    conv = _fft_convolve(wave, bank[k].to(wave.dtype))
+    return torch.where(apply[:, None], conv, wave)
+
+
+def freq_mixstyle_drawn(
+    x: Tensor, u: Tensor, lam: Tensor, perm: Tensor, p: float = 0.4, eps: float = 1e-6
+) -> Tensor:
+    """freq_mixstyle with its draws given (u scalar gate, lam [B], perm [B]): mixed where u <= p."""
+    if p <= 0:
+        return x
+    return torch.where(u <= p, _mix_band_stats(x, lam, perm, eps), x)
+
+
+def mixup_drawn(x: Tensor, y: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """mixup with its draws given (lam a 0-d tensor, perm [B])."""
+    return lam * x + (1.0 - lam) * x[perm], lam * y + (1.0 - lam) * y[perm]

@@ -181,7 +181,8 @@ def plot_timeline(entries: Sequence[dict], path: str | Path, title: str = "Pipel
     """Gantt chart of a pipeline run: one bar per unit, one band of rows per node, coloured by role; a light
     bar before it is the time the unit waited in Ray's queue and started up.
 
-    Each entry: label, role (teacher / student / table), node, launched (optional), start and end (epoch s).
+    Each entry: label, role (teacher / student / table), node, launched (optional), start and end (epoch s);
+    workers and workers_why (optional): a unit on several workers says how many and why in its label.
     """
     if not entries:
         raise ValueError("plot_timeline needs at least one unit")
@@ -196,7 +197,10 @@ def plot_timeline(entries: Sequence[dict], path: str | Path, title: str = "Pipel
         if queued > 0:
             ax.barh(i, queued, left=e["launched"] - t0, color=c, alpha=0.25)
         ax.barh(i, max(e["end"] - e["start"], 0.5), left=e["start"] - t0, color=c)
-        ax.text(e["end"] - t0, i, " " + e["label"], va="center", fontsize=7)
+        wide = (
+            f" x{e['workers']} ({e.get('workers_why') or 'data parallel'})" if e.get("workers", 1) > 1 else ""
+        )
+        ax.text(e["end"] - t0, i, " " + e["label"] + wide, va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), [f"node {str(e['node'])[:8]}" for e in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first unit started")

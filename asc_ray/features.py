@@ -21,7 +21,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from asc_ray.augment import freq_mask
+from asc_ray.augment import band_mask, freq_mask
 
 LOG_OFFSET = 1e-5
 
@@ -69,7 +69,8 @@ def torchaudio_mel(cfg: MelConfig) -> torchaudio.transforms.MelSpectrogram:
 
 
 class LogMel(nn.Module):
-    """wave [B, n] -> log-mel [B, 1, n_mels, T]; frequency masking only in .train()."""
+    """wave [B, n] -> log-mel [B, 1, n_mels, T]; frequency masking only in .train(), from torch's global RNG or
+    from `draws` (a step's `mask_w` / `mask_s` of asc_ray.augment.draw_epoch: train.device_augment)."""
 
     def __init__(self, cfg: MelConfig):
         super().__init__()
@@ -79,10 +80,12 @@ class LogMel(nn.Module):
         # complex abs (a hypot per bin), 5x slower on a CPU and a third of the front-end's time there
         self.mel.spectrogram.power = None
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, draws: dict | None = None) -> torch.Tensor:
         spec = self.mel.spectrogram(wave.float())  # [B, n_fft // 2 + 1, T], complex
         x = self.mel.mel_scale(spec.real.square() + spec.imag.square())  # [B, n_mels, T], power
-        if self.training and self.cfg.freqm > 0:
+        if self.training and self.cfg.freqm > 0 and draws is not None:
+            x = band_mask(x.unsqueeze(1), draws["mask_w"], draws["mask_s"], self.cfg.freqm).squeeze(1)
+        elif self.training and self.cfg.freqm > 0:
             x = freq_mask(x.unsqueeze(1), self.cfg.freqm).squeeze(1)
         return (x + LOG_OFFSET).log().unsqueeze(1)
 
@@ -95,7 +98,9 @@ class PasstMel(nn.Module):
     the STFT; on a CPU those two were 60 % of its time. Here they are a difference of shifted slices and
     re^2 + im^2: the same arithmetic, the same torch random draws in the same order (fmin/fmax jitter, then
     frequency and time masking), equal to the library's output up to float rounding
-    (tests/science/test_features.py). Everything else is the library's own code path."""
+    (tests/science/test_features.py). Everything else is the library's own code path. Its masks draw on the
+    input's device already; with `draws` (train.device_augment) the jittered mel bank is copied to the GPU from
+    pinned memory without waiting (instead of a blocking copy per step)."""
 
     def __init__(self, freqm: int = PASST_MEL["freqm"]):
         super().__init__()
@@ -104,7 +109,7 @@ class PasstMel(nn.Module):
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "FMAX is None setting to ..."
             self.mel = AugmentMelSTFT(**{**PASST_MEL, "freqm": freqm})
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, draws: dict | None = None) -> torch.Tensor:
         m = self.mel
         x = wave.float()
         c = m.preemphasis_coefficient.flatten()  # [-0.97, 1]: y[n] = x[n + 1] - 0.97 x[n]
@@ -125,8 +130,11 @@ class PasstMel(nn.Module):
         fmax = m.fmax + m.fmax_aug_range // 2 - torch.randint(m.fmax_aug_range, (1,)).item()
         if not self.training:
             fmin, fmax = m.fmin, m.fmax
+        basis = _passt_mel_basis(m.n_mels, m.n_fft, m.sr, fmin, fmax)
+        if draws is not None and x.is_cuda:
+            basis = _pinned(basis).to(x.device, non_blocking=True)
         with torch.autocast(x.device.type, enabled=False):  # the library keeps the mel projection in fp32
-            x = _passt_mel_basis(m.n_mels, m.n_fft, m.sr, fmin, fmax).to(x.device) @ x
+            x = basis.to(x.device) @ x
         x = (x + 0.00001).log()
         if self.training:
             x = m.timem(m.freqm(x))
@@ -141,6 +149,12 @@ def _passt_mel_basis(n_mels: int, n_fft: int, sr: int, fmin: float, fmax: float)
         n_mels, n_fft, sr, fmin, fmax, vtln_low=100.0, vtln_high=-500.0, vtln_warp_factor=1.0
     )
     return torch.nn.functional.pad(mel_basis, (0, 1), mode="constant", value=0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    """A pinned copy of a cached CPU tensor (never written again): its copy to the GPU need not wait."""
+    return t.pin_memory()
 
 
 def build_frontend(name: str, freqm: int = 48) -> nn.Module:

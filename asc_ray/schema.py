@@ -60,6 +60,7 @@ class Teachers(Section):
     max_concurrent: Int
     bcbl_epochs: Int
     resources: dict[str, Any]  # Ray resource name -> amount (checked below)
+    critical_path_workers: Int
 
 
 class Students(Section):
@@ -72,6 +73,7 @@ class Students(Section):
     num_samples: Int
     search: dict[str, Any]  # dotted key -> values (checked below against the key's own type)
     seeds: list[Int]
+    critical_path_workers: Int
 
 
 class Channels(Section):
@@ -111,8 +113,10 @@ class Train(Section):
     eval_every: Int
     checkpoint_every: Int
     channels_last: Auto
-    compile: Bool
+    compile: Literal["reduce-overhead"] | Bool
     amp: Auto
+    device_augment: Bool
+    prefetch: Bool
     num_threads: Int
 
 

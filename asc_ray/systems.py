@@ -48,8 +48,11 @@ class System:
     def reads(self, key: str) -> bool:
         """Whether a dotted config key changes what this system trains into. It decides which keys go into the
         system's resume key (asc_ray.pipeline.keys) and which searches apply to it. Keys that only change speed
-        or bookkeeping (train.num_threads, train.compile, train.channels_last, resources, MLflow) are read by
-        no system, so changing them never retrains a model."""
+        or bookkeeping (train.num_threads, train.compile, train.channels_last, train.prefetch, resources,
+        critical-path workers, MLflow) are read by no system, so changing them never retrains a model: they move
+        float rounding no more than two eager runs on a GPU differ (cuDNN picks its kernels per run), or not at
+        all. train.amp (bf16 rounding throughout) and train.device_augment (another random stream, as another
+        seed would be) are read."""
         section, _, name = key.partition(".")
         if section == "augment":
             return {
@@ -60,8 +63,8 @@ class System:
                 "freqm": True,  # every front-end masks
             }.get(name, False)
         if section == "train":
-            # which epoch is kept; how many epochs and steps are made; bf16 numerics on GPU
-            return name in ("select", "eval_every", "amp", "epochs", "min_steps")
+            # which epoch is kept; how many epochs and steps are made; bf16 numerics; the augmentations' stream
+            return name in ("select", "eval_every", "amp", "epochs", "min_steps", "device_augment")
         if section == "data":
             return name == "holdout_fraction"
         if section == "teachers":

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -29,11 +27,11 @@ from urllib.parse import unquote, urlparse
 from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
 from asc_ray.lock import OutputLock
+from asc_ray.spool import Spool
 
 SPOOL_DIR = "mlflow_spool"  # under the output dir: MLflow calls made while the server was down
-DEFAULT_URI = (
-    "sqlite:///mlflow.db"  # MLflow's own default since 3.7: a bare `mlflow ui` in the same folder shows it
-)
+# MLflow's own default since 3.7: a bare `mlflow ui` in the same folder shows it
+DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -83,20 +81,7 @@ def local_artifact_path(location: str | None) -> Path | None:
 
 MOUNTS = Path("/proc/mounts")
 # file systems whose locks SQLite cannot trust: several writers over them lose or corrupt the database
-NETWORK_FS = (
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "9p",
-    "lustre",
-    "glusterfs",
-    "ceph",
-    "gpfs",
-    "beegfs",
-    "fuse.sshfs",
-)
+NETWORK_FS = tuple("nfs nfs4 cifs smb3 smbfs 9p lustre glusterfs ceph gpfs beegfs fuse.sshfs".split())
 
 
 def network_filesystem(path: Path) -> str | None:
@@ -234,20 +219,50 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         parent_id: str | None = None,
         run_id: str | None = None,
-    ) -> str:
-        """A new run (child when parent_id is given), or the existing `run_id` reopened (resume)."""
-        c = self._client
+        token: str | None = None,
+    ) -> str | None:
+        """A new run (child when parent_id is given), or the existing `run_id` reopened (resume). `token`: the
+        caller's own name for this run (tag `run_token`): a run made with it before is reopened, not made twice
+        (its maker died before keeping the id, or the server died before answering). While the server is
+        unreachable this waits up to START_WAIT_S for it, then returns None: the caller goes on without a run."""
         if run_id:
             try:
-                c.get_run(run_id)
-                c.update_run(run_id, status="RUNNING")
+                self._client.get_run(run_id)
+            except Exception as e:  # noqa: BLE001 - deleted, or another store (404): a new run below
+                if _http_status(e) != 404:
+                    return run_id  # unreachable: the run is there; its status follows when it finishes
+            else:
+                self._safe(self._client.update_run, run_id, "RUNNING")
                 return run_id
-            except Exception:  # noqa: BLE001 - run deleted or another store: start a new one
-                pass
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        return c.create_run(self.experiment_id(), run_name=name, tags=tags).info.run_id
+        if token:
+            tags[TOKEN_TAG] = token
+        deadline = time.time() + (START_WAIT_S if time.time() >= getattr(self, "_down_until", 0.0) else 0)
+        while True:
+            try:
+                c = self._client
+                found = token and c.search_runs([self.experiment_id()], f"tags.{TOKEN_TAG} = '{token}'")
+                if found:
+                    return self.start_run(name, run_id=found[0].info.run_id)
+                return c.create_run(self.experiment_id(), run_name=name, tags=tags).info.run_id
+            except Exception as e:  # noqa: BLE001 - MLflow raises its own types for an HTTP answer
+                if 400 <= _http_status(e) < 500:
+                    raise
+                if time.time() > deadline:
+                    warnings.warn(f"MLflow at {self.uri} unreachable ({e}): no run for {name}", stacklevel=2)
+                    self._down_until = time.time() + RETRY_AFTER_S
+                    return None
+                time.sleep(2.0)
+
+    def stale_runs(self, tags: Mapping[str, str]) -> list[str]:
+        """The runs still RUNNING with these tags (e.g. the parent run of a driver that was killed)."""
+        where = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self._safe(
+            self._client.search_runs, [self.experiment_id()], f"{where} and attributes.status = 'RUNNING'"
+        )
+        return [] if runs is _FAILED else [r.info.run_id for r in runs]
 
     def _safe(self, fn, *args, **kwargs):
         for attempt in range(3):
@@ -267,8 +282,12 @@ class Tracker:
         for i in range(0, len(items), 100):
             self._send({"op": "log_batch", "run_id": run_id, "params": items[i : i + 100]})
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-        ts = int(time.time() * 1000)
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], step: int | None = None, at: float | None = None
+    ) -> None:
+        """`at`: the time the figures are of (default now). The same figures logged again at the same time are
+        one entry in MLflow's history, not two (how a resumed unit and a spool replay log without duplicates)."""
+        ts = int((time.time() if at is None else at) * 1000)
         items = [[k.replace("/", "."), float(v), ts, step or 0] for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             self._send({"op": "log_batch", "run_id": run_id, "metrics": items[i : i + 500]})
@@ -294,11 +313,8 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self._send({"op": "set_terminated", "run_id": run_id, "status": status})
 
-    # -- the spool: what could not reach MLflow, kept under the output dir and replayed later ----------------
-    # One JSONL file per process (host + pid in the name), one line per call, appended with a single write:
-    # concurrent workers never interleave. A file is claimed for replay by renaming it (atomic), so the driver,
-    # a worker and `python -m asc_ray.tracking replay` never replay the same lines twice; lines replayed are
-    # gone from the spool, lines that fail again go back into it.
+    # -- the spool (asc_ray.spool): what could not reach MLflow, kept under the output dir and replayed later.
+    # Every record is one MLflow takes twice as once: metrics carry their time and step, the rest overwrite.
     def set_spool(self, spool_dir: str | Path) -> None:
         self.spool_dir = str(spool_dir)
 
@@ -309,9 +325,6 @@ class Tracker:
         if self.spool_dir:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-
-    def _spool_file(self) -> Path:
-        return Path(self.spool_dir) / f"spool-{socket.gethostname()}-{os.getpid()}.jsonl"
 
     def _do(self, rec: dict) -> None:
         """One spool record against the store (raises on failure)."""
@@ -334,69 +347,37 @@ class Tracker:
             raise ValueError(f"unknown spool record {op!r}")
 
     def _send(self, rec: dict) -> None:
-        if self.spool_dir and time.time() < getattr(self, "_down_until", 0.0):
-            self._append([rec])  # failed moments ago: don't stall training on another round of retries
+        spool = Spool(self.spool_dir) if self.spool_dir else None
+        if spool and time.time() < getattr(self, "_down_until", 0.0):
+            spool.append([rec])  # failed moments ago: don't stall training on another round of retries
             return
-        if self.spool_dir and self._spool_file().is_file():
+        if spool and spool.own_file().is_file():
             self.replay_spool(own_only=True)  # the server may be back: older records first
-        if self._safe(self._do, rec) is _FAILED and self.spool_dir:
-            self._append([rec])
+        if self._safe(self._do, rec) is _FAILED and spool:
+            spool.append([rec])
             self._down_until = time.time() + RETRY_AFTER_S
 
-    def _append(self, recs: list[dict]) -> None:
-        f = self._spool_file()
-        f.parent.mkdir(parents=True, exist_ok=True)
-        with open(f, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r) + "\n" for r in recs))  # one write: lines never interleave
-
     def replay_spool(self, own_only: bool = False, orphans: bool = False) -> tuple[int, int]:
-        """Send spooled records to MLflow, oldest first; (sent, still spooled). A file stops at its first
-        failure (the server is still down) and its remaining records are spooled again. A record the server
-        refuses for good (HTTP 4xx: e.g. its run was deleted) is dropped with a warning. orphans: also files
-        claimed by a replay that died (only safe while no run uses the output dir)."""
-        if not self.spool_dir or not Path(self.spool_dir).is_dir():
+        """Send the spooled records to MLflow (asc_ray.spool.Spool.replay); (sent, still spooled)."""
+        if not self.spool_dir:
             return 0, 0
-        root = Path(self.spool_dir)
-        files = [self._spool_file()] if own_only else sorted(root.glob("spool-*.jsonl"))
-        if orphans:
-            files += sorted(root.glob("spool-*.jsonl.replaying-*"))
-        sent = left = 0
-        for f in files:
-            home = f.with_name(f.name.split(".replaying-")[0])  # where records that fail again go back
-            claimed = home.with_name(f"{home.name}.replaying-{socket.gethostname()}-{os.getpid()}")
-            try:
-                os.rename(f, claimed)
-            except FileNotFoundError:
-                continue  # replayed by someone else meanwhile
-            recs = []
-            for line in claimed.read_text(encoding="utf-8").splitlines():
-                try:
-                    recs.append(json.loads(line))
-                except ValueError:  # a line cut short by a killed process: nothing to send
-                    continue
-            for i, rec in enumerate(recs):
-                try:
-                    self._do(rec)
-                except Exception as e:  # noqa: BLE001 - still down: keep the rest for later
-                    status = getattr(e, "get_http_status_code", lambda: 500)()
-                    if 400 <= status < 500:
-                        warnings.warn(
-                            f"MLflow refused a spooled {rec['op']} for run {rec['run_id']}: {e}", stacklevel=2
-                        )
-                        continue
-                    self._down_until = time.time() + RETRY_AFTER_S
-                    rest = recs[i:]
-                    with open(home, "a", encoding="utf-8") as fh:
-                        fh.write("".join(json.dumps(r) + "\n" for r in rest))
-                    left += len(rest)
-                    break
-                sent += 1
-            claimed.unlink()
+        refused = lambda e: 400 <= _http_status(e) < 500  # noqa: E731 - e.g. its run was deleted
+        sent, left = Spool(self.spool_dir).replay(self._do, refused, own_only, orphans)
+        if left:
+            self._down_until = time.time() + RETRY_AFTER_S
         return sent, left
 
 
 _FAILED = object()
 RETRY_AFTER_S = 30.0  # after a failed call, spool straight away for this long before trying the server again
+# how long a new run waits for an unreachable server (a restart) before going without one
+START_WAIT_S = 120.0
+TOKEN_TAG = "run_token"
+
+
+def _http_status(e: Exception) -> int:
+    """The HTTP status of an MLflow error (500 when the server could not be reached)."""
+    return getattr(e, "get_http_status_code", lambda: 500)()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,8 +96,10 @@ class ClipBatches:
 HOST_KEYS = ("index", "device")  # read on the host (bookkeeping, DIR's choice of clips): never copied
 
 
-def to_device(batches: Iterable[dict], device: torch.device | str) -> Iterator[dict]:
-    """The batches with their tensors on `device` (HOST_KEYS stay on the host). On CUDA one batch ahead: a
+def to_device(
+    batches: Iterable[dict], device: torch.device | str, host_keys: Sequence[str] = HOST_KEYS
+) -> Iterator[dict]:
+    """The batches with their tensors on `device` (`host_keys` stay on the host). On CUDA one batch ahead: a
     thread reads the next batch into pinned memory and it is copied on a side stream (non_blocking) while the
     current batch computes; the compute stream waits for that copy before using it. On CPU: as they come."""
     device = torch.device(device)
@@ -111,7 +113,7 @@ def to_device(batches: Iterable[dict], device: torch.device | str) -> Iterator[d
     def read():
         try:
             for b in batches:
-                pinned = {k: v if k in HOST_KEYS else v.pin_memory() for k, v in b.items()}
+                pinned = {k: v if k in host_keys else v.pin_memory() for k, v in b.items()}
                 while not stop.is_set():
                     try:
                         ready.put(pinned, timeout=0.1)
@@ -131,7 +133,7 @@ def to_device(batches: Iterable[dict], device: torch.device | str) -> Iterator[d
         if item is end:
             return None
         with torch.cuda.stream(copy_stream):
-            return {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in item.items()}
+            return {k: v if k in host_keys else v.to(device, non_blocking=True) for k, v in item.items()}
 
     copy_stream = torch.cuda.Stream(device)
     reader = threading.Thread(target=read, name="asc-ray-prefetch", daemon=True)
@@ -142,7 +144,7 @@ def to_device(batches: Iterable[dict], device: torch.device | str) -> Iterator[d
             compute = torch.cuda.current_stream(device)
             compute.wait_stream(copy_stream)  # this batch's copy is done before any kernel reads it
             for k, v in nxt.items():
-                if k not in HOST_KEYS:
+                if k not in host_keys:
                     v.record_stream(compute)  # its memory is not reused while the compute stream needs it
             cur, nxt = nxt, take()  # the next batch's copy overlaps this batch's compute
             yield cur

@@ -27,7 +27,9 @@ class Architecture:
     settings: type[Section]  # that section's schema
     build: Callable[[Any, str, bool], nn.Module]  # (config, model name, pretrained weights?) -> the network
     optimizer: Callable  # (model, settings, steps_per_epoch, epochs) -> (optimizer, scheduler), asc_ray.optim
-    cost: float  # compute per clip and epoch relative to a 32-BCBL: the scheduler launches the longest first
+    # time per clip and epoch relative to a 32-BCBL at 44.1 kHz on a GPU (docs/benchmarks.md, H200: PaSST-S 2,177
+    # clips/s, 32-BCBL 6,248): the scheduler launches the longest first and finds the critical path by it
+    cost: float
     channels_last: bool  # the faster memory format for it on CPU and GPU (train.channels_last=auto)
 
 
@@ -41,7 +43,7 @@ def _passt(cfg, model: str, pretrained: bool) -> nn.Module:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "passt": Architecture(
-        "passt", PasstSettings, _passt, adam_exp_warmup_linear_down, cost=20.0, channels_last=False
+        "passt", PasstSettings, _passt, adam_exp_warmup_linear_down, cost=2.9, channels_last=False
     ),
     "bcbl32": Architecture("bcbl", BcblSettings, _bcbl, adamw_cosine, cost=1.0, channels_last=True),
     "bcbl24": Architecture("bcbl", BcblSettings, _bcbl, adamw_cosine, cost=0.8, channels_last=True),

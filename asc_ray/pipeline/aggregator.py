@@ -4,11 +4,13 @@ six teachers of a split; the kd_ensemble student, the "teacher" of tfs) and writ
 
 It runs on the driver's node, so tables land in the driver's output dir whatever node trained the model.
 Each model's logits are kept as a part file (atomic) with the unit key they came from: a table is written
-only from parts whose keys are the ones asked for, and is rewritten only when they change.
+only from parts whose keys are the ones asked for, and is rewritten only when they change. Nothing lives only
+in the actor's memory, so Ray restarts it when its process dies.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +103,14 @@ class LogitAggregatorImpl:
         files = self.split_meta[split][0]
         return files, read_logits(table_path(self.dir, source, split), files)
 
+    def pid(self) -> int:
+        """Its process (the driver tells a restart by a new one)."""
+        return os.getpid()
 
-LogitAggregator = ray.remote(num_cpus=0)(LogitAggregatorImpl)  # one call at a time: no write races
+
+# One call at a time: no write races. Its state is on disk (parts, tables), so when its process dies Ray starts
+# it again and retries the calls in flight (each is idempotent): a lost aggregator costs seconds, no unit.
+LogitAggregator = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LogitAggregatorImpl)
 
 
 def start_aggregator(logits_dir: str | Path, split_meta: dict, data_keys: dict):

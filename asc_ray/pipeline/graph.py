@@ -8,9 +8,12 @@ table (written by the LogitAggregator). Every edge comes from `System.needs` / `
 
 Students train once per seed s of students.seeds (`@s`); the teachers, and so their table, once per split.
 
-A unit starts as soon as the units it needs are finished and the cluster has room; the longest work is
-launched first (split 100 before split 5, PaSST before CNN). Adding a system to systems.py needs no change
-here. A finished unit whose record matches its key is reused.
+A unit starts as soon as the units it needs are finished and the cluster has room; the longest chain of work
+is launched first (split 100's teachers, whose students wait on them, before split 5). The graph's longest path by that estimate (`critical_path`: split
+100's longest teacher, its table, kd_ensemble, its table, tfs) bounds the wall time whatever the cluster's
+size: with teachers/students.critical_path_workers, a unit on it gets the GPUs that would otherwise idle
+(`share_idle`) and trains data parallel. Adding a system to systems.py needs no change here. A finished unit
+whose record matches its key is reused.
 """
 
 from __future__ import annotations
@@ -94,12 +97,84 @@ def select(graph: dict[Unit, list[Unit]], stages: Iterable[str]) -> set[Unit]:
     return chosen
 
 
-def priority(u: Unit, cfg) -> float:
-    """Estimated length of the unit's work: bigger first."""
+def work(u: Unit, cfg) -> float:
+    """Estimated length of the unit's work: clip passes (split x epochs) x its architecture's cost per clip."""
     if u.kind == "table":
-        return 1e12  # seconds of work that unblocks others: always first
+        return 0.0
     s = get_system(u.name)
     return u.split * epochs(s, cfg) * get_architecture(s.model).cost
+
+
+def priority(u: Unit, cfg) -> float:
+    """Launch order: bigger first; a table (seconds of work that unblocks others) always first."""
+    return 1e12 if u.kind == "table" else work(u, cfg)
+
+
+def levels(
+    graph: dict[Unit, list[Unit]], units: Iterable[Unit], cost: Callable[[Unit], float]
+) -> tuple[dict[Unit, float], dict[Unit, float]]:
+    """For each of `units` (edges among them only): the longest path (by `cost`) that ends with it, and the
+    longest that starts with it (its "bottom level": its own work and the longest chain waiting on it)."""
+    units = set(units)
+    after: dict[Unit, list[Unit]] = {u: [] for u in units}
+    for u in units:
+        for d in graph[u]:
+            if d in units:
+                after[d].append(u)
+    head: dict[Unit, float] = {}
+    tail: dict[Unit, float] = {}
+
+    def longest(u, memo, nxt):
+        if u not in memo:
+            memo[u] = cost(u) + max((longest(v, memo, nxt) for v in nxt(u)), default=0.0)
+        return memo[u]
+
+    for u in units:
+        longest(u, head, lambda v: [d for d in graph[v] if d in units])
+        longest(u, tail, after.__getitem__)
+    return head, tail
+
+
+def critical_path(
+    graph: dict[Unit, list[Unit]], units: Iterable[Unit], cost: Callable[[Unit], float]
+) -> set[Unit]:
+    """The units of `units` on the longest path through them (by `cost`; every path of that length, so the
+    seeds of split 100's chain all count): the part of the graph that no number of GPUs shortens unless its
+    units themselves train faster."""
+    head, tail = levels(graph, units, cost)
+    through = {u: head[u] + tail[u] - cost(u) for u in head}
+    top = max(through.values(), default=0.0)
+    return {u for u, t in through.items() if t > 0 and t >= top * (1 - 1e-9)}
+
+
+def launch_rank(
+    graph: dict[Unit, list[Unit]], units: Iterable[Unit], cost: Callable[[Unit], float]
+) -> dict[Unit, float]:
+    """Launch order, bigger first: a table at once (seconds of work that unblocks others), then the unit with
+    the longest chain of work from its start to the end of what waits on it, so that split 100's teachers and
+    the students that learn from them start before work nothing waits for."""
+    _, tail = levels(graph, units, cost)
+    return {u: 1e12 + t if u.kind == "table" else t for u, t in tail.items()}
+
+
+def share_idle(
+    batch: list[Unit],
+    critical: set[Unit],
+    idle: float,
+    demand: Callable[[Unit, int], float],
+    cap: Callable[[Unit], int],
+) -> dict[Unit, int]:
+    """Workers for each unit of a launch batch: 1, or for a critical-path unit whose cap is above 1, as many as
+    fit its even share of what the batch's other units leave of `idle` (GPUs, or CPUs without GPUs), at most
+    its cap. `demand(u, n)`: what unit u takes on n workers."""
+    grow = [u for u in batch if u in critical and cap(u) > 1]
+    left = idle - sum(demand(u, 1) for u in batch if u not in grow)
+    out = {u: 1 for u in batch}
+    for i, u in enumerate(grow):
+        share = left / (len(grow) - i)
+        out[u] = next((n for n in range(cap(u), 1, -1) if demand(u, n) <= share + 1e-9), 1)
+        left -= demand(u, out[u])
+    return out
 
 
 class Scheduler:
@@ -123,7 +198,9 @@ class Scheduler:
         self.records: dict[Unit, dict] = {}
         self.failures: dict[Unit, BaseException] = {}
         self.started: dict[Unit, float] = {}
-        self.timeline: list[tuple[Unit, dict]] = []  # per unit that ran: (unit, {start, end, node})
+        self.timeline: list[tuple[Unit, dict]] = []  # per unit that ran: (unit, {start, end, node, ...})
+        self.critical: set[Unit] = set()  # the units to run on the longest path (critical_path)
+        self.rank: dict[Unit, float] = {}  # launch order of the units to run (launch_rank)
         self._events: queue.Queue = queue.Queue()
 
     # -- the units' states: pending -> running -> done | failed | blocked (a unit it needs failed)
@@ -142,8 +219,8 @@ class Scheduler:
         return all(self.state.get(d) == "done" for d in self.graph[u])
 
     def order(self, ready: list[Unit]) -> list[Unit]:
-        """The ready units in launch order: the longest work first."""
-        return sorted(ready, key=lambda u: -priority(u, self.cfg))
+        """The ready units in launch order: the longest chain of work first (launch_rank)."""
+        return sorted(ready, key=lambda u: -self.rank.get(u, priority(u, self.cfg)))
 
     def _done_cb(self, unit: Unit, outcome) -> None:
         self._events.put((unit, outcome, time.time()))
@@ -173,6 +250,11 @@ class Scheduler:
         todo = [u for u, s in self.state.items() if s == "pending"]
         reused = len([u for u in self.selected if self.state[u] == "done"])
         log(f"{len(todo)} units to run, {reused} reused")
+        self.critical = critical_path(self.graph, todo, lambda u: work(u, self.cfg))
+        self.rank = launch_rank(self.graph, todo, lambda u: work(u, self.cfg))
+        if self.critical:
+            chain = sorted(self.critical, key=lambda u: (u.split, self._depth(u), u.name, u.seed or 0))
+            log(f"critical path (estimated): {', '.join(map(str, chain))}")
         self.total = len(todo)
         self.t0 = time.time()
         cap = self.cfg.teachers.max_concurrent or 10**9
@@ -203,6 +285,10 @@ class Scheduler:
                 log(f"skipped {u}: a unit it needs failed")
         return self.records
 
+    def _depth(self, u: Unit) -> int:
+        """How many units lie before u on its longest chain of needs (0: it needs nothing)."""
+        return 1 + max((self._depth(d) for d in self.graph[u]), default=-1)
+
     def _wait(self):
         while True:  # a timeout keeps Ctrl-C responsive in the main thread
             try:
@@ -230,6 +316,9 @@ class Scheduler:
                         "start": max(start, self.started[unit]),
                         "end": t_end,
                         "node": node,
+                        # data-parallel workers, and why more than one (a critical-path unit)
+                        "workers": (outcome or {}).get("workers", 1),
+                        "workers_why": (outcome or {}).get("workers_why", ""),
                     },
                 )
             )
@@ -262,7 +351,7 @@ class Scheduler:
         return _fmt_s(work / max(1, len(running)))
 
     def _work(self, u: Unit) -> float:
-        return 1.0 if u.kind == "table" else priority(u, self.cfg)
+        return 1.0 if u.kind == "table" else work(u, self.cfg)
 
     @staticmethod
     def _kind(u: Unit) -> str:

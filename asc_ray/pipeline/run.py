@@ -8,7 +8,9 @@ where it stopped; --fresh recomputes everything.
 
 from __future__ import annotations
 
+import math
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -22,14 +24,15 @@ from asc_ray.io import atomic_write_json
 from asc_ray.lock import OutputLock
 from asc_ray.pipeline import students as st
 from asc_ray.pipeline.aggregator import start_aggregator
-from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, run_in_thread, select
+from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, run_in_thread, select, share_idle
 from asc_ray.pipeline.keys import Keys
 from asc_ray.pipeline.preflight import Context, preflight
 from asc_ray.pipeline.results import export_eval_set, report_to_mlflow, write_results
 from asc_ray.pipeline.runtime import detect_gpu, init_ray
-from asc_ray.pipeline.teachers import build_trainer
+from asc_ray.pipeline.teachers import build_trainer, worker_resources
 from asc_ray.pipeline.unit import UnitJob
-from asc_ray.systems import get_system
+from asc_ray.pipeline.watch import Watcher
+from asc_ray.systems import get_system, hparams
 from asc_ray.train import read_record, unit_dir
 
 STAGES = ("teachers", "logits", "students", "evaluate")  # the stage jobs each run a part of the graph
@@ -46,6 +49,10 @@ class Pipeline:
         self.ctx: Context | None = None
         self.keys: Keys | None = None
         self.parent_run_id: str | None = None
+        self.scheduler: Scheduler | None = None
+        self.idle_at_launch: dict[
+            Unit, float
+        ] = {}  # a critical-path unit: the GPUs (CPUs) idle as it launched
 
     # ------------------------------------------------------------------------------------- start-up
     def start(self) -> None:
@@ -59,14 +66,21 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         init_ray()
         self.aggregator = start_aggregator(ctx.paths.logits_dir, ctx.split_meta, ctx.data_keys)
+        self.watch = Watcher(self.aggregator, ctx.tracker.spool_dir, self.cfg.teachers.max_failures)
+        self.watch.start()
+        where = {"role": "pipeline", "output_dir": str(self.out), "host": socket.gethostname()}
+        for rid in ctx.tracker.stale_runs(where):  # we hold the output dir's lock: its driver is gone
+            ctx.tracker.finish(rid, "KILLED")
+            log(
+                f"MLflow: parent run {rid} of an earlier run on this output dir (its driver died) marked KILLED"
+            )
         self.parent_run_id = ctx.tracker.start_run(
             f"pipeline {time.strftime('%Y-%m-%d %H:%M')}",
             {
-                "role": "pipeline",
+                **where,
                 "splits": ",".join(map(str, self.splits)),
                 "profile": self.cfg.profile,
                 "data_dir": str(self.data_dir),
-                "output_dir": str(self.out),
             },
         )
         ctx.tracker.log_params(self.parent_run_id, {**flatten(self.cfg), "splits": self.splits})
@@ -123,15 +137,17 @@ class Pipeline:
         )
 
     def launch(self, units: list[Unit], done) -> None:
-        """Start each unit in the background: tables now, teachers as Ray Train runs, students as Tune runs."""
+        """Start each unit in the background: tables now, teachers as Ray Train runs, students as Tune runs (a
+        student given several workers on the critical path: a Ray Train run, data parallel)."""
         tables = [u for u in units if u.kind == "table"]
-        teachers = [u for u in units if u.kind == "train" and u.role == "teacher"]
-        pupils = [u for u in units if u.kind == "train" and u.role == "student"]
+        plan = self.plan_workers([u for u in units if u.kind == "train"])
+        trains = [u for u in plan if u.role == "teacher" or plan[u] > 1]
+        pupils = [u for u in plan if u.role == "student" and plan[u] == 1]
         for u in tables:
             rec = self.is_done(u)
             done(u, rec if rec is not None else RuntimeError(f"logits of {u} are incomplete"))
-        for u in teachers:
-            run_in_thread(lambda u=u: self._run_teacher(u, done))
+        for u in trains:
+            run_in_thread(lambda u=u: self._run_train(u, done, plan[u]))
         groups = [[u] for u in pupils] if st.searching(self.cfg) else ([pupils] if pupils else [])
         for g in groups:
             run_in_thread(lambda g=g: self._run_students(g, done))
@@ -149,12 +165,47 @@ class Pipeline:
             return
         done(u, rec)
 
-    def _run_teacher(self, u: Unit, done) -> None:
+    def plan_workers(self, units: list[Unit]) -> dict[Unit, int]:
+        """Workers per unit: 1 (a teacher: teachers.num_workers), or for a unit on the critical path up to
+        teachers/students.critical_path_workers, as many as the GPUs (CPUs without GPUs) that the other units
+        launched with it leave idle (graph.share_idle)."""
+        c, kind = self.cfg, "GPU" if self.use_gpu else "CPU"
+        caps = {
+            "teacher": c.teachers.critical_path_workers if c.teachers.num_workers == 1 else 0,
+            "student": 0 if st.searching(c) else c.students.critical_path_workers,  # a search: Tune's trials
+        }
+        if not any(caps.values()) or self.scheduler is None or not self.scheduler.critical:
+            return {u: 1 for u in units}
+
+        def demand(u: Unit, n: int) -> float:
+            if u.role == "student" and n == 1:  # a Tune trial
+                return c.students.gpus_per_trial if self.use_gpu else c.students.cpus_per_trial
+            n = n if n > 1 or u.role == "student" else c.teachers.num_workers
+            return n * worker_resources(c, u.role, self.use_gpu)[kind]
+
+        idle = ray.available_resources().get(kind, 0.0)
+        plan = share_idle(units, self.scheduler.critical, idle, demand, lambda u: caps[u.role])
+        self.idle_at_launch.update({u: idle for u in units if plan[u] > 1})
+        return plan
+
+    def _run_train(self, u: Unit, done, workers: int = 1) -> None:
+        """A teacher, or a student on `workers` > 1 workers, as a Ray Train run."""
+        job = self.job(u)
+        if workers > 1:  # a critical-path unit: the recipe's batch split over its workers
+            idle = self.idle_at_launch.get(u, 0.0)
+            job.batch_size = math.ceil(hparams(get_system(u.name), self.cfg).batch_size / workers)
+            job.workers_why = f"critical path: {idle:g} {'GPU' if self.use_gpu else 'CPU'}s idle at launch"
+            log(f"{u}: {workers} workers, a batch of {job.batch_size} each ({job.workers_why})")
+        elif u.role == "teacher" and self.cfg.teachers.num_workers > 1:
+            job.workers_why = "teachers.num_workers"
+        self.watch.follow(str(u), self.unit_dir(u))  # a restarted worker gets a console line
         try:
-            build_trainer(self.job(u), self.ctx.storage, self.use_gpu).fit()
+            build_trainer(job, self.ctx.storage, self.use_gpu, workers if workers > 1 else None).fit()
         except Exception as e:  # noqa: BLE001 - one failed teacher must not lose the others' work
             done(u, e)
             return
+        finally:
+            self.watch.unfollow(str(u))
         self._finished(u, done)
 
     def _run_students(self, group: list[Unit], done) -> None:
@@ -200,6 +251,8 @@ class Pipeline:
         if u.seed is not None:
             tags["seed"] = u.seed
         rid = t.start_run(str(u), {**tags, "reused_from": rec.get("run_id") or ""}, self.parent_run_id)
+        if rid is None:
+            return  # MLflow unreachable: the record is on disk either way
         t.log_metrics(rid, {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "split"})
         t.finish(rid)
 
@@ -250,6 +303,7 @@ class Pipeline:
                 on_reused=self.on_reused,
                 describe=self.describe,
             )
+            self.scheduler = sched  # its critical path sizes what launch() starts
             sched.run()
             self.timeline = sched.timeline
             if sched.failures:
@@ -261,6 +315,8 @@ class Pipeline:
             status = "KILLED"
             raise
         finally:
+            if getattr(self, "watch", None):
+                self.watch.stop()
             if self.parent_run_id:
                 self.ctx.tracker.log_metrics(self.parent_run_id, {"wall_s": time.time() - t0})
                 self.ctx.tracker.finish(self.parent_run_id, status)

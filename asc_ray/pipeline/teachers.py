@@ -1,5 +1,6 @@
 """Teachers with Ray Train: one TorchTrainer per (teacher, split), fitted from a driver thread as soon as the
-scheduler (pipeline/graph.py) launches it; Ray's resources decide where it runs.
+scheduler (pipeline/graph.py) launches it; Ray's resources decide where it runs. A student on the graph's
+critical path that gets several workers (students.critical_path_workers) runs the same way, data parallel.
 
 A worker killed mid-training is restarted by Ray Train (FailureConfig) and resumes from the checkpoint it
 last reported. Run names are stable (system, split, key): re-running the same config continues the same
@@ -25,6 +26,7 @@ from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBacken
 
 from asc_ray.pipeline.runtime import own_local_ray
 from asc_ray.pipeline.unit import UnitJob, run_unit
+from asc_ray.systems import get_system
 from asc_ray.train import link_tree
 
 
@@ -45,7 +47,7 @@ def persist_by_link(checkpoint, checkpoint_dir_name: str):
 
 
 def teacher_worker(job: UnitJob) -> None:
-    """The Ray Train worker function: one teacher on one split."""
+    """The Ray Train worker function: one teacher (or a data-parallel student) on one split."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
@@ -56,7 +58,7 @@ def teacher_worker(job: UnitJob) -> None:
             {k: v for k, v in metrics.items()}, checkpoint=checkpoint, checkpoint_upload_fn=persist_by_link
         )
 
-    wrap = ray.train.torch.prepare_model if world > 1 else None  # DDP across the teacher's workers
+    wrap = ray.train.torch.prepare_model if world > 1 else None  # DDP across the unit's workers
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -148,23 +150,39 @@ class TeacherTrainer(TorchTrainer):
         return [c for c in callbacks if not isinstance(c, idle)]
 
 
-def build_trainer(job: UnitJob, storage_path: str, use_gpu: bool) -> TorchTrainer:
-    t = job.cfg.teachers
-    resources = {"CPU": t.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = t.gpus_per_worker
-    resources.update({k: float(v) for k, v in t.resources.items()})  # e.g. a node type's custom resource
+def worker_resources(cfg, role: str, use_gpu: bool) -> dict[str, float]:
+    """What one Ray Train worker of a unit asks for: a teacher's teachers.cpus/gpus_per_worker; a data-parallel
+    student's students.cpus_per_trial and a whole GPU (workers on fractions could share one GPU, not add GPUs)."""
+    t, s = cfg.teachers, cfg.students
+    cpus, gpus, extra = (
+        (t.cpus_per_worker, t.gpus_per_worker, t.resources)
+        if role == "teacher"
+        else (s.cpus_per_trial, 1.0, s.resources)
+    )
+    resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
+    resources.update({k: float(v) for k, v in extra.items()})  # e.g. a node type's custom resource
+    return resources
+
+
+def build_trainer(job: UnitJob, storage_path: str, use_gpu: bool, workers: int | None = None) -> TorchTrainer:
+    """The unit's Ray Train run on `workers` workers (default: a teacher's teachers.num_workers)."""
+    role = get_system(job.system).role
+    cfg = job.cfg
+    failures = (cfg.teachers if role == "teacher" else cfg.students).max_failures
+    seed = "" if job.seed is None else f"-seed{job.seed}"
     return TeacherTrainer(
         teacher_worker,
         train_loop_config=job,
         torch_config=PrivateTorchConfig(),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=workers or cfg.teachers.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=worker_resources(cfg, role, use_gpu),
         ),
         run_config=ray.train.RunConfig(
-            name=f"teacher-{job.system}-split{job.split}-{job.key[:8]}",
+            name=f"{role}-{job.system}-split{job.split}{seed}-{job.key[:8]}",
             storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own progress lines suffice
         ),

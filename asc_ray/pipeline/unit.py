@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +23,16 @@ import torch
 from asc_ray.config import flatten
 from asc_ray.data.cache import CacheRef
 from asc_ray.features import frontend_sample_rate, input_shape
-from asc_ray.io import atomic_write_text
+from asc_ray.io import atomic_write_json
 from asc_ray.pipeline.preflight import passt_checkpoint_here
 from asc_ray.pipeline.storage import SharedFolder, verify_on_this_node
 from asc_ray.predict.mlflow_model import log_unit_model
 from asc_ray.systems import System, get_system
 from asc_ray.tracking import Tracker
-from asc_ray.train import Trainer, finish_unit, prepare_data
+from asc_ray.train import Trainer, finish_unit, prepare_data, write_record
 
 # where an epoch's report stands, not what it measured: MLflow's step, not metrics
-_CLOCKS = ("epoch", "progress")
+_CLOCKS = ("epoch", "progress", "end_time")
 
 
 @dataclass
@@ -52,6 +54,10 @@ class UnitJob:
     out_dir: str | None = None  # a search trial's own folder instead of the unit's
     seed: int | None = None  # a student's seed (students.seeds)
     needs_table: str | None = None  # the LogitAggregator's table it learns from (kd_ensemble's: per seed)
+    batch_size: int | None = (
+        None  # per rank, where a critical-path unit splits the recipe's batch over workers
+    )
+    workers_why: str = ""  # why it trains on more than one worker (the record and the timeline say it)
 
     def as_dict(self) -> dict:
         """Shallow: Tune walks dicts in its param space (and restores handles in them), not dataclasses."""
@@ -134,18 +140,17 @@ def run_unit(
         wrap_model=wrap_model,
         unit_key=job.key,
         seed=job.seed,
+        batch_size=job.batch_size,
     )
     if world_size > 1:
         say(f"[{name}] rank {rank}/{world_size}: {len(trainer.batches.files)} training files")
     if trainer.device.type == "cuda":  # a cluster user's first question: is my GPU used?
         say(f"[{name}] training on {torch.cuda.get_device_name(trainer.device)}")
-    if checkpoint_dir:
-        trainer.load_checkpoint(checkpoint_dir)
+    # Ray's checkpoint, or this unit's own when newer (asc_ray.train.checkpoint: its worker died before Ray had it)
+    trainer.load_checkpoint(checkpoint_dir)
 
     tracker, run_id = job.tracker, None
     if rank == 0 and tracker is not None:
-        id_file = out / "mlflow_run_id"
-        old = id_file.read_text().strip() if id_file.is_file() else None
         tags = {
             "role": system.role,
             "system": system.name,
@@ -155,8 +160,8 @@ def run_unit(
             "seed": cfg.seed if job.seed is None else job.seed,
             "train_seed": trainer.seed,
         }
-        run_id = tracker.start_run(name, tags, job.parent_run_id, run_id=old)
-        atomic_write_text(id_file, run_id)
+        run_id = open_run(tracker, out, job.key, name, tags, job.parent_run_id)
+    if run_id:
         tracker.log_params(
             run_id,
             {
@@ -168,10 +173,12 @@ def run_unit(
                 **unit_params(system, cfg, trainer),
             },
         )
+        # a resumed unit: the epochs it trained before, again (MLflow keeps each once)
+        log_epochs(tracker, run_id, trainer.history)
 
     def report_and_log(m: dict, ckpt: Path | None) -> None:
         if run_id:
-            tracker.log_metrics(run_id, {k: v for k, v in m.items() if k not in _CLOCKS}, step=m["epoch"])
+            log_epochs(tracker, run_id, [m])
         report(m, ckpt)
 
     with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
@@ -179,18 +186,56 @@ def run_unit(
     if rank != 0:
         return {}
     extra = {"key": job.key, "run_id": run_id, "node_id": node_id, "started": started, "seed": job.seed}
-    result = finish_unit(system, cfg, split, data, out, fitted, extra, log=say)
+    extra.update(workers=world_size, workers_why=job.workers_why)
+    result = finish_unit(system, cfg, split, data, out, fitted, extra, log=say, record=False)
     if run_id:
         finals = {
             k: v
             for k, v in result.items()
             if k.startswith(("test_", "val_macro")) or k in ("params", "macs", "selected_epoch")
         }
-        tracker.log_metrics(run_id, finals, step=trainer.epoch)
+        # at the last epoch's time: a unit finished twice (killed before its record) logs them once
+        tracker.log_metrics(run_id, finals, step=trainer.epoch, at=_end_time(trainer.history[-1:]))
         files = result["files"]
         tracker.log_artifacts(
             run_id, [files[k] for k in ("output", "complexity", "class_plot", "confusion_plot") if k in files]
         )
         log_unit_model(tracker, run_id, out)  # students: an MLflow model to load / serve
         tracker.finish(run_id)
+    # the record last: a unit stopped before it is not done, and does all of the above again when resumed
+    write_record(out, result)
     return result
+
+
+RUN_FILE = "mlflow_run.json"  # in the unit folder: {"key", "token", "run_id"} of the unit's MLflow run
+
+
+def open_run(tracker: Tracker, out: Path, key: str, name: str, tags: dict, parent: str | None) -> str | None:
+    """The unit's one MLflow run: the run it made before for this key (it resumes), else a new one. The new
+    run's token is kept in the folder before the run is made: a unit killed between making its run and keeping
+    its id finds that run again by the token (asc_ray.tracking.Tracker.start_run). None: MLflow unreachable."""
+    path = out / RUN_FILE
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):  # torn by a kill: its run, if any, is found by nothing; a new one is made
+        known = {}
+    if known.get("key") != key or not known.get("token"):
+        known = {"key": key, "token": uuid.uuid4().hex, "run_id": None}
+        atomic_write_json(path, known)
+    run_id = tracker.start_run(name, tags, parent, run_id=known["run_id"], token=known["token"])
+    if run_id and run_id != known["run_id"]:
+        atomic_write_json(path, {**known, "run_id": run_id})
+    return run_id
+
+
+def _end_time(history: list[dict]) -> float | None:
+    return history[-1].get("end_time") if history else None
+
+
+def log_epochs(tracker: Tracker, run_id: str, history: list[dict]) -> None:
+    """Each epoch's figures at its step and at the time it ended (Trainer.fit's end_time): the same epoch
+    logged again (a resumed unit, a spool replayed twice) is one entry in MLflow, not two."""
+    for m in history:
+        if "end_time" in m:  # (not in the checkpoints of an older asc-ray: logged when they were trained)
+            figures = {k: v for k, v in m.items() if k not in _CLOCKS}
+            tracker.log_metrics(run_id, figures, step=m["epoch"], at=m["end_time"])

@@ -130,33 +130,59 @@ class CheckpointDir:
         shutil.rmtree(old, ignore_errors=True)
         return self.final
 
-    def load(self, folder: str | Path, device, apply: Callable[[dict, Path], None]) -> bool:
-        """Resume from `folder`/checkpoint.pt: `apply(state, path)` with the first readable candidate. A torn or
-        corrupt file is logged and the previous good checkpoint of this unit is used instead (checkpoint.prev/,
-        or checkpoint/ when Ray handed over its own copy); False when none is left (training starts clean)."""
-        candidates = [Path(folder)]
+    def load(self, folder: str | Path | None, device, apply: Callable[[dict, Path], None]) -> bool:
+        """Resume from the newest readable checkpoint of this unit: `apply(state, path)` with it. The candidates
+        are `folder` (the one Ray hands over, if any: taken as it is), this unit's checkpoint/ and
+        checkpoint.prev/ (only with this unit's key: never another config's leftovers). checkpoint/ is newer
+        than Ray's copy (or there is no Ray copy yet) when the worker died between writing it and Ray
+        registering it: resuming from it redoes no epoch, so none is reported (to MLflow) twice. A torn or
+        corrupt file is logged and skipped; False when there is none to resume from (training starts clean)."""
+        handed = [Path(folder)] if folder else []
+        candidates = list(handed)
         for c in (self.final, self.prev):
             if c.resolve() not in [x.resolve() for x in candidates]:
                 candidates.append(c)
+        best: tuple[dict, Path, bool] | None = None
+        seen = None  # the epoch of the checkpoint handed over, when readable
+        tried = bool(handed)  # something to resume from was there (else a fresh start says nothing)
         for i, cand in enumerate(candidates):
-            path = cand / "checkpoint.pt"
-            if i > 0 and not path.is_file():
+            path, own = cand / "checkpoint.pt", i >= len(handed)
+            if own and not path.is_file():
                 continue
+            if best is not None and _same_file(path, best[1] / "checkpoint.pt"):
+                continue  # Ray's copy is a hard link of this unit's own file (asc_ray.pipeline.teachers)
             state = read_checkpoint(path, device)
             if isinstance(state, str):
+                tried = True
                 self.log(f"[{self.tag}] checkpoint unreadable, skipped ({state}): {path}")
                 continue
-            if i > 0 and state.get("key") != self.unit_key:  # a fallback must be of this very unit
+            if own and state.get("key") != self.unit_key:  # a fallback must be of this very unit
                 continue
-            apply(state, path)
-            if i > 0:
-                self.log(f"[{self.tag}] fell back to the previous good checkpoint {path}")
-            best = cand / "best.pt"
-            if best.is_file() and cand.resolve() != self.final.resolve():
-                self.final.mkdir(parents=True, exist_ok=True)
-                # a new entry, never a write into the old file: it may be a hard link shared with Ray's copy
-                link_or_copy(best, self.final / "best.pt")
-            self.log(f"[{self.tag}] resumed from epoch {state['epoch']}")
-            return True
-        self.log(f"[{self.tag}] no readable checkpoint left: training from scratch")
+            if not own:
+                seen = state["epoch"]
+            if best is None or state["epoch"] > best[0]["epoch"]:
+                best = (state, cand, own)
+        if best is None:
+            if tried:
+                self.log(f"[{self.tag}] no readable checkpoint left: training from scratch")
+            return False
+        state, cand, own = best
+        apply(state, cand / "checkpoint.pt")
+        if own and handed and seen is None:
+            self.log(f"[{self.tag}] fell back to the previous good checkpoint {cand / 'checkpoint.pt'}")
+        elif own:
+            was = "none was handed over" if not handed else f"the one handed over is of epoch {seen}"
+            self.log(f"[{self.tag}] resuming from this unit's own {cand / 'checkpoint.pt'} ({was})")
+        if cand.resolve() != self.final.resolve() and (cand / "best.pt").is_file():
+            self.final.mkdir(parents=True, exist_ok=True)
+            # a new entry, never a write into the old file: it may be a hard link shared with Ray's copy
+            link_or_copy(cand / "best.pt", self.final / "best.pt")
+        self.log(f"[{self.tag}] resumed from epoch {state['epoch']}")
+        return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
         return False

@@ -68,9 +68,11 @@ def finish_unit(
     fitted: Fitted,
     extra: dict | None = None,
     log: Callable[[str], None] = print,
+    record: bool = True,
 ) -> dict:
     """Evaluate the selected model on test and write every output file of the unit, its record last. `extra`:
-    what the caller knows (key, MLflow run, node, when it started) goes into the record too."""
+    what the caller knows (key, MLflow run, node, when it started) goes into the record too. record=False: the
+    caller writes the record (write_record) once it has done what must come before the unit counts as done."""
     t_finish = time.time()
     out = Path(out)
     tag = f"{system.name} split{split}"
@@ -138,7 +140,8 @@ def finish_unit(
         "files": {k: str(v) for k, v in files.items()},
     }
     result.update(extra or {}, fit_started=fitted.started, finish_started=t_finish, finished=time.time())
-    write_record(out, result)
+    if record:
+        write_record(out, result)
     log(
         f"[{tag}] done: test macro accuracy {100 * result['test_macro_acc']:.2f}% "
         f"({result['tested_in']}; fp32 {100 * result['test_macro_acc_fp32']:.2f}%; "

@@ -4,6 +4,9 @@ Ray layer calls `fit()` inside a Train worker or a Tune trial and passes a `repo
 
 Per step: waveform (cached, already at the front-end's sample rate) -> roll (baseline recipe) -> DIR (device a)
 -> log-mel front-end (frequency masking / PaSST fmax jitter in training) -> Freq-MixStyle -> mixup -> model -> loss.
+Speed switches (train.*; off = the eager path above): `compile` (true, or reduce-overhead: CUDA graphs of the
+model's step), `amp` (bf16 autocast), `channels_last`, `device_augment` (the epoch's augmentation draws made at
+once and kept on the training device: asc_ray.augment.draw_epoch) and `prefetch` (asc_ray.data.dataset.to_device).
 Each unit trains with its own seed (`unit_seed`: from seed, system and split); each data-parallel rank draws its
 own augmentation randomness per epoch (`augment_seed`), while the weights start identical on every rank.
 Each epoch: validation on the split's holdout (model selection); every train.checkpoint_every epochs and at the
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from asc_ray import augment
-from asc_ray.data.dataset import ClipBatches, to_device
+from asc_ray.data.dataset import HOST_KEYS, ClipBatches, to_device
 from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES
 from asc_ray.errors import AscRayError
 from asc_ray.features import build_frontend
@@ -102,14 +105,15 @@ class Trainer:
         world_size: int = 1,
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         unit_key: str | None = None,
-        prefetch: bool = True,
         seed: int | None = None,
+        batch_size: int | None = None,
     ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
         self.out_dir = Path(out_dir)
         self.log = log if rank == 0 else (lambda _msg: None)
         self.rank, self.world_size = rank, world_size
-        self.prefetch = prefetch  # one batch in flight on a GPU (asc_ray.data.dataset.to_device)
+        self.prefetch = cfg.train.prefetch  # one batch in flight on a GPU (asc_ray.data.dataset.to_device)
+        self.device_augment = cfg.train.device_augment
         self.h = hparams(system, cfg)
         self.seed = train_seed(system, cfg, split, seed)  # same on every rank: identical initial weights
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,13 +131,15 @@ class Trainer:
         self.channels_last = use_channels_last(system, cfg)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = torch.compile(self.model) if cfg.train.compile else self.model
+        mode = cfg.train.compile  # false | true | "reduce-overhead" (CUDA graphs on a GPU: static shapes)
+        self.net = torch.compile(self.model, mode=None if mode is True else mode) if mode else self.model
+        self.cudagraphs = mode == "reduce-overhead" and self.device.type == "cuda"
         if wrap_model is not None:
             self.net = wrap_model(self.net)
-        amp = cfg.train.amp
-        self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp) and self.device.type == "cuda"
+        amp = cfg.train.amp  # auto: bf16 on a GPU only; true: on any device (a CPU too)
+        self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp)
         files, logits = shard(data.train_files, data.teacher_logits, rank, world_size)
-        b = self.h.batch_size
+        b = batch_size or self.h.batch_size  # per rank: a data-parallel run may split the recipe's batch
         self.batches = ClipBatches(
             data.ds,
             data.store,
@@ -229,10 +235,13 @@ class Trainer:
         )
 
     # -- one epoch
-    def prepare_inputs(self, batch: dict, gen: torch.Generator):
-        """One training batch -> (spectrogram x, soft targets y, teacher logits zt or None), augmented."""
+    def prepare_inputs(self, batch: dict, gen: torch.Generator, draws: dict | None = None):
+        """One training batch -> (spectrogram x, soft targets y, teacher logits zt or None), augmented: from
+        `gen` step by step, or from the step's `draws` (train.device_augment)."""
         s, a = self.system, self.cfg.augment
         wave = batch["wave"].to(self.device, non_blocking=True)
+        if draws is not None:
+            return self._drawn_inputs(batch, wave, draws)
         if self.roll:
             wave = augment.roll(wave, self.roll, generator=gen)
         if self.irs is not None:
@@ -253,6 +262,45 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, zt
 
+    def _drawn_inputs(self, batch: dict, wave: torch.Tensor, d: dict):
+        """prepare_inputs from the step's draws: the same chain in fixed shapes, no host round trip."""
+        s, a = self.system, self.cfg.augment
+        if self.roll:
+            wave = augment.roll_by(wave, d["roll"])
+        if self.irs is not None:
+            wave = augment.dir_drawn(
+                wave, batch["device"], self.irs, d["dir_u"], d["dir_k"], a.dir_p, DEVICE_A
+            )
+        x = self.frontend(wave, d)
+        if s.fms:
+            x = augment.freq_mixstyle_drawn(x, d["fms_u"], d["fms_lam"], d["fms_perm"], p=a.fms_p)
+        y = F.one_hot(batch["label"].to(self.device, non_blocking=True), N_CLASSES).float()
+        zt = batch.get("teacher_logits")
+        zt = None if zt is None else zt.to(self.device, non_blocking=True)
+        if s.mixup:
+            lam, perm = d["mix_lam"], d["mix_perm"]
+            x, y = augment.mixup_drawn(x, y, lam, perm)
+            if zt is not None:
+                zt = lam * zt + (1 - lam) * zt[perm]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y, zt
+
+    def epoch_draws(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """This epoch's augmentation draws (train.device_augment), from this epoch's generator, on the device:
+        one copy per epoch."""
+        a = self.cfg.augment
+        draws = augment.draw_epoch(
+            len(self.batches),
+            min(self.batches.batch_size, len(self.batches.files)),  # every batch has this size (drop_last)
+            gen,
+            max_shift=self.roll,
+            n_irs=0 if self.irs is None else self.irs.shape[0],
+            fms_alpha=a.fms_alpha,
+            mixup_alpha=a.mixup_alpha,
+        )
+        return {k: v.to(self.device) for k, v in draws.items()}
+
     def epoch_generator(self) -> torch.Generator:
         """This epoch's augmentation randomness on this rank: the returned generator feeds mixup, DIR, FMS and
         the roll; torch's global RNG (frequency masking, PaSST fmax jitter and patchout, dropout) is seeded
@@ -270,9 +318,16 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         n = 0
         t0 = time.perf_counter()
-        for batch in to_device(self.batches, self.device) if self.prefetch else self.batches:
-            x, y, zt = self.prepare_inputs(batch, gen)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext():
+        draws = self.epoch_draws(gen) if self.device_augment else None
+        host = HOST_KEYS if draws is None else ("index",)  # device ids too go to the GPU
+        batches = to_device(self.batches, self.device, host) if self.prefetch else self.batches
+        for i, batch in enumerate(batches):
+            x, y, zt = self.prepare_inputs(
+                batch, gen, None if draws is None else augment.step_draws(draws, i)
+            )
+            if self.cudagraphs:  # a new step: the graph's previous outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext():
                 z = self.net(x)
             loss = loss_fn(z.float(), y, zt, self.cfg)
             self.opt.zero_grad(set_to_none=True)
@@ -334,6 +389,7 @@ class Trainer:
             # the fraction of this unit's epochs done: Tune's ASHA compares trials on it, since epoch counts
             # differ between trials (train.min_steps raises them on small splits; a search may vary them)
             m["progress"] = self.epoch / n_epochs
+            m["end_time"] = time.time()  # in the checkpoint: a resumed unit logs this epoch again as it was
             self.history.append(m)
             # the resumable state every train.checkpoint_every epochs and at the end (Ray gets it then only)
             ckpt = self.save_checkpoint() if self.rank == 0 and save else None

@@ -93,3 +93,24 @@ def test_the_actor_serves_tables_and_refuses_bad_logits(ray_local, tmp_path):
             agg.collect.remote("teachers", 25, "passt_dir", _npy(tmp_path, "x", np.zeros((4, 10))), "k", "")
         )
     assert isinstance(e.value.cause, ValueError) and "x.npy" in str(e.value)
+
+
+@pytest.mark.slow
+def test_the_actor_comes_back_when_its_process_dies(ray_local, tmp_path):
+    """SIGKILL to the actor's process (a node's OOM killer, a chaos run): Ray starts it again and retries the
+    call in flight; what it had collected is on disk, so the table comes out as if nothing had happened."""
+    import os
+    import signal
+
+    from asc_ray.pipeline.aggregator import start_aggregator
+
+    ray = ray_local
+    agg = start_aggregator(tmp_path / "logits", META, KEYS)
+    a, b = np.arange(50, dtype=np.float32).reshape(5, 10), np.ones((5, 10), np.float32)
+    ray.get(agg.collect.remote("teachers", 25, "bcbl32_fms", _npy(tmp_path, "a", a), "k1", "run1"))
+    pid = ray.get(agg.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    ray.get(agg.collect.remote("teachers", 25, "passt_dir", _npy(tmp_path, "b", b), "k2", "run2"))
+    path = ray.get(agg.write_table.remote("teachers", 25, {"bcbl32_fms": "k1", "passt_dir": "k2"}))
+    np.testing.assert_allclose(read_logits(path, FILES), (a + b) / 2)
+    assert ray.get(agg.pid.remote()) != pid

@@ -83,6 +83,53 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(make
         assert torch.allclose(v.float(), resumed.model.state_dict()[k].float(), atol=1e-5), k
 
 
+CLOCK = ("epoch_s", "samples_per_s", "end_time")  # how long an epoch took and when it ended: never the same
+
+
+@pytest.mark.parametrize("system", ["baseline", "bcbl32_fms_dir", "passt_dir", "kd_ensemble"])
+def test_a_unit_resumed_after_any_epoch_ends_bit_identical_to_one_never_stopped(
+    make_trainer, synth_dataset, tmp_path, system
+):
+    """What the chaos run (bench/chaos.py) holds a resumed unit to: training is seeded per unit and per epoch
+    (Trainer.epoch_generator) and the checkpoint holds the weights, BatchNorm statistics, optimizer, schedule
+    and history, so a unit stopped after an epoch and resumed from its checkpoint ends with the same bits as
+    one that never stopped (CPU, one thread): every weight, every figure but the clock. Systems: the roll,
+    DIR + Freq-MixStyle + mixup, PaSST's patchout and dropout, distillation."""
+    from helpers.training import new_trainer
+
+    logits = None
+    if system == "kd_ensemble":
+        from asc_ray.data.tau import TauDataset
+
+        files = TauDataset.open(synth_dataset).split_files(25)
+        logits = (files, np.random.default_rng(0).normal(size=(len(files), 10)).astype(np.float32))
+
+    def trainer(out):
+        over = ["train.epochs=3", "passt.batch_size=16"]
+        return new_trainer(synth_dataset, tmp_path, system, 25, over, out, logits=logits)
+
+    whole = trainer(tmp_path / "whole")
+    whole.fit()
+
+    class Stop(Exception):
+        pass
+
+    out = tmp_path / "stopped"
+
+    def stop_after_epoch_1(m, ckpt):
+        raise Stop  # the worker dies right after the epoch's checkpoint (each epoch is seeded alike)
+
+    with pytest.raises(Stop):
+        trainer(out).fit(stop_after_epoch_1)
+    resumed = trainer(out)
+    assert resumed.load_checkpoint(out / "checkpoint") and resumed.epoch == 1
+    resumed.fit()
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    figures = lambda h: repr([{k: v for k, v in m.items() if k not in CLOCK} for m in h])  # noqa: E731
+    assert figures(resumed.history) == figures(whole.history)  # (repr: NaN == NaN)
+
+
 def test_checkpoint_of_another_architecture_is_refused(make_trainer, tmp_path):
     t24 = make_trainer("bcbl24", overrides=["bcbl.epochs=1"])
     t24.fit()

@@ -3,6 +3,8 @@ fit the split (files, values, class count) is refused where it is read, naming t
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -182,6 +184,30 @@ def test_ray_checkpoint_torn_falls_back_to_this_units_own_copy_only(trainer, tmp
     assert t2.load_checkpoint(ray_copy) is True and t2.epoch == 3
     t3 = trainer(out, unit_key="k2")  # another config's run of the same system and split
     assert t3.load_checkpoint(ray_copy) is False and t3.epoch == 0
+
+
+def test_the_units_own_newer_checkpoint_wins_over_ray_s_older_copy(trainer, tmp_path):
+    """The worker died between writing epoch 2's checkpoint and Ray registering it: Ray hands over epoch 1 (or
+    nothing yet). The unit resumes from its own epoch 2 - redoing it would report epoch 2 twice (to MLflow) -
+    but only from a checkpoint of its own key."""
+    out, ray_copy = tmp_path / "unit", tmp_path / "ray_checkpoint_000000"
+    t = trainer(out, unit_key="k1")
+    t.epoch = 1
+    shutil.copytree(t.save_checkpoint(), ray_copy)  # what Ray registered
+    t.epoch = 2
+    t.save_checkpoint()  # then the worker died
+    t2 = trainer(out, unit_key="k1")
+    assert t2.load_checkpoint(ray_copy) is True and t2.epoch == 2
+    assert any("handed over is of epoch 1" in m for m in t2.logs), t2.logs
+    t3 = trainer(out, unit_key="k1")
+    assert t3.load_checkpoint(None) is True and t3.epoch == 2  # Ray had none registered yet
+    t4 = trainer(
+        out, unit_key="k2"
+    )  # another config's unit in the same folder: Ray's copy, never the leftovers
+    assert t4.load_checkpoint(ray_copy) is True and t4.epoch == 1
+    t5 = trainer(out, unit_key="k2")
+    assert t5.load_checkpoint(None) is False and t5.epoch == 0
+    assert not [m for m in t5.logs if "checkpoint" in m], t5.logs  # a fresh start: nothing to say
 
 
 def test_missing_checkpoint_file_is_not_a_crash(trainer, tmp_path):

@@ -133,3 +133,25 @@ def test_replay_command_after_the_run_and_idempotent(server, tmp_path):
     r = run_py(cmd, env, timeout=120)
     assert r.returncode == 0 and "replayed 0 " in r.stdout, r.stdout + r.stderr
     assert _history(server.uri, rid, "val_macro_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+def test_a_run_made_while_the_server_restarts_waits_for_it_and_is_made_once(server, tmp_path):
+    """A unit that starts while the server restarts waits for it (Tracker.start_run, up to START_WAIT_S) instead
+    of failing or going without a run; its token makes sure that one run is made, however the restart fell."""
+    import threading
+
+    t = Tracker(server.uri, "outage")
+    t.set_spool(tmp_path / "out" / SPOOL_DIR)
+    t.experiment_id()
+    server.kill()
+    got = []
+    waiting = threading.Thread(
+        target=lambda: got.append(t.start_run("unit", {"role": "teacher"}, token="tok1"))
+    )
+    waiting.start()
+    server.start()
+    waiting.join(300)
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(server.uri).search_runs([t.experiment_id()], "tags.run_token = 'tok1'")
+    assert got and got[0] is not None and [r.info.run_id for r in runs] == got

@@ -153,3 +153,84 @@ def test_dir_augment_bank_equals_list():
     b = dir_augment(wave, devices, bank, p=1.0, generator=gen(3))
     assert not torch.equal(a, wave)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+# ---- the drawn forms (train.device_augment): the same arithmetic from the same draws, fixed shapes
+def test_drawn_forms_equal_the_eager_functions_for_the_same_draws():
+    from asc_ray.augment import (
+        _beta,
+        band_mask,
+        dir_drawn,
+        freq_mixstyle_drawn,
+        mixup_drawn,
+        roll,
+        roll_by,
+    )
+
+    torch.manual_seed(0)
+    b, n = 6, 300
+    wave = torch.randn(b, n)
+    # roll: eager's draw, then the drawn form with that shift
+    g = gen(5)
+    shift = torch.randint(-30, 31, (b,), generator=gen(5))
+    assert torch.equal(roll(wave, 30, generator=g), roll_by(wave, shift))
+    # frequency masking: eager's two uniform draws
+    x = torch.randn(b, 1, 16, 9)
+    u = torch.rand(2, b, generator=gen(6))
+    assert torch.equal(freq_mask(x, 5, generator=gen(6)), band_mask(x, u[0], u[1], 5))
+    # Freq-MixStyle: gate, lam, perm as eager draws them (gate <= p: applied)
+    g = gen(7)
+    gate = torch.rand(1, generator=g)
+    lam, perm = _beta(0.3, b, g), torch.randperm(b, generator=g)
+    eager = freq_mixstyle(x, p=1.0, alpha=0.3, generator=gen(7))
+    torch.testing.assert_close(freq_mixstyle_drawn(x, gate[0], lam, perm, p=1.0), eager, rtol=0, atol=0)
+    assert torch.equal(freq_mixstyle_drawn(x, torch.tensor(0.9), lam, perm, p=0.4), x)  # gate above p
+    # mixup
+    y = torch.nn.functional.one_hot(torch.arange(b) % 3, 3).float()
+    xm, ym, lam_f, perm = mixup(x, y, alpha=1.0, generator=gen(8))
+    xd, yd = mixup_drawn(x, y, torch.tensor(lam_f), perm)
+    torch.testing.assert_close(xd, xm)
+    torch.testing.assert_close(yd, ym)
+    # DIR: clips of device a with u < p convolved with their drawn kernel, the others untouched
+    irs = ir_bank([torch.tensor([0.5, 0.3, -0.2, 0.1]), torch.tensor([1.0, 0.0, 0.0, -0.5, 0.25, 0.1])])
+    devices = torch.tensor([0, 1, 0, 0, 2, 0])
+    u_dir = torch.tensor([0.1, 0.1, 0.9, 0.2, 0.1, 0.5])
+    k = torch.tensor([1, 0, 0, 0, 1, 1])
+    out = dir_drawn(wave, devices, irs, u_dir, k, p=0.6, device_a=0)
+    for i in range(b):
+        if devices[i] == 0 and u_dir[i] < 0.6:
+            full = scipy.signal.fftconvolve(wave[i].numpy(), irs[k[i]].numpy())[:n]
+            assert np.allclose(out[i].numpy(), full, atol=1e-5), i
+        else:
+            assert torch.equal(out[i], wave[i]), i
+    assert torch.equal(dir_drawn(wave, devices, irs, u_dir, k, p=0.0), wave)
+
+
+def test_an_epochs_draws_follow_the_eager_distributions():
+    from asc_ray.augment import draw_epoch, step_draws
+
+    s, b = 400, 64
+    d = draw_epoch(s, b, gen(9), max_shift=50, n_irs=5, fms_alpha=0.3, mixup_alpha=1.0)
+    assert {k: tuple(v.shape) for k, v in d.items()} == {
+        **{
+            k: (s, b)
+            for k in ("dir_u", "dir_k", "fms_lam", "fms_perm", "mix_perm", "mask_w", "mask_s", "roll")
+        },
+        "fms_u": (s,),
+        "mix_lam": (s,),
+    }
+    assert abs((d["dir_u"] < 0.6).float().mean() - 0.6) < 0.01  # DIR's probability
+    assert abs((d["fms_u"] <= 0.4).float().mean() - 0.4) < 0.06  # FMS once per batch
+    assert set(d["dir_k"].unique().tolist()) == set(range(5))
+    assert d["roll"].min() >= -50 and d["roll"].max() <= 50 and len(d["roll"].unique()) == 101
+    assert abs(d["mix_lam"].mean() - 0.5) < 0.05  # Beta(1, 1)
+    lam = d["fms_lam"]
+    assert abs(lam.mean() - 0.5) < 0.02 and ((lam < 0.1) | (lam > 0.9)).float().mean() > 0.5  # Beta(0.3, 0.3)
+    ordered = torch.arange(b).expand(s, b)
+    for k in ("fms_perm", "mix_perm"):  # a permutation per step, each its own
+        assert torch.equal(d[k].sort(dim=1).values, ordered) and len({tuple(r) for r in d[k].tolist()}) == s
+    one = step_draws(d, 3)
+    assert torch.equal(one["roll"], d["roll"][3]) and one["mix_lam"].dim() == 0
+    # an epoch's draws come from its generator alone
+    again = draw_epoch(s, b, gen(9), max_shift=50, n_irs=5, fms_alpha=0.3, mixup_alpha=1.0)
+    assert all(torch.equal(v, again[k]) for k, v in d.items())

@@ -5,7 +5,7 @@ the test set one of its variables:
 ASC_RAY_PROBE_DIR=DIR       when asc_ray.train.trainer is imported, its Trainer is wrapped: each training batch's
                             files (batch["index"] into trainer.batches.files) are recorded, and when fit()
                             returns, DIR/<system>_split<N>_rank<R>.json gets the rank, world size, the files it
-                            trained on, a digest of its parameters and its history.
+                            trained on, its batch size, a digest of its parameters and its history.
 ASC_RAY_PROBE_MODULES=FILE  at exit, FILE gets the names of the modules the process had imported.
 
 Nothing of this is in the package: the probe wraps its public methods from the outside.
@@ -29,10 +29,10 @@ def _instrument(module) -> None:
     Trainer = module.Trainer
     prepare_inputs, fit = Trainer.prepare_inputs, Trainer.fit
 
-    def recording_prepare_inputs(self, batch, gen):
+    def recording_prepare_inputs(self, batch, *args, **kwargs):
         seen = self.__dict__.setdefault("_probe_files", [])
         seen.extend(self.batches.files[i] for i in batch["index"].tolist())
-        return prepare_inputs(self, batch, gen)
+        return prepare_inputs(self, batch, *args, **kwargs)
 
     def recording_fit(self, *args, **kwargs):
         result = fit(self, *args, **kwargs)
@@ -43,6 +43,7 @@ def _instrument(module) -> None:
         record = {
             "rank": self.rank,
             "world_size": self.world_size,
+            "batch_size": self.batches.batch_size,
             "files": sorted(set(self.__dict__.get("_probe_files", []))),
             "parameters": digest.hexdigest(),
             "history": self.history,
