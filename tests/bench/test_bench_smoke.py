@@ -375,3 +375,38 @@ def test_makespan_drivers_four_stage_scheduler_runs_a_pipeline(synth_dataset, tm
     teachers_end = max(by[f"bcbl32_fms split{sp}"]["end"] for sp in (5, 25))
     assert all(by[f"kd_ensemble split{sp} seed0"]["start"] >= teachers_end - 1 for sp in (5, 25)), by
     assert (out / "results.csv").is_file()
+
+
+def test_simulated_makespan_prints_both_schedules_and_the_critical_path_pays_only_when_steps_are_gpu_bound():
+    """bench/schedule_makespan.py --simulate (no Ray, seconds): the full paper's graph on 2/4/8 GPUs with and
+    without critical-path workers. At today's measured rates (steps 5-21 % GPU-bound) extra workers barely move
+    the chain; at the switches' target rates they shorten the 8-GPU run."""
+    out = run("schedule_makespan.py", "--simulate", "--rates", "both", "--gpus", "2,8", timeout=120)
+    fig = dict((m.group(1), float(m.group(2))) for m in re.finditer(r"^(sim_\S+) ([0-9.]+)$", out, re.M))
+    for rates in ("measured", "target"):
+        for gpus in (2, 8):
+            plain, cp = (
+                fig[f"sim_{rates}_gpus{gpus}_plain_makespan_h"],
+                fig[f"sim_{rates}_gpus{gpus}_cp_makespan_h"],
+            )
+            assert 0 < cp <= plain + 1e-9, (rates, gpus)
+        # more GPUs, shorter runs; never shorter than the work spread over them allows
+        assert fig[f"sim_{rates}_gpus8_plain_makespan_h"] < fig[f"sim_{rates}_gpus2_plain_makespan_h"]
+        assert fig[f"sim_{rates}_gpus8_plain_held_gpu_h"] / 8 <= fig[f"sim_{rates}_gpus8_plain_makespan_h"]
+    assert fig["sim_target_gpus8_cp_makespan_h"] < 0.9 * fig["sim_target_gpus8_plain_makespan_h"]
+    assert fig["sim_measured_gpus8_cp_makespan_h"] > 0.95 * fig["sim_measured_gpus8_plain_makespan_h"]
+
+
+@slow
+def test_gpu_chain_times_each_unit_of_the_critical_path_on_the_cpu(synth_dataset, tmp_path):
+    """bench/gpu_chain.py, as bench/gpu_check.sh runs it, on the CPU with a tiny batch: every unit of the chain
+    is timed and the split-100 chain is extrapolated."""
+    out = run(
+        "gpu_chain.py",
+        *("--data-dir", synth_dataset, "--split", "100", "--epochs", "2", "--work-dir", tmp_path),
+        *("bcbl.batch_size=32", "train.num_threads=1"),
+        timeout=800,
+    )
+    units = re.findall(r"^(\S+)_s ([0-9.]+)$", out, re.M)
+    assert {"bcbl32_fms_dir", "kd_ensemble", "tfs"} <= {u.split("_split")[0] for u, _ in units}, out[-3000:]
+    assert last_figure(out, "chain_split100_h") > 0
