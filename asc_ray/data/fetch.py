@@ -95,7 +95,8 @@ def _get(url: str, part: Path, size: int | None, progress: bool) -> None:
         total = size if size is not None else (have + int(length) if length and length.isdigit() else None)
         read = getattr(resp, "read1", resp.read)  # what has arrived: a stalled connection loses nothing
         with (
-            open(part, "ab" if have else "wb") as f,
+            # unbuffered: what arrived is in the .part at once, so an interrupted run resumes from all of it
+            open(part, "ab" if have else "wb", buffering=0) as f,
             tqdm(
                 total=total,
                 initial=have,
@@ -116,7 +117,9 @@ def _get(url: str, part: Path, size: int | None, progress: bool) -> None:
                 if not chunk:
                     break
                 try:
-                    f.write(chunk)
+                    view = memoryview(chunk)
+                    while view:  # a raw write may take part of it
+                        view = view[f.write(view) :]
                 except OSError as e:
                     raise explain_write_error(e, part, total) from None
                 bar.update(len(chunk))
