@@ -222,7 +222,16 @@ def test_truncated_part_is_resumed_with_a_range_request(mirror, miniature, tmp_p
     _assert_complete(tmp_path / "tau22", miniature)
 
 
-def test_interrupted_download_resumes_from_its_part_file(mirror, miniature, tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt even where the suite runs in the background: `cmd &` in a script starts
+    Python with SIGINT ignored, and Python then installs no handler of its own."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_download_resumes_from_its_part_file(mirror, miniature, tmp_path, ctrl_c_raises):
     dest, key = tmp_path / "tau22", miniature.parts[1]
     part = dest / ".download" / f"{key}.part"
     mirror.faults[FILE_PATH + key] = [part]
