@@ -46,6 +46,7 @@ class Fault:
         None  # (role, epoch lines seen) when its victim was gone: waits for the next epoch
     )
     notes: list[str] = field(default_factory=list)
+    left_behind: list[str] = field(default_factory=list)  # (driver) its processes still alive after 120 s
 
     def point(self, units: dict) -> str:
         if self.at[0] == "epoch":

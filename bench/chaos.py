@@ -193,6 +193,8 @@ class Chaos:
         for g in self.faults:  # a fault the driver had no time to say before this kill
             same_run = g.fired is not None and g is not f and self.runs_of[g.n - 1] == self.runs_of[f.n - 1]
             g.overtaken |= f.kind == "driver" and same_run
+            # and one that came after this run's driver was killed (in the same poll): no driver to say it
+            f.overtaken |= g.kind == "driver" and same_run
         say(f"fault {f.n}/{len(self.faults)} (seed {self.args.seed}): {f.kind}: {what} at {f.point(self.units)}"
             + (f" (re-armed: {'; '.join(f.notes)})" if f.notes else ""))  # fmt: skip
 

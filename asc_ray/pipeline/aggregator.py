@@ -10,7 +10,9 @@ in the actor's memory, so Ray restarts it when its process dies.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +115,29 @@ class LogitAggregatorImpl:
 LogitAggregator = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LogitAggregatorImpl)
 
 
-def start_aggregator(logits_dir: str | Path, split_meta: dict, data_keys: dict):
-    """The actor, pinned to this (the driver's) node."""
+def aggregator_name(logits_dir: str | Path) -> str:
+    """The actor's name, one per output dir (one run at a time uses it: asc_ray.lock). Units find the actor by
+    it, not by a handle: Tune keeps a trial's config in its state, and a handle stored there by a killed driver
+    cannot be read back by the next one, while the name finds the next driver's actor."""
+    return "logits-" + hashlib.sha1(str(Path(logits_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def get_aggregator(name: str):
+    """The running actor of that name (in a unit: the same job's namespace)."""
+    return ray.get_actor(name)
+
+
+def start_aggregator(logits_dir: str | Path, split_meta: dict, data_keys: dict, wait_s: float = 60.0):
+    """The actor, pinned to this (the driver's) node, named by aggregator_name."""
     node = ray.get_runtime_context().get_node_id()
-    return LogitAggregator.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-    ).remote(str(logits_dir), split_meta, data_keys)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return LogitAggregator.options(
+                name=aggregator_name(logits_dir),
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+            ).remote(str(logits_dir), split_meta, data_keys)
+        except ValueError:  # the name is still held by a killed driver's actor, which Ray is removing
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)

@@ -23,7 +23,7 @@ from asc_ray.errors import find_user_error
 from asc_ray.io import atomic_write_json
 from asc_ray.lock import OutputLock
 from asc_ray.pipeline import students as st
-from asc_ray.pipeline.aggregator import start_aggregator
+from asc_ray.pipeline.aggregator import aggregator_name, start_aggregator
 from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, run_in_thread, select, share_idle
 from asc_ray.pipeline.keys import Keys
 from asc_ray.pipeline.preflight import Context, preflight
@@ -129,7 +129,7 @@ class Pipeline:
             unit_dir=str(self.unit_dir(u)),
             tracker=self.ctx.tracker,
             parent_run_id=self.parent_run_id,
-            aggregator=self.aggregator,
+            aggregator=aggregator_name(self.ctx.paths.logits_dir),
             caches=self.ctx.caches,
             shared=self.ctx.shared,
             seed=u.seed,

@@ -136,8 +136,8 @@ def build_tuner(
     path = f"{storage_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         # the driver stopped mid-run last time: continue the unfinished trials from their checkpoints. The
-        # param space is given again: Tune stored the jobs' object references (LogitAggregator handle, tracker)
-        # as placeholders, which only the new session's objects can fill (else the trials get no config)
+        # param space is given again, so that the trials get this session's jobs (the LogitAggregator goes by
+        # name: a handle in Tune's stored state could not be read back once its driver was killed)
         try:
             return tune.Tuner.restore(
                 path, trainable, resume_unfinished=True, restart_errored=True, param_space=param_space

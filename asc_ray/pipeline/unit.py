@@ -24,6 +24,7 @@ from asc_ray.config import flatten
 from asc_ray.data.cache import CacheRef
 from asc_ray.features import frontend_sample_rate, input_shape
 from asc_ray.io import atomic_write_json
+from asc_ray.pipeline.aggregator import get_aggregator
 from asc_ray.pipeline.preflight import passt_checkpoint_here
 from asc_ray.pipeline.storage import SharedFolder, verify_on_this_node
 from asc_ray.predict.mlflow_model import log_unit_model
@@ -48,7 +49,7 @@ class UnitJob:
     unit_dir: str  # where its outputs and record go
     tracker: Tracker | None = None
     parent_run_id: str | None = None
-    aggregator: object = None  # the LogitAggregator's handle: serves the tables a student learns from
+    aggregator: str | None = None  # the LogitAggregator's name (aggregator_name): serves a student's tables
     caches: dict[int, CacheRef] = field(default_factory=dict)  # sample rate -> pre-flight's waveform cache
     shared: list[SharedFolder] = field(default_factory=list)  # folders pre-flight checked on a cluster
     out_dir: str | None = None  # a search trial's own folder instead of the unit's
@@ -122,7 +123,7 @@ def run_unit(
     say(f"[{name}] rank {rank} on node {node_id} (pid {os.getpid()})")
     logits = None
     if system.needs:  # targets from the actor: works on any node, validated against the split's files
-        logits = ray.get(job.aggregator.table.remote(job.needs_table, split))
+        logits = ray.get(get_aggregator(job.aggregator).table.remote(job.needs_table, split))
     cache = job.caches.get(frontend_sample_rate(system.frontend))
     store = cache.open(log=say) if cache else None  # the node's copy: made by its first unit, then reused
     data = prepare_data(

@@ -114,3 +114,26 @@ def test_the_actor_comes_back_when_its_process_dies(ray_local, tmp_path):
     path = ray.get(agg.write_table.remote("teachers", 25, {"bcbl32_fms": "k1", "passt_dir": "k2"}))
     np.testing.assert_allclose(read_logits(path, FILES), (a + b) / 2)
     assert ray.get(agg.pid.remote()) != pid
+
+
+@pytest.mark.slow
+def test_units_find_the_actor_by_its_name_and_a_new_driver_takes_the_name_over(ray_local, tmp_path):
+    """Units get the actor's name, not its handle: Tune stores a trial's config, and a handle stored by a driver
+    that was killed cannot be read back by the next driver (the chaos run's seed 3 failed every later run so).
+    The name is the output dir's, and the next driver's actor takes it once the old one is gone."""
+    from asc_ray.pipeline.aggregator import aggregator_name, get_aggregator, start_aggregator
+
+    ray = ray_local
+    name = aggregator_name(tmp_path / "logits")
+    assert name == aggregator_name(str(tmp_path / "x" / ".." / "logits"))  # the dir, however it is written
+    assert name != aggregator_name(tmp_path / "other" / "logits")
+
+    @ray.remote
+    def served_by(n: str) -> int:  # what a unit does, in another process
+        return ray.get(get_aggregator(n).pid.remote())
+
+    first = start_aggregator(tmp_path / "logits", META, KEYS)
+    assert ray.get(served_by.remote(name)) == ray.get(first.pid.remote())
+    ray.kill(first, no_restart=True)  # its driver is gone
+    second = start_aggregator(tmp_path / "logits", META, KEYS, wait_s=30)
+    assert ray.get(served_by.remote(name)) == ray.get(second.pid.remote())

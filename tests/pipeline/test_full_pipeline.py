@@ -19,7 +19,7 @@ from asc_ray.systems import TEACHERS
 from asc_ray.train.outputs import unit_dir
 
 SPLITS = (10, 100)
-STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline")
+STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline", "no_kd")  # the smoke profile's five
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
