@@ -201,7 +201,9 @@ SAYS = {  # what the driver's console shows for each kind of fault (a regex; {un
     "aggregator": r"the LogitAggregator's process \(\d+\) died",
     "raylet": r"Ray node \S+ \(\w+\) lost",
     "driver": r"output dir lock of .* is stale",
-    "mlflow": r"MLflow unreachable: ",
+    # the live line, or the run's closing one (a driver started after the outage began may only see the calls
+    # its units spooled once they are sent)
+    "mlflow": r"MLflow unreachable: |call\(s\) spooled during an outage sent now",
 }
 
 

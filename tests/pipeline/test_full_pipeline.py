@@ -252,7 +252,12 @@ def test_mlflow_ui_opens_on_the_students_of_a_split_with_their_accuracy(pipeline
     shutil.copy(shot, keep / shot.name)
     assert shot.stat().st_size > 20_000
     table = runs_table(dom)
-    shown = {r["attributes.`Run Name`"].split()[0]: r for r in table if "attributes.`Run Name`" in r}
+    # a run name as the UI shows it: "#a6630c kd_ensemble split100 seed0" (its colour, then the name)
+    shown = {
+        (n := r["attributes.`Run Name`"].split())[n.index("split100") - 1]: r
+        for r in table
+        if "attributes.`Run Name`" in r
+    }
     assert set(shown) == set(STUDENTS), table  # the students of split 100, nothing else
     rows = _results(pipeline["out"] / "results.csv")
     for s, r in shown.items():
@@ -292,7 +297,7 @@ def test_console_is_asc_rays_one_line_per_unit_start_and_finish(pipeline):
     assert len(progress) == len(SPLITS) * (len(TEACHERS) + len(STUDENTS) + 2)
     # per-epoch lines are in each unit's own log
     log = (unit_dir(pipeline["out"], "student", 100, "kd_ensemble", 0) / "unit.log").read_text()
-    assert "[kd_ensemble split100 seed0] epoch 2/2" in log
+    assert "[kd_ensemble split100] epoch 2/2" in log  # the Trainer's lines, in the seed's own folder
 
 
 def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(pipeline):
