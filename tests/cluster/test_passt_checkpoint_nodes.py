@@ -5,8 +5,6 @@ failing, or downloading, mid-run on it."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.cluster import local_cluster, unshare_available
+from helpers.training import release_passt_state
 
-from asc_ray.models.passt import ARCH, CHECKPOINT_NAME, FSTRIDE, INPUT_FDIM, TSTRIDE
+from asc_ray.models.passt import CHECKPOINT_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
@@ -24,19 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A file in the release checkpoint's layout (hear21passt's own 527-class PaSST-S, random weights)."""
-    from hear21passt.models.passt import get_model
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = get_model(
-            arch=ARCH,
-            pretrained=False,
-            n_classes=527,
-            fstride=FSTRIDE,
-            tstride=TSTRIDE,
-            input_fdim=INPUT_FDIM,
-        )
     path = tmp_path_factory.mktemp("ckpt") / CHECKPOINT_NAME
-    torch.save(model.state_dict(), path)
+    torch.save(release_passt_state(), path)
     return path
 
 

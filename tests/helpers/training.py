@@ -43,3 +43,26 @@ def new_trainer(
     t = Trainer(s, cfg, data, out or Path(work) / system, split, **kwargs)
     t.logs = logs
     return t
+
+
+def release_passt_state() -> dict:
+    """A state dict in the AudioSet release checkpoint's layout (passt-s-f128-p16-s10-ap.476-swa.pt):
+    hear21passt's own 527-class PaSST-S for 998 frames, under its own key names, random weights (no network)."""
+    import contextlib
+    import io
+
+    from hear21passt.models.passt import get_model
+
+    from asc_ray.models.passt import ARCH, FSTRIDE, INPUT_FDIM, TSTRIDE
+
+    with contextlib.redirect_stdout(io.StringIO()):  # hear21passt prints its architecture
+        model = get_model(
+            arch=ARCH,
+            pretrained=False,
+            n_classes=527,
+            fstride=FSTRIDE,
+            tstride=TSTRIDE,
+            input_fdim=INPUT_FDIM,
+            input_tdim=998,
+        )
+    return model.state_dict()

@@ -42,27 +42,18 @@ ray.shutdown()
 
 def test_two_local_rays_each_find_their_own(tmp_path):
     env = cli_env(f"sqlite:///{tmp_path}/mlflow.db")
-    first = subprocess.Popen(
-        [PY, "-c", PROBE],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+
+    def probe() -> subprocess.Popen:  # a driver that starts its local Ray, then waits on its stdin
+        return subprocess.Popen(
+            [PY, "-c", PROBE], env=env, cwd=tmp_path, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    first = probe()
     try:
         assert first.stdout.readline().startswith("started"), first.stderr.read()[-3000:]
         # the second Ray starts and looks while the first one is up (it waits on its stdin) ...
-        second = subprocess.Popen(
-            [PY, "-c", PROBE],
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        second = probe()
         assert second.stdout.readline().startswith("started"), second.stderr.read()[-3000:]
         # ... then the first looks while the second is up
         out_first, err_first = first.communicate("go\n", timeout=240)

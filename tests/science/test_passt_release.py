@@ -5,32 +5,18 @@ new 10-class head."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
 import torch
+from helpers.training import release_passt_state
 
-from asc_ray.models.passt import ARCH, FSTRIDE, INPUT_FDIM, TSTRIDE, check_checkpoint, passt
+from asc_ray.models.passt import check_checkpoint, passt
 
 pytestmark = pytest.mark.slow  # two PaSST-S of 85 M parameters on a CPU
 
 
 @pytest.fixture(scope="module")
 def release_file(tmp_path_factory):
-    from hear21passt.models.passt import get_model
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = get_model(
-            arch=ARCH,
-            pretrained=False,
-            n_classes=527,
-            fstride=FSTRIDE,
-            tstride=TSTRIDE,
-            input_fdim=INPUT_FDIM,
-            input_tdim=998,
-        )
-    state = model.state_dict()
+    state = release_passt_state()
     assert {"cls_token", "dist_token", "time_new_pos_embed", "head.1.weight", "head_dist.weight"} <= set(
         state
     )
