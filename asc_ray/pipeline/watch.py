@@ -31,7 +31,8 @@ class Watcher:
         self._stop = threading.Event()
         self._alive: dict[str, str] | None = None  # node id -> address
         self._aggregator_pid: int | None = None
-        self._spooling = bool(self._spooled())  # left by an earlier run: replayed at the end, not news
+        self._leftover = set(self._spooled())  # a killed earlier run's: replayed at the end, not news
+        self._spooling = False
 
     # -- the teachers it follows (asc_ray.pipeline.run: while their Ray Train run is fitted)
     def follow(self, unit: str, unit_dir: Path) -> None:
@@ -114,7 +115,7 @@ class Watcher:
         )
 
     def check_spool(self) -> None:
-        files = self._spooled()
+        files = [f for f in self._spooled() if f not in self._leftover]  # this run's processes only
         if files and not self._spooling:
             log(
                 f"MLflow unreachable: {len(files)} process(es) keep their calls in {self.spool_dir} and send "

@@ -65,3 +65,16 @@ def test_an_mlflow_outage_is_one_line_when_calls_start_to_be_spooled(tmp_path, c
     w.check_spool()
     out = _lines(capsys)
     assert len(out) == 1 and out[0].startswith("MLflow unreachable: 2 process(es) keep their calls in"), out
+
+
+def test_an_mlflow_outage_is_news_even_while_a_killed_drivers_spool_is_still_there(tmp_path, capsys):
+    spool = tmp_path / "mlflow_spool"
+    spool.mkdir()
+    (spool / "spool-host-1.jsonl").write_text("{}\n")  # a killed driver's: stays until this run's end
+    w = Watcher(None, spool, max_failures=2)
+    w.check_spool()
+    assert _lines(capsys) == []
+    (spool / "spool-host-2.jsonl").write_text("{}\n")  # a worker of this run starts spooling
+    w.check_spool()
+    out = _lines(capsys)
+    assert len(out) == 1 and out[0].startswith("MLflow unreachable: 1 process(es) keep their calls in"), out
