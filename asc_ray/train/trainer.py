@@ -109,6 +109,8 @@ class Trainer:
         batch_size: int | None = None,
     ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
+        # the unit's name on its console lines, as asc_ray.pipeline.unit names it (a student's seed included)
+        self.tag = f"{system.name} split{split}" + ("" if seed is None else f" seed{seed}")
         self.out_dir = Path(out_dir)
         self.log = log if rank == 0 else (lambda _msg: None)
         self.rank, self.world_size = rank, world_size
@@ -166,10 +168,6 @@ class Trainer:
         self.best: dict = {"val_macro_acc": -1.0, "epoch": -1}
         self._best_changed = False  # best model changed since the last checkpoint: best.pt is due
         self._best_weights: dict | None = None  # its weights, when they are not the current ones
-
-    @property
-    def tag(self) -> str:
-        return f"{self.system.name} split{self.split}"
 
     # -- checkpoints (asc_ray.train.checkpoint)
     def state(self) -> dict:

@@ -24,10 +24,13 @@ def _finish(t, **kw):
 
 def test_select_last_trains_on_the_whole_split_and_keeps_the_last_epoch(make_trainer):
     """Nothing reads a holdout when the last epoch is kept (the smoke profile): the whole split trains."""
-    t = make_trainer(overrides=["train.select=last"])
+    t = make_trainer(overrides=["train.select=last"], seed=1)
     assert t.data.val_files == [] and sorted(t.data.train_files) == sorted(t.data.ds.split_files(100))
     fitted = t.fit()
     assert fitted.selected_epoch == 2 and fitted.selected_on == "last" and np.isnan(fitted.val_macro_acc)
+    epochs = [ln for ln in t.logs if "] epoch " in ln]  # named as the unit's rank line names it: seed too
+    assert len(epochs) == 2, t.logs
+    assert all(ln.startswith("[baseline split100 seed1] epoch ") for ln in epochs), epochs
 
 
 def test_fit_selects_on_validation_only_and_writes_outputs(make_trainer, monkeypatch):
