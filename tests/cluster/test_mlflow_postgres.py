@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers.procs import PY, ROOT, alive, cli_env, cmdline, free_port, run_py
+from helpers.procs import PY, ROOT, alive, cli_env, cmdline, free_port, pipeline_args, run_py
 from helpers.serving import env_with_venv_bin
 from helpers.wait import wait_for
 
@@ -257,12 +257,13 @@ def test_the_server_lets_in_only_its_users(server):
 
 def test_pipeline_without_credentials_stops_in_preflight(server, synth_dataset, tmp_path):
     r = run_py(
-        [str(ROOT / "jobs" / "full_pipeline.py"), "--data-dir", str(synth_dataset), "--output-dir",
-         str(tmp_path / "out"), "--splits", str(SPLIT), "--profile", "smoke", "--epochs", "1"],
+        pipeline_args(
+            synth_dataset, tmp_path / "out", "--splits", str(SPLIT), "--profile", "smoke", "--epochs", "1"
+        ),
         cli_env(server["uri"]),
         tmp_path,
         timeout=300,
-    )  # fmt: skip
+    )
     text = r.stdout + r.stderr
     assert r.returncode == 2, text[-3000:]
     assert "refused a client without credentials (HTTP 401)" in text and "MLFLOW_TRACKING_USERNAME" in text
@@ -275,11 +276,7 @@ def pipeline(server, synth_dataset, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("pipeline")
     r = run_py(
         [
-            str(ROOT / "jobs" / "full_pipeline.py"),
-            "--data-dir",
-            str(synth_dataset),
-            "--output-dir",
-            str(cwd / "out"),
+            *pipeline_args(synth_dataset, cwd / "out"),
             "--splits",
             str(SPLIT),
             "--profile",

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.procs import pipeline_args
 from helpers.wait import wait_for
 
 from asc_ray.data.logits import read_logits
@@ -72,11 +73,7 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
     out, log = tmp_path / "out", tmp_path / "driver.log"
     cmd = [
         sys.executable,
-        str(REPO / "jobs" / "full_pipeline.py"),
-        "--data-dir",
-        str(synth_dataset),
-        "--output-dir",
-        str(out),
+        *pipeline_args(synth_dataset, out),
         "--profile",
         "smoke",
         "--splits",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cluster import local_cluster, unshare_available
+from helpers.procs import pipeline_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -60,11 +61,7 @@ def _run(cluster, out: Path, db: Path, cwd: Path, *extra: str, timeout: float = 
     cwd.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
-        str(REPO / "jobs" / "full_pipeline.py"),
-        "--data-dir",
-        str(cluster["data"]),
-        "--output-dir",
-        str(out),
+        *pipeline_args(cluster["data"], out),
         "--profile",
         "smoke",
         "--splits",

@@ -40,6 +40,18 @@ def run_py(args: list[str], env: dict | None = None, cwd: Path | None = None, ti
     return subprocess.run([PY, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def pipeline_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """`jobs/full_pipeline.py` on a data set and an output dir, as a user runs it (`run_py`'s args)."""
+    return [
+        str(ROOT / "jobs" / "full_pipeline.py"),
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+
+
 def sigint_default() -> None:
     """`preexec_fn` for a child that must see Ctrl-C as a terminal's foreground job does: pytest started in the
     background (`cmd &`) passes SIGINT on ignored, and the child's SIGINT would then never arrive."""

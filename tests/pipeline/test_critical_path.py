@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.procs import ROOT, cli_env, run_py
+from helpers.procs import cli_env, pipeline_args, run_py
 
 from asc_ray.config import load_config
 from asc_ray.pipeline.graph import Unit, build_graph, critical_path, share_idle, work
@@ -106,13 +106,7 @@ def test_critical_path_units_train_data_parallel_on_idle_cpus(synth_dataset, tmp
         "students.critical_path_workers=2",
         "train.epochs=2",
     ]
-    cmd = [
-        str(ROOT / "jobs" / "full_pipeline.py"),
-        "--data-dir",
-        str(synth_dataset),
-        "--output-dir",
-        str(out),
-    ]
+    cmd = pipeline_args(synth_dataset, out)
     r = run_py([*cmd, "--splits", str(split), "--profile", "smoke", *overrides], env, tmp_path, timeout=1100)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert (

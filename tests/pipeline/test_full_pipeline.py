@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers.procs import ROOT, cli_env, run_py
+from helpers.procs import ROOT, cli_env, pipeline_args, run_py
 
 from asc_ray.data.logits import read_logits, table_metadata
 from asc_ray.data.tau import TauDataset
@@ -26,11 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 def _run(data, out, cwd, *extra):
     return run_py(
         [
-            str(ROOT / "jobs" / "full_pipeline.py"),
-            "--data-dir",
-            str(data),
-            "--output-dir",
-            str(out),
+            *pipeline_args(data, out),
             "--splits",
             ",".join(map(str, SPLITS)),
             "--profile",
@@ -297,7 +293,7 @@ def test_console_is_asc_rays_one_line_per_unit_start_and_finish(pipeline):
     assert len(progress) == len(SPLITS) * (len(TEACHERS) + len(STUDENTS) + 2)
     # per-epoch lines are in each unit's own log
     log = (unit_dir(pipeline["out"], "student", 100, "kd_ensemble", 0) / "unit.log").read_text()
-    assert "[kd_ensemble split100] epoch 2/2" in log  # the Trainer's lines, in the seed's own folder
+    assert "[kd_ensemble split100 seed0] epoch 2/2" in log  # named as its rank line names it
 
 
 def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(pipeline):
@@ -341,11 +337,7 @@ def test_one_split_more_reuses_every_unit_of_the_splits_already_done(pipeline, t
     shutil.copytree(pipeline["out"], out, ignore=shutil.ignore_patterns("ray_results"))
     r = run_py(
         [
-            str(ROOT / "jobs" / "full_pipeline.py"),
-            "--data-dir",
-            str(pipeline["data"]),
-            "--output-dir",
-            str(out),
+            *pipeline_args(pipeline["data"], out),
             "--splits",
             "50,100",
             "--profile",

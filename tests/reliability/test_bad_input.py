@@ -16,14 +16,13 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers.procs import ROOT, cli_env, free_port, run_py
+from helpers.procs import cli_env, free_port, pipeline_args, run_py
 
 from asc_ray.config import load_config
 from asc_ray.data.synth import generate
 from asc_ray.data.tau import TauDataset
 from asc_ray.errors import AscRayError
 
-PIPELINE = [str(ROOT / "jobs" / "full_pipeline.py")]
 SMALL = [
     "--splits",
     "25",
@@ -58,7 +57,7 @@ def _copy(tiny, tmp_path):
 def _pipeline(tiny, data, out, *extra, env=None, timeout=PREFLIGHT_S * 2):
     env = env or cli_env(tiny["uri"])  # (without RAY_ADDRESS: see the module docstring)
     return run_py(
-        [*PIPELINE, "--data-dir", str(data), "--output-dir", str(out), *SMALL, *extra],
+        pipeline_args(data, out, *SMALL, *extra),
         env,
         out.parent,
         timeout,

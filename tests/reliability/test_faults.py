@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers.procs import ROOT, Background, alive, cli_env, cmdline, descendants, listening_sockets, run_py
+from helpers.procs import (
+    ROOT,
+    Background,
+    alive,
+    cli_env,
+    cmdline,
+    descendants,
+    listening_sockets,
+    pipeline_args,
+    run_py,
+)
 from helpers.wait import wait_for
 
 from asc_ray.train.outputs import unit_dir
@@ -41,15 +51,7 @@ LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def _cmd(data, out, *extra):
-    return [
-        str(ROOT / "jobs" / "full_pipeline.py"),
-        "--data-dir",
-        str(data),
-        "--output-dir",
-        str(out),
-        *ARGS,
-        *extra,
-    ]
+    return pipeline_args(data, out, *ARGS, *extra)
 
 
 def _results(out):

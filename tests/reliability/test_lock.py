@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from helpers.procs import PY, ROOT, cli_env, run_py
+from helpers.procs import PY, cli_env, pipeline_args, run_py
 from helpers.wait import wait_for
 
 from asc_ray.errors import AscRayError
@@ -115,13 +115,7 @@ def test_second_pipeline_on_a_held_output_dir_exits_at_once(synth_dataset, tmp_p
     out = tmp_path / "out"
     holder = _holder(out)
     env = cli_env(f"sqlite:///{tmp_path}/mlflow.db")
-    cmd = [
-        str(ROOT / "jobs" / "full_pipeline.py"),
-        "--data-dir",
-        str(synth_dataset),
-        "--output-dir",
-        str(out),
-    ]
+    cmd = pipeline_args(synth_dataset, out)
     try:
         r = run_py([*cmd, "--splits", "25", "--profile", "smoke"], env, tmp_path, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
