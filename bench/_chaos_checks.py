@@ -17,9 +17,11 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
+from _chaos_faults import day_s
 
 EPOCH_KEYS = ("train_loss", "lr", "epoch_s", "samples_per_s", "val_macro_acc")  # logged at every epoch
 TIMES = {"started", "fit_started", "finish_started", "finished", "run_id", "node_id", "files"}
@@ -207,6 +209,11 @@ SAYS = {  # what the driver's console shows for each kind of fault (a regex; {un
 }
 
 
+# Ray declares a node dead after its health checks fail 5 times 3 s apart (Ray's defaults; 15-16 s measured
+# from a raylet's SIGKILL to the driver's line), and the driver polls every 2 s
+NODE_DEATH_S = 20
+
+
 def console_says(faults, driver_logs: list[str], runs_of: list[int]) -> list[str]:
     """Each fault has its line in the driver's output after it (in the run it hit, or the next one when that run
     was stopped first: a driver killed a moment later never printed it). `runs_of[i]`: the run fault i hit."""
@@ -222,15 +229,23 @@ def console_says(faults, driver_logs: list[str], runs_of: list[int]) -> list[str
         if f.kind == "mlflow" and not pattern.search(text) and not f.met_calls:
             f.notes.append("no call met the outage: nothing to say")
             continue
+        left = _last_stamp_s(driver_logs[i]) - day_s(time.strftime("%H:%M:%S", time.localtime(f.fired)))
+        if f.kind == "raylet" and not pattern.search(text) and 0 <= left % 86400 < NODE_DEATH_S:
+            f.notes.append(f"the run ended {left % 86400} s after it, before Ray declares a node dead")
+            continue
         if not pattern.search(text) and not (f.kind != "driver" and f.overtaken):
             problems.append(f"fault {f.n} ({f.kind}): no console line /{pattern.pattern}/ after it")
     return problems
 
 
+def _last_stamp_s(text: str) -> int:
+    """The last [asc-ray HH:MM:SS] stamp of a driver log, in seconds of its day."""
+    stamps = re.findall(r"^\[asc-ray (\d\d:\d\d:\d\d)\]", text, re.M)
+    return day_s(stamps[-1]) if stamps else 0
+
+
 def _after(text: str, t: float) -> str:
     """The lines of a driver log from the one printed at or after time t (its [asc-ray HH:MM:SS] stamps)."""
-    import time
-
     stamp = time.strftime("%H:%M:%S", time.localtime(t - 1))
     lines = text.splitlines()
     for i, line in enumerate(lines):

@@ -54,7 +54,7 @@ class Fault:
         return f"{self.at[1]} units done"
 
 
-def _day_s(hms: str) -> int:
+def day_s(hms: str) -> int:
     h, m, sec = map(int, hms.split(":"))
     return 3600 * h + 60 * m + sec
 
@@ -70,7 +70,7 @@ def progress_map(out: Path) -> tuple[dict[str, dict], list[float]]:
             u = {"name": PID_LINE.search(text).group(1), "role": role[:-1], "epochs": 0, "at": {}}
             for line in text.splitlines():
                 if m := EPOCH_LINE.search(line):
-                    u["epochs"], u["at"][int(m.group(1))] = int(m.group(2)), _day_s(line.split(" ", 1)[0])
+                    u["epochs"], u["at"][int(m.group(1))] = int(m.group(2)), day_s(line.split(" ", 1)[0])
             units[str(log.parent.relative_to(out))] = u
     done = []
     for p in [*out.glob("*/split*/**/result.json"), *out.glob("logits/*.parquet")]:

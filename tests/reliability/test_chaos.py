@@ -10,11 +10,11 @@ process left."""
 from __future__ import annotations
 
 import re
+import sys
+import time
 
 import pytest
 from helpers.procs import ROOT, cli_env, run_py
-
-pytestmark = [pytest.mark.slow]
 
 SMALL = [
     "--splits",
@@ -34,6 +34,7 @@ def reference(tmp_path_factory):
     return tmp_path_factory.mktemp("chaos_reference")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_pipeline_under_random_faults_ends_as_an_undisturbed_one(seed, synth_dataset, reference, tmp_path):
@@ -53,3 +54,30 @@ def test_a_pipeline_under_random_faults_ends_as_an_undisturbed_one(seed, synth_d
     }, out[-6000:]
     assert all(int(s) == seed for _, _, s, *_ in faults)
     assert "verdict: PASS" in r.stdout and r.stdout.strip().endswith("chaos_failures 0"), out[-6000:]
+
+
+def test_a_node_lost_just_before_the_run_ends_needs_no_line_but_one_lost_earlier_does():
+    """Ray declares a killed raylet's node dead only after its health checks fail (~15 s): a run that ends sooner
+    never hears of it, and the harness notes that instead of failing; a run that went on longer must say it."""
+    sys.path.insert(0, str(ROOT / "bench"))  # (the isolated fixture restores sys.path)
+    from _chaos_checks import NODE_DEATH_S, console_says
+    from _chaos_faults import Fault
+
+    t0 = time.mktime((2026, 12, 6, 1, 30, 32, 0, 0, -1))  # the fault, local time as the driver stamps it
+
+    def log(after_s: int, lost_line: bool) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(t0 + after_s))
+        lost = f"[asc-ray {stamp}] Ray node 192.0.2.2 (670a6ce0) lost: what ran there retries ...\n"
+        return (
+            "[asc-ray 01:30:11] 7 units to run\n" + (lost if lost_line else "") + f"[asc-ray {stamp}] done\n"
+        )
+
+    def says(after_s: int, lost_line: bool) -> tuple[list[str], list[str]]:
+        f = Fault(n=1, kind="raylet", at=("epoch", "u", 2), fired=t0)
+        return console_says([f], [log(after_s, lost_line)], [0]), f.notes
+
+    problems, notes = says(NODE_DEATH_S - 6, lost_line=False)
+    assert problems == [] and notes == ["the run ended 14 s after it, before Ray declares a node dead"], notes
+    problems, _ = says(NODE_DEATH_S + 40, lost_line=False)
+    assert len(problems) == 1 and "fault 1 (raylet): no console line" in problems[0], problems
+    assert says(NODE_DEATH_S + 40, lost_line=True) == ([], [])
