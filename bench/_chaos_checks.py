@@ -229,10 +229,12 @@ def console_says(faults, driver_logs: list[str], runs_of: list[int]) -> list[str
         if f.kind == "mlflow" and not pattern.search(text) and not f.met_calls:
             f.notes.append("no call met the outage: nothing to say")
             continue
-        left = _last_stamp_s(driver_logs[i]) - day_s(time.strftime("%H:%M:%S", time.localtime(f.fired)))
-        if f.kind == "raylet" and not pattern.search(text) and 0 <= left % 86400 < NODE_DEATH_S:
-            f.notes.append(f"the run ended {left % 86400} s after it, before Ray declares a node dead")
-            continue
+        if f.kind == "raylet" and not pattern.search(text):
+            fired = day_s(time.strftime("%H:%M:%S", time.localtime(f.fired)))
+            left = (_last_stamp_s(driver_logs[i]) - fired) % 86400  # (past midnight too)
+            if left < NODE_DEATH_S:
+                f.notes.append(f"the run ended {left} s after it, before Ray declares a node dead")
+                continue
         if not pattern.search(text) and not (f.kind != "driver" and f.overtaken):
             problems.append(f"fault {f.n} ({f.kind}): no console line /{pattern.pattern}/ after it")
     return problems

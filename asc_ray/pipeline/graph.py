@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from asc_ray.console import log
 from asc_ray.errors import AscRayError, find_user_error
 from asc_ray.models import get_architecture
-from asc_ray.systems import epochs, get_system
+from asc_ray.systems import epochs, get_system, unit_name
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,9 @@ class Unit:
     seed: int | None = None  # a student's seed (students.seeds), and the table one feeds; None: teachers
 
     def __str__(self) -> str:
-        seed = "" if self.seed is None else f" seed{self.seed}"
-        return (
-            f"{self.name} split{self.split}{seed}"
-            if self.kind == "train"
-            else f"{self.name} logits split{self.split}{seed}"
-        )
+        if self.kind == "train":
+            return unit_name(self.name, self.split, self.seed)
+        return f"{self.name} logits split{self.split}" + ("" if self.seed is None else f" seed{self.seed}")
 
     @property
     def role(self) -> str:

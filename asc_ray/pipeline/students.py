@@ -21,7 +21,7 @@ from ray.tune.schedulers import ASHAScheduler
 from asc_ray.config import with_overrides
 from asc_ray.console import log
 from asc_ray.pipeline.unit import UnitJob, run_unit
-from asc_ray.systems import get_system
+from asc_ray.systems import get_system, unit_name
 from asc_ray.train.outputs import RECORD, read_record, write_record
 
 METRIC, MODE = "val_macro_acc", "max"  # model selection: the validation holdout, never test
@@ -101,7 +101,7 @@ class TrialRetried(tune.Callback):
             pass
         start = "its last checkpoint" if trial.checkpoint is not None else "the start (no checkpoint yet)"
         log(
-            f"{job['system']} split{job['split']} seed{job.get('seed')}: trial failed ({cause}), retrying from {start} "
+            f"{unit_name(job['system'], job['split'], job.get('seed'))}: trial failed ({cause}), retrying from {start} "
             f"(failure {trial.num_failures}, students.max_failures={trial.max_failures})"
         )
 

@@ -28,7 +28,7 @@ from asc_ray.pipeline.aggregator import get_aggregator
 from asc_ray.pipeline.preflight import passt_checkpoint_here
 from asc_ray.pipeline.storage import SharedFolder, verify_on_this_node
 from asc_ray.predict.mlflow_model import log_unit_model
-from asc_ray.systems import System, get_system
+from asc_ray.systems import System, get_system, unit_name
 from asc_ray.tracking import Tracker
 from asc_ray.train import Trainer, finish_unit, prepare_data, write_record
 
@@ -119,7 +119,7 @@ def run_unit(
         torch.set_num_threads(max(1, int(round(cpus))))
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (kept in the result: node_id)
     say = UnitLog(out)
-    name = f"{system.name} split{split}" + ("" if job.seed is None else f" seed{job.seed}")
+    name = unit_name(system.name, split, job.seed)
     say(f"[{name}] rank {rank} on node {node_id} (pid {os.getpid()})")
     logits = None
     if system.needs:  # targets from the actor: works on any node, validated against the split's files

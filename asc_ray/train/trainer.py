@@ -37,7 +37,7 @@ from asc_ray.losses import LOSSES
 from asc_ray.metrics import evaluate
 from asc_ray.models import build_model, get_architecture
 from asc_ray.predict import Classifier, unit_spec
-from asc_ray.systems import System, epochs, hparams
+from asc_ray.systems import System, epochs, hparams, unit_name
 from asc_ray.train.checkpoint import CheckpointDir, is_save_epoch
 from asc_ray.train.data import RunData, shard
 
@@ -109,8 +109,7 @@ class Trainer:
         batch_size: int | None = None,
     ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
-        # the unit's name on its console lines, as asc_ray.pipeline.unit names it (a student's seed included)
-        self.tag = f"{system.name} split{split}" + ("" if seed is None else f" seed{seed}")
+        self.tag = unit_name(system.name, split, seed)  # on its console lines
         self.out_dir = Path(out_dir)
         self.log = log if rank == 0 else (lambda _msg: None)
         self.rank, self.world_size = rank, world_size
