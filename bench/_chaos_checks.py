@@ -221,7 +221,9 @@ def console_says(faults, driver_logs: list[str], runs_of: list[int]) -> list[str
     for f in faults:
         if f.fired is None:
             continue
-        unit = re.escape(f.unit_name or "")
+        # a victim that died before its rank line was written (a worker just restarted) has no known unit:
+        # any unit's line then (the one it ran in may also have used up its max_failures: FAILED <unit>)
+        unit = re.escape(f.unit_name) if f.unit_name else r"\w[\w ]*?"
         pattern = re.compile(SAYS[f.kind].format(unit=unit))
         i = runs_of[f.n - 1]
         later = driver_logs[i + 1] if f.kind == "driver" and i + 1 < len(driver_logs) else driver_logs[i]

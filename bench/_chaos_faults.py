@@ -39,6 +39,7 @@ class Fault:
     at: tuple  # ("epoch", unit, e) | ("done", k)
     fired: float | None = None  # when it was injected (time.time())
     victim: str = ""
+    pid: int | None = None  # (worker, trial, aggregator) the process it killed
     unit_name: str | None = None  # the unit it hit, as the driver names it
     overtaken: bool = False  # a driver kill came before the run could say it
     met_calls: bool = False  # (mlflow) calls were spooled during the outage
@@ -124,6 +125,7 @@ class Progress:
         self.epochs: set[tuple[str, int]] = set()  # (unit, epoch)
         self.lines: list[str] = []  # the unit of every epoch line, in the order seen
         self.workers: dict[str, tuple[str, int]] = {}  # unit -> (node id, pid) of its latest worker
+        self.owners: dict[int, str] = {}  # pid -> unit, of every worker seen
         self._offsets: dict[Path, int] = {}
 
     def poll(self) -> None:
@@ -141,6 +143,7 @@ class Progress:
                         self.lines.append(unit)
                     elif m := PID_LINE.search(line):
                         self.workers[unit] = (m.group(2), int(m.group(3)))
+                        self.owners[int(m.group(3))] = unit
 
     def done(self) -> int:
         records = list(self.out.glob("*/split*/**/result.json"))

@@ -178,10 +178,15 @@ class Chaos:
         if not (pid in ours and title in cmdline(pid)):
             live = sorted(p for p in ours if title in cmdline(p))
             pid = random.Random(f"{self.args.seed}-{f.n}").choice(live) if live else None
-        if pid is not None:
-            owner = [u for u, (_, p) in self.progress.workers.items() if p == pid]
-            f.unit_name = self.units[owner[0]]["name"] if owner else None
+        f.pid = pid
+        self.name_victim(f)
         return pid
+
+    def name_victim(self, f: Fault) -> None:
+        """The unit whose rank line names f's victim (its process may have been killed before that line was
+        read: the run's end asks again)."""
+        owner = self.progress.owners.get(f.pid) if f.pid is not None else None
+        f.unit_name = self.units[owner]["name"] if owner in self.units else f.unit_name
 
     # -- the faults
     def inject(self, f: Fault) -> None:
@@ -359,6 +364,9 @@ def faulted(args, data, work, ref, ref_uri, units, faults) -> list[str]:
             figure("driver_runs", len(chaos.logs), "d")
             figure("faults_injected", sum(f.fired is not None for f in faults), "d")
             logs = [p.read_text(errors="replace") for p in chaos.logs]
+            chaos.progress.poll()
+            for f in faults:
+                chaos.name_victim(f)
             found = {
                 "every unit finished once": checks.units_once(ref, chaos.out, logs),
                 "outputs equal the undisturbed run's": checks.same_outputs(ref, chaos.out),
