@@ -242,9 +242,12 @@ def console_says(faults, driver_logs: list[str], runs_of: list[int]) -> list[str
     return problems
 
 
+STAMP = re.compile(r"^\[asc-ray (\d\d:\d\d:\d\d)\]", re.M)  # asc_ray.console.log's line prefix
+
+
 def _last_stamp_s(text: str) -> int:
     """The last [asc-ray HH:MM:SS] stamp of a driver log, in seconds of its day."""
-    stamps = re.findall(r"^\[asc-ray (\d\d:\d\d:\d\d)\]", text, re.M)
+    stamps = STAMP.findall(text)
     return day_s(stamps[-1]) if stamps else 0
 
 
@@ -253,7 +256,7 @@ def _after(text: str, t: float) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(t - 1))
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        m = re.match(r"\[asc-ray (\d\d:\d\d:\d\d)\]", line)
+        m = STAMP.match(line)
         if m and m.group(1) >= stamp:
             return "\n".join(lines[i:])
     return ""
