@@ -341,7 +341,9 @@ def test_training_floor_counts_every_units_clip_passes(synth_dataset):
     ds = TauDataset.open(synth_dataset)
     per_epoch = sum(len(ds.split_files(s)) // 8 * 8 for s in (5, 100))  # smoke: batch 8, no holdout
     assert figure(out, "baseline_clips") == figure(out, "bcbl32_fms_clips") == 2 * per_epoch
-    assert figure(out, "bcbl32_fms_cpu_ms_per_clip") > figure(out, "baseline_cpu_ms_per_clip") > 0  # 44.1 kHz
+    # No order between the two: at smoke size a 44.1 kHz teacher can cost less per clip than the 32 kHz baseline
+    # (CI's Intel CPU measured 11.49 against 12.49 ms); a speed claim belongs in docs/benchmarks.md, not a test.
+    assert figure(out, "bcbl32_fms_cpu_ms_per_clip") > 0 and figure(out, "baseline_cpu_ms_per_clip") > 0
     cpu = figure(out, "training_cpu_s")
     assert cpu == pytest.approx(
         2
