@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asc_ray.pipeline.watch import RANK_LINE
+
 KINDS = ("worker", "trial", "aggregator", "raylet", "driver", "mlflow")
 TITLE = {"worker": "RayTrainWorker", "trial": "ImplicitFunc", "aggregator": "LogitAggregatorImpl"}
 EPOCH_LINE = re.compile(r"\] epoch (\d+)/(\d+) ")  # asc_ray.train.Trainer.fit (in the unit's own unit.log)
-PID_LINE = re.compile(r"\[([\w ]+?)\] rank 0 on node (\w+) \(pid (\d+)\)")  # asc_ray.pipeline.unit
 
 
 @dataclass
@@ -68,7 +69,7 @@ def progress_map(out: Path) -> tuple[dict[str, dict], list[float]]:
     for role in ("teachers", "students"):
         for log in sorted((out / role).glob("split*/**/unit.log")):
             text = log.read_text(errors="replace")
-            u = {"name": PID_LINE.search(text).group(1), "role": role[:-1], "epochs": 0, "at": {}}
+            u = {"name": RANK_LINE.search(text)["unit"], "role": role[:-1], "epochs": 0, "at": {}}
             for line in text.splitlines():
                 if m := EPOCH_LINE.search(line):
                     u["epochs"], u["at"][int(m.group(1))] = int(m.group(2)), day_s(line.split(" ", 1)[0])
@@ -141,9 +142,9 @@ class Progress:
                     if m := EPOCH_LINE.search(line):
                         self.epochs.add((unit, int(m.group(1))))
                         self.lines.append(unit)
-                    elif m := PID_LINE.search(line):
-                        self.workers[unit] = (m.group(2), int(m.group(3)))
-                        self.owners[int(m.group(3))] = unit
+                    elif m := RANK_LINE.search(line):
+                        self.workers[unit] = (m["node"], int(m["pid"]))
+                        self.owners[int(m["pid"])] = unit
 
     def done(self) -> int:
         records = list(self.out.glob("*/split*/**/result.json"))

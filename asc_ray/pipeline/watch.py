@@ -15,7 +15,9 @@ import ray
 
 from asc_ray.console import log
 
-PID_LINE = re.compile(r"\] rank 0 on node (\w+) \(pid (\d+)\)")  # asc_ray.pipeline.unit: a worker started
+# a worker started: the line asc_ray.pipeline.unit writes first in its unit.log (the chaos harness and the
+# fault tests read it too)
+RANK_LINE = re.compile(r"\[(?P<unit>[^\]]+)\] rank 0 on node (?P<node>\w+) \(pid (?P<pid>\d+)\)")
 RESUMED = re.compile(r"\] (resumed from epoch (\d+)|no readable checkpoint left|epoch 1/)")
 
 
@@ -86,10 +88,10 @@ class Watcher:
                 self._teacher_line(unit, t, line)
 
     def _teacher_line(self, unit: str, t: dict, line: str) -> None:
-        if m := PID_LINE.search(line):
+        if m := RANK_LINE.search(line):
             t["workers"] += 1
             if t["workers"] > 1:  # the first is this run's own start (maybe a resume of an earlier run's)
-                t["restarted"] = m.group(1)
+                t["restarted"] = m["node"]
         elif t["restarted"] and (m := RESUMED.search(line)):
             where = f"resumed from epoch {m.group(2)}" if m.group(2) else "started again from epoch 0"
             log(

@@ -30,6 +30,7 @@ from helpers.procs import (
 )
 from helpers.wait import wait_for
 
+from asc_ray.pipeline.watch import RANK_LINE
 from asc_ray.train.outputs import unit_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -93,7 +94,6 @@ def _teacher_logits_complete(out, data):
     return per
 
 
-PID_LINE = re.compile(r"\] rank 0 on node \w+ \(pid (\d+)\)")  # asc_ray.pipeline.unit: a worker started
 CKPT_LINE = re.compile(r"\] epoch (\d+)/\d+ .* checkpoint$", re.M)  # asc_ray.train.Trainer.fit
 
 
@@ -106,7 +106,7 @@ def _worker(out: Path, system: str, role: str = "teachers") -> tuple[int, int] |
     """(pid of the unit's latest rank-0 worker, the last epoch it checkpointed) from its unit.log, once it has
     checkpointed an epoch; else None."""
     text = _unit_log(out, role, system)
-    pids, epochs = PID_LINE.findall(text), CKPT_LINE.findall(text)
+    pids, epochs = [m["pid"] for m in RANK_LINE.finditer(text)], CKPT_LINE.findall(text)
     return (int(pids[-1]), int(epochs[-1])) if pids and epochs else None
 
 
@@ -206,7 +206,7 @@ def test_interrupted_driver_keeps_finished_work(ref, tmp_path):
 
     second = Background(_cmd(ref["data"], out), cli_env(ref["uri"]), ref["cwd"], tmp_path / "2.log")
     second.wait_for(
-        lambda: PID_LINE.search(_unit_log(out, "students", "kd_ensemble")), what="the student's trial"
+        lambda: RANK_LINE.search(_unit_log(out, "students", "kd_ensemble")), what="the student's trial"
     )
     finished = [t for t in TEACHERS if (out / "teachers" / "split25" / t / "result.json").is_file()]
     assert sorted(finished) == sorted(TEACHERS)  # the student starts once its teachers are done
@@ -278,7 +278,7 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ref, tmp_path):
     text = d.text()
     assert not alive(pid)
     unit_log = _unit_log(out, "teachers", "bcbl32_fms")
-    assert len(PID_LINE.findall(unit_log)) >= 2, unit_log[-4000:]  # a new worker after the kill
+    assert len(RANK_LINE.findall(unit_log)) >= 2, unit_log[-4000:]  # a new worker after the kill
     resumed = [int(e) for e in re.findall(r"\[bcbl32_fms split25\] resumed from epoch (\d+)", unit_log)]
     assert resumed and resumed[0] >= 1, unit_log[-4000:]
     assert "done bcbl32_fms split25" in text and "FAILED" not in text
