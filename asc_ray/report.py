@@ -11,6 +11,16 @@ from asc_ray.io import atomic_write, atomic_write_text
 from asc_ray.stats import Estimate
 
 MISSING = "–"  # shown in markdown tables where a result does not exist (yet)
+DIFFERENCES_SEVERAL = (
+    "Points of macro accuracy: the mean over seeds of the difference on the same test clips, with its 95 % "
+    "interval over seeds and test clips in brackets (asc_ray/stats.py). Only an interval that excludes 0 says "
+    "which is better; one that holds 0 shows no difference at this size."
+)
+DIFFERENCES_ONE_SEED = (
+    "Points of macro accuracy on the same test clips, from one seed per system: no verdict. One trained model "
+    "per system says nothing of how much another seed would differ, which in the smoke profile is often more than "
+    "these differences; several seeds (`students.seeds=[0,1,2,3,4]`, or `bench/kd_effect.py`) give intervals."
+)
 
 # The report's Table 3 (macro-averaged class accuracy on test, %), split -> system -> value.
 REPORT_RESULTS: dict[int, dict[str, float]] = {
@@ -110,7 +120,13 @@ def _cell(values: list[float], est: Estimate | None) -> str:
 
 
 def _signed(e: Estimate) -> str:
-    return f"{100 * e.value:+.2f} [{100 * e.lo:+.2f}, {100 * e.hi:+.2f}]"
+    """A paired difference: with one seed its value only (an interval over the test clips of one trained model
+    each would read as a verdict on distillation, which one seed cannot give); with several, its interval, and
+    which side of 0 it lies on where it excludes 0."""
+    if e.seeds < 2:
+        return f"{100 * e.value:+.2f}"
+    side = (" above 0" if e.lo > 0 else " below 0") if e.excludes_zero else ""
+    return f"{100 * e.value:+.2f} [{100 * e.lo:+.2f}, {100 * e.hi:+.2f}]{side}"
 
 
 def write_results_table(
@@ -164,8 +180,12 @@ def write_results_table(
     if len(seeds) > 1:
         legend += f": the mean over seeds {', '.join(map(str, seeds))} ± their standard deviation"
     if estimates:
+        one_seed = all(e.seeds < 2 for e in estimates.values())
         legend += (
-            "; in brackets the half-width of its 95 % interval (paired bootstrap over seeds and test clips)"
+            "; in brackets the half-width of its 95 % interval over the test clips only (one seed: it says "
+            "nothing of how much another seed would differ)"
+            if one_seed
+            else "; in brackets the half-width of its 95 % interval over seeds and test clips (asc_ray/stats.py)"
         )
     text = (header or "# Results\n\n") + legend + ".\n\n" + _md_table(["split (%)", *names], body)
     if ablations and any(s in ablations for s in systems):
@@ -197,10 +217,11 @@ def write_results_table(
             [str(sp), *(_signed(differences[(sp, d)]) if (sp, d) in differences else MISSING for d in labels)]
             for sp in splits
         ]
+        several = any(e.seeds > 1 for e in differences.values())
         text += (
-            "\n## Paired differences\n\nPoints of macro accuracy, with the 95 % interval in brackets: the mean over seeds "
-            "of the difference on the same test clips, resampled over seeds and over clips within their class "
-            "(asc_ray/stats.py). An interval that contains 0 shows no difference at this size.\n\n"
+            "\n## Paired differences\n\n"
+            + (DIFFERENCES_SEVERAL if several else DIFFERENCES_ONE_SEED)
+            + "\n\n"
             + _md_table(["split (%)", *labels], diff_body)
         )
     text += _models_table(rows)

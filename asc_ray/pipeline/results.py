@@ -23,7 +23,7 @@ from asc_ray.pipeline.storage import verify_on_this_node
 from asc_ray.predict import Classifier, unit_spec
 from asc_ray.predict.mlflow_model import register_students
 from asc_ray.report import run_header, write_results_table
-from asc_ray.stats import bootstrap
+from asc_ray.stats import interval
 from asc_ray.systems import ABLATIONS, get_system
 from asc_ray.train import ensemble_on_test, unit_dir
 
@@ -100,7 +100,7 @@ def write_results(
                 continue
             rows += [_row(name, split, r) for r in recs]
             correct[name] = {r.get("seed"): correct_on_test(ds, r) for r in recs}
-            estimates[(split, name)] = bootstrap(np.stack(list(correct[name].values())), labels)
+            estimates[(split, name)] = interval(np.stack(list(correct[name].values())), labels)
             first = recs[0]  # the class-wise plot shows the first seed's model
             per_system[name] = {
                 k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("test_class_acc/")
@@ -108,7 +108,7 @@ def write_results(
         for a, b in DIFFERENCES:
             shared = [k for k in correct.get(a, {}) if k in correct.get(b, {})]
             if shared:
-                differences[(split, f"{a} - {b}")] = bootstrap(
+                differences[(split, f"{a} - {b}")] = interval(
                     np.stack([correct[a][k] for k in shared]),
                     labels,
                     np.stack([correct[b][k] for k in shared]),
@@ -147,7 +147,7 @@ def write_results(
 
 def _unit_halfwidth(ds, labels, record_of: RecordOf, row: dict) -> float:
     rec = record_of(Unit("train", row["system"], row["split"], row.get("seed")))
-    return bootstrap(correct_on_test(ds, rec)[None], labels).half_width
+    return interval(correct_on_test(ds, rec)[None], labels).half_width
 
 
 def report_to_mlflow(

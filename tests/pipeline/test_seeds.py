@@ -7,7 +7,7 @@ from __future__ import annotations
 from asc_ray.config import load_config
 from asc_ray.pipeline.graph import Unit, build_graph
 from asc_ray.pipeline.keys import Keys
-from asc_ray.report import write_results_table
+from asc_ray.report import DIFFERENCES_ONE_SEED, DIFFERENCES_SEVERAL, write_results_table
 from asc_ray.stats import Estimate
 from asc_ray.train import unit_dir
 
@@ -50,8 +50,8 @@ def test_results_page_shows_seeds_intervals_and_paired_differences(tmp_path):
         for s, values in (("kd_ensemble", [60.0, 62.0, 64.0]), ("no_kd", [58.0, 59.0, 60.0]))
         for k, v in zip([0, 1, 2], values, strict=True)
     ]
-    est = {(25, "kd_ensemble"): Estimate(0.62, 0.60, 0.64), (25, "no_kd"): Estimate(0.59, 0.575, 0.605)}
-    diffs = {(25, "kd_ensemble - no_kd"): Estimate(0.03, 0.005, 0.055)}
+    est = {(25, "kd_ensemble"): Estimate(0.62, 0.60, 0.64, 3), (25, "no_kd"): Estimate(0.59, 0.575, 0.605, 3)}
+    diffs = {(25, "kd_ensemble - no_kd"): Estimate(0.03, 0.005, 0.055, 3)}
     write_results_table(rows, tmp_path / "r.csv", tmp_path / "r.md", None, est, diffs, ("no_kd",))
     md = (tmp_path / "r.md").read_text()
     assert "| 25 | 62.00 ± 2.00 [±2.0] | 59.00 ± 1.00 [±1.5] |" in md
@@ -60,7 +60,21 @@ def test_results_page_shows_seeds_intervals_and_paired_differences(tmp_path):
         and "## Per seed" in md
         and "| 25 | kd_ensemble | 60.00 | 62.00 | 64.00 |" in md
     )
-    assert "| 25 | +3.00 [+0.50, +5.50] |" in md
+    assert "| 25 | +3.00 [+0.50, +5.50] above 0 |" in md and DIFFERENCES_SEVERAL in md
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 6  # one row per unit
     table3 = md.split("## Compared with the report")[1]
     assert "| 25 | – | 53.39 | 62.00 | 56.81 |" in table3  # our mean over seeds beside the report's
+
+
+def test_one_seed_shows_differences_without_a_verdict(tmp_path):
+    rows = [
+        {"system": s, "split": 50, "seed": 0, "test_macro_acc": v}
+        for s, v in (("kd_ensemble", 66.0), ("no_kd", 60.0))
+    ]
+    est = {(50, "kd_ensemble"): Estimate(0.66, 0.63, 0.69, 1), (50, "no_kd"): Estimate(0.60, 0.57, 0.63, 1)}
+    diffs = {(50, "kd_ensemble - no_kd"): Estimate(0.06, 0.034, 0.087, 1)}  # excludes 0 over the clips alone
+    write_results_table(rows, tmp_path / "r.csv", tmp_path / "r.md", None, est, diffs, ("no_kd",))
+    md = (tmp_path / "r.md").read_text()
+    assert "| 50 | +6.00 |" in md and "above 0" not in md and "[+3.40" not in md
+    assert DIFFERENCES_ONE_SEED in md and DIFFERENCES_SEVERAL not in md
+    assert "over the test clips only" in md  # the cells' intervals say what they cover
