@@ -106,6 +106,16 @@ class FocusNet(Section):
     mask: Literal["report", "reference"]
 
 
+class Pretrain(Section):
+    corpus: Literal["none", "synthetic"]
+    classes: Int
+    clips_per_class: Int
+    corpus_seed: Int
+    epochs: Int
+    batch_size: Int
+    lr: Float
+
+
 class Train(Section):
     select: Literal["val", "last"]
     epochs: Int

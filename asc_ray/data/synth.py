@@ -1,6 +1,7 @@
 """A small synthetic dataset in the exact TAU22 + DCASE 2024 layout, for tests and smoke runs.
 
     asc-ray synth --out DIR [--clips-per-class N] [--test-clips-per-class N] [--seed S]
+    asc-ray synth --corpus --out DIR [--classes N] [--clips-per-class N] [--seed S]   (asc_ray.data.corpus)
 
 Writes DIR/meta.csv, DIR/audio/*.wav (1 s, 44.1 kHz, mono, PCM_16), DIR/split{5,10,25,50,100}.csv,
 DIR/test.csv and DIR/irs/*.wav (impulse responses of mixed lengths, channel counts and rates, like MicIRP).
@@ -22,11 +23,21 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from asc_ray.data.corpus import generate_corpus
 from asc_ray.data.tau import DEVICES, SCENES, SPLITS
+from asc_ray.data.textures import (
+    CHUNK,
+    FREQS,
+    LOGF,
+    REC_BAND_OCT_SD,
+    REC_SLOPE_SD,
+    SR,
+    N,
+    bump,
+    texture_clips,
+)
 from asc_ray.errors import AscRayError
 
-SR = 44100
-N = SR  # 1 s clips
 TEST_SHARE = 0.3  # of each scene's clips, as whole recordings
 CLIPS_PER_RECORDING = 5  # on average (train); test recordings hold ~4
 CITIES = (
@@ -42,7 +53,6 @@ CITIES = (
     "vienna",
 )
 TRAIN_DEVICES, TRAIN_P = ("a", "b", "c", "s1", "s2", "s3"), (0.7, 0.06, 0.06, 0.06, 0.06, 0.06)
-CHUNK = 64  # clips synthesised at once (bounded memory)
 
 # scene -> (noise slope, band centre Hz, band width oct, band gain dB, tones Hz, tone level,
 #           AM rate Hz, AM depth, transients per s, transient decay s, transient centre Hz)
@@ -71,13 +81,6 @@ SCENE_LEVEL_DB = {
     "street_traffic": -17,
     "tram": -21,
 }
-# How much a scene's clips vary (standard deviations): per recording (the place's own character) and per clip.
-REC_SLOPE_SD, REC_BAND_OCT_SD = 0.1, 0.15
-CLIP_SLOPE_SD, CLIP_BAND_OCT_SD, CLIP_BAND_DB_SD = 0.15, 0.2, 2.0
-TONE_LEVEL = (0.5, 1.5)  # x the scene's tone level, per clip
-BACKGROUND_SNR_DB = (10.0, 25.0)  # the shared bed of city noise, per clip
-CLIP_LEVEL_DB_SD = 2.0
-
 # device -> (high-pass Hz, low-pass Hz, (resonance Hz, gain dB), tilt dB/oct above 1 kHz, noise floor)
 DEVICE_PARAMS = {
     "a": (30, 20000, (1000, 0), 0.0, 1e-4),
@@ -98,78 +101,26 @@ IR_SPECS = [  # (sample rate, channels, length, subtype): deliberately mixed, li
     (22050, 1, 1500, "PCM_16"),
 ]
 
-FREQS = np.fft.rfftfreq(N, 1 / SR)
-LOGF = np.log2(np.maximum(FREQS, 20.0))
-T = np.arange(N) / SR
-
-
-def _bump(centre, width_oct, gain_db):
-    """Gaussian bump in log-frequency, as an amplitude factor [n, F] (per-clip parameters [n])."""
-    z = (LOGF[None] - np.log2(centre)[:, None]) / np.asarray(width_oct)[:, None]
-    return 10 ** (np.asarray(gain_db)[:, None] * np.exp(-0.5 * z**2) / 20)
-
-
-def _noise(rng, n, shape):
-    """Gaussian noise with amplitude spectrum `shape` [n, F], unit RMS per clip."""
-    spec = (rng.standard_normal((n, len(FREQS))) + 1j * rng.standard_normal((n, len(FREQS)))) * shape
-    x = np.fft.irfft(spec, n=N)
-    return x / (x.std(axis=1, keepdims=True) + 1e-12)
-
 
 def _device_response(device: str) -> np.ndarray:
     hp, lp, (rc, rg), tilt, _ = DEVICE_PARAMS[device]
     f = np.maximum(FREQS, 1.0)
     h = 1 / np.sqrt(1 + (hp / f) ** 4) / np.sqrt(1 + (f / lp) ** 8)  # 2nd/4th-order-like edges
-    h = h * _bump(np.array([rc]), [0.5], [rg])[0]
+    h = h * bump(np.array([rc]), [0.5], [rg])[0]
     h = h * 10 ** (tilt * np.maximum(LOGF - np.log2(1000), 0) / 20)
     return h
 
 
 def _scene_clips(rng, scene: str, rec_jitter: np.ndarray, devices: list[str]) -> np.ndarray:
     """float [n, N] clips of one scene; rec_jitter [n, 2] = per-recording (slope, log2 band) offsets."""
-    slope, bc, bw, bg, tones, tl, am, depth, ev, decay, ec = SCENE_PARAMS[scene]
-    n = len(devices)
-    # per-clip jitter: scenes overlap
-    c_slope = slope + rec_jitter[:, 0] + rng.normal(0, CLIP_SLOPE_SD, n)
-    c_bc = bc * 2 ** (rec_jitter[:, 1] + rng.normal(0, CLIP_BAND_OCT_SD, n))
-    c_bg = bg + rng.normal(0, CLIP_BAND_DB_SD, n)
-    shape = np.maximum(FREQS, 20.0)[None] ** (-c_slope[:, None] / 2) * _bump(c_bc, np.full(n, bw), c_bg)
-    x = _noise(rng, n, shape)
-    # amplitude modulation (traffic passing, train rhythm, birds)
-    rate = am * 2 ** rng.normal(0, 0.4, n)
-    d = np.clip(depth + rng.normal(0, 0.1, n), 0, 0.9)
-    x *= 1 + d[:, None] * np.sin(2 * np.pi * rate[:, None] * T[None] + rng.uniform(0, 2 * np.pi, (n, 1)))
-    # tonal components (engines, rails), present in some clips only
-    for f0 in tones:
-        f = f0 * (1 + rng.normal(0, 0.03, n))
-        level = tl * rng.uniform(*TONE_LEVEL, n)
-        x += (
-            level[:, None]
-            * np.sqrt(2)
-            * np.sin(2 * np.pi * f[:, None] * T[None] + rng.uniform(0, 6.3, (n, 1)))
-        )
-    # transients: Poisson impulse train -> exponential envelope -> band-limited noise bursts
-    counts = rng.poisson(ev, n)
-    train = np.zeros((n, N))
-    for i, k in enumerate(counts):
-        train[i, rng.integers(0, N, k)] = rng.uniform(0.5, 2.0, k)
-    tau = decay * 2 ** rng.normal(0, 0.3, n)
-    env = np.fft.irfft(np.fft.rfft(train) * np.fft.rfft(np.exp(-T[None] / tau[:, None])), n=N)
-    burst = env * _noise(rng, n, _bump(ec * 2 ** rng.normal(0, 0.3, n), np.ones(n), np.full(n, 15.0)))
-    x += 2.0 * burst
-    # background of random colour at a random SNR: clips share a common bed of city noise
-    bg_shape = np.maximum(FREQS, 20.0)[None] ** (-rng.uniform(0.5, 2.0, (n, 1)) / 2)
-    x /= x.std(axis=1, keepdims=True) + 1e-12
-    x += 10 ** (-rng.uniform(*BACKGROUND_SNR_DB, (n, 1)) / 20) * _noise(rng, n, bg_shape)
-    # device: fixed filter, gain and noise floor
-    for dev in set(devices):
-        m = np.array([d == dev for d in devices])
-        x[m] = np.fft.irfft(np.fft.rfft(x[m]) * _device_response(dev)[None], n=N)
-    level = 10 ** ((SCENE_LEVEL_DB[scene] + rng.normal(0, CLIP_LEVEL_DB_SD, (n, 1))) / 20)  # RMS, dBFS
-    x = x / (x.std(axis=1, keepdims=True) + 1e-12) * level
+
+    def colour(x: np.ndarray) -> None:  # device: fixed filter, gain and noise floor
+        for dev in set(devices):
+            m = np.array([d == dev for d in devices])
+            x[m] = np.fft.irfft(np.fft.rfft(x[m]) * _device_response(dev)[None], n=N)
+
     floor = np.array([DEVICE_PARAMS[d][4] for d in devices])[:, None]
-    x += floor * rng.standard_normal((n, N))
-    return np.clip(x, -0.99, 0.99)
+    return texture_clips(rng, SCENE_PARAMS[scene], SCENE_LEVEL_DB[scene], rec_jitter, colour, floor)
 
 
 def _impulse_response(rng, sr: int, channels: int, length: int) -> np.ndarray:
@@ -325,8 +276,9 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray synth") -> int:
     ap.add_argument(
         "--clips-per-class",
         type=int,
-        default=40,
-        help="clips per scene: its training part is this less the test share (default: %(default)s)",
+        default=None,
+        help="clips per scene: its training part is this less the test share (default: 40); with --corpus, "
+        "clips per class (default: 80)",
     )
     ap.add_argument(
         "--test-clips-per-class",
@@ -336,9 +288,19 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray synth") -> int:
         "enough to tell a few points apart)",
     )
     ap.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: %(default)s)")
+    ap.add_argument(
+        "--corpus",
+        action="store_true",
+        help="the pretraining corpus instead (what stands in for AudioSet: sound textures of --classes classes, "
+        "none of them a scene, --clips-per-class each; pretrain.corpus=synthetic makes it itself)",
+    )
+    ap.add_argument("--classes", type=int, default=40, help="--corpus: its classes (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
-        generate(args.out, args.clips_per_class, args.seed, args.test_clips_per_class)
+        if args.corpus:
+            generate_corpus(args.out, args.classes, args.clips_per_class or 80, args.seed)
+        else:
+            generate(args.out, args.clips_per_class or 40, args.seed, args.test_clips_per_class)
     except AscRayError as e:  # also the console script asc-ray-synth: one message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -25,7 +26,9 @@ from asc_ray.schema import Section
 class Architecture:
     section: str  # its config section: the training settings (epochs, lr, ...) and what `build` reads
     settings: type[Section]  # that section's schema
-    build: Callable[[Any, str, bool], nn.Module]  # (config, model name, pretrained weights?) -> the network
+    # (config, model name, pretrained: True = its own pretrained weights where it has any, False = none, or a
+    # checkpoint path to start from) -> the network
+    build: Callable[[Any, str, bool | Path], nn.Module]
     optimizer: Callable  # (model, settings, steps_per_epoch, epochs) -> (optimizer, scheduler), asc_ray.optim
     # time per clip and epoch relative to a 32-BCBL at 44.1 kHz on a GPU (docs/benchmarks.md, H200: PaSST-S 2,177
     # clips/s, 32-BCBL 6,248): the scheduler launches the longest first and finds the critical path by it
@@ -37,8 +40,9 @@ def _bcbl(cfg, model: str, pretrained: bool) -> nn.Module:
     return bcbl(getattr(cfg.channels, model), N_CLASSES)  # width: config channels.<model>
 
 
-def _passt(cfg, model: str, pretrained: bool) -> nn.Module:
-    return passt(pretrained=cfg.passt.pretrained and pretrained, size=cfg.passt.size, n_classes=N_CLASSES)
+def _passt(cfg, model: str, pretrained: bool | Path) -> nn.Module:
+    start = pretrained if isinstance(pretrained, Path) else cfg.passt.pretrained and pretrained
+    return passt(pretrained=start, size=cfg.passt.size, n_classes=N_CLASSES)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -60,9 +64,9 @@ def get_architecture(model: str) -> Architecture:
     return ARCHITECTURES[model]
 
 
-def build_model(model: str, cfg, pretrained: bool = True) -> nn.Module:
+def build_model(model: str, cfg, pretrained: bool | Path = True) -> nn.Module:
     """The network `model` as `cfg` configures it. pretrained=False: an empty shell to load trained weights
-    into (no AudioSet checkpoint lookup)."""
+    into (no AudioSet checkpoint lookup); a path: a checkpoint to start from (a pretraining unit's weights)."""
     return get_architecture(model).build(cfg, model, pretrained)
 
 

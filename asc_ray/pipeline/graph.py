@@ -1,8 +1,11 @@
 """The pipeline as a per-split dependency graph, and the scheduler that runs it.
 
-Units are a system trained on a split (a teacher with Ray Train, a student with Ray Tune) and a logits
-table (written by the LogitAggregator). Every edge comes from `System.needs` / `System.feeds`:
+Units are a system trained on a split (a teacher with Ray Train, a student with Ray Tune), a logits
+table (written by the LogitAggregator) and, where pretrain.corpus is set, the PaSST pretraining once per run
+(asc_ray.train.pretrain), which every split's PaSST teachers fine-tune from. The other edges come from
+`System.needs` / `System.feeds`:
 
+    once:     pretrain passt ──> passt_* of every split
     split N:  passt_* , bcbl32_*  ──> table teachers ──> kd_ensemble@s ──> table kd_ensemble@s ──> tfs@s
               bcbl24@s, baseline@s, no_kd@s    (need nothing: start at once)
 
@@ -32,19 +35,23 @@ from asc_ray.systems import epochs, get_system, unit_name
 
 @dataclass(frozen=True)
 class Unit:
-    kind: str  # "train": a system on a split | "table": the logits table of a source on a split
-    name: str  # the system, or the table's source ("teachers", "kd_ensemble")
+    # "train": a system on a split | "table": the logits table of a source on a split | "pretrain": an
+    # architecture's pretraining, once per run (split 0: it belongs to none)
+    kind: str
+    name: str  # the system, the table's source ("teachers", "kd_ensemble"), or the architecture pretrained
     split: int
     seed: int | None = None  # a student's seed (students.seeds), and the table one feeds; None: teachers
 
     def __str__(self) -> str:
         if self.kind == "train":
             return unit_name(self.name, self.split, self.seed)
+        if self.kind == "pretrain":
+            return f"pretrain {self.name}"
         return f"{self.name} logits split{self.split}" + ("" if self.seed is None else f" seed{self.seed}")
 
     @property
     def role(self) -> str:
-        return get_system(self.name).role if self.kind == "train" else "table"
+        return get_system(self.name).role if self.kind == "train" else self.kind
 
     @property
     def source(self) -> str:
@@ -57,18 +64,25 @@ def _seeds(system, seeds: list[int]) -> list[int | None]:
 
 
 def build_graph(
-    systems: Iterable[str], splits: Iterable[int], seeds: Iterable[int] = (0,)
+    systems: Iterable[str], splits: Iterable[int], seeds: Iterable[int] = (0,), pretrain: Iterable[str] = ()
 ) -> dict[Unit, list[Unit]]:
-    """unit -> the units it needs, for every configured system on every split (students once per seed)."""
+    """unit -> the units it needs, for every configured system on every split (students once per seed), and the
+    pretraining of each architecture in `pretrain` that a configured teacher uses (asc_ray.train.pretrain)."""
     systems, seeds = [get_system(n) for n in systems], list(seeds)
     by_name = {s.name: s for s in systems}
     graph: dict[Unit, list[Unit]] = {}
+    pretrained = {s.model for s in systems if s.role == "teacher"} & set(pretrain)
+    for model in sorted(pretrained):
+        graph[Unit("pretrain", model, 0)] = []
     for split in splits:
         for s in systems:
             for seed in _seeds(s, seeds):
                 # a student's table is per seed (tfs@s learns from kd_ensemble@s); the teachers' one is not
                 need = s.needs and Unit("table", s.needs, split, seed if s.needs in by_name else None)
-                graph[Unit("train", s.name, split, seed)] = [need] if need else []
+                needs = [need] if need else []
+                if s.role == "teacher" and s.model in pretrained:
+                    needs.append(Unit("pretrain", s.model, 0))
+                graph[Unit("train", s.name, split, seed)] = needs
         for source in dict.fromkeys(s.feeds for s in systems if s.feeds):
             feeders = [s for s in systems if s.feeds == source]
             for seed in _seeds(feeders[0], seeds):
@@ -84,7 +98,9 @@ def select(graph: dict[Unit, list[Unit]], stages: Iterable[str]) -> set[Unit]:
     stages = set(stages)
     chosen = set()
     for u in graph:
-        if u.kind == "train":
+        if u.kind == "pretrain":
+            stage = "teachers"
+        elif u.kind == "train":
             stage = "teachers" if u.role == "teacher" else "students"
         else:
             feeders = {d.role for d in graph[u]}
@@ -95,9 +111,12 @@ def select(graph: dict[Unit, list[Unit]], stages: Iterable[str]) -> set[Unit]:
 
 
 def work(u: Unit, cfg) -> float:
-    """Estimated length of the unit's work: clip passes (split x epochs) x its architecture's cost per clip."""
+    """Estimated length of the unit's work: clip passes (split x epochs) x its architecture's cost per clip. A
+    pretraining corpus counts as ten times split 100 (the smoke profile's corpus holds 11x its 280 clips)."""
     if u.kind == "table":
         return 0.0
+    if u.kind == "pretrain":
+        return 1000 * cfg.pretrain.epochs * get_architecture(u.name).cost
     s = get_system(u.name)
     return u.split * epochs(s, cfg) * get_architecture(s.model).cost
 
@@ -238,7 +257,13 @@ class Scheduler:
         missing = [u for u, s in self.state.items() if s == "missing"]
         if missing:
             roles = {u.role for u in missing}  # name the earliest stage that is missing
-            stage = "teachers" if "teacher" in roles else "logits" if "table" in roles else "students"
+            stage = (
+                "teachers"
+                if roles & {"teacher", "pretrain"}
+                else "logits"
+                if "table" in roles
+                else "students"
+            )
             raise AscRayError(
                 f"{', '.join(map(str, missing))} not finished, and this job does not run it",
                 path=None,
@@ -352,7 +377,7 @@ class Scheduler:
 
     @staticmethod
     def _kind(u: Unit) -> str:
-        return "table" if u.kind == "table" else f"{u.role}/{get_system(u.name).model}"
+        return u.kind if u.kind != "train" else f"{u.role}/{get_system(u.name).model}"
 
 
 def _fmt_s(s: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from asc_ray.config import config_hash, flatten
 from asc_ray.pipeline.graph import Unit
 from asc_ray.systems import System, get_system
+from asc_ray.train.pretrain import pretrain_key
 
 # What the training code does, beside the config it reads: bump it when a change to the code changes what a unit
 # trains into (a schedule, a seed's derivation), so that finished units of the older code are retrained, not
@@ -47,6 +48,8 @@ class Keys:
             upstream = config_hash([self[d] for d in self.graph[u]])
             if u.kind == "table":
                 self._keys[u] = config_hash([u.source, u.split, upstream])
+            elif u.kind == "pretrain":
+                self._keys[u] = pretrain_key(self.cfg, u.name)
             else:
                 s = get_system(u.name)
                 self._keys[u] = unit_key(self.cfg, s, u.split, self.data_keys[u.split], upstream, u.seed)

@@ -27,6 +27,7 @@ from asc_ray.pipeline.aggregator import aggregator_name, start_aggregator
 from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, run_in_thread, select, share_idle
 from asc_ray.pipeline.keys import Keys
 from asc_ray.pipeline.preflight import Context, preflight
+from asc_ray.pipeline.pretraining import PretrainJob, pretrain_task
 from asc_ray.pipeline.results import export_eval_set, report_to_mlflow, write_results
 from asc_ray.pipeline.runtime import detect_gpu, init_ray
 from asc_ray.pipeline.teachers import build_trainer, worker_resources
@@ -34,6 +35,7 @@ from asc_ray.pipeline.unit import UnitJob
 from asc_ray.pipeline.watch import Watcher
 from asc_ray.systems import get_system, hparams
 from asc_ray.train import read_record, unit_dir
+from asc_ray.train.pretrain import corpus_dir, pretrain_dir, pretrained_models
 
 STAGES = ("teachers", "logits", "students", "evaluate")  # the stage jobs each run a part of the graph
 
@@ -45,7 +47,7 @@ class Pipeline:
         self.cfg, self.splits, self.fresh = cfg, sorted(splits), fresh
         self.data_dir, self.out = Path(data_dir).resolve(), Path(output_dir).resolve()
         systems = list(cfg.teachers.systems) + list(cfg.students.systems)
-        self.graph = build_graph(systems, self.splits, cfg.students.seeds)
+        self.graph = build_graph(systems, self.splits, cfg.students.seeds, pretrained_models(cfg))
         self.ctx: Context | None = None
         self.keys: Keys | None = None
         self.parent_run_id: str | None = None
@@ -93,6 +95,8 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------------- units
     def unit_dir(self, u: Unit) -> Path:
+        if u.kind == "pretrain":  # in the cache, by its key: runs sharing the cache reuse it (--fresh too)
+            return pretrain_dir(self.cfg, self.ctx.paths.cache_dir, u.name)
         return unit_dir(self.out, get_system(u.name).role, u.split, u.name, u.seed)
 
     def record(self, u: Unit) -> dict | None:
@@ -104,7 +108,7 @@ class Pipeline:
             path = ray.get(self.aggregator.write_table.remote(u.source, u.split, self.keys.of_inputs(u)))
             return None if path is None else {"path": path, "key": self.keys[u]}
         rec = self.record(u)
-        if rec is not None and get_system(u.name).feeds:
+        if rec is not None and u.kind == "train" and get_system(u.name).feeds:
             self._collect(u, rec)  # the aggregator may have lost it (e.g. the driver stopped in between)
         return rec
 
@@ -119,6 +123,7 @@ class Pipeline:
 
     def job(self, u: Unit) -> UnitJob:
         needs = [d.source for d in self.graph[u] if d.kind == "table"]
+        start = [self.record(d)["weights"] for d in self.graph[u] if d.kind == "pretrain"]
         return UnitJob(
             system=u.name,
             split=u.split,
@@ -134,12 +139,16 @@ class Pipeline:
             shared=self.ctx.shared,
             seed=u.seed,
             needs_table=needs[0] if needs else None,
+            init_weights=start[0] if start else None,
         )
 
     def launch(self, units: list[Unit], done) -> None:
         """Start each unit in the background: tables now, teachers as Ray Train runs, students as Tune runs (a
         student given several workers on the critical path: a Ray Train run, data parallel)."""
         tables = [u for u in units if u.kind == "table"]
+        for u in units:
+            if u.kind == "pretrain":
+                run_in_thread(lambda u=u: self._run_pretrain(u, done))
         plan = self.plan_workers([u for u in units if u.kind == "train"])
         trains = [u for u in plan if u.role == "teacher" or plan[u] > 1]
         pupils = [u for u in plan if u.role == "student" and plan[u] == 1]
@@ -208,6 +217,24 @@ class Pipeline:
             self.watch.unfollow(str(u))
         self._finished(u, done)
 
+    def _run_pretrain(self, u: Unit, done) -> None:
+        """The pretraining unit as a Ray task with a teacher's resources (pipeline/pretraining.py)."""
+        job = PretrainJob(
+            model=u.name,
+            cfg=self.cfg,
+            key=self.keys[u],
+            unit_dir=str(self.unit_dir(u)),
+            corpus_dir=str(corpus_dir(self.cfg, self.ctx.paths.cache_dir)),
+            tracker=self.ctx.tracker,
+            parent_run_id=self.parent_run_id,
+        )
+        try:
+            rec = ray.get(pretrain_task(job, worker_resources(self.cfg, "teacher", self.use_gpu)))
+        except Exception as e:  # noqa: BLE001 - reported as this unit's failure
+            done(u, e)
+            return
+        done(u, rec)
+
     def _run_students(self, group: list[Unit], done) -> None:
         jobs = [self.job(u) for u in group]
         name = "students-" + config_hash(sorted(j.key for j in jobs))
@@ -260,6 +287,8 @@ class Pipeline:
     def describe(u: Unit, rec: dict) -> str:
         if u.kind == "table":
             return f": {rec['path']}"
+        if u.kind == "pretrain":
+            return f": holdout accuracy {100 * rec['holdout_acc']:.1f}% on {rec['classes']} corpus classes"
         return f": test macro accuracy {100 * rec['test_macro_acc']:.2f}%" + (
             f" (best of search on val: {rec['search_overrides']})" if rec.get("search_overrides") else ""
         )

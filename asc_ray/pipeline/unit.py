@@ -59,6 +59,7 @@ class UnitJob:
         None  # per rank, where a critical-path unit splits the recipe's batch over workers
     )
     workers_why: str = ""  # why it trains on more than one worker (the record and the timeline say it)
+    init_weights: str | None = None  # a PaSST teacher: the pretraining unit's weights it fine-tunes from
 
     def as_dict(self) -> dict:
         """Shallow: Tune walks dicts in its param space (and restores handles in them), not dataclasses."""
@@ -142,6 +143,7 @@ def run_unit(
         unit_key=job.key,
         seed=job.seed,
         batch_size=job.batch_size,
+        init_weights=job.init_weights,
     )
     if world_size > 1:
         say(f"[{name}] rank {rank}/{world_size}: {len(trainer.batches.files)} training files")

@@ -20,8 +20,9 @@ from asc_ray.console import run_cli
 from asc_ray.data.tau import SPLITS
 from asc_ray.features import describe
 from asc_ray.systems import SYSTEMS, get_system
-from asc_ray.train.data import prepare_data
+from asc_ray.train.data import Paths, prepare_data
 from asc_ray.train.outputs import finish_unit
+from asc_ray.train.pretrain import pretrained_models, pretrained_weights
 from asc_ray.train.trainer import Trainer
 
 
@@ -60,7 +61,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m asc_ray.train") -
         flush=True,
     )
     say = lambda m: print(m, flush=True)  # noqa: E731
-    trainer = Trainer(system, cfg, data, out, a.split, log=say)
+    # a PaSST teacher fine-tunes from the pretraining unit's weights, as in the pipeline (pretrain.corpus)
+    start = None
+    if system.role == "teacher" and system.model in pretrained_models(cfg):
+        start = pretrained_weights(cfg, Paths.of(cfg, a.data_dir, a.output_dir).cache_dir, log=say)
+    trainer = Trainer(system, cfg, data, out, a.split, log=say, init_weights=start)
     if (out / "checkpoint" / "checkpoint.pt").is_file() and not a.fresh:
         trainer.load_checkpoint(out / "checkpoint")
     result = finish_unit(system, cfg, a.split, data, out, trainer.fit(), log=say)

@@ -107,6 +107,7 @@ class Trainer:
         unit_key: str | None = None,
         seed: int | None = None,
         batch_size: int | None = None,
+        init_weights: str | Path | None = None,
     ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
         self.tag = unit_name(system.name, split, seed)  # on its console lines
@@ -128,7 +129,10 @@ class Trainer:
         self.roll = round(getattr(self.h, "roll_s", 0.0) * data.store.sample_rate)  # max shift in samples
         # the device impulse responses live on the training device, copied there once
         self.irs = augment.ir_bank(data.irs, self.device) if system.dir and data.irs else None
-        self.model = build_model(system.model, cfg).to(self.device)
+        # a pretrained start (the pretraining unit's weights, asc_ray.train.pretrain), else the architecture's own
+        self.model = build_model(system.model, cfg, Path(init_weights) if init_weights else True).to(
+            self.device
+        )
         self.channels_last = use_channels_last(system, cfg)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

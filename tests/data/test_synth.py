@@ -90,3 +90,13 @@ def test_the_smallest_split_of_the_default_set_teaches_a_simple_classifier(tmp_p
     pred = ((xt[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
     macro = np.mean([np.mean(pred[yt == c] == c) for c in range(10)])
     assert len(train) < 60 and macro > 0.3, macro
+
+
+def test_the_cli_makes_the_pretraining_corpus_with_its_own_defaults(tmp_path, capsys):
+    from asc_ray.data.corpus import read_corpus
+
+    assert main(["--corpus", "--out", str(tmp_path / "c"), "--classes", "2", "--clips-per-class", "5"]) == 0
+    files, labels = read_corpus(tmp_path / "c")
+    assert len(files) == 10 and set(labels) == {"class000", "class001"}
+    assert main(["--corpus", "--out", str(tmp_path / "c"), "--classes", "3"]) == 2  # not this corpus: refused
+    assert "not empty" in capsys.readouterr().err

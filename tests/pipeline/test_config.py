@@ -27,9 +27,15 @@ def test_smoke_profile_overrides_only_what_it_names():
     full, smoke = load_config("full"), load_config("smoke")
     assert smoke.bcbl.epochs < full.bcbl.epochs and smoke.passt.size == "small"
     assert smoke.teachers.systems == full.teachers.systems
-    # the report's loss (its temperature and the reference's KL scale); only the label weight is the smoke's own
-    kd, full_kd = smoke.kd.model_dump(), full.kd.model_dump()
-    assert {**kd, "lam": full_kd["lam"]} == full_kd and smoke.kd.lam == 0.5
+    # the reference's KD weighting (lam 0.98, T 2, KL averaged over batch and classes) in every profile
+    assert (
+        smoke.kd.model_dump()
+        == full.kd.model_dump()
+        == {"lam": 0.98, "temperature": 2.0, "kl_reduction": "mean"}
+    )
+    # AudioSet's checkpoint in the full profile; the synthetic corpus that stands in for it in the smoke one
+    assert (full.pretrain.corpus, full.passt.pretrained) == ("none", True)
+    assert (smoke.pretrain.corpus, smoke.passt.pretrained) == ("synthetic", False)
     assert smoke.profile == "smoke" and full.profile == "full"
 
 
@@ -91,7 +97,7 @@ def test_search_space_and_helpers():
     cfg = load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])
     assert cfg.students.search == {"kd.lam": [0.9, 0.98]}
     trial = with_overrides(cfg, {"kd.lam": 0.9})
-    assert trial.kd.lam == 0.9 and cfg.kd.lam == 0.5  # a copy (the smoke profile's lam)
+    assert trial.kd.lam == 0.9 and cfg.kd.lam == 0.98  # a copy (the profile's lam)
     assert flatten(cfg)["bcbl.epochs"] == cfg.bcbl.epochs
     assert config_hash(cfg) == config_hash(
         load_config("smoke", None, ["students.search.kd.lam=[0.9,0.98]", "train.select=val"])

@@ -52,6 +52,39 @@ def test_a_new_system_needs_no_change_in_the_scheduler(monkeypatch):
     assert g[T("kd_small", 25)] == [Tab("teachers", 25)]
 
 
+def test_the_pretraining_runs_once_before_every_splits_passt_teachers_and_keys_them():
+    """pretrain.corpus=synthetic: one pretraining unit, needed by every PaSST teacher of every split and by nothing
+    else; its settings are in their keys (through the edge), not in any other unit's."""
+    from asc_ray.pipeline.keys import Keys
+
+    pre = Unit("pretrain", "passt", 0)
+    g = build_graph(ALL, [5, 100], pretrain=("passt",))
+    assert g[pre] == [] and str(pre) == "pretrain passt" and pre.role == "pretrain"
+    for sp in (5, 100):
+        assert all(g[T(t, sp)] == ([pre] if t.startswith("passt") else []) for t in TEACHERS)
+    assert [u for u in g if pre in g[u]] == [
+        T(t, sp) for sp in (5, 100) for t in TEACHERS if t.startswith("passt")
+    ]
+    assert pre in select(g, ["teachers"]) and pre not in select(g, ["students", "logits"])
+    assert pre not in build_graph(
+        ["bcbl32_fms"], [5], pretrain=("passt",)
+    )  # no PaSST teacher: nothing to pretrain
+
+    def keys(*over):
+        cfg = load_config("smoke", None, ["pretrain.corpus=synthetic", *over])
+        k = Keys(g, cfg, {5: "d5", 100: "d100"})
+        return {u: k[u] for u in g}
+
+    base, longer = keys(), keys("pretrain.epochs=3")
+    changed = {u for u in g if base[u] != longer[u]}
+    passt = {T(t, sp) for sp in (5, 100) for t in TEACHERS if t.startswith("passt")}
+    assert {pre, *passt} <= changed and not any(u.name.startswith("bcbl32") for u in changed)
+    plain = Keys(build_graph(ALL, [5, 100]), CFG, {5: "d5", 100: "d100"})
+    assert (
+        plain[T("passt_dir", 5)] != base[T("passt_dir", 5)]
+    )  # fine-tuned is another model than from scratch
+
+
 def test_stage_jobs_select_their_part_of_the_graph():
     g = build_graph(ALL, [10])
     assert select(g, ["teachers"]) == {T(t, 10) for t in TEACHERS}
