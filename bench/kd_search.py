@@ -1,0 +1,110 @@
+"""How long the smoke profile's students must train for distillation to act, chosen on validation only: kd_ensemble
+against no_kd at several student schedules (bcbl.epochs), paired seeds, scored on a holdout of each split that
+neither the teachers nor the students train on. Test clips are never read.
+
+    python bench/kd_search.py --data-dir D [--splits 50,100] [--seeds 0,1,2] [--epochs 12,24,48]
+                              [--output-dir O] [-- key=value overrides]
+
+It runs the teachers once with the holdout carved out (train.select=val, data.holdout_fraction=0.2), then trains
+each student in-process (asc_ray.train, no Ray) at each schedule and seed, and scores its last epoch's model (what
+train.select=last deploys) on the holdout. Prints the validation macro accuracy per schedule and the paired
+difference kd_ensemble - no_kd with its 95 % interval over seeds and holdout clips (asc_ray/stats.py), as
+`<figure> <number>` lines and a table (O/kd_search.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, footer, header  # noqa: E402
+
+from asc_ray.config import load_config  # noqa: E402
+from asc_ray.stats import interval  # noqa: E402
+from asc_ray.systems import get_system  # noqa: E402
+from asc_ray.train import Trainer, prepare_data  # noqa: E402
+
+HOLDOUT = ["train.select=val", "data.holdout_fraction=0.2"]
+SYSTEMS = ("no_kd", "kd_ensemble")
+
+
+def teachers(data: Path, out: Path, splits: list[int], overrides: list[str], env: dict) -> None:
+    """The teachers of each split and their table, trained without the holdout (a cheap no_kd run rides along)."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "full_pipeline.py"),
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+    ]
+    cmd += ["--profile", "smoke", "--splits", ",".join(map(str, splits)), *HOLDOUT]
+    cmd += ["students.systems=[no_kd]", "students.seeds=[0]", *overrides]
+    print(f"# {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, env=env, check=True)
+
+
+def val_correct(data: Path, out: Path, split: int, system: str, seed: int, epochs: int, overrides: list[str]):
+    """[holdout clips] bool: which holdout clips the last epoch's model classified right."""
+    cfg = load_config("smoke", None, [*HOLDOUT, f"bcbl.epochs={epochs}", *overrides])
+    s = get_system(system)
+    folder = out / "search" / f"split{split}" / f"epochs{epochs}" / system / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    run = prepare_data(cfg, data, out, split, s, progress=False)
+    trainer = Trainer(s, cfg, run, folder, split, log=lambda m: None, seed=seed)
+    trainer.fit()
+    logits = trainer.classifier().logits_of(run.store, run.val_files)
+    return logits.argmax(1) == run.ds.labels(run.val_files), run.ds.labels(run.val_files)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "kd_search")
+    p.add_argument("--splits", default="50,100")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", default="12,24,48")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every training")
+    a = p.parse_args(argv)
+    header(f"kd_search ({a.data_dir}, splits {a.splits}, seeds {a.seeds}, student epochs {a.epochs})")
+    out = a.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out.resolve()}/mlflow.db")
+    splits = [int(s) for s in a.splits.split(",")]
+    seeds = [int(s) for s in a.seeds.split(",")]
+    teachers(a.data_dir, out, splits, a.overrides, env)
+    rows = [
+        "| split | student epochs | no_kd (val) | kd_ensemble (val) | kd_ensemble − no_kd |",
+        "|---|---|---|---|---|",
+    ]
+    for split in splits:
+        for epochs in (int(e) for e in a.epochs.split(",")):
+            c, labels = {}, None
+            for system in SYSTEMS:
+                runs = [val_correct(a.data_dir, out, split, system, k, epochs, a.overrides) for k in seeds]
+                c[system], labels = np.stack([r[0] for r in runs]), runs[0][1]
+            e = {s: interval(c[s], labels) for s in SYSTEMS}
+            d = interval(c["kd_ensemble"], labels, c["no_kd"])
+            for s in SYSTEMS:
+                print(f"val_split{split}_epochs{epochs}_{s} {100 * e[s].value:.2f}")
+            print(f"diff_split{split}_epochs{epochs} {100 * d.value:.2f}", flush=True)
+            rows.append(
+                f"| {split} | {epochs} | {100 * e['no_kd'].value:.1f} | {100 * e['kd_ensemble'].value:.1f} | "
+                f"{100 * d.value:+.1f} [{100 * d.lo:+.1f}, {100 * d.hi:+.1f}] |"
+            )
+    md = "\n".join(rows) + "\n"
+    (out / "kd_search.md").write_text(md)
+    print(md)
+    footer()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
