@@ -35,7 +35,7 @@ from asc_ray.pipeline.unit import UnitJob
 from asc_ray.pipeline.watch import Watcher
 from asc_ray.systems import get_system, hparams
 from asc_ray.train import read_record, unit_dir
-from asc_ray.train.pretrain import corpus_dir, pretrain_dir, pretrained_models
+from asc_ray.train.pretrain import WEIGHTS, corpus_dir, pretrain_dir, pretrained_models
 
 STAGES = ("teachers", "logits", "students", "evaluate")  # the stage jobs each run a part of the graph
 
@@ -123,7 +123,7 @@ class Pipeline:
 
     def job(self, u: Unit) -> UnitJob:
         needs = [d.source for d in self.graph[u] if d.kind == "table"]
-        start = [self.record(d)["weights"] for d in self.graph[u] if d.kind == "pretrain"]
+        start = [self.unit_dir(d) / WEIGHTS for d in self.graph[u] if d.kind == "pretrain"]
         return UnitJob(
             system=u.name,
             split=u.split,
@@ -139,7 +139,7 @@ class Pipeline:
             shared=self.ctx.shared,
             seed=u.seed,
             needs_table=needs[0] if needs else None,
-            init_weights=start[0] if start else None,
+            init_weights=str(start[0]) if start else None,
         )
 
     def launch(self, units: list[Unit], done) -> None:
