@@ -109,8 +109,10 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--clean-views",
-        action="store_true",
-        help="also a kd_ensemble student without DIR and Freq-MixStyle: it hears each clip as the teachers did",
+        default="",
+        metavar="SPLITS",
+        help="at these splits also a kd_ensemble student without DIR and Freq-MixStyle: it hears each clip as "
+        "its teachers did, the view their logits were made on (e.g. 25,50,100)",
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides for every training")
     a = p.parse_args(argv)
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
         }
         for name, teachers_split, clean, wanted in (
             (control, t, False, bool(t) and split < t),
-            (CLEAN, split, True, a.clean_views),
+            (CLEAN, split, True, str(split) in a.clean_views.split(",")),
         ):
             if wanted:
                 recs = [extra_student(data, out, split, k, a, teachers_split, clean) for k in seeds]
