@@ -63,7 +63,6 @@ from asc_ray.data.fetch import (
     mirrored,
     say,
 )
-from asc_ray.data.irs import load_irs
 from asc_ray.data.tau import SPLIT_SUBDIR, SPLITS, TauDataset
 from asc_ray.errors import AscRayError
 from asc_ray.io import atomic_write_text
@@ -164,6 +163,7 @@ MICIRP: tuple[tuple[str, int, str], ...] = (
 )
 
 WORK_SUBDIR = ".download"
+UNKNOWN_DATASET = "unknown dataset '{name}'"
 # A WAV in the TAU zips shrinks little (deflated 24-bit PCM noise): room for the unpacked files, estimated
 UNZIPPED_PER_ZIPPED = 1.15
 
@@ -285,6 +285,8 @@ def check_dataset(root: str | Path, official: bool = True) -> dict[str, int]:
             fix=f"delete {root / WORK_SUBDIR}/*.unpacked and run the download again: the audio zips are "
             "fetched (or, kept with --keep-archives, reused) and unpacked again",
         )
+    from asc_ray.data.irs import load_irs  # torch: seconds to import, for this last check only
+
     counts["irs"] = len(load_irs(root / IRS_SUBDIR, TAU22_SAMPLE_RATE))
     if official:
         expected = {"clips": TAU22_CLIPS, **SPLIT_ROWS, "irs": len(MICIRP)}
@@ -380,13 +382,32 @@ def download_tau22(
 
 
 def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
-    """`asc-ray data DATASET DIR ...`: only tau22 (the TAU22 development set) so far."""
+    """`asc-ray data DATASET DIR ...`: DATASETS says which there are."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] != ["tau22"]:
-        print(f"usage: {prog} tau22 DIR [--from URL] [--keep-archives] [--retries N]", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage(prog), end="")
+        return 0
+    if not argv or argv[0] not in DATASETS:
+        raise AscRayError(
+            UNKNOWN_DATASET.format(name=argv[0]) if argv else "no dataset named",
+            fix=f"name one: {', '.join(f'{prog} {n} DIR' for n in DATASETS)} (`{prog} --help` says what each is)",
+        )
+    return DATASETS[argv[0]][1](argv[1:], f"{prog} {argv[0]}")
+
+
+def usage(prog: str) -> str:
+    width = max(map(len, DATASETS))
+    lines = [f"  {name:<{width}}  {what}" for name, (what, _) in DATASETS.items()]
+    return (
+        f"usage: {prog} DATASET DIR [options]   ({prog} DATASET --help: its options)\n\n"
+        "Download a dataset into DIR, in the layout the pipeline reads, and check it.\n\n"
+        "datasets:\n" + "\n".join(lines) + "\n"
+    )
+
+
+def tau22_main(argv: list[str], prog: str) -> int:
     p = argparse.ArgumentParser(
-        prog=f"{prog} tau22",
+        prog=prog,
         description="Download the TAU Urban Acoustic Scenes 2022 Mobile development set (Zenodo record "
         f"{TAU22_RECORD}, ~26 GB of zips), the DCASE 2024 split files and the 66 MicIRP device impulse "
         "responses into DIR, in the layout the pipeline reads; then check it as the pre-flight does.",
@@ -394,7 +415,9 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
         "Downloads are checked against the md5s of the Zenodo record and the git checksums of the impulse "
         "responses; the split files, for which no checksum is published, against their official row counts. "
         "The zips total about 26 GB and the unpacked set about as much again (the space is checked before "
-        "anything is downloaded, from the sizes the record lists).",
+        "anything is downloaded, from the sizes the record lists). Sources: zenodo.org/api/records/"
+        f"{TAU22_RECORD} (and the files it lists), {SPLITS_URL.format(name='')} and "
+        f"{IRS_URL.format(name='')}.",
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="where the set goes (new, or one a run filled)")
     p.add_argument(
@@ -416,7 +439,7 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
         metavar="N",
         help="further tries of a download that fails on the network, each resuming (default: %(default)s)",
     )
-    a = p.parse_args(argv[1:])
+    a = p.parse_args(argv)
     if a.mirror is not None and urllib.parse.urlsplit(a.mirror).scheme not in ("http", "https", "file"):
         raise AscRayError(
             "--from takes a URL (http://, https:// or file://)",
@@ -431,6 +454,15 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
         f"{counts['irs']} impulse responses"
     )
     return 0
+
+
+DATASETS: dict[str, tuple[str, Callable[[list[str], str], int]]] = {  # name -> (what it is, its main)
+    "tau22": (
+        "TAU Urban Acoustic Scenes 2022 Mobile, development (~26 GB of zips), the DCASE 2024 split files "
+        "and the MicIRP device impulse responses",
+        tau22_main,
+    ),
+}
 
 
 if __name__ == "__main__":
