@@ -58,7 +58,7 @@ def ui(argv: list[str] | None = None, prog: str = "asc-ray mlflow-ui") -> int:
         print(f"MLflow UI: {uri}")
         return 0
     port = with_port(a.host, a.port, UI_PORT, _say)
-    # one worker: a UI for one person starts in a third of the time of MLflow's default four
+    # one worker process: the UI serves one person (MLflow starts four by default, each importing MLflow)
     args = ["-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", a.host, "--port", str(port)]
     server = Server(
         [*args, "--workers", "1"], dict(os.environ), "the MLflow UI", url(a.host, port) + "/health"

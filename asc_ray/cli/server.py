@@ -31,7 +31,7 @@ PORT_MOVED = "port {port} is taken by {holder}: using port {new} instead"
 STARTING = "starting {what} (its link follows once it answers; Ctrl-C stops it)"
 NO_ANSWER = "{what} exited (status {code}) before answering: {last}"
 STOPPED = "{what} stopped by itself (status {code}): {last}"
-START_TIMEOUT_S = 300.0  # a loaded 2-core machine took 70 s for MLflow's UI with 4 workers
+START_TIMEOUT_S = 300.0  # MLflow's UI took 70-100 s to answer on a loaded 2-core machine
 STOP_GRACE_S = 2.0  # after SIGTERM, before SIGKILL: a Ctrl-C is done in seconds
 PORTS_TRIED = 20
 
