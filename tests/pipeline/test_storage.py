@@ -154,8 +154,8 @@ def test_on_a_cluster_the_units_copy_preflights_shared_cache(synth_dataset, tmp_
 
 
 def test_a_store_inside_the_jobs_temporary_working_dir_is_refused_at_once(tmp_path, monkeypatch):
-    """Under `ray job submit --working-dir .` the driver runs in a copy that is deleted with the job: MLflow's
-    default ./mlflow.db (or a relative --output-dir) would land there."""
+    """Under `ray job submit --working-dir .` the driver runs in a copy that is deleted with the job: a relative
+    --output-dir (and the MLflow store in it) or sqlite path would land there."""
     wd = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
     wd.mkdir(parents=True)
     monkeypatch.chdir(wd)
