@@ -112,17 +112,19 @@ def _holds(client) -> str:
     return f"this store holds {', '.join(names)}: name one of those, or point"
 
 
-def find_model(tracking_uri: str, uri: str) -> str:
+def find_model(tracking_uri: str, uri: str) -> tuple[str, str]:
     """What `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH) names in the store at
-    `tracking_uri`, e.g. "version 3 of asc-ray-baseline-split100"; an AscRayError when nothing."""
+    `tracking_uri` ("version 3 of asc-ray-baseline-split100") and where its files are (a URI no store needs
+    to resolve: MLflow resolves models:/ in its process-wide registry, whatever tracking_uri it is given);
+    an AscRayError when nothing."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         if uri.startswith("runs:/"):
-            run_id = uri[len("runs:/") :].split("/", 1)[0]
-            client.get_run(run_id)
-            return f"run {run_id}"
+            run_id, _, path = uri[len("runs:/") :].partition("/")
+            root = client.get_run(run_id).info.artifact_uri.rstrip("/")
+            return f"run {run_id}", f"{root}/{path}" if path else root
         name, alias, version = _parts(uri)
         if alias:
             v = client.get_model_version_by_alias(name, alias)
@@ -132,7 +134,10 @@ def find_model(tracking_uri: str, uri: str) -> str:
             raise ValueError(
                 f"give a version or an alias: models:/{name}/<version> or models:/{name}@<alias>"
             )
-        return f"version {v.version} of {name}"
+        source = client.get_model_version_download_uri(name, v.version)
+        if source.startswith("models:/"):  # a logged model (MLflow 3): its own artifact location
+            source = client.get_logged_model(source[len("models:/") :].split("/", 1)[0]).artifact_location
+        return f"version {v.version} of {name}", source
     except Exception as e:  # noqa: BLE001 - MLflow's own types: unknown model, version, alias or run
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise AscRayError(

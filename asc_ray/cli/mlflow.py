@@ -73,7 +73,7 @@ def _check_model(model: str, a) -> tuple[dict, str]:
     if model.startswith(STORE_URIS):
         uri = open_store(a.tracking_uri, a.output_dir, say=_say).uri
         env["MLFLOW_TRACKING_URI"] = uri  # what `mlflow models serve` resolves the model in
-        return env, find_model(uri, model)
+        return env, find_model(uri, model)[0]
     if "://" in model and not model.startswith("file://"):
         return env, "as MLflow fetches it"  # s3://, mlflow-artifacts://, ...: MLflow says what is wrong
     path = Path(model[len("file://") :] if model.startswith("file://") else model)
@@ -106,7 +106,10 @@ def serve(argv: list[str] | None = None, prog: str = "asc-ray serve") -> int:
     # the model's own environment is this one (it needs torch and torchaudio, which asc-ray has)
     args = ["-m", "mlflow", "models", "serve", "-m", a.model, "--env-manager", "local"]
     server = Server(
-        [*args, "-h", a.host, "-p", str(port)], env, f"serving {a.model}", url(a.host, port) + "/ping"
+        [*args, "-h", a.host, "-p", str(port)],
+        env,
+        f"the model server for {a.model}",
+        url(a.host, port) + "/ping",
     )
     server.run(SERVING.format(model=a.model, what=what, url=url(a.host, port)), _say)
 

@@ -76,12 +76,11 @@ def preflight(
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
     cluster = joining_cluster()
     store = run_store(cfg, out)
-    uri = store.uri
+    uri, experiment = store.uri, cfg.mlflow.experiment
+    log(f"{store.line}, experiment '{experiment}'")
     check_tracking(uri)
-    experiment = cfg.mlflow.experiment
     tracker = Tracker(uri, experiment, default_artifact_location(uri, experiment, out))
     tracker.set_spool(out / SPOOL_DIR)  # calls made while the server is down wait there
-    log(f"{store.line}, experiment '{tracker.experiment}'")
     shared = check_cluster_storage(cfg, out, tracker) if cluster else []
 
     ds = ds or check_inputs(cfg, data_dir, out, splits)

@@ -392,16 +392,13 @@ def load_classifier_from_mlflow(uri: str, device: str | None = None, tracking_ur
     """The Classifier inside an MLflow model of asc-ray (runs:/, models:/, a local model folder); `tracking_uri`:
     the store a runs:/ or models:/ URI is looked up in (default: MLflow's own, $MLFLOW_TRACKING_URI)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output stays readable
-    if tracking_uri and uri.startswith(STORE_URIS):
-        find_model(tracking_uri, uri)  # one clear error naming the store and what it holds
+    source = uri
+    if tracking_uri and uri.startswith(STORE_URIS):  # one clear error naming the store and what it holds
+        source = find_model(tracking_uri, uri)[1]
     try:
         import mlflow
 
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, tracking_uri=tracking_uri, registry_uri=tracking_uri
-            )
-        )
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
     except Exception as e:  # noqa: BLE001 - unknown run / model / version, unreachable server
         raise AscRayError(
             f"cannot fetch the MLflow model: {str(e).splitlines()[0][:200]}",
