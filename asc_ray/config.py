@@ -14,17 +14,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ValidationError, create_model
 
+from asc_ray.console import log
 from asc_ray.data.tau import SPLITS
 from asc_ray.errors import AscRayError
-from asc_ray.io import read_or_raise
+from asc_ray.io import read_yaml
 from asc_ray.models import ARCHITECTURES
 from asc_ray.schema import (
     KD,
@@ -47,7 +50,23 @@ from asc_ray.schema import (
 from asc_ray.systems import STUDENTS, TEACHERS, check_needs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_MISSING_FIX = "pass an existing YAML file to --config"
 PROFILES = ("full", "smoke")
+# Which profile a command uses when none is given, and why (the first line it prints)
+PROFILE_LINE = "profile {profile}: {why}"
+GIVEN = "given with --profile"
+AUTO_GPU = "no --profile given, {n} GPU(s) visible: the report's settings"
+AUTO_CLUSTER = "no --profile given, joining the Ray cluster at {address}: its GPUs are not visible from here"
+AUTO_NO_GPU = (
+    "no --profile given and no GPU visible: small models and few epochs, for a CPU (not comparable with the "
+    "report's Table 3; --profile full for its settings)"
+)
+# the full profile on the real TAU22 takes ~2,600 h on 2 CPU cores (docs/cluster.md, "Cost and time estimate")
+FULL_CPU_CORE_HOURS = 5_200
+FULL_WITHOUT_GPU = (
+    "warning: the full profile without a GPU: about {hours:,.0f} h ({days:,.0f} days) on this machine's {cores} "
+    "CPU cores for the real TAU22 at the profile's epochs (docs/cluster.md); --profile smoke runs in minutes"
+)
 
 
 def _schema() -> type[Section]:
@@ -128,14 +147,7 @@ def _error(e: ValidationError, source: str) -> AscRayError:
 
 # -------------------------------------------------------------------------------------------- loading
 def _read_yaml(path: Path) -> dict:
-    fix = "pass an existing YAML file to --config"
-    data = read_or_raise(
-        path,
-        lambda p: yaml.safe_load(p.read_text()) or {},
-        "config file",
-        fix,
-        "config file is not valid YAML: {error}",
-    )
+    data = read_yaml(path, "config file", CONFIG_MISSING_FIX)
     if not isinstance(data, dict):
         raise AscRayError(
             "config file must hold a mapping of keys", path=path, fix="write `key: value` lines"
@@ -332,10 +344,11 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def to_yaml(cfg) -> str:
-    """The resolved config as YAML, in full.yaml's order: what a run will use."""
+def to_yaml(cfg, why: str = "") -> str:
+    """The resolved config as YAML, in full.yaml's order: what a run will use; `why`: why this profile."""
     body = yaml.safe_dump({k: v for k, v in as_dict(cfg).items() if k != "profile"}, sort_keys=False)
-    return f"# asc-ray config, profile {cfg.profile} (with --config and overrides applied)\n{body}"
+    why = f" ({why})" if why else ""
+    return f"# asc-ray config, profile {cfg.profile}{why}, with --config and overrides applied\n{body}"
 
 
 # ------------------------------------------------------------------------------------- command line
@@ -349,10 +362,10 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """The options every command that trains shares: which config, and --print-config to see it."""
     p.add_argument(
         "--profile",
-        default="full",
+        default=None,
         choices=PROFILES,
         help="full = the report's settings (150 epochs, AudioSet PaSST: for GPUs); smoke = minutes on a laptop "
-        "CPU (default: %(default)s)",
+        "CPU (default: full where a GPU is visible or a Ray cluster is joined, else smoke)",
     )
     p.add_argument("--config", default=None, metavar="FILE", help="YAML file of config overrides")
     p.add_argument(
@@ -371,14 +384,40 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. bcbl.epochs=10")
 
 
+def choose_profile(given: str | None) -> tuple[str, str]:
+    """(profile, why): the one given, else full where a GPU is visible here or a Ray cluster is joined
+    (RAY_ADDRESS), else smoke."""
+    if given:
+        return given, GIVEN
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return "full", AUTO_CLUSTER.format(address=address)
+    n = torch.cuda.device_count()
+    return ("full", AUTO_GPU.format(n=n)) if n else ("smoke", AUTO_NO_GPU)
+
+
+def profile_warning(profile: str) -> str | None:
+    """The full profile with no GPU visible and no cluster to join: how long it would take."""
+    if profile != "full" or os.environ.get("RAY_ADDRESS") or torch.cuda.device_count():
+        return None
+    cores = os.cpu_count() or 1
+    hours = FULL_CPU_CORE_HOURS / cores
+    return FULL_WITHOUT_GPU.format(hours=hours, days=hours / 24, cores=cores)
+
+
 def config_from_args(args: argparse.Namespace):
     """The config of parsed add_config_arguments() options; --epochs comes last (it wins over a family's epochs
-    given as key=value). With --print-config: printed, then the process exits."""
+    given as key=value). The profile and why come first: on the first line printed, or with --print-config in
+    the YAML's header, after which the process exits."""
     overrides = [*args.overrides, f"train.epochs={args.epochs}"] if args.epochs else list(args.overrides)
-    cfg = load_config(args.profile, args.config, overrides)
+    profile, why = choose_profile(args.profile)
+    cfg = load_config(profile, args.config, overrides)
     if args.print_config:
-        print(to_yaml(cfg), end="")
+        print(to_yaml(cfg, why), end="")
         sys.exit(0)
+    log(PROFILE_LINE.format(profile=profile, why=why))
+    if warning := profile_warning(profile):
+        log(warning)
     return cfg
 
 

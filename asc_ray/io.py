@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
+
 from asc_ray.errors import AscRayError
 
 T = TypeVar("T")
@@ -36,6 +38,38 @@ def read_or_raise(
     except Exception as e:  # noqa: BLE001 - every reader raises its own types for a corrupt file
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
         raise AscRayError(unreadable.format(what=what, error=error), path=path, fix=fix) from None
+
+
+YAML_ERROR = "{what} is not valid YAML at line {line}, column {column}: {problem}"
+
+
+def read_yaml(path: str | Path, what: str, missing_fix: str):
+    """A YAML file's content ({} when empty), or one AscRayError: not found (`missing_fix`), unreadable, or
+    not YAML, with the line and column where the parser stopped and where the broken construct began."""
+
+    def load(p: Path):
+        try:
+            return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise AscRayError(
+                f"{what} is unreadable: {e}",
+                path=p,
+                fix="make it a readable UTF-8 text file of `key: value` lines",
+            ) from None
+        except yaml.YAMLError as e:
+            mark, start = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+            line, column = (mark.line + 1, mark.column + 1) if mark else ("?", "?")
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
+            if start and getattr(e, "context", None):
+                problem += f" ({e.context} at line {start.line + 1}, column {start.column + 1})"
+            raise AscRayError(
+                YAML_ERROR.format(what=what, line=line, column=column, problem=problem),
+                path=p,
+                fix=f"correct line {line} of the file (indentation, `key: value` with a space after the "
+                "colon, closed brackets and quotes), then run again",
+            ) from None
+
+    return read_or_raise(path, load, what, missing_fix)
 
 
 def atomic_write(path: str | Path, write: Callable[[io.IOBase], None], binary: bool = False) -> Path:

@@ -42,3 +42,43 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def port_holder(port: int) -> int | None:
+    """The pid of a process listening on TCP `port` (any address), from /proc/net/tcp{,6} and the processes'
+    sockets; None when unknown (nobody listens, another user's process, not Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = [line.split() for line in Path(table).read_text().splitlines()[1:]]
+        except OSError:
+            continue
+        # local address "0100007F:1388", state 0A = LISTEN, inode
+        inodes |= {r[9] for r in rows if r[3] == "0A" and int(r[1].rsplit(":", 1)[1], 16) == port}
+    if not inodes:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[len("socket:[") : -1] in inodes:
+                return int(entry)
+    return None
+
+
+def command_line(pid: int, limit: int = 120) -> str:
+    """The process's command line ('' when unknown), cut at `limit` characters."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    text = " ".join(" ".join(a.decode(errors="replace") for a in args if a).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

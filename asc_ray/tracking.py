@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import os
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,26 +28,19 @@ from urllib.parse import unquote, urlparse
 from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
 from asc_ray.lock import OutputLock
+from asc_ray.mlflow_store import (
+    FROM_OPTION,
+    NO_STORE,
+    URI_HELP,
+    Store,
+    absolute_uri,  # noqa: F401 - re-exported: the URI helpers of the tracking layer
+    locate_store,
+    read_fix,
+    sqlite_path,
+)
 from asc_ray.spool import Spool
 
 SPOOL_DIR = "mlflow_spool"  # under the output dir: MLflow calls made while the server was down
-# MLflow's own default since 3.7: a bare `mlflow ui` in the same folder shows it
-DEFAULT_URI = "sqlite:///mlflow.db"
-
-
-def resolve_tracking_uri(configured: str | None = None) -> str:
-    """Config value, else $MLFLOW_TRACKING_URI, else MLflow's default; relative sqlite/file paths made absolute."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    elif "://" not in uri:  # a bare folder: legacy file store
-        uri = Path(uri).resolve().as_uri()
-    return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a (resolved) sqlite URI, else None."""
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 ARTIFACTS_DIR = "mlartifacts"  # beside the database, as `mlflow server`'s own default artifact folder
@@ -102,12 +96,15 @@ def network_filesystem(path: Path) -> str | None:
     return fstype if fstype and (fstype in NETWORK_FS or fstype.startswith(("nfs", "fuse.sshfs"))) else None
 
 
+UNREACHABLE = "MLflow tracking server unreachable: {reason}"
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """Fail at start-up, before any training, when the tracking store cannot be reached, refuses this
     client, or is a SQLite file on a network file system."""
     fix = (
         "start the server (e.g. scripts/mlflow_server.sh), fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, "
-        "or unset it to log to ./mlflow.db"
+        "or unset it to use <output-dir>/mlflow.db"
     )
     if uri.startswith(("http://", "https://")):
         try:
@@ -115,9 +112,7 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
                 if r.status != 200:
                     raise AscRayError(f"MLflow tracking server answered {r.status}", path=uri, fix=fix)
         except (urllib.error.URLError, OSError) as e:
-            raise AscRayError(
-                f"MLflow tracking server unreachable: {getattr(e, 'reason', e)}", path=uri, fix=fix
-            ) from None
+            raise AscRayError(UNREACHABLE.format(reason=getattr(e, "reason", e)), path=uri, fix=fix) from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -146,6 +141,21 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             fix="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of the server (it runs "
             "MLflow's basic-auth app; its admin creates accounts)",
         ) from None
+
+
+def open_store(
+    named: str | None = None, output_dir: str | Path | None = None, named_by: str = FROM_OPTION, say=None
+) -> Store:
+    """For a command that reads a store (asc_ray.mlflow_store's rule): the store, said (on stderr by default),
+    checked to exist and to answer this client; never created."""
+    store = locate_store(named, output_dir, named_by)
+    (say or (lambda m: print(m, file=sys.stderr, flush=True)))(store.line)
+    db = sqlite_path(store.uri)
+    if db is not None and not db.is_file():
+        raise AscRayError(NO_STORE, path=db, fix=read_fix(store))
+    if store.uri.startswith(("http://", "https://")):
+        check_tracking(store.uri)
+    return store
 
 
 # MLflow 3 keeps an experiment's kind in this tag; its UI opens a "custom model development" experiment on
@@ -388,11 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("replay", help="replay OUTPUT_DIR/mlflow_spool to the tracking store")
     r.add_argument("output_dir")
-    r.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    r.add_argument("--tracking-uri", default=None, help=URI_HELP)
     a = p.parse_args(argv)
     spool = Path(a.output_dir) / SPOOL_DIR
-    uri = resolve_tracking_uri(a.tracking_uri)
-    check_tracking(uri)
+    uri = open_store(a.tracking_uri, a.output_dir).uri
     t = Tracker(uri)
     t.set_spool(spool)
     with OutputLock(

@@ -3,8 +3,8 @@ output (everything reused): its wall time as a % of the first run.
 
     python bench/pipeline_wall.py [--output-dir O] [--keep] [-- EXTRA ARGS for scripts/run_local.sh]
 
-Runs `bash scripts/run_local.sh` with OUTPUT_DIR=O (default: a temp dir, removed afterwards unless --keep) and
-MLFLOW_TRACKING_URI=sqlite:///O/mlflow.db (so the bench does not write into the repo's store). DATA_DIR and
+Runs `bash scripts/run_local.sh` with OUTPUT_DIR=O (default: a temp dir, removed afterwards unless --keep),
+which logs to O/mlflow.db unless MLFLOW_TRACKING_URI names another store. DATA_DIR and
 PROFILE pass through from the environment (unset: the synthetic dataset and the smoke profile).
 Phases (setup = pre-flight + Ray start; units = the graph of teachers, tables and students; evaluate; shutdown)
 are timed from the pipeline's own lines as they arrive; memory is sampled every 2 s
@@ -125,7 +125,6 @@ def main(argv=None) -> int:
     header("pipeline_wall (README main command, then its re-run)")
     out = Path(a.output_dir or tempfile.mkdtemp(prefix="asc_bench_pipeline_"))
     env = dict(os.environ, OUTPUT_DIR=str(out))
-    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")
     cmd = a.command.split() + extra
     print(f"# command: OUTPUT_DIR={out} {' '.join(cmd)}", flush=True)
     try:

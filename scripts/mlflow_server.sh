@@ -2,8 +2,8 @@
 # Starts an MLflow tracking server (UI + REST API + proxied artifact store) for asc-ray runs and prints the
 # MLFLOW_TRACKING_URI to export. Runs in the foreground (Ctrl-C stops it). Two set-ups, picked by HOST:
 #
-#   scripts/mlflow_server.sh                  one machine: 127.0.0.1:5000, SQLite ./mlflow.db (the store a
-#                                             local run writes when MLFLOW_TRACKING_URI is unset), no login
+#   scripts/mlflow_server.sh                  one machine: 127.0.0.1:5000, SQLite $OUTPUT_DIR/mlflow.db (the
+#                                             store a run writes when MLFLOW_TRACKING_URI is unset), no login
 #   HOST=10.0.1.23 scripts/mlflow_server.sh   a server other machines reach (cluster head, team server):
 #                                             PostgreSQL, and MLflow's basic-auth app (every request needs a
 #                                             user and password)
@@ -11,12 +11,13 @@
 # Settings (environment variables):
 #   HOST, PORT, WORKERS    interface (default 127.0.0.1: on a cluster the head's *private* address, never
 #                          0.0.0.0 on a host with a public IP), port (5000), server processes (2)
-#   BACKEND_STORE_URI      runs, params, metrics. Default on 127.0.0.1: sqlite:///$PWD/mlflow.db; elsewhere
+#   OUTPUT_DIR             a run's --output-dir, whose store a local server serves (default: this folder)
+#   BACKEND_STORE_URI      runs, params, metrics. Default on 127.0.0.1: sqlite:///$OUTPUT_DIR/mlflow.db; elsewhere
 #                          postgresql://mlflow@127.0.0.1:5432/mlflow. No password in the URI: libpq reads
 #                          PGPASSWORD, or PGPASSWORD_FILE names a file holding it (or ~/.pgpass). Missing
 #                          PostgreSQL databases (this one, the users' one) are created (needs CREATEDB).
 #   ARTIFACTS_DESTINATION  where the server stores the artifacts clients upload through it (only this host
-#                          touches the store). Default $PWD/mlartifacts; s3://bucket/path needs boto3 here.
+#                          touches the store). Default $OUTPUT_DIR/mlartifacts; s3://bucket/path needs boto3 here.
 #   AUTH                   1: MLflow's basic-auth app, 0: none. Default 1 unless HOST is 127.0.0.1/localhost.
 #   With AUTH=1 (every secret from the environment or from a file, *_FILE; none on the command line):
 #   MLFLOW_AUTH_ADMIN_USERNAME  the admin (default admin), created at the first start with
@@ -31,6 +32,11 @@
 set -euo pipefail
 
 HOST=${HOST:-127.0.0.1}
+if [ ! -d "${OUTPUT_DIR:-.}" ]; then
+  echo "[mlflow_server] error: OUTPUT_DIR=$OUTPUT_DIR is not a folder; fix: give the run's --output-dir" >&2
+  exit 2
+fi
+OUTPUT_DIR=$(cd "${OUTPUT_DIR:-.}" && pwd)
 PORT=${PORT:-5000}
 WORKERS=${WORKERS:-2}
 MLFLOW=${MLFLOW:-mlflow}
@@ -39,13 +45,13 @@ case "$HOST" in
   *) local_only=0 ;;
 esac
 if [ "$local_only" = 1 ]; then
-  BACKEND_STORE_URI=${BACKEND_STORE_URI:-sqlite:///$PWD/mlflow.db}
+  BACKEND_STORE_URI=${BACKEND_STORE_URI:-sqlite:///$OUTPUT_DIR/mlflow.db}
   AUTH=${AUTH:-0}
 else
   BACKEND_STORE_URI=${BACKEND_STORE_URI:-postgresql://mlflow@127.0.0.1:5432/mlflow}
   AUTH=${AUTH:-1}
 fi
-ARTIFACTS_DESTINATION=${ARTIFACTS_DESTINATION:-$PWD/mlartifacts}
+ARTIFACTS_DESTINATION=${ARTIFACTS_DESTINATION:-$OUTPUT_DIR/mlartifacts}
 # the Python of this mlflow (it has psycopg / boto3 when the server does)
 PYTHON=${PYTHON:-$(dirname "$(command -v "$MLFLOW" || echo /usr/bin/mlflow)")/python}
 [ -x "$PYTHON" ] || PYTHON=python3

@@ -26,5 +26,7 @@ if [ -z "$data" ]; then
   fi
 fi
 out=${OUTPUT_DIR:-$root/outputs/local}
-echo "[run_local] pipeline: data $data -> $out (profile ${PROFILE:-smoke}); MLflow store: ${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}"
+# the store is the output dir's unless MLFLOW_TRACKING_URI names one (asc_ray/mlflow_store.py); the UI on it
+# afterwards: .venv/bin/asc-ray mlflow-ui --output-dir "$out"
+echo "[run_local] pipeline: data $data -> $out (profile ${PROFILE:-smoke}$([ -z "${PROFILE:-}" ] && echo ": this script's default, PROFILE=full for the report's settings")); MLflow store: ${MLFLOW_TRACKING_URI:-sqlite:///$out/mlflow.db}"
 exec "$py" jobs/full_pipeline.py --data-dir "$data" --output-dir "$out" --profile "${PROFILE:-smoke}" "$@"

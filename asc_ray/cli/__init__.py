@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib import metadata
 
 from asc_ray.console import run_cli
 
@@ -48,7 +49,8 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {what}" for name, (what, _) in COMMANDS.items()]
     return (
-        "usage: asc-ray COMMAND [options]   (asc-ray COMMAND --help: its options and defaults)\n\n"
+        "usage: asc-ray COMMAND [options]   (asc-ray COMMAND --help: its options and defaults; asc-ray "
+        "--version)\n\n"
         "Data-efficient low-complexity acoustic scene classification (DCASE 2024 Task 1) with Ray.\n\n"
         "commands:\n" + "\n".join(lines) + "\n"
     )
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), end="")
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"asc-ray {metadata.version('asc-ray')}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"asc-ray: unknown command '{name}'\n\n{usage()}", end="", file=sys.stderr)

@@ -7,6 +7,7 @@ import argparse
 
 from asc_ray.config import add_config_arguments, config_from_args, split_list
 from asc_ray.data.tau import SPLITS
+from asc_ray.pipeline.inputs import check_inputs
 
 STAGES = ("teachers", "logits", "students", "evaluate")  # the whole graph, then the results
 
@@ -26,22 +27,23 @@ def parse(argv: list[str] | None, description: str, prog: str | None = None):
     add_config_arguments(p)
     a = p.parse_intermixed_args(argv)  # options may follow key=value overrides
     a.splits = split_list(a.splits)
-    cfg = config_from_args(a)  # --print-config exits here
     missing = [f"--{n.replace('_', '-')}" for n in ("data_dir", "output_dir") if not getattr(a, n)]
-    if missing:
+    if missing and not a.print_config:
         p.error("the following arguments are required: " + ", ".join(missing))
+    cfg = config_from_args(a)  # --print-config exits here; else the profile and why, the first line
     return a, cfg
 
 
 def run_stages(
     argv: list[str] | None, stages: tuple[str, ...], description: str, prog: str | None = None
 ) -> int:
-    args, cfg = parse(
-        argv, description, prog
-    )  # first: a bad option or config key is refused before Ray loads
+    # first: a bad option, config key, store or data dir is refused before Ray loads and before anything is
+    # created on disk
+    args, cfg = parse(argv, description, prog)
+    ds = check_inputs(cfg, args.data_dir, args.output_dir, args.splits)
     from asc_ray.pipeline.run import Pipeline  # Ray takes seconds to import: not for --help or a typo
 
-    Pipeline(cfg, args.data_dir, args.output_dir, args.splits, fresh=args.fresh).run(stages)
+    Pipeline(cfg, args.data_dir, args.output_dir, args.splits, fresh=args.fresh).run(stages, ds=ds)
     return 0
 
 

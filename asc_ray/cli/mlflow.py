@@ -1,62 +1,89 @@
 """The MLflow side of the command line: the UI on a run's store, a registered student served over HTTP, and
-moving a student's @champion alias by hand."""
+moving a student's @champion alias by hand. Each finds the store by asc_ray.mlflow_store's rule, says which,
+and never creates an empty one."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from asc_ray.cli.server import Server, url, with_port
 from asc_ray.errors import AscRayError
-from asc_ray.predict.mlflow_model import CHAMPION, promote_version
-from asc_ray.tracking import resolve_tracking_uri
+from asc_ray.mlflow_store import OUTPUT_DIR_HELP, STORE_URIS, URI_HELP, find_model
+from asc_ray.tracking import open_store
 
-URI_HELP = "the tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)"
+UI_PORT, SERVE_PORT = 5000, 5001
+UI_LINK = "MLflow UI: {url}  (store {uri}; Ctrl-C stops it)"
+SERVING = "serving {model} ({what}) at {url}/invocations  (Ctrl-C stops it)"
+NOT_A_MODEL = "not an MLflow model folder (no MLmodel file in it)"
+MODEL_FIX = (
+    "pass a registered student (models:/asc-ray-<system>-split<N>@champion), a run's model (runs:/<run id>/model) "
+    "or a downloaded model folder (with MLmodel)"
+)
 
 
-def _mlflow(args: list[str], env: dict | None = None) -> int:
-    """The MLflow CLI of this Python, with its folder first on PATH: MLflow starts uvicorn and gunicorn by
-    name, which a shell without the venv activated would not find."""
-    env = dict(os.environ if env is None else env)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # a session of its own: MLflow's server starts workers and a job runner, which must stop with it
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args], env=env, start_new_session=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (asc_ray.console): the server stops with this command
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(30)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):  # what outlived the server (its job runner)
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", default=None, metavar="OUTPUT_DIR", help=OUTPUT_DIR_HELP)
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
+
+
+def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"(default: {default_port}, or the next free port when it is taken; a --port that is taken is "
+        "refused)",
+    )
 
 
 def ui(argv: list[str] | None = None, prog: str = "asc-ray mlflow-ui") -> int:
     p = argparse.ArgumentParser(
-        prog=prog, description="Open the MLflow UI on a tracking store; print its link."
+        prog=prog, description="Open the MLflow UI on a run's store; print its link once it answers."
     )
-    p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)"
-    )
-    p.add_argument("--port", type=int, default=5000, help="(default: %(default)s)")
+    _store_options(p)
+    _server_options(p, UI_PORT)
     a = p.parse_args(argv)
-    uri = resolve_tracking_uri(a.tracking_uri)
-    if uri.startswith(("http://", "https://")):  # a tracking server is its own UI
+    uri = open_store(a.tracking_uri, a.output_dir, say=_say).uri
+    if uri.startswith(("http://", "https://")):  # a tracking server is its own UI (it answered just now)
         print(f"MLflow UI: {uri}")
         return 0
-    print(f"MLflow UI: http://{a.host}:{a.port}  (store {uri}; Ctrl-C stops it)", flush=True)
-    return _mlflow(["ui", "--backend-store-uri", uri, "--host", a.host, "--port", str(a.port)])
+    port = with_port(a.host, a.port, UI_PORT, _say)
+    # one worker process: the UI serves one person (MLflow starts four by default, each importing MLflow)
+    args = ["-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", a.host, "--port", str(port)]
+    server = Server(
+        [*args, "--workers", "1"], dict(os.environ), "the MLflow UI", url(a.host, port) + "/health"
+    )
+    server.run(UI_LINK.format(url=url(a.host, port), uri=uri), _say)
+
+
+def _check_model(model: str, a) -> tuple[dict, str]:
+    """(the server's environment, what MODEL is), or one AscRayError: a store URI naming nothing in the store,
+    a folder without MLmodel, a path that does not exist."""
+    env = dict(os.environ)
+    if model.startswith(STORE_URIS):
+        uri = open_store(a.tracking_uri, a.output_dir, say=_say).uri
+        env["MLFLOW_TRACKING_URI"] = uri  # what `mlflow models serve` resolves the model in
+        return env, find_model(uri, model)[0]
+    if "://" in model and not model.startswith("file://"):
+        return env, "as MLflow fetches it"  # s3://, mlflow-artifacts://, ...: MLflow says what is wrong
+    path = Path(model[len("file://") :] if model.startswith("file://") else model)
+    if not path.exists():
+        raise AscRayError("model not found", path=path, fix=MODEL_FIX)
+    if not (path / "MLmodel").is_file():
+        unit = (path / "unit.json").is_file()  # a unit folder of a run
+        fix = f"a unit folder is classified with `asc-ray predict {path} AUDIO...`; to serve, {MODEL_FIX}"
+        raise AscRayError(NOT_A_MODEL, path=path, fix=fix if unit else MODEL_FIX)
+    return env, "a model folder"
 
 
 def serve(argv: list[str] | None = None, prog: str = "asc-ray serve") -> int:
@@ -69,22 +96,27 @@ def serve(argv: list[str] | None = None, prog: str = "asc-ray serve") -> int:
         "model",
         metavar="MODEL",
         help="an MLflow model URI: models:/asc-ray-<system>-split<N>@champion (or @challenger, or /<version>), "
-        "runs:/<run id>/model",
+        "runs:/<run id>/model, or a model folder (with MLmodel)",
     )
-    p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)"
-    )
-    p.add_argument("--port", type=int, default=5001, help="(default: %(default)s)")
+    _store_options(p)
+    _server_options(p, SERVE_PORT)
     a = p.parse_args(argv)
-    env = dict(os.environ, MLFLOW_TRACKING_URI=resolve_tracking_uri(a.tracking_uri))
+    env, what = _check_model(a.model, a)
+    port = with_port(a.host, a.port, SERVE_PORT, _say)
     # the model's own environment is this one (it needs torch and torchaudio, which asc-ray has)
-    args = ["models", "serve", "-m", a.model, "--env-manager", "local", "-h", a.host, "-p", str(a.port)]
-    print(f"serving {a.model} at http://{a.host}:{a.port}/invocations (Ctrl-C stops it)", flush=True)
-    return _mlflow(args, env)
+    args = ["-m", "mlflow", "models", "serve", "-m", a.model, "--env-manager", "local"]
+    server = Server(
+        [*args, "-h", a.host, "-p", str(port)],
+        env,
+        f"the model server for {a.model}",
+        url(a.host, port) + "/ping",
+    )
+    server.run(SERVING.format(model=a.model, what=what, url=url(a.host, port)), _say)
 
 
 def promote(argv: list[str] | None = None, prog: str = "asc-ray promote") -> int:
+    from asc_ray.predict.mlflow_model import CHAMPION, promote_version  # MLflow: seconds to import
+
     p = argparse.ArgumentParser(
         prog=prog,
         description=f"Point a registered student's @{CHAMPION} alias at one of its versions (what `asc-ray serve "
@@ -95,12 +127,12 @@ def promote(argv: list[str] | None = None, prog: str = "asc-ray promote") -> int
         "version", metavar="VERSION", help="its version number, or 'challenger' (the latest trained)"
     )
     p.add_argument("--alias", default=CHAMPION, help="the alias to move (default: %(default)s)")
-    p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
+    _store_options(p)
     a = p.parse_args(argv)
     if not a.alias.isidentifier():
         raise AscRayError(
             f"'{a.alias}' is not a valid alias", path="--alias", fix="use letters, digits and _"
         )
-    v = promote_version(resolve_tracking_uri(a.tracking_uri), a.name, a.version, a.alias)
+    v = promote_version(open_store(a.tracking_uri, a.output_dir, say=_say).uri, a.name, a.version, a.alias)
     print(f"models:/{a.name}@{a.alias} -> version {v}")
     return 0

@@ -63,7 +63,7 @@ from asc_ray.data.fetch import (
     mirrored,
     say,
 )
-from asc_ray.data.irs import load_irs
+from asc_ray.data.micirp import MICIRP  # (file name, size, git blob SHA-1) of each WAV at IRS_COMMIT
 from asc_ray.data.tau import SPLIT_SUBDIR, SPLITS, TauDataset
 from asc_ray.errors import AscRayError
 from asc_ray.io import atomic_write_text
@@ -92,78 +92,9 @@ SPLIT_ROWS = {  # the official row counts (no checksum is published for these fi
 IRS_COMMIT = "48d405f8f185e47a5aeb5d8dea45c051f33320aa"  # CPJKU/cpjku_dcase23: "update with dataset and ..."
 IRS_URL = f"https://raw.githubusercontent.com/CPJKU/cpjku_dcase23/{IRS_COMMIT}/datasets/dirs/{{name}}"
 IRS_SUBDIR = "irs"
-# (file name, size, git blob SHA-1) of each WAV at IRS_COMMIT, as `git ls-tree -l` lists them: the MicIRP
-# files (micirp.blogspot.com, Creative Commons; credits MicIRP & Xaudia.com) CP-JKU used for DIR augmentation
-MICIRP: tuple[tuple[str, int, str], ...] = (
-    ("Altec_639.wav", 53464, "f6a9aceb13a9a274b343e4fa246ca4376b40ffa4"),
-    ("Altec_670A.wav", 53458, "fce098e569868a60b41363d7375093680fbb0404"),
-    ("Altec_670B.wav", 53551, "030937e270b941a0e8dc05327ee5cd264ca8e243"),
-    ("American_R331.wav", 53461, "5eb98f9e4b93adb0c26ff9fe6705eb8b64b2acee"),
-    ("Amperite_RA.wav", 53473, "59cfc6bfc7c0b5b4c87459fb61b1621a792e9d05"),
-    ("B&O_BM2.wav", 53461, "6402be67ec6e053a56ab20c529cba96583969f14"),
-    ("B&O_BM6.wav", 53458, "2f927685e89341db429091f7d29efdde6b58a996"),
-    ("BBCmarconi_B.wav", 58525, "58d217abdb3f4cb39edf76fe46bfc70d6cee05fd"),
-    ("Beomic_1000.wav", 53470, "d3fb20772ace2d8e23588e0158580230fcebab3f"),
-    ("Beyer_M260.wav", 53443, "97ec17d3bb65c55bbdc36b53da769d5d63f56f77"),
-    ("Beyer_M360.wav", 53473, "ba1e2c5a8dfe7534ef76d42d255ea75e7e50f08a"),
-    ("Coles_4038.wav", 53458, "bd01cb67e5b0200e2158b8a673fb048d49901906"),
-    ("Doremi_.wav", 53461, "78f6727bbb15dba3617d27219ac37add8545a001"),
-    ("EMI_ribbon.wav", 53461, "8513044df1368460759064d1a0006575be1a58c5"),
-    ("EV_RE20_Flat.wav", 53521, "ce1fab56799d62e08e901dae7a41c112a8df1cad"),
-    ("EV_RE20_HPF.wav", 53467, "fe25b57ccc3c5523b508ed416b40c95db1837770"),
-    ("FilmIndustries_M8.wav", 53467, "429a509952806c1e5666e3b4880be85569e139bc"),
-    ("GEC_2373.wav", 53521, "e55b4a0b022f2adece52cc049437e2bcda24a503"),
-    ("GEC_bigdynamic.wav", 53539, "ea8a744e6d4f14026775edb1bf4e7993689e580d"),
-    ("Grampian_GR2.wav", 53467, "d36e2661f818a57ea69433867d7ca3296d55c3ae"),
-    ("IR_AKGD12.wav", 67106, "ab6ce27ca88ed4e974d62fa952b803e924dac005"),
-    ("IR_AKG_FaultyD12.wav", 67106, "a739e0bcd3b6216969de835124511847fb99651e"),
-    ("IR_Astatic77.wav", 67106, "c4aca30b42ec821aada7de521f432a2793fe109d"),
-    ("IR_BeyerM500Stock.wav", 67106, "f73b0f0b89f6995eb581cd34bbd0e8a6ae0dfc33"),
-    ("IR_FosterDynamicDF1.wav", 67106, "03d1165f5155bcf101558745c4806a485cd9c43a"),
-    ("IR_GaumontKalee.wav", 67106, "00a9ab7d4b638501539ee8c0142bb24db5ae5b6f"),
-    ("IR_Lomo52A5M.wav", 67106, "95a43cc366c473139bca80bb3777fae3ee9a59ff"),
-    ("IR_Meazzi.wav", 67106, "9ca4a9872652344ae74d62d88d87878c5a13d1dd"),
-    ("IR_MelodiumRM6.wav", 67106, "8b1070624064fa660baaeb7d60b4a031f3f9ab1b"),
-    ("IR_OktavaMD57.wav", 67106, "d6f34e65461602cebefb9662d3ecbe64f4238e60"),
-    ("IR_OktavaMK18Silver.wav", 67106, "e6824414d536730e4b5e25eb4d590b87eacb5ab4"),
-    ("IR_OktavaMK18_Overload.wav", 67106, "6e16f2068ff1e0f4ac1295bc38d34c5713145d5e"),
-    ("IR_OktavaML16.wav", 67106, "bdba30ba2b480e962735dc0fa5ad6a9f29ab0b38"),
-    ("IR_RCAKU3a.wav", 67106, "f33878d45415bf1b51650de893040226d7f64395"),
-    ("IR_ResloCR600.wav", 67106, "cd96acc0590ee4528baf55b0e775e75dc9d85dbf"),
-    ("IR_ResloDynamic.wav", 67106, "922e8c2882bd7482fa286f14d7e912abf9b40360"),
-    ("IR_ResloURA.wav", 67106, "b4db19a58d476efd0f90165a6d5149555928f6c1"),
-    ("IR_STC4033_Cardioid.wav", 67106, "e3174a0c7ca562bc6b9c617f712800d0004f58ce"),
-    ("IR_STC4033_Pressure.wav", 67106, "b88e08a9e5e46b1b61be617f73d9b2a16237f7f5"),
-    ("IR_STC4033_Ribbon.wav", 67106, "84dcd74e31fa9fb65b9999b427cd8f8e0892f5ff"),
-    ("IR_STC4035.wav", 67106, "dba7d66a10df1964dfa91eb4cef83a6f1e52c0d7"),
-    ("IR_Shure510C.wav", 67106, "f54ee11ded6ac2bb66082e0ab0127f61c47f6578"),
-    ("Melodium_42B_1.wav", 53476, "f112b9ac8e1c2edef54bfdc0075444be0281684e"),
-    ("Melodium_Model12.wav", 53479, "2cd51a56265fa13eaa98317f70e68327d60647f3"),
-    ("Oktava_ML19.wav", 53434, "1d379ac09e2caecc8272f8674afd772ac59a0ca8"),
-    ("RCA_44BX_1.wav", 53482, "8af1db8dff20f8c9d5b17bbfc580777b5f88f2bf"),
-    ("RCA_44BX_2.wav", 53467, "28b8a2b57301f5bfa4259eb8792dcf3a02b56e77"),
-    ("RCA_74B.wav", 53461, "bb1fa613b8d4aa71089e5b3f5d4f479647bf77f1"),
-    ("RCA_77DX_1.wav", 53467, "186ffba9312363473d26298c43d2518abdedc7ba"),
-    ("RCA_77DX_2.wav", 53473, "a9e4d0fc3bd9e0667fa85ca14f1d738dcbb8fc14"),
-    ("RCA_KU3a_1.wav", 53596, "bcea27940561c1725274e012e0800038f5662882"),
-    ("RCA_PB90.wav", 53461, "216c244f376c0a15bb688ed65ef1a5bfe98baadc"),
-    ("RCA_varacoustic_fig8.wav", 53491, "ff815ddf4e9e46bc2bf11ae96438f00ecd706d84"),
-    ("Reslo_RB250.wav", 53473, "60421506ed975abc2df0a66a09b2c8c9cf953e8b"),
-    ("Reslo_RB_RedLabel.wav", 53461, "732b89d9654fa653172f4077660a9c01a0a3e587"),
-    ("Reslo_RV.wav", 58528, "60dede0fd742cc54e215b63f57bcdc325dbddd1d"),
-    ("Reslo_SR1.wav", 53452, "97716266d98bb5980e20c77638b9807940e9c69a"),
-    ("Reslo_VMC2.wav", 53527, "9ba8238ecd37e67145ab2f0f1c1ed6071d62eb5a"),
-    ("Shure315_HPF.wav", 53467, "6bc637199e021991e26fede000596bc99b3796bb"),
-    ("Shure315_flat.wav", 53464, "25db072f3419d8d7b3740eb51d317c6affc9d7da"),
-    ("Sony_C37Fet.wav", 53473, "acdba98c75e1e65949a876a11bf3df33791362fe"),
-    ("Telefunken_M201.wav", 53473, "cc28884bcf1377569fc65e410b4df287bb6204ca"),
-    ("Toshiba_BK5.wav", 53482, "bf897670438df52b6ee3daa9e012a3f479f16b31"),
-    ("Toshiba_TypeG.wav", 53479, "452c3784bf58a27f2901b472a7e313b5fc658609"),
-    ("Toshiba_TypeK_HPF.wav", 53470, "5cd07e95156e292dc36e0a26d4e9bf8d9f39692c"),
-    ("Toshiba_TypeK_flat.wav", 53470, "bab5cff9adb2ff3d2b48dc7f35085f9849cbeaec"),
-)
 
 WORK_SUBDIR = ".download"
+UNKNOWN_DATASET = "unknown dataset '{name}'"
 # A WAV in the TAU zips shrinks little (deflated 24-bit PCM noise): room for the unpacked files, estimated
 UNZIPPED_PER_ZIPPED = 1.15
 
@@ -285,6 +216,8 @@ def check_dataset(root: str | Path, official: bool = True) -> dict[str, int]:
             fix=f"delete {root / WORK_SUBDIR}/*.unpacked and run the download again: the audio zips are "
             "fetched (or, kept with --keep-archives, reused) and unpacked again",
         )
+    from asc_ray.data.irs import load_irs  # torch: seconds to import, for this last check only
+
     counts["irs"] = len(load_irs(root / IRS_SUBDIR, TAU22_SAMPLE_RATE))
     if official:
         expected = {"clips": TAU22_CLIPS, **SPLIT_ROWS, "irs": len(MICIRP)}
@@ -380,13 +313,32 @@ def download_tau22(
 
 
 def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
-    """`asc-ray data DATASET DIR ...`: only tau22 (the TAU22 development set) so far."""
+    """`asc-ray data DATASET DIR ...`: DATASETS says which there are."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] != ["tau22"]:
-        print(f"usage: {prog} tau22 DIR [--from URL] [--keep-archives] [--retries N]", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage(prog), end="")
+        return 0
+    if not argv or argv[0] not in DATASETS:
+        raise AscRayError(
+            UNKNOWN_DATASET.format(name=argv[0]) if argv else "no dataset named",
+            fix=f"name one: {', '.join(f'{prog} {n} DIR' for n in DATASETS)} (`{prog} --help` says what each is)",
+        )
+    return DATASETS[argv[0]][1](argv[1:], f"{prog} {argv[0]}")
+
+
+def usage(prog: str) -> str:
+    width = max(map(len, DATASETS))
+    lines = [f"  {name:<{width}}  {what}" for name, (what, _) in DATASETS.items()]
+    return (
+        f"usage: {prog} DATASET DIR [options]   ({prog} DATASET --help: its options)\n\n"
+        "Download a dataset into DIR, in the layout the pipeline reads, and check it.\n\n"
+        "datasets:\n" + "\n".join(lines) + "\n"
+    )
+
+
+def tau22_main(argv: list[str], prog: str) -> int:
     p = argparse.ArgumentParser(
-        prog=f"{prog} tau22",
+        prog=prog,
         description="Download the TAU Urban Acoustic Scenes 2022 Mobile development set (Zenodo record "
         f"{TAU22_RECORD}, ~26 GB of zips), the DCASE 2024 split files and the 66 MicIRP device impulse "
         "responses into DIR, in the layout the pipeline reads; then check it as the pre-flight does.",
@@ -394,7 +346,9 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
         "Downloads are checked against the md5s of the Zenodo record and the git checksums of the impulse "
         "responses; the split files, for which no checksum is published, against their official row counts. "
         "The zips total about 26 GB and the unpacked set about as much again (the space is checked before "
-        "anything is downloaded, from the sizes the record lists).",
+        "anything is downloaded, from the sizes the record lists). Sources: zenodo.org/api/records/"
+        f"{TAU22_RECORD} (and the files it lists), {SPLITS_URL.format(name='')} and "
+        f"{IRS_URL.format(name='')}.",
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="where the set goes (new, or one a run filled)")
     p.add_argument(
@@ -416,7 +370,7 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
         metavar="N",
         help="further tries of a download that fails on the network, each resuming (default: %(default)s)",
     )
-    a = p.parse_args(argv[1:])
+    a = p.parse_args(argv)
     if a.mirror is not None and urllib.parse.urlsplit(a.mirror).scheme not in ("http", "https", "file"):
         raise AscRayError(
             "--from takes a URL (http://, https:// or file://)",
@@ -431,6 +385,15 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray data") -> int:
         f"{counts['irs']} impulse responses"
     )
     return 0
+
+
+DATASETS: dict[str, tuple[str, Callable[[list[str], str], int]]] = {  # name -> (what it is, its main)
+    "tau22": (
+        "TAU Urban Acoustic Scenes 2022 Mobile, development (~26 GB of zips), the DCASE 2024 split files "
+        "and the MicIRP device impulse responses",
+        tau22_main,
+    ),
+}
 
 
 if __name__ == "__main__":

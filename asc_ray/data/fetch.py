@@ -10,6 +10,7 @@ import http.client
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import urllib.error
@@ -34,6 +35,13 @@ USER_AGENT = "asc-ray (dataset download)"
 
 GET_FIX = "run the same command again: finished files are kept and a partial one resumes"
 MIRROR_FIX = "or use --from URL with a mirror that serves the same files"
+# a host name that does not resolve: no network here (or no DNS); retrying would only wait
+UNRESOLVED = "cannot resolve the host {host}: this machine has no network or no name service"
+OFFLINE_FIX = (
+    "on a machine with a network, download the same files into a folder laid out as <host>/<path> (e.g. "
+    "FOLDER/zenodo.org/api/records/6337421; --help lists the sources), copy it here and run the same command "
+    "with --from file:///path/to/FOLDER; or run the command there and copy DIR here"
+)
 
 
 def say(msg: str) -> None:
@@ -86,6 +94,9 @@ def _get(url: str, part: Path, size: int | None, progress: bool) -> None:
             + ("" if e.code in (404, 410) else f"; {GET_FIX}"),
         ) from None
     except (OSError, http.client.HTTPException) as e:  # URLError, refused, reset, timeout
+        if isinstance(getattr(e, "reason", None), socket.gaierror):  # at once: no network to wait for
+            host = urllib.parse.urlsplit(url).hostname
+            raise AscRayError(UNRESOLVED.format(host=host), path=url, fix=OFFLINE_FIX) from None
         raise _Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
     with resp:
         status = getattr(resp, "status", None) or 200

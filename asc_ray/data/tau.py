@@ -144,7 +144,7 @@ class TauDataset:
                 "data directory not found",
                 path=root,
                 fix="point data_dir at the TAU22 development set (the folder with meta.csv and audio/), "
-                "or make a small synthetic one: python -m asc_ray.data.synth --out DIR",
+                "or make a small synthetic one: asc-ray synth --out DIR",
             )
         meta = root / "meta.csv"
         rows = _read_table(

@@ -24,7 +24,9 @@ from asc_ray.data.irs import load_irs
 from asc_ray.data.tau import EvalSet, TauDataset
 from asc_ray.errors import AscRayError
 from asc_ray.features import frontend_sample_rate
+from asc_ray.mlflow_store import STORE_FILE
 from asc_ray.models.passt import check_checkpoint, find_checkpoint
+from asc_ray.pipeline.inputs import check_inputs, run_store
 from asc_ray.pipeline.runtime import init_ray, joining_cluster
 from asc_ray.pipeline.storage import (
     SERVER_FIX,
@@ -42,7 +44,6 @@ from asc_ray.tracking import (
     check_tracking,
     default_artifact_location,
     local_artifact_path,
-    resolve_tracking_uri,
     sqlite_path,
 )
 from asc_ray.train import Paths
@@ -68,25 +69,21 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def preflight(cfg, data_dir: str | Path, output_dir: str | Path, splits: list[int]) -> Context:
+def preflight(
+    cfg, data_dir: str | Path, output_dir: str | Path, splits: list[int], ds: TauDataset | None = None
+) -> Context:
+    """`ds`: the dataset check_inputs() opened (else opened here)."""
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
     cluster = joining_cluster()
-    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    store = run_store(cfg, out)
+    uri, experiment = store.uri, cfg.mlflow.experiment
+    log(f"{store.line}, experiment '{experiment}'")
     check_tracking(uri)
-    experiment = cfg.mlflow.experiment
     tracker = Tracker(uri, experiment, default_artifact_location(uri, experiment, out))
     tracker.set_spool(out / SPOOL_DIR)  # calls made while the server is down wait there
-    log(f"MLflow tracking at {uri} (experiment '{tracker.experiment}')")
     shared = check_cluster_storage(cfg, out, tracker) if cluster else []
 
-    if not data_dir.is_dir():
-        raise AscRayError(
-            "data dir not found",
-            path=data_dir,
-            fix="pass --data-dir with the TAU22 development set (or run "
-            "`python -m asc_ray.data.synth --out DIR` for a synthetic one)",
-        )
-    ds = TauDataset.open(data_dir, cfg.data.split_dir)
+    ds = ds or check_inputs(cfg, data_dir, out, splits)
     split_meta = {}
     for s in sorted(splits):
         files = ds.split_files(s)
@@ -180,8 +177,8 @@ def cluster_folders(cfg, out: Path, uri: str, artifact_root: str | None) -> list
                 db.parent,
                 "the MLflow SQLite store's folder",
                 f"workers there would each write an {db.name} of their own",
-                f"{SERVER_FIX}; or put the database on shared storage, e.g. "
-                f"MLFLOW_TRACKING_URI=sqlite:///{out / 'mlflow.db'}",
+                f"{SERVER_FIX}; or put the database on shared storage, e.g. unset MLFLOW_TRACKING_URI "
+                f"to use the output dir's {out / STORE_FILE}",
             )
         )
     art = local_artifact_path(artifact_root)

@@ -18,6 +18,7 @@ from asc_ray.errors import AscRayError
 from asc_ray.export import plot_class_accuracy, plot_timeline, read_dcase_output, write_dcase_output
 from asc_ray.features import frontend_sample_rate
 from asc_ray.io import atomic_write_json
+from asc_ray.mlflow_store import STORE_FILE, sqlite_path
 from asc_ray.pipeline.graph import Unit
 from asc_ray.pipeline.storage import verify_on_this_node
 from asc_ray.predict import Classifier, unit_spec
@@ -168,7 +169,13 @@ def report_to_mlflow(
     )
     tracker.log_artifacts(parent_run_id, sorted((out / "plots").glob("*.png")), "plots")
     records = [record_of(Unit("train", r["system"], r["split"], r.get("seed"))) for r in rows]
-    register_students(tracker, parent_run_id, records, out, log)
+    if register_students(tracker, parent_run_id, records, out, log) and sqlite_path(tracker.uri):
+        where = (
+            "--output-dir " + str(out)
+            if sqlite_path(tracker.uri) == out / STORE_FILE
+            else "--tracking-uri " + tracker.uri
+        )
+        log(f"MLflow UI on this store, where those links lead: asc-ray mlflow-ui {where}")
 
 
 def export_eval_set(

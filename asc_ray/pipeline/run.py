@@ -19,12 +19,14 @@ import ray
 
 from asc_ray.config import as_dict, config_hash, flatten
 from asc_ray.console import log
+from asc_ray.data.tau import TauDataset
 from asc_ray.errors import find_user_error
 from asc_ray.io import atomic_write_json
 from asc_ray.lock import OutputLock
 from asc_ray.pipeline import students as st
 from asc_ray.pipeline.aggregator import aggregator_name, start_aggregator
 from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, run_in_thread, select, share_idle
+from asc_ray.pipeline.inputs import check_inputs
 from asc_ray.pipeline.keys import Keys
 from asc_ray.pipeline.preflight import Context, preflight
 from asc_ray.pipeline.pretraining import PretrainJob, pretrain_task
@@ -313,13 +315,17 @@ class Pipeline:
         report_to_mlflow(self.ctx.tracker, self.parent_run_id, self.out, rows, teacher_rows, self.record)
         return self.out / "results.csv"
 
-    def run(self, stages=STAGES, scheduler: type[Scheduler] = Scheduler) -> None:
+    def run(
+        self, stages=STAGES, scheduler: type[Scheduler] = Scheduler, ds: TauDataset | None = None
+    ) -> None:
+        """`ds`: the dataset check_inputs() opened already (else checked here, before anything is created)."""
         t0 = time.time()
         status = "FAILED"
+        ds = ds or check_inputs(self.cfg, self.data_dir, self.out, self.splits)
         self.lock = OutputLock(self.out, log=log)
         try:
-            self.lock.acquire()  # first: a second run on this output dir stops before touching anything
-            self.ctx = preflight(self.cfg, self.data_dir, self.out, self.splits)
+            self.lock.acquire()  # first on disk: a second run on this output dir stops before touching anything
+            self.ctx = preflight(self.cfg, self.data_dir, self.out, self.splits, ds)
             self.keys = Keys(self.graph, self.cfg, self.ctx.data_keys)
             self.start()
             self.selected = select(self.graph, stages)

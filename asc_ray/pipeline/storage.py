@@ -63,8 +63,8 @@ def job_working_dir() -> Path | None:
 
 
 def refuse_job_working_dir(folders: list[tuple[Path, str, str, str]]) -> None:
-    """A folder inside the job's working-dir copy (a relative --output-dir, MLflow's default ./mlflow.db) is
-    refused at once: the copy is deleted with the job, and each node unpacks its own."""
+    """A folder inside the job's working-dir copy (a relative --output-dir and the store in it, a relative
+    sqlite path) is refused at once: the copy is deleted with the job, and each node unpacks its own."""
     wd = job_working_dir()
     for folder, what, _, fix in folders:
         if wd is not None and (Path(folder) == wd or wd in Path(folder).parents):

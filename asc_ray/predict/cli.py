@@ -13,7 +13,9 @@ import numpy as np
 from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
 from asc_ray.export import write_dcase_output
+from asc_ray.mlflow_store import OUTPUT_DIR_HELP, STORE_URIS, URI_HELP
 from asc_ray.predict.files import classify_files, find_audio, load_classifier
+from asc_ray.tracking import open_store
 
 
 def _table(names: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> str:
@@ -50,9 +52,20 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray-predict") -> int:
         "probability per scene) instead of printing a table",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="OUTPUT_DIR",
+        help=f"for a models:/ or runs:/ MODEL: {OUTPUT_DIR_HELP}",
+    )
+    p.add_argument(
+        "--tracking-uri", default=None, metavar="URI", help=f"for a models:/ or runs:/ MODEL: {URI_HELP}"
+    )
     a = p.parse_args(argv)
     files = find_audio(a.audio)
-    clf = load_classifier(a.model, a.device)
+    # a runs:/ or models:/ MODEL is looked up in the store of the rule (said on stderr), never in a new one
+    store = open_store(a.tracking_uri, a.output_dir).uri if a.model.startswith(STORE_URIS) else None
+    clf = load_classifier(a.model, a.device, store)
     ok, probs, failed = classify_files(clf, files)
     if not ok:
         first = failed[0][1]

@@ -37,13 +37,14 @@ def _is_mlflow_uri(s: str) -> bool:
     return s.startswith(("runs:/", "models:/")) or ("://" in s and not Path(s).exists())
 
 
-def load_classifier(model: str, device: str | None = None) -> Classifier:
-    """A unit folder, an exported weights file with its unit.json beside it, or an MLflow model URI."""
+def load_classifier(model: str, device: str | None = None, tracking_uri: str | None = None) -> Classifier:
+    """A unit folder, an exported weights file with its unit.json beside it, or an MLflow model URI (a runs:/ or
+    models:/ one looked up in the store at `tracking_uri`, default MLflow's own)."""
     # MLflow takes seconds to import: only an MLflow model needs it
     from asc_ray.predict.mlflow_model import load_classifier_from_mlflow
 
     if _is_mlflow_uri(model):
-        return load_classifier_from_mlflow(model, device)
+        return load_classifier_from_mlflow(model, device, tracking_uri)
     p = Path(model)
     if p.is_dir():
         if (p / "MLmodel").is_file():  # a downloaded MLflow model folder

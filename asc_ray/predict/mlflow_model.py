@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover
     PythonModel = object
 
 from asc_ray.errors import AscRayError
+from asc_ray.mlflow_store import STORE_URIS, find_model
 from asc_ray.predict.classifier import UNIT_SPEC, Classifier, read_unit_spec
 
 ARTIFACT_PATH = "model"  # runs:/<run id>/model
@@ -387,13 +388,17 @@ def register_students(
 
 
 # ---------------------------------------------------------------------------------- loading for predict
-def load_classifier_from_mlflow(uri: str, device: str | None = None):
-    """The Classifier inside an MLflow model of asc-ray (runs:/, models:/, a local model folder)."""
+def load_classifier_from_mlflow(uri: str, device: str | None = None, tracking_uri: str | None = None):
+    """The Classifier inside an MLflow model of asc-ray (runs:/, models:/, a local model folder); `tracking_uri`:
+    the store a runs:/ or models:/ URI is looked up in (default: MLflow's own, $MLFLOW_TRACKING_URI)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output stays readable
+    source = uri
+    if tracking_uri and uri.startswith(STORE_URIS):  # one clear error naming the store and what it holds
+        source = find_model(tracking_uri, uri)[1]
     try:
         import mlflow
 
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
     except Exception as e:  # noqa: BLE001 - unknown run / model / version, unreachable server
         raise AscRayError(
             f"cannot fetch the MLflow model: {str(e).splitlines()[0][:200]}",

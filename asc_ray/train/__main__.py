@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m asc_ray.train") -
         "--fresh", action="store_true", help="train from scratch, replacing what an earlier run of it left"
     )
     a = p.parse_intermixed_args(argv)  # options may follow key=value overrides
-    cfg = config_from_args(a)  # --print-config exits here
     missing = [
         f"--{n.replace('_', '-')}" for n in ("system", "split", "data_dir", "output_dir") if not getattr(a, n)
     ]
-    if missing:
+    if missing and not a.print_config:
         p.error("the following arguments are required: " + ", ".join(missing))
+    cfg = config_from_args(a)  # --print-config exits here
     system = get_system(a.system)
     out = Path(a.output_dir) / f"split{a.split}" / system.name
     out.mkdir(parents=True, exist_ok=True)

@@ -190,3 +190,23 @@ def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
                 ip, port = _addr(f[1])
                 out.append((inode_pid[f[9]], ip, port))
     return out
+
+
+# ------------------------------------------------------------------------------- the installed command
+ASC_RAY = Path(PY).parent / "asc-ray"  # the console script, as a user runs it
+
+
+def asc_ray(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+    """`asc-ray ARGS` (the installed entry point), its output captured."""
+    env = env if env is not None else cli_env()
+    return subprocess.run(
+        [str(ASC_RAY), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def user_env(**extra: str) -> dict:
+    """A user's environment: no MLFLOW_TRACKING_URI (the store is found by asc-ray's own rule), no GPU, no
+    proxy."""
+    env = {k: v for k, v in cli_env().items() if k != "MLFLOW_TRACKING_URI" and "proxy" not in k.lower()}
+    env.update(CUDA_VISIBLE_DEVICES="", **extra)
+    return env

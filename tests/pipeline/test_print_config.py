@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from asc_ray.cli.jobs import run_stages
-from asc_ray.config import load_config
+from asc_ray.config import choose_profile, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,8 @@ def test_every_stage_job_prints_it_too(stages, capsys):
     with pytest.raises(SystemExit) as e:
         run_stages(["--print-config", "kd.lam=0.3"], stages, "a stage")
     assert e.value.code == 0
-    assert yaml.safe_load(capsys.readouterr().out) == _expected("full", ["kd.lam=0.3"])
+    # no --profile: the one choose_profile picks here (smoke without a GPU)
+    assert yaml.safe_load(capsys.readouterr().out) == _expected(choose_profile(None)[0], ["kd.lam=0.3"])
 
 
 def test_training_one_model_prints_it_too(capsys):

@@ -10,6 +10,7 @@ import pytest
 
 from asc_ray.config import load_config
 from asc_ray.errors import AscRayError
+from asc_ray.mlflow_store import FROM_CONFIG, FROM_ENV, FROM_OUTPUT_DIR, STORE_FILE, Store
 from asc_ray.pipeline import preflight as pf
 from asc_ray.pipeline import storage
 from asc_ray.tracking import Tracker, default_artifact_location, local_artifact_path
@@ -153,8 +154,8 @@ def test_on_a_cluster_the_units_copy_preflights_shared_cache(synth_dataset, tmp_
 
 
 def test_a_store_inside_the_jobs_temporary_working_dir_is_refused_at_once(tmp_path, monkeypatch):
-    """Under `ray job submit --working-dir .` the driver runs in a copy that is deleted with the job: MLflow's
-    default ./mlflow.db (or a relative --output-dir) would land there."""
+    """Under `ray job submit --working-dir .` the driver runs in a copy that is deleted with the job: a relative
+    --output-dir (and the MLflow store in it) or sqlite path would land there."""
     wd = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
     wd.mkdir(parents=True)
     monkeypatch.chdir(wd)
@@ -167,3 +168,23 @@ def test_a_store_inside_the_jobs_temporary_working_dir_is_refused_at_once(tmp_pa
         storage.refuse_job_working_dir(folders)
     assert e.value.path == str(wd) and "MLflow" in str(e.value)  # the folder, what it is
     assert "MLFLOW_TRACKING_URI=http" in e.value.fix
+
+
+def test_the_store_is_the_output_dirs_unless_one_is_named(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert pf.run_store(_cfg(), out) == Store(f"sqlite:///{out / STORE_FILE}", FROM_OUTPUT_DIR)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel.db")  # relative: made absolute for every process
+    assert pf.run_store(_cfg(), out) == Store(f"sqlite:///{Path.cwd() / 'rel.db'}", FROM_ENV)
+    named = _cfg("mlflow.tracking_uri=http://10.0.1.23:5000")  # the config wins over the environment
+    assert pf.run_store(named, out) == Store("http://10.0.1.23:5000", FROM_CONFIG)
+
+
+def test_a_run_logs_to_its_output_dirs_store_and_says_so(synth_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    out = tmp_path / "out"
+    out.mkdir()  # as the run's output-dir lock makes it
+    ctx = pf.preflight(_cfg(), synth_dataset, out, [25])
+    store = Store(f"sqlite:///{out / STORE_FILE}", FROM_OUTPUT_DIR)
+    assert ctx.tracker.uri == store.uri and (out / STORE_FILE).is_file()
+    assert store.line in capsys.readouterr().out

@@ -127,11 +127,12 @@ def test_second_pipeline_on_a_held_output_dir_exits_at_once(synth_dataset, tmp_p
         holder.kill()
         holder.wait()
     assert (out / LOCK_NAME).exists()  # SIGKILL left it behind
-    # the next run takes the stale lock over (then stops on a data dir that does not exist: no Ray needed)
-    r = run_py(
-        [*cmd[:2], str(tmp_path / "nope"), *cmd[3:], "--splits", "25", "--profile", "smoke"], env, tmp_path
-    )
-    assert r.returncode == 2 and str(tmp_path / "nope") in r.stderr, r.stderr
+    # the next run takes the stale lock over, then stops in pre-flight, before Ray, on a store whose folder does
+    # not exist (a missing data dir would stop it before the lock: nothing is created for bad input)
+    nowhere = tmp_path / "no-such-folder"
+    env = cli_env(f"sqlite:///{nowhere}/mlflow.db")
+    r = run_py([*cmd, "--splits", "25", "--profile", "smoke"], env, tmp_path)
+    assert r.returncode == 2 and str(nowhere) in r.stderr, r.stderr
     took = [ln for ln in r.stdout.splitlines() if f"pid {holder.pid}" in ln]
     assert len(took) == 1 and "stale" in took[0], r.stdout
     assert not (out / LOCK_NAME).exists()  # released by the run that took it

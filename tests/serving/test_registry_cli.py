@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from helpers.procs import free_port
 from helpers.wait import wait_for_http
 
@@ -90,6 +91,25 @@ def test_promote_by_hand_and_load_by_alias(registry):
         [*ASC_RAY, "promote", NAME, "9", "--tracking-uri", registry["uri"]], capture_output=True, text=True
     )
     assert bad.returncode == 2 and NAME in bad.stderr and "fix:" in bad.stderr
+
+
+def test_predict_by_alias_reads_the_output_dirs_store_from_anywhere(registry, student_unit, tmp_path):
+    """No MLFLOW_TRACKING_URI: --output-dir names the store, and nothing is created where the command runs
+    (MLflow itself resolves models:/ in its process-wide default store, ./mlflow.db)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(32000, np.float32), 32000)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    r = subprocess.run(
+        [*ASC_RAY, "predict", f"models:/{NAME}@{CHAMPION}", clip, "--output-dir", registry["root"]],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert str(clip) in r.stdout and not any(cwd.iterdir())
 
 
 def test_serve_by_alias_from_a_shell_without_the_venv(registry, student_unit):
