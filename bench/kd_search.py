@@ -15,9 +15,11 @@ difference kd_ensemble - no_kd with its 95 % interval over seeds and holdout cli
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ def teachers(data: Path, out: Path, splits: list[int], overrides: list[str], env
     subprocess.run(cmd, env=env, check=True)
 
 
-def val_correct(data: Path, out: Path, split: int, system: str, seed: int, epochs: int, overrides: list[str]):
+def val_correct(data: Path, out: Path, split: int, epochs: int, system: str, seed: int, overrides: list[str]):
     """[holdout clips] bool: which holdout clips the last epoch's model classified right."""
     cfg = load_config("smoke", None, [*HOLDOUT, f"bcbl.epochs={epochs}", *overrides])
     s = get_system(system)
@@ -58,6 +60,7 @@ def val_correct(data: Path, out: Path, split: int, system: str, seed: int, epoch
     folder.mkdir(parents=True, exist_ok=True)
     run = prepare_data(cfg, data, out, split, s, progress=False)
     trainer = Trainer(s, cfg, run, folder, split, log=lambda m: None, seed=seed)
+    trainer.load_checkpoint(folder / "checkpoint")  # a search stopped midway redoes no epoch
     trainer.fit()
     logits = trainer.classifier().logits_of(run.store, run.val_files)
     return logits.argmax(1) == run.ds.labels(run.val_files), run.ds.labels(run.val_files)
@@ -70,6 +73,9 @@ def main(argv=None) -> int:
     p.add_argument("--splits", default="50,100")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", default="12,24,48")
+    p.add_argument(
+        "--workers", type=int, default=2, help="trainings at once, each on one thread (default: 2)"
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides for every training")
     a = p.parse_args(argv)
     header(f"kd_search ({a.data_dir}, splits {a.splits}, seeds {a.seeds}, student epochs {a.epochs})")
@@ -84,11 +90,16 @@ def main(argv=None) -> int:
         "| split | student epochs | no_kd (val) | kd_ensemble (val) | kd_ensemble − no_kd |",
         "|---|---|---|---|---|",
     ]
+    epochs_grid = [int(e) for e in a.epochs.split(",")]
+    grid = [(sp, e, system, k) for sp in splits for e in epochs_grid for system in SYSTEMS for k in seeds]
+    with ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(val_correct, a.data_dir, out, *g, a.overrides) for g in grid]
+        done = {g: j.result() for g, j in zip(grid, jobs, strict=True)}
     for split in splits:
-        for epochs in (int(e) for e in a.epochs.split(",")):
+        for epochs in epochs_grid:
             c, labels = {}, None
             for system in SYSTEMS:
-                runs = [val_correct(a.data_dir, out, split, system, k, epochs, a.overrides) for k in seeds]
+                runs = [done[(split, epochs, system, k)] for k in seeds]
                 c[system], labels = np.stack([r[0] for r in runs]), runs[0][1]
             e = {s: interval(c[s], labels) for s in SYSTEMS}
             d = interval(c["kd_ensemble"], labels, c["no_kd"])
