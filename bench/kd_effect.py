@@ -47,7 +47,7 @@ TAGS: dict[str, str] = {}
 def run_pipeline(data: Path, out: Path, splits: list[int], args, env: dict) -> None:
     cmd = [sys.executable, str(ROOT / "jobs" / "full_pipeline.py"), "--data-dir", str(data)]
     cmd += ["--output-dir", str(out), "--profile", args.profile, "--splits", ",".join(map(str, splits))]
-    cmd += [f"students.seeds=[{args.seeds}]", f"students.systems=[{','.join(SYSTEMS)}]", *args.overrides]
+    cmd += [f"students.seeds=[{args.seeds}]", f"students.systems=[{args.systems}]", *args.overrides]
     print(f"# {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, env=env, check=True)
 
@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--splits", default="25,50,100")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--profile", default="smoke", choices=("smoke", "full"))
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="the students (default: %(default)s)")
     p.add_argument(
         "--teachers-split", type=int, default=100, help="the positive control's teachers (0: no control)"
     )
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
     labels = ds.labels(ds.test_files())
     control = CONTROL.format(t=t)
     TAGS.update({control: "control", CLEAN: "clean_views"})  # their names in the `<figure> <number>` lines
-    cols = [*SYSTEMS, *([control] if t else []), *([CLEAN] if a.clean_views else [])]
+    systems = [x for x in SYSTEMS if x in a.systems.split(",")]  # no_kd and kd_ensemble at least
+    cols = [*systems, *([control] if t else []), *([CLEAN] if a.clean_views else [])]
     diffs = [
         *DIFFERENCES,
         *([(control, "no_kd")] if t else []),
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
             s: np.stack(
                 [correct_on_test(ds, read_record(unit_dir(out, "student", split, s, k))) for k in seeds]
             )
-            for s in SYSTEMS
+            for s in systems
         }
         for name, teachers_split, clean, wanted in (
             (control, t, False, bool(t) and split < t),
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
             )
             print(f"sd_split{split}_{TAGS.get(col, col)} {per_seed.std(ddof=1):.2f}")
         for x, y in diffs:
-            if x not in c:
+            if x not in c or y not in c:
                 cells.append("–")
                 continue
             d = interval(c[x], labels, c[y])
