@@ -37,7 +37,7 @@ try:  # the pyfunc base class; without mlflow this module still imports (the pre
 except ImportError:  # pragma: no cover
     PythonModel = object
 
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
 from asc_ray.predict.classifier import UNIT_SPEC, Classifier, read_unit_spec
 from asc_ray.systems import unit_name
 
@@ -418,7 +418,7 @@ def register_students(
         raise AscRayError(
             NOT_REGISTERED.format(n=len(failed), names="; ".join(f"{k} ({v})" for k, v in failed.items())),
             path=tracker.uri,
-            fix="every other output is written: once MLflow answers, run the same command again (it reuses "
+            fix=f"every other output is written: once MLflow answers, {AGAIN} (it reuses "
             "every unit and registers the students that are missing)",
         )
     return links
