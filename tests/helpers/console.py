@@ -8,31 +8,37 @@ import re
 import string
 from functools import cache
 
+STAMP = r"\[asc-ray \d\d:\d\d:\d\d\] "  # what asc_ray.console.log puts before each driver line
+
 
 @cache
-def pattern(template: str) -> re.Pattern:
-    """The regex of a template's lines: its text as is, each field `{name}` (or `{name:spec}`) a named group of
-    at least one character (a field named twice must say the same both times)."""
-    out, seen = [], set()
-    for text, field, _, _ in string.Formatter().parse(template):
+def pattern(template: str, logged: bool = False) -> re.Pattern:
+    """The regex of a template's lines: its text as is, each field `{name}` (or `{name:spec}`) a named group (a
+    field named twice must say the same both times; one that ends the template takes the rest of the line).
+    `logged`: a whole line of asc_ray.console.log (its stamp, then the template)."""
+    parts = list(string.Formatter().parse(template))
+    out, seen = [f"^{STAMP}" if logged else ""], set()
+    for i, (text, field, _, _) in enumerate(parts):
         out.append(re.escape(text))
-        if field is not None:
-            out.append(f"(?P={field})" if field in seen else f"(?P<{field}>.+?)")
-            seen.add(field)
-    return re.compile("".join(out) + ("$" if template.endswith("}") else ""), re.M)
+        if field is None:
+            continue
+        last = i == len(parts) - 1
+        out.append(f"(?P={field})" if field in seen else f"(?P<{field}>.*)$" if last else f"(?P<{field}>.+?)")
+        seen.add(field)
+    return re.compile("".join(out), re.M)
 
 
-def said(template: str, text: str) -> re.Match | None:
+def said(template: str, text: str, logged: bool = False) -> re.Match | None:
     """The first line of `text` the template wrote (its fields as groups), or None."""
-    return pattern(template).search(text)
+    return pattern(template, logged).search(text)
 
 
-def said_all(template: str, text: str) -> list[re.Match]:
-    return list(pattern(template).finditer(text))
+def said_all(template: str, text: str, logged: bool = False) -> list[re.Match]:
+    return list(pattern(template, logged).finditer(text))
 
 
 def head(template: str, **fields) -> str:
-    """The template's text up to its first field left unnamed: `head(DONE, unit="tfs split25 seed0")` is
+    """The template's text up to its first field not given: `head(DONE, unit="tfs split25 seed0")` is
     "done tfs split25 seed0 in ", what every such line starts with."""
     out = []
     for text, field, spec, _ in string.Formatter().parse(template):
