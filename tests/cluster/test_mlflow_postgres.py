@@ -30,11 +30,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.console import said
 from helpers.procs import PY, ROOT, alive, cli_env, cmdline, free_port, pipeline_args, run_py
 from helpers.serving import env_with_venv_bin
 from helpers.wait import wait_for
 
 from asc_ray.procs import pids, session
+from asc_ray.tracking import ANONYMOUS, REFUSED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -249,7 +251,7 @@ def test_pipeline_without_credentials_stops_in_preflight(server, synth_dataset, 
     )
     text = r.stdout + r.stderr
     assert r.returncode == 2, text[-3000:]
-    assert "refused a client without credentials (HTTP 401)" in text and "MLFLOW_TRACKING_USERNAME" in text
+    assert said(REFUSED.format(who=ANONYMOUS, status=401), text) and "MLFLOW_TRACKING_USERNAME" in text
     assert "Traceback" not in text
 
 

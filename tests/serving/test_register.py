@@ -12,7 +12,7 @@ import warnings
 import pytest
 from helpers.console import said
 
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
 from asc_ray.pipeline.results import report_to_mlflow
 from asc_ray.predict.mlflow_model import NOT_REGISTERED, registered_name
 from asc_ray.tracking import Tracker, default_artifact_location
@@ -68,5 +68,5 @@ def test_a_student_that_cannot_be_registered_fails_the_run_after_the_others(run)
         _report(run)
     m = said(NOT_REGISTERED, e.value.problem)
     assert m and m["n"] == "1" and m["names"].startswith("baseline split100 seed1 ("), e.value.problem
-    assert "run the same command again" in e.value.fix
+    assert AGAIN in e.value.fix
     assert [v.tags["seed"] for v in _versions(run["uri"])] == ["0"]  # the other one is registered
