@@ -50,7 +50,9 @@ def chaos_seed() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(
+    1800
+)  # ~5 min on CI; the undisturbed run alone took 300 s on a 2-core machine at load 40
 @pytest.mark.parametrize("seed", [chaos_seed()])
 def test_a_pipeline_under_random_faults_ends_as_an_undisturbed_one(seed, synth_dataset, tmp_path):
     args = [
@@ -60,7 +62,7 @@ def test_a_pipeline_under_random_faults_ends_as_an_undisturbed_one(seed, synth_d
         "--data-dir",
         str(synth_dataset),
     ]
-    r = run_py([*args, "--work", str(tmp_path), *SMALL], cli_env(), tmp_path, timeout=840)
+    r = run_py([*args, "--work", str(tmp_path), *SMALL], cli_env(), tmp_path, timeout=1700)
     out = r.stdout + r.stderr
     replay = f"replay: ASC_RAY_CHAOS_SEED={seed} pytest -m slow tests/reliability/test_chaos.py\n"
     assert r.returncode == 0, replay + out[-8000:]
