@@ -112,7 +112,8 @@ def test_critical_path_units_train_data_parallel_on_idle_cpus(synth_dataset, tmp
     r = run_py([*cmd, "--splits", str(split), "--profile", "smoke", *overrides], env, tmp_path, timeout=1100)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     path = said(CRITICAL_PATH, r.stdout, logged=True)
-    assert path and path["chain"] == "bcbl32_fms split50, teachers logits split50, kd_ensemble split50 seed0"
+    chain = path["chain"].split(", ") if path else []
+    assert chain[:3] == ["bcbl32_fms split50", "teachers logits split50", "kd_ensemble split50 seed0"], chain
     batch = load_config("smoke").bcbl.batch_size
     for name, role in (("bcbl32_fms", "teacher"), ("kd_ensemble", "student")):
         ranks = [json.loads((probe / f"{name}_split{split}_rank{i}.json").read_text()) for i in (0, 1)]
