@@ -13,7 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from asc_ray.errors import find_user_error
+from asc_ray.errors import AGAIN, find_user_error
+
+# the line an interrupted command leaves with ({how}: "interrupted" or "terminated (SIGTERM)")
+INTERRUPTED = "{how}: finished work is kept; " + AGAIN + " to resume."
 
 
 def log(msg: str) -> None:
@@ -86,8 +89,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C / kill while leaving: leave at once
             signal.signal(sig, lambda *_: os._exit(code))
         print(
-            f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: finished work is kept; "
-            "run the same command again to resume.",
+            "\n" + INTERRUPTED.format(how="terminated (SIGTERM)" if terminated else "interrupted"),
             file=sys.stderr,
             flush=True,
         )

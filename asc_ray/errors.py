@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# how a message says that finished work is kept and a run resumes (interrupts, failed units, a full disk, ...)
+AGAIN = "run the same command again"
+
 
 class AscRayError(Exception):
     """A problem the user can fix: says what is wrong, where, and what to do."""

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import yaml
 
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
 
 T = TypeVar("T")
 
@@ -112,6 +112,11 @@ def _mb(n: float) -> str:
     return f"{int(n)} bytes"
 
 
+# a full disk's message ({need}: NEEDS, or "needs more space" when the size is unknown)
+FULL = "{what} while writing: this file {need}, {free} free"
+NEEDS = "needs at least {size}"
+
+
 def explain_write_error(e: OSError, path: str | Path, needed: int | None = None) -> Exception:
     """A full disk (ENOSPC) or quota (EDQUOT) as an AscRayError naming the path, the space this write
     needed (`needed` bytes: what it had written when the disk filled, or an estimate) and what is free;
@@ -123,14 +128,14 @@ def explain_write_error(e: OSError, path: str | Path, needed: int | None = None)
         free = _mb(shutil.disk_usage(path.parent).free)
     except OSError:
         free = "unknown"
-    need = f"needs at least {_mb(needed)}" if needed else "needs more space"
+    need = NEEDS.format(size=_mb(needed)) if needed else "needs more space"
     what = "quota exceeded" if e.errno == errno.EDQUOT else "no space left on the device"
     return AscRayError(
-        f"{what} while writing: this file {need}, {free} free",
+        FULL.format(what=what, need=need, free=free),
         path=path,
         fix=f"free space on the file system of {path.parent} (or raise the quota; a different "
-        "--output-dir / storage_path on a larger disk works too, but starts over), then run the same "
-        "command again: finished units are kept and the interrupted one resumes from its last checkpoint",
+        f"--output-dir / storage_path on a larger disk works too, but starts over), then {AGAIN}: "
+        "finished units are kept and the interrupted one resumes from its last checkpoint",
     )
 
 

@@ -29,11 +29,13 @@ import threading
 import time
 from pathlib import Path
 
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
 from asc_ray.procs import boot_id, pid_alive, pid_start
 
 LOCK_NAME = ".asc-ray.lock"
 HEARTBEAT_S = 30.0
+# the line a run says when it takes a dead run's lock over
+STALE = "output dir lock of {holder} is stale ({reason}): taken over"
 STALE_S = 600.0  # another host's lock is stale after 10 minutes without a heartbeat
 
 
@@ -147,12 +149,12 @@ class OutputLock:
                 aside.unlink(missing_ok=True)
                 continue
             aside.unlink(missing_ok=True)
-            self.log(f"output dir lock of {describe(holder)} is stale ({reason}): taken over")
+            self.log(STALE.format(holder=describe(holder), reason=reason))
         else:
             raise AscRayError(
                 "could not take the output dir lock (other runs keep taking it)",
                 path=self.path,
-                fix="make sure only one run uses this output dir, then run the same command again",
+                fix=f"make sure only one run uses this output dir, then {AGAIN}",
             )
         self._thread = threading.Thread(target=self._heartbeat, name="asc-ray-lock-heartbeat", daemon=True)
         self._thread.start()

@@ -98,6 +98,10 @@ def network_filesystem(path: Path) -> str | None:
 
 UNREACHABLE = "MLflow tracking server unreachable: {reason}"
 
+# what pre-flight says when the tracking server refuses this client
+REFUSED = "MLflow tracking server refused {who} (HTTP {status})"
+ANONYMOUS = "a client without credentials"
+
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """Fail at start-up, before any training, when the tracking store cannot be reached, refuses this
@@ -135,8 +139,7 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             raise
         who = os.environ.get("MLFLOW_TRACKING_USERNAME")
         raise AscRayError(
-            f"MLflow tracking server refused {'user ' + repr(who) if who else 'a client without credentials'} "
-            f"(HTTP {status})",
+            REFUSED.format(who=f"user {who!r}" if who else ANONYMOUS, status=status),
             path=uri,
             fix="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of the server (it runs "
             "MLflow's basic-auth app; its admin creates accounts)",

@@ -63,14 +63,12 @@ def proc_cpu_s(fields: list[str]) -> float:
 def _others_cpu() -> dict[tuple[str, str], float]:
     """(pid, start time) -> CPU seconds, theirs and their waited-for children's, of every process but this one
     (Linux /proc; {} elsewhere). The start time tells a pid reused by a new process apart."""
-    from asc_ray.procs import proc_stat
+    from asc_ray.procs import pids, proc_stat
 
     out = {}
-    for e in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if e.isdigit() and int(e) != os.getpid():
-            f = proc_stat(e)
-            if len(f) > 19:
-                out[(e, f[19])] = proc_cpu_s(f)
+    for p in pids():
+        if p != os.getpid() and len(f := proc_stat(p)) > 19:
+            out[(str(p), f[19])] = proc_cpu_s(f)
     return out
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, figure, footer, header  # noqa: E402
 
+from asc_ray.procs import descendants  # noqa: E402
+
 # a line -> the phase that starts with it (the pipeline's own progress lines)
 PHASES = [
     (re.compile(r"\] Ray: "), "units"),  # the last line of start(): the units begin after it
@@ -41,26 +43,10 @@ ORDER = ("setup", "units", "evaluate", "shutdown")
 SAMPLE_S = 2.0
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
 def tree_memory(root: int) -> tuple[float, float]:
     """(sum PSS, sum RSS) in MB over `root` and all its descendants."""
-    kids, todo, pss, rss = _children(), [root], 0, 0
-    while todo:
-        pid = todo.pop()
-        todo.extend(kids.get(pid, []))
+    pss, rss = 0, 0
+    for pid in descendants(root) | {root}:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):

@@ -15,32 +15,30 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import time
 
 from _common import figure, footer, header, proc_cpu_s
 
-from asc_ray.procs import proc_stat
+from asc_ray.procs import cmdline, descendants, proc_stat
 
 SERVERS = ("raylet", "gcs_server", "log_monitor", "dashboard", "monitor.py", "runtime_env", "default_worker")
 
 
 def kind(pid: int) -> str | None:
     try:
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         comm = open(f"/proc/{pid}/comm").read().strip()
     except OSError:
         return None
     if comm.startswith("ray::"):  # Ray names an actor's process after the actor (15 characters: comm's limit)
         return comm
-    return next((k for k in SERVERS if k in cmdline), comm)
+    return next((k for k in SERVERS if k in cmdline(pid)), comm)
 
 
-def stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds of the process and its waited-for children); None when it is gone."""
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds of the process and its waited-for children; None when it is gone."""
     f = proc_stat(pid)
-    return (int(f[1]), proc_cpu_s(f)) if f else None
+    return proc_cpu_s(f) if f else None
 
 
 def main() -> None:
@@ -57,19 +55,10 @@ def main() -> None:
     proc = subprocess.Popen(cmd)
     while True:
         running = proc.poll() is None
-        procs = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := stat(int(d))) is not None}
-        children = collections.defaultdict(list)
-        for pid, (ppid, _) in procs.items():
-            children[ppid].append(pid)
-        todo, tree = [proc.pid], set()
-        while todo:
-            pid = todo.pop()
-            tree.add(pid)
-            todo += children.get(pid, [])
-        for pid in tree & procs.keys():
-            k = kind(pid)
-            if k is not None:  # an actor renames its process once it starts: keep the latest name
-                seen[pid] = (k, procs[pid][1])
+        for pid in descendants(proc.pid) | {proc.pid}:
+            k, cpu = kind(pid), cpu_s(pid)
+            if k is not None and cpu is not None:  # an actor renames its process once it starts: the latest
+                seen[pid] = (k, cpu)
         if not running:
             break
         time.sleep(a.interval)

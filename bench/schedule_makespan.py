@@ -20,7 +20,7 @@ Validation and test passes are not counted (a few %). Prints makespan, GPU-hours
 
     python bench/schedule_makespan.py --simulate [--rates measured|target|both] [--gpus 2,4,8]
 
-A local multi-node Ray (tests/helpers/cluster.py, the tests' own set-up): a head that trains nothing and NODES
+A local multi-node Ray (`local_nodes`, as tests/helpers/cluster.py starts one): a head that trains nothing and NODES
 worker nodes with GPUS "gpu_slot" resources each ("gpu_slot", a custom resource standing in for GPUs:
 TorchTrainer(use_gpu=True) would ask for NCCL on this CPU machine). Teachers take one "gpu", students a quarter,
 as on a real cluster (teachers.resources / students.resources). The same 2-split smoke pipeline with tiny
@@ -40,7 +40,9 @@ ratio. Each run's plots/timeline.png shows the bars per node.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,9 +74,6 @@ def main(argv=None) -> None:
         return
     a.splits, a.gpus = a.splits or "10,100", int(a.gpus or 2)
     header("schedule_makespan")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers.cluster import local_cluster  # the tests' local multi-node Ray: one set-up for both
-
     from asc_ray.data.synth import generate
 
     base = Path(a.out or tempfile.mkdtemp(prefix="asc_ray_makespan_"))
@@ -84,8 +83,8 @@ def main(argv=None) -> None:
         generate(data, clips_per_class=20, seed=0)
     nodes = [{"num_cpus": a.gpus, "resources": {"gpu_slot": a.gpus}} for _ in range(a.nodes)]  # a CPU per GPU
     try:
-        with local_cluster(nodes, prefix="asmk") as c:
-            spans = {mode: run(mode, a, c, base, data) for mode in ("graph", "four_stage")}
+        with local_nodes(nodes) as driver_env:
+            spans = {mode: run(mode, a, driver_env, base, data) for mode in ("graph", "four_stage")}
         figure("makespan_ratio_graph_over_four_stage", spans["graph"] / spans["four_stage"], ".2f")
     finally:
         if not a.out:
@@ -286,7 +285,40 @@ def simulate_all(a) -> None:
     )
 
 
-def run(mode: str, a, c, base: Path, data: Path) -> float:
+@contextlib.contextmanager
+def local_nodes(workers: list[dict]):
+    """Several Ray nodes on this machine (Ray's ray.cluster_utils.Cluster, in a temp dir of their own): a head
+    with no CPUs, like cluster.yaml's, and a worker node per dict (num_cpus, resources). Yields a job driver's
+    environment (RAY_ADDRESS). tests/helpers/cluster.py starts the same for the tests."""
+    from ray.cluster_utils import Cluster
+
+    from asc_ray.procs import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="asmk", dir="/tmp"))  # short: Ray's unix sockets live under it
+    saved = {k: os.environ.pop(k, None) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    os.environ["RAY_TMPDIR"] = str(tmp)  # the cluster's address file stays in here, not /tmp/ray
+    c = Cluster(shutdown_at_exit=True)
+    try:
+        c.add_node(num_cpus=0, temp_dir=str(tmp / "ray"), gcs_server_port=free_port(), include_dashboard=False,
+                   dashboard_agent_listen_port=free_port())  # fmt: skip
+        for w in workers:
+            c.add_node(num_cpus=w["num_cpus"], resources=w["resources"])
+        c.wait_for_nodes()
+        env = {k: v for k, v in os.environ.items() if k != "ASC_RAY_CACHE_DIR"}
+        bin_dir = Path(sys.executable).parent
+        env.update(RAY_ADDRESS=c.address, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", PYTHONUNBUFFERED="1")
+        yield env
+    finally:
+        c.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(mode: str, a, driver_env: dict, base: Path, data: Path) -> float:
     """One pipeline run on the cluster with the `mode` scheduler; its makespan."""
     out = base / mode
     shutil.rmtree(out, ignore_errors=True)
@@ -313,7 +345,7 @@ def run(mode: str, a, c, base: Path, data: Path) -> float:
         f"data.cache_dir={base / 'node_cache'}",  # the nodes' copies stay in the bench's folder
     ]
     t0 = time.time()
-    env = c.driver_env(MLFLOW_TRACKING_URI=f"sqlite:///{base}/mlflow.db")
+    env = {**driver_env, "MLFLOW_TRACKING_URI": f"sqlite:///{base}/mlflow.db"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base)
     wall = time.time() - t0
     (base / f"{mode}.log").write_text(r.stdout + r.stderr)

@@ -62,6 +62,16 @@ def synth_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reference(synth_dataset, tmp_path_factory):
+    """The reference pipeline run (helpers.reference.Reference): `python jobs/full_pipeline.py --profile smoke`
+    on the synthetic set, splits 10 and 100, every teacher and student, once per session. Read it; to run a
+    command on it, work on `reference.copy(tmp_path)`."""
+    from helpers.reference import run_reference
+
+    return run_reference(synth_dataset, tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """One waveform cache folder for the session's Trainers (keyed by content: datasets never mix)."""
     return tmp_path_factory.mktemp("cache")

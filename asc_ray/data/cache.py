@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from asc_ray.data.audio import CLIP_SECONDS, SOURCE_SAMPLE_RATE, read_wav
 from asc_ray.data.tau import SPLITS, TauDataset
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
 
 FORMAT_VERSION = 1  # bump when the stored layout or the decoding/resampling changes
 BATCH = 256  # clips decoded + resampled at once: 256 x 44100 float32 = 45 MB, whatever the dataset size
@@ -48,6 +48,10 @@ COMPLETE = "COMPLETE"
 TMP_PREFIX = ".tmp-"
 PCM_SCALE = 32768.0
 NODE_CACHE_ENV = "ASC_RAY_CACHE_DIR"  # a node's own cache folder (cluster.yaml: its local NVMe)
+# what a unit says of its node's copy of a cache ({what}: COPIED, REUSED or "pre-flight's build")
+CACHE_LINE = "waveform cache {name}: {what}, {path}"
+COPIED = "copied to this node ({gb:.2f} GB in {s:.1f} s)"
+REUSED = "reused this node's copy"
 
 
 class WaveformStore:
@@ -247,15 +251,15 @@ class CacheRef:
         if local.resolve() == shared.resolve():  # one machine: the units read pre-flight's build
             store, what = WaveformStore(shared / self.name), "pre-flight's build"
         elif ((local / self.name) / COMPLETE).is_file():  # the usual case after the node's first unit
-            store, what = WaveformStore(local / self.name), "reused this node's copy"
+            store, what = WaveformStore(local / self.name), REUSED
         else:
             t = time.time()
             store, made = _publish(_mkdir(local), self.name, lambda tmp: _copy_cache(shared / self.name, tmp))
             size = (store.path / "waves.npy").stat().st_size / 1e9
-            what = f"copied to this node ({size:.2f} GB in {time.time() - t:.1f} s)"
-            what = what if made else "reused this node's copy"  # another unit copied it while this one waited
+            what = COPIED.format(gb=size, s=time.time() - t)
+            what = what if made else REUSED  # another unit copied it while this one waited
         if log:
-            log(f"waveform cache {self.name}: {what}, {store.path}")
+            log(CACHE_LINE.format(name=self.name, what=what, path=store.path))
         return store
 
 
@@ -264,7 +268,7 @@ def _copy_cache(src: Path, out: Path) -> None:
         raise AscRayError(
             "the waveform cache built in pre-flight is not on this node",
             path=src,
-            fix="run the same command again (pre-flight rebuilds it); on a cluster the output dir must be on "
+            fix=f"{AGAIN} (pre-flight rebuilds it); on a cluster the output dir must be on "
             "storage every node mounts at the same path",
         )
     need = (src / "waves.npy").stat().st_size

@@ -32,6 +32,16 @@ from asc_ray.errors import AscRayError, find_user_error
 from asc_ray.models import get_architecture
 from asc_ray.systems import epochs, get_system, unit_name
 
+# The scheduler's console lines (asc_ray.console.log stamps each "[asc-ray HH:MM:SS] "): what a person follows a
+# run by, and what the tests and the chaos harness read it by
+TO_RUN = "{todo} units to run, {reused} reused"
+CRITICAL_PATH = "critical path (estimated): {chain}"
+START = "start {unit}"
+FAILED = "FAILED {unit} after {took:.0f}s: {error}"
+DONE = "done {unit} in {took:.0f}s{what}"
+PROGRESS = "done {ran}/{total} units, running {running}, ETA {eta}"
+SKIPPED = "skipped {unit}: a unit it needs failed"
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -271,12 +281,12 @@ class Scheduler:
             )
         todo = [u for u, s in self.state.items() if s == "pending"]
         reused = len([u for u in self.selected if self.state[u] == "done"])
-        log(f"{len(todo)} units to run, {reused} reused")
+        log(TO_RUN.format(todo=len(todo), reused=reused))
         self.critical = critical_path(self.graph, todo, lambda u: work(u, self.cfg))
         self.rank = launch_rank(self.graph, todo, lambda u: work(u, self.cfg))
         if self.critical:
             chain = sorted(self.critical, key=lambda u: (u.split, self._depth(u), u.name, u.seed or 0))
-            log(f"critical path (estimated): {', '.join(map(str, chain))}")
+            log(CRITICAL_PATH.format(chain=", ".join(map(str, chain))))
         self.total = len(todo)
         self.t0 = time.time()
         cap = self.cfg.teachers.max_concurrent or 10**9
@@ -294,7 +304,7 @@ class Scheduler:
                 for u in batch:
                     self.state[u] = "running"
                     self.started[u] = time.time()
-                    log(f"start {u}")
+                    log(START.format(unit=u))
                 self.launch(batch, self._done_cb)
                 continue
             if not any(s == "running" for s in self.state.values()):
@@ -304,7 +314,7 @@ class Scheduler:
         for u, s in self.state.items():
             if s == "pending":
                 self.state[u] = "blocked"
-                log(f"skipped {u}: a unit it needs failed")
+                log(SKIPPED.format(unit=u))
         return self.records
 
     def _depth(self, u: Unit) -> int:
@@ -323,7 +333,7 @@ class Scheduler:
         if isinstance(outcome, BaseException):
             self.state[unit] = "failed"
             self.failures[unit] = outcome
-            log(f"FAILED {unit} after {took:.0f}s: {short_error(outcome)}")
+            log(FAILED.format(unit=unit, took=took, error=short_error(outcome)))
         else:
             self.state[unit] = "done"
             self.records[unit] = outcome
@@ -344,7 +354,7 @@ class Scheduler:
                     },
                 )
             )
-            log(f"done {unit} in {took:.0f}s{self.describe(unit, outcome)}")
+            log(DONE.format(unit=unit, took=took, what=self.describe(unit, outcome)))
         self._progress()
 
     def _progress(self) -> None:
@@ -352,7 +362,7 @@ class Scheduler:
         running = [u for u, s in self.state.items() if s == "running"]
         left = [u for u, s in self.state.items() if s in ("pending", "running")]
         eta = self._eta(left, running)
-        log(f"done {len(ran)}/{self.total} units, running {len(running)}, ETA {eta}")
+        log(PROGRESS.format(ran=len(ran), total=self.total, running=len(running), eta=eta))
 
     def _eta(self, left: list[Unit], running: list[Unit]) -> str:
         """Remaining work from finished units' measured durations (per unit of estimated work, by kind of

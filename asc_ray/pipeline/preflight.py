@@ -224,6 +224,9 @@ def check_cluster_storage(cfg, out: Path, tracker: Tracker) -> list[SharedFolder
     return shared
 
 
+NOT_ON_NODE = "PaSST checkpoint not usable on node {node}: {problem}"  # a node that lacks it, or a broken one
+
+
 def passt_checkpoint_here(load: bool = True) -> str:
     """The PaSST checkpoint on this node, found and (`load`) loaded into PaSST-S: its path, or one AscRayError
     that names the node."""
@@ -231,7 +234,7 @@ def passt_checkpoint_here(load: bool = True) -> str:
         return str(check_checkpoint() if load else find_checkpoint())
     except AscRayError as e:
         raise AscRayError(
-            f"PaSST checkpoint not usable on node {this_node()}: {e.problem}", path=e.path, fix=e.fix
+            NOT_ON_NODE.format(node=this_node(), problem=e.problem), path=e.path, fix=e.fix
         ) from None
 
 

@@ -154,7 +154,8 @@ def _unit_halfwidth(ds, labels, record_of: RecordOf, row: dict) -> float:
 def report_to_mlflow(
     tracker, parent_run_id: str, out: Path, rows: list[dict], teacher_rows: list[dict], record_of: RecordOf
 ) -> None:
-    """The parent run's figures and files, and every student as a registered model."""
+    """The parent run's figures and files, and every student as a registered model (AscRayError, after the
+    rest, when one is not)."""
     ensembles = [r for r in teacher_rows if r["system"] == "teachers"]
     seed = lambda r: "" if r.get("seed") is None else f".seed{r['seed']}"  # noqa: E731
     tracker.log_metrics(
@@ -169,7 +170,9 @@ def report_to_mlflow(
     )
     tracker.log_artifacts(parent_run_id, sorted((out / "plots").glob("*.png")), "plots")
     records = [record_of(Unit("train", r["system"], r["split"], r.get("seed"))) for r in rows]
-    if register_students(tracker, parent_run_id, records, out, log) and sqlite_path(tracker.uri):
+    folder_of = lambda r: unit_dir(out, "student", r["split"], r["system"], r.get("seed"))  # noqa: E731
+    # raises when one is not registered
+    if register_students(tracker, parent_run_id, records, folder_of, log) and sqlite_path(tracker.uri):
         where = (
             "--output-dir " + str(out)
             if sqlite_path(tracker.uri) == out / STORE_FILE

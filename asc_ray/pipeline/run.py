@@ -20,7 +20,7 @@ import ray
 from asc_ray.config import as_dict, config_hash, flatten
 from asc_ray.console import log
 from asc_ray.data.tau import TauDataset
-from asc_ray.errors import find_user_error
+from asc_ray.errors import AGAIN, find_user_error
 from asc_ray.io import atomic_write_json
 from asc_ray.lock import OutputLock
 from asc_ray.pipeline import students as st
@@ -40,6 +40,11 @@ from asc_ray.train import read_record, unit_dir
 from asc_ray.train.pretrain import WEIGHTS, corpus_dir, pretrain_dir, pretrained_models
 
 STAGES = ("teachers", "logits", "students", "evaluate")  # the stage jobs each run a part of the graph
+# the driver's console lines besides the scheduler's (asc_ray.pipeline.graph) and the watcher's
+RAY = "Ray: {cpus:g} CPUs, {gpus:g} GPUs; results and checkpoints in {storage}"
+WORKERS = "{unit}: {workers} workers, a batch of {batch} each ({why})"
+RESULTS = "results: {path}"
+SPOOL_SENT = "MLflow: {sent} call(s) spooled during an outage sent now"
 
 
 class Pipeline:
@@ -91,9 +96,7 @@ class Pipeline:
         atomic_write_json(self.out / "config.json", as_dict(self.cfg))
         self.use_gpu = detect_gpu(self.cfg)
         res = ray.cluster_resources()
-        log(
-            f"Ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; results and checkpoints in {ctx.storage}"
-        )
+        log(RAY.format(cpus=res.get("CPU", 0), gpus=res.get("GPU", 0), storage=ctx.storage))
 
     # ---------------------------------------------------------------------------------------- units
     def unit_dir(self, u: Unit) -> Path:
@@ -206,7 +209,7 @@ class Pipeline:
             idle = self.idle_at_launch.get(u, 0.0)
             job.batch_size = math.ceil(hparams(get_system(u.name), self.cfg).batch_size / workers)
             job.workers_why = f"critical path: {idle:g} {'GPU' if self.use_gpu else 'CPU'}s idle at launch"
-            log(f"{u}: {workers} workers, a batch of {job.batch_size} each ({job.workers_why})")
+            log(WORKERS.format(unit=u, workers=workers, batch=job.batch_size, why=job.workers_why))
         elif u.role == "teacher" and self.cfg.teachers.num_workers > 1:
             job.workers_why = "teachers.num_workers"
         self.watch.follow(str(u), self.unit_dir(u))  # a restarted worker gets a console line
@@ -310,7 +313,7 @@ class Pipeline:
                 self.ctx.shared,
                 self.use_gpu,
             )
-        log(f"results: {self.out / 'results.md'}")
+        log(RESULTS.format(path=self.out / "results.md"))
         print((self.out / "results.md").read_text(), flush=True)
         report_to_mlflow(self.ctx.tracker, self.parent_run_id, self.out, rows, teacher_rows, self.record)
         return self.out / "results.csv"
@@ -363,7 +366,7 @@ class Pipeline:
         """MLflow calls spooled during a server outage (by any worker): send them now."""
         sent, left = self.ctx.tracker.replay_spool()
         if sent:
-            log(f"MLflow: {sent} call(s) spooled during an outage sent now")
+            log(SPOOL_SENT.format(sent=sent))
         if left:
             log(
                 f"MLflow: {left} call(s) still spooled in {self.ctx.tracker.spool_dir} (server unreachable); "
@@ -379,5 +382,5 @@ def _raise_failures(failures: dict) -> None:
     names = ", ".join(map(str, failures))
     raise RuntimeError(
         f"{len(failures)} unit(s) failed: {names}. Finished work is kept; fix the cause "
-        f"(see the log above) and run the same command again to resume."
+        f"(see the log above) and {AGAIN} to resume."
     ) from next((e for e in failures.values() if isinstance(e, BaseException)), None)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 
 import ray
 from ray._private import ray_constants, worker
 
 from asc_ray.console import LEAVE_HOOKS, handle_sigterm
-from asc_ray.procs import children
+from asc_ray.procs import children, free_port
 
 # Workers' and actors' output (Ray Train's per-report dumps, its placement-group cleaner's warnings, per-epoch
 # lines) stays in Ray's log files (/tmp/ray/session_latest/logs): the console is asc-ray's unit lines. Errors
@@ -39,13 +38,6 @@ def quiet_ray_driver() -> None:
 
 
 _OWN_ADDRESS: list[str] = []  # the RAY_ADDRESS this process set for the local Ray it started
-
-
-def free_port() -> int:
-    """A free TCP port on loopback (for a local Ray's GCS; the makespan bench's simulated cluster)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pin_local_ray_address() -> str:

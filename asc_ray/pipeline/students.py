@@ -82,6 +82,11 @@ class TrialDone(tune.Callback):
             self.on_complete(job)
 
 
+# the line it says ({start}: FROM_CHECKPOINT or FROM_START)
+RETRY = "{unit}: trial failed ({cause}), retrying from {start} (failure {n}, students.max_failures={max})"
+FROM_CHECKPOINT, FROM_START = "its last checkpoint", "the start (no checkpoint yet)"
+
+
 class TrialRetried(tune.Callback):
     """One console line when Tune retries a failed trial (students.max_failures: a lost node, a killed
     worker), in place of Tune's traceback (turned off in runtime.quiet_ray_driver): a retry is no failure
@@ -99,11 +104,9 @@ class TrialRetried(tune.Callback):
                 cause = type(pickle.load(f)).__name__
         except Exception:  # noqa: BLE001 - the line only informs; Tune keeps the error in the trial's folder
             pass
-        start = "its last checkpoint" if trial.checkpoint is not None else "the start (no checkpoint yet)"
-        log(
-            f"{unit_name(job['system'], job['split'], job.get('seed'))}: trial failed ({cause}), retrying from {start} "
-            f"(failure {trial.num_failures}, students.max_failures={trial.max_failures})"
-        )
+        start = FROM_CHECKPOINT if trial.checkpoint is not None else FROM_START
+        unit = unit_name(job["system"], job["split"], job.get("seed"))
+        log(RETRY.format(unit=unit, cause=cause, start=start, n=trial.num_failures, max=trial.max_failures))
 
 
 def build_tuner(

@@ -19,6 +19,23 @@ from asc_ray.console import log
 # fault tests read it too)
 RANK_LINE = re.compile(r"\[(?P<unit>[^\]]+)\] rank 0 on node (?P<node>\w+) \(pid (?P<pid>\d+)\)")
 RESUMED = re.compile(r"\] (resumed from epoch (\d+)|no readable checkpoint left|epoch 1/)")
+# what it says
+NODE_LOST = (
+    "Ray node {address} ({node}) lost: what ran there retries on the other nodes from its last checkpoint "
+    "(teachers.max_failures, students.max_failures)"
+)
+WORKER_RESTARTED = (
+    "{unit}: its Ray Train worker died; Ray Train restarted it on node {node}, {where} "
+    "(failure {failure}, teachers.max_failures={max_failures})"
+)
+AGGREGATOR_RESTARTED = (
+    "the LogitAggregator's process ({pid}) died; Ray restarted it (pid {new_pid}) and retried its calls: its "
+    "tables and parts are on disk, nothing lost"
+)
+SPOOLING = (
+    "MLflow unreachable: {n} process(es) keep their calls in {spool_dir} and send them once the tracking "
+    "server answers (training goes on)"
+)
 
 
 class Watcher:
@@ -67,10 +84,7 @@ class Watcher:
         alive = {i: n.get("NodeManagerAddress", "?") for i, n in nodes.items() if n.get("Alive")}
         for node_id, address in (self._alive or {}).items():
             if node_id not in alive:
-                log(
-                    f"Ray node {address} ({node_id[:8]}) lost: what ran there retries on the other nodes from "
-                    "its last checkpoint (teachers.max_failures, students.max_failures)"
-                )
+                log(NODE_LOST.format(address=address, node=node_id[:8]))
         self._alive = alive
 
     def check_teachers(self) -> None:
@@ -94,19 +108,18 @@ class Watcher:
                 t["restarted"] = m["node"]
         elif t["restarted"] and (m := RESUMED.search(line)):
             where = f"resumed from epoch {m.group(2)}" if m.group(2) else "started again from epoch 0"
+            failure, node = t["workers"] - 1, t["restarted"][:8]
             log(
-                f"{unit}: its Ray Train worker died; Ray Train restarted it on node {t['restarted'][:8]}, "
-                f"{where} (failure {t['workers'] - 1}, teachers.max_failures={self.max_failures})"
+                WORKER_RESTARTED.format(
+                    unit=unit, node=node, where=where, failure=failure, max_failures=self.max_failures
+                )
             )
             t["restarted"] = None
 
     def check_aggregator(self) -> None:
         pid = ray.get(self.aggregator.pid.remote(), timeout=10)  # times out while Ray restarts it
         if self._aggregator_pid is not None and pid != self._aggregator_pid:
-            log(
-                f"the LogitAggregator's process ({self._aggregator_pid}) died; Ray restarted it (pid {pid}) and "
-                "retried its calls: its tables and parts are on disk, nothing lost"
-            )
+            log(AGGREGATOR_RESTARTED.format(pid=self._aggregator_pid, new_pid=pid))
         self._aggregator_pid = pid
 
     def _spooled(self) -> list[Path]:
@@ -119,8 +132,5 @@ class Watcher:
     def check_spool(self) -> None:
         files = [f for f in self._spooled() if f not in self._leftover]  # this run's processes only
         if files and not self._spooling:
-            log(
-                f"MLflow unreachable: {len(files)} process(es) keep their calls in {self.spool_dir} and send "
-                "them once the tracking server answers (training goes on)"
-            )
+            log(SPOOLING.format(n=len(files), spool_dir=self.spool_dir))
         self._spooling = bool(files)

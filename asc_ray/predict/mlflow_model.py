@@ -8,11 +8,12 @@
   torchaudio but not the asc-ray that trained it (and a later asc-ray cannot change what the model does).
   `mlflow.pyfunc.load_model("runs:/<id>/model")` and `mlflow models serve -m runs:/<id>/model
   --env-manager local` work on it.
-- `register_students(tracker, parent_run_id, results)` (after the evaluate stage): each student of the
-  pipeline run is a version of the registered model `asc-ray-<system>-split<N>` (test macro accuracy in the
-  version's description and tags). A version is keyed by the unit's key: a re-run that retrained nothing
-  adds none. It also leaves the MLflow UI opening on what a person came for (see `students_view`) and a
-  results table on the parent run that the UI renders.
+- `register_students(tracker, parent_run_id, results, folder_of)` (after the evaluate stage): each student of
+  the pipeline run is a version of the registered model `asc-ray-<system>-split<N>` (test macro accuracy in
+  the version's description and tags). A version is keyed by the unit's key: a re-run that retrained nothing
+  adds none, and registers what an earlier run could not (a student left out is an error, NOT_REGISTERED).
+  It also leaves the MLflow UI opening on what a person came for (see `students_view`) and a results table on
+  the parent run that the UI renders.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -35,9 +37,10 @@ try:  # the pyfunc base class; without mlflow this module still imports (the pre
 except ImportError:  # pragma: no cover
     PythonModel = object
 
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
 from asc_ray.mlflow_store import STORE_URIS, find_model
 from asc_ray.predict.classifier import UNIT_SPEC, Classifier, read_unit_spec
+from asc_ray.systems import unit_name
 
 ARTIFACT_PATH = "model"  # runs:/<run id>/model
 CHECKPOINT_PATH = "checkpoint"  # the fp32 model.pt beside it, as before
@@ -190,9 +193,10 @@ def _description(r: Mapping) -> str:
     )
 
 
-def register_student(client, result: Mapping, output_dir: str | Path | None = None):
+def register_student(client, result: Mapping, unit_dir: str | Path | None = None):
     """A version of asc-ray-<system>-split<N> for one student result (dict of result.json + key + run_id),
-    or the existing one when a version of the same unit key is there. Returns the ModelVersion or None."""
+    or the existing one when a version of the same unit key is there. Returns the ModelVersion or None.
+    `unit_dir`: the student's folder, to log its MLflow model from when its run has none."""
     run_id, key = result.get("run_id"), result.get("key")
     if not run_id or not key:
         return None
@@ -209,11 +213,11 @@ def register_student(client, result: Mapping, output_dir: str | Path | None = No
     for v in client.search_model_versions(f"name = '{name}'"):
         if v.tags.get("key") == key:
             return v  # the same trained model: no new version
-    if not _has_model(client, run_id) and output_dir is not None:
-        # trained before models were logged: log it now from the unit folder
-        unit = Path(output_dir) / "students" / f"split{result['split']}" / result["system"]
+    if not _has_model(client, run_id) and unit_dir is not None:
+        # its unit could not log it (trained before models were logged, or MLflow failed then): log it now
         with tempfile.TemporaryDirectory() as tmp:
-            client.log_artifacts(run_id, str(save_unit_model(unit, Path(tmp) / ARTIFACT_PATH)), ARTIFACT_PATH)
+            model = save_unit_model(unit_dir, Path(tmp) / ARTIFACT_PATH)
+            client.log_artifacts(run_id, str(model), ARTIFACT_PATH)
     acc = float(result["test_macro_acc"])
     tags = {
         "test_macro_acc": f"{acc:.4f}",
@@ -334,37 +338,64 @@ def share_students_view(client, experiment_id: str, parent_run_id: str, split: i
     return f"{base}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&viewStateShareKey={key}"
 
 
+# the error a run ends with when students it trained are not in the registry (a re-run registers them)
+NOT_REGISTERED = "{n} trained student(s) not in the MLflow model registry: {names}"
+REGISTER_TRIES = 3  # per student, a few seconds apart (a SQLite store locked by another writer, a blip)
+
+
+def _registered(fn: Callable[[], object]):  # fn(), tried REGISTER_TRIES times
+    for attempt in range(REGISTER_TRIES):
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - MLflow raises its own types; the last one is reported
+            if attempt == REGISTER_TRIES - 1:
+                raise
+            time.sleep(2.0 * (attempt + 1))
+
+
 def register_students(
     tracker,
     parent_run_id: str,
     results: Iterable[Mapping | None],
-    output_dir: str | Path | None = None,
+    folder_of: Callable[[Mapping], Path] | None = None,
     log=print,
 ) -> dict[str, str]:
     """After the evaluate stage: register every student of `results` (result records of units), log
     the results table to the parent run, and store one UI view per split. Returns {split: link}.
-    Tracking trouble is a warning: the results are on disk already."""
+    `folder_of(record)`: a student's unit folder (its MLflow model is logged from there when its run has none).
+    A student not registered after REGISTER_TRIES raises AscRayError (NOT_REGISTERED) once the others are done;
+    trouble with aliases, the results table or the UI views is a warning (the registry has every student)."""
     students = [r for r in results if r and r.get("role") == "student"]
     if tracker is None or not parent_run_id or not students:
         return {}
     client = tracker._client
     links: dict[str, str] = {}
-    try:
-        by_model: dict[str, list] = {}
-        for r in sorted(students, key=lambda r: (int(r["split"]), r["system"], r.get("seed") or 0)):
-            v = register_student(client, r, output_dir)
-            if v is not None:
-                by_model.setdefault(v.name, []).append(v)
-                seed = "" if r.get("seed") is None else f", seed {r['seed']}"
-                log(
-                    f"MLflow model: models:/{v.name}/{v.version} ({100 * float(r['test_macro_acc']):.2f} %{seed})"
-                )
-        for name, versions in by_model.items():
-            # one challenger per model and run: the seed best on validation (the first without a holdout)
-            best = max(versions, key=lambda v: (_val(v) if _val(v) == _val(v) else -1.0, -versions.index(v)))
+    by_model: dict[str, list] = {}
+    failed: dict[str, str] = {}  # the student's name -> why
+    for r in sorted(students, key=lambda r: (int(r["split"]), r["system"], r.get("seed") or 0)):
+        seed = "" if r.get("seed") is None else f", seed {r['seed']}"
+        name = unit_name(r["system"], r["split"], r.get("seed"))
+        try:
+            v = _registered(lambda r=r: register_student(client, r, folder_of(r) if folder_of else None))
+        except Exception as e:  # noqa: BLE001 - reported below, after the other students
+            failed[name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            log(f"MLflow model: {name} not registered ({failed[name]})")
+            continue
+        if v is not None:
+            by_model.setdefault(v.name, []).append(v)
             log(
-                f"MLflow model: models:/{name}@{CHALLENGER} = version {best.version}; {set_aliases(client, best)}"
+                f"MLflow model: models:/{v.name}/{v.version} ({100 * float(r['test_macro_acc']):.2f} %{seed})"
             )
+    for name, versions in by_model.items():
+        # one challenger per model and run: the seed best on validation (the first without a holdout)
+        best = max(versions, key=lambda v: (_val(v) if _val(v) == _val(v) else -1.0, -versions.index(v)))
+        try:
+            said = _registered(lambda best=best: set_aliases(client, best))
+        except Exception as e:  # noqa: BLE001 - the versions are registered; `asc-ray promote` sets an alias
+            warnings.warn(f"MLflow aliases of {name} at {tracker.uri} not set ({e})", stacklevel=2)
+            continue
+        log(f"MLflow model: models:/{name}@{CHALLENGER} = version {best.version}; {said}")
+    try:
         table = {
             c: [
                 r[c] if c in ("system", "split") else round(100 * float(r[c]), 2)
@@ -382,8 +413,15 @@ def register_students(
                 client, exp, parent_run_id, split, ui_base_url(tracker.uri)
             )
             log(f"MLflow UI, students of split {split}: {links[str(split)]}")
-    except Exception as e:  # noqa: BLE001 - tracking must never fail a finished pipeline
-        warnings.warn(f"MLflow model registry / UI views at {tracker.uri} failed ({e})", stacklevel=2)
+    except Exception as e:  # noqa: BLE001 - a table or a view: the registry is complete without them
+        warnings.warn(f"MLflow results table / UI views at {tracker.uri} failed ({e})", stacklevel=2)
+    if failed:
+        raise AscRayError(
+            NOT_REGISTERED.format(n=len(failed), names="; ".join(f"{k} ({v})" for k, v in failed.items())),
+            path=tracker.uri,
+            fix=f"every other output is written: once MLflow answers, {AGAIN} (it reuses "
+            "every unit and registers the students that are missing)",
+        )
     return links
 
 

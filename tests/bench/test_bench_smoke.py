@@ -223,7 +223,7 @@ def test_split_quality_scores_every_system_and_the_ensemble(synth_dataset, tmp_p
 
     out = run(
         "split_quality.py",
-        *("--data-dir", str(synth_dataset), "--split", "100", "--out", str(tmp_path)),
+        *("--data-dir", str(synth_dataset), "--split", "25", "--out", str(tmp_path)),  # 70 clips: a smoke
         *(
             "train.epochs=1",
             "teachers.systems=[bcbl32_fms,passt_dir]",
@@ -231,7 +231,7 @@ def test_split_quality_scores_every_system_and_the_ensemble(synth_dataset, tmp_p
         timeout=600,
     )
     summary = out.strip().splitlines()[-1]
-    assert summary.startswith("SUMMARY split100 ")
+    assert summary.startswith("SUMMARY split25 ")
     acc = json.loads(summary.split(": ", 1)[1])
     assert set(acc) == {
         "bcbl32_fms",
@@ -246,12 +246,12 @@ def test_split_quality_scores_every_system_and_the_ensemble(synth_dataset, tmp_p
     ds = TauDataset.open(synth_dataset)
     test = ds.test_files()
     mean = np.mean(
-        [np.load(tmp_path / "split100" / t / "test_logits.npy") for t in ("bcbl32_fms", "passt_dir")], 0
+        [np.load(tmp_path / "split25" / t / "test_logits.npy") for t in ("bcbl32_fms", "passt_dir")], 0
     )
     assert acc["teachers"] == round(
         100 * evaluate(mean, ds.labels(test), ds.devices(test)).metrics["macro_acc"], 1
     )
-    assert (tmp_path / "split100" / "tfs" / "result.json").is_file()
+    assert (tmp_path / "split25" / "tfs" / "result.json").is_file()
 
 
 @slow
@@ -405,7 +405,7 @@ def test_gpu_chain_times_each_unit_of_the_critical_path_on_the_cpu(synth_dataset
     is timed and the split-100 chain is extrapolated."""
     out = run(
         "gpu_chain.py",
-        *("--data-dir", synth_dataset, "--split", "100", "--epochs", "2", "--work-dir", tmp_path),
+        *("--data-dir", synth_dataset, "--split", "25", "--epochs", "2", "--work-dir", tmp_path),
         *("bcbl.batch_size=32", "train.num_threads=1"),
         timeout=800,
     )

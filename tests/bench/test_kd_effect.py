@@ -9,14 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from helpers.procs import ROOT
+from helpers.training import TINY
 
 from asc_ray.config import load_config
 from asc_ray.data.logits import write_logits_table
 from asc_ray.data.tau import SCENES, TauDataset
 from asc_ray.systems import get_system
 from asc_ray.train import train_seed
-from helpers.procs import ROOT
-from helpers.training import TINY
 
 sys.path.insert(0, str(ROOT / "bench"))
 import kd_effect  # noqa: E402

@@ -1,5 +1,5 @@
-"""MLflow as the cluster runs it, for real (slow): a private PostgreSQL (Debian's `postgresql`, installed when
-missing), `scripts/mlflow_server.sh` on it with MLflow's basic-auth app and --serve-artifacts (as cluster.yaml's
+"""MLflow as the cluster runs it, for real (slow): a private PostgreSQL (Debian's `postgresql`: .ci/run installs
+it; skipped, saying so, without it), `scripts/mlflow_server.sh` on it with MLflow's basic-auth app and --serve-artifacts (as cluster.yaml's
 head starts it), and the asc-ray user that script creates as the admin. Then:
 
 - a client without credentials (or with a wrong password) is refused, and `jobs/full_pipeline.py` without them
@@ -30,11 +30,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.console import said
 from helpers.procs import PY, ROOT, alive, cli_env, cmdline, free_port, pipeline_args, run_py
 from helpers.serving import env_with_venv_bin
 from helpers.wait import wait_for
 
-from asc_ray.procs import proc_stat
+from asc_ray.procs import pids, session
+from asc_ray.tracking import ANONYMOUS, REFUSED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -60,25 +62,12 @@ def _server_modules_missing() -> bool:
 
 @pytest.fixture(scope="module")
 def pg_bin() -> Path:
-    """PostgreSQL's programs and the server's Python packages, installed when missing (CI does: as root)."""
+    """PostgreSQL's programs and the server's Python packages (.ci/run installs Debian's postgresql; the dev
+    extras bring psycopg and Flask-WTF)."""
     if _pg_bindir() is None:
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.skip("needs PostgreSQL: `apt-get install -y postgresql` (as root), or initdb on PATH")
-        r = subprocess.run(
-            "apt-get update -qq && apt-get install -y -qq postgresql",
-            shell=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-        if r.returncode or _pg_bindir() is None:
-            pytest.skip(f"could not install Debian's postgresql: {(r.stdout + r.stderr)[-800:]}")
-    if _server_modules_missing():  # the dev extras have both; a venv made before they did may not
-        pins = ["-c", str(ROOT / "constraints.txt")]
-        r = run_py(["-m", "pip", "install", "-q", *pins, "psycopg[binary]", "mlflow[auth]"])
-        if r.returncode or _server_modules_missing():
-            pytest.skip(f"could not install psycopg / Flask-WTF into {PY}: {r.stderr[-800:]}")
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl: `apt-get install -y postgresql` (as .ci/run does)")
+    if _server_modules_missing():
+        pytest.skip(f"needs psycopg and Flask-WTF in {PY}: `pip install -e '.[dev]'` (the server extras)")
     return _pg_bindir()
 
 
@@ -132,18 +121,14 @@ def postgres(pg_bin, tmp_path_factory):
     assert not _processes_with(str(data)), "PostgreSQL still runs"
 
 
-def _pids() -> list[int]:
-    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and alive(int(d.name))]
-
-
 def _processes_with(needle: str) -> list[str]:
     """Command lines of the live processes that mention `needle`."""
-    return [c for pid in _pids() if needle in (c := cmdline(pid))]
+    return [c for pid in pids() if alive(pid) and needle in (c := cmdline(pid))]
 
 
 def _session(sid: int) -> list[str]:
-    """Command lines of the live processes of session `sid` (/proc/PID/stat field 6)."""
-    return [cmdline(pid) for pid in _pids() if proc_stat(pid)[3:4] == [str(sid)]]
+    """Command lines of the live processes of session `sid`."""
+    return [cmdline(pid) for pid in session(sid) if alive(pid)]
 
 
 # ------------------------------------------------------------------------------------------- the server
@@ -266,7 +251,7 @@ def test_pipeline_without_credentials_stops_in_preflight(server, synth_dataset, 
     )
     text = r.stdout + r.stderr
     assert r.returncode == 2, text[-3000:]
-    assert "refused a client without credentials (HTTP 401)" in text and "MLFLOW_TRACKING_USERNAME" in text
+    assert said(REFUSED.format(who=ANONYMOUS, status=401), text) and "MLFLOW_TRACKING_USERNAME" in text
     assert "Traceback" not in text
 
 

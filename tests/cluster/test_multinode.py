@@ -24,10 +24,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.console import said_all
 from helpers.procs import pipeline_args
 from helpers.wait import wait_for
 
 from asc_ray.data.logits import read_logits
+from asc_ray.pipeline.students import FROM_CHECKPOINT, RETRY
+from asc_ray.pipeline.watch import RANK_LINE
+from asc_ray.systems import unit_name
 from asc_ray.train.outputs import unit_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -36,9 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 SPLIT = 25
 TEACHERS = ["bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"]
 EPOCHS = 16  # long enough that two teachers overlap on the two nodes, however fast the machine
-ON_NODE = re.compile(
-    rf"\[(\w+) split{SPLIT}(?: seed\d+)?\] rank 0 on node ([0-9a-f]+)"
-)  # asc_ray/pipeline/unit.py
 EPOCH_DONE = re.compile(rf"\[(\w+) split{SPLIT}(?: seed\d+)?\] epoch (\d+)/\d+ ")  # asc_ray/train/trainer.py
 RESUMED = re.compile(rf"\[(\w+) split{SPLIT}(?: seed\d+)?\] resumed from epoch (\d+)")
 
@@ -58,6 +59,11 @@ def _unit_logs(out: Path, role: str = "teachers") -> str:
 
 def _lines(out: Path, pattern: re.Pattern, role: str = "teachers") -> list[tuple[str, ...]]:
     return pattern.findall(_unit_logs(out, role))
+
+
+def _on_node(text: str) -> list[tuple[str, str]]:
+    """(system, node) of each worker's rank line (asc_ray.pipeline.watch.RANK_LINE) in the text."""
+    return [(m["unit"].split()[0], m["node"]) for m in RANK_LINE.finditer(text)]
 
 
 def _driver(c, cmd: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
@@ -92,7 +98,7 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
         train at once on the two worker nodes (the controller collects reports every 2 s and then writes
         checkpoint_manager_snapshot.json; a checkpoint reported just before the loss may not count yet)."""
         placed: dict[str, str] = {}
-        for t, n in _lines(out, ON_NODE):
+        for t, n in _on_node(_unit_logs(out)):
             placed.setdefault(t, n)  # teacher -> node of its first worker
         epochs = {}
         for t, e in _lines(out, EPOCH_DONE):
@@ -137,9 +143,9 @@ def test_teachers_spread_over_nodes_and_survive_losing_one(cluster, synth_datase
     # the lost teacher was restarted on the surviving node and resumed from its checkpoint, not from zero
     units = _unit_logs(out)
     after = [ln for ln in units.splitlines() if ln not in set(before.splitlines())]
-    assert (victim, survivor) in ON_NODE.findall("\n".join(after)), units[-6000:]
+    assert (victim, survivor) in _on_node("\n".join(after)), units[-6000:]
     assert any(t == victim and int(e) >= 1 for t, e in RESUMED.findall("\n".join(after))), units[-6000:]
-    assert head_id not in {n for _, n in ON_NODE.findall(units)}
+    assert head_id not in {n for _, n in _on_node(units)}
 
     # every teacher's result records the node that finished it; all were worker nodes
     nodes = {
@@ -194,7 +200,7 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     def trained_epoch_2():
         """The node of the trial once it has trained epoch 2: Tune's function trainable reports synchronously
         (the trial goes on only after the driver took the report), so epoch 1's checkpoint is Tune's by then."""
-        placed = _lines(out, ON_NODE, "students")
+        placed = _on_node(_unit_logs(out, "students"))
         done = [int(e) for t, e in _lines(out, EPOCH_DONE, "students") if t == STUDENT]
         return placed[0][1] if placed and 2 <= max(done, default=0) <= STUDENT_EPOCHS - 2 else None
 
@@ -219,19 +225,16 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     assert rc == 0, text[-6000:]
     # the console says so in one line (asc_ray/pipeline/students.py TrialRetried), not with Tune's traceback:
     # the unit, why (the node's actor died), from its checkpoint
-    retry = [
-        ln
-        for ln in text.splitlines()
-        if f"{STUDENT} split{SPLIT} seed0: " in ln and "students.max_failures" in ln
-    ]
-    assert len(retry) == 1 and re.search(r"Actor(Unavailable|Died)Error", retry[0]), text[-6000:]
-    assert "checkpoint" in retry[0] and "no checkpoint" not in retry[0], retry
+    retry = said_all(RETRY, text, logged=True)
+    assert [m["unit"] for m in retry] == [unit_name(STUDENT, SPLIT, 0)], text[-6000:]
+    assert retry[0]["cause"] in ("ActorUnavailableError", "ActorDiedError"), retry[0].group(0)
+    assert retry[0]["start"] == FROM_CHECKPOINT, retry[0].group(0)
     assert not [ln for ln in text.splitlines() if ln.startswith("Traceback")], text[-6000:]
 
     # Tune retried the trial on the surviving node, and it resumed from its checkpoint, not from zero
     units = _unit_logs(out, "students")
     after = "\n".join(ln for ln in units.splitlines() if ln not in before)
-    assert (STUDENT, survivor) in ON_NODE.findall(after), units[-6000:]
+    assert (STUDENT, survivor) in _on_node(after), units[-6000:]
     assert any(t == STUDENT and int(e) >= 1 for t, e in RESUMED.findall(after)), units[-6000:]
 
     # the unit's result record: finished on the survivor

@@ -16,14 +16,17 @@ node B is a plain node and the two tests that need the hidden folder are skipped
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from helpers.cluster import local_cluster, unshare_available
+from helpers.console import said, said_all
 from helpers.procs import pipeline_args
+
+from asc_ray.data.cache import CACHE_LINE, COPIED, REUSED
+from asc_ray.pipeline.watch import RANK_LINE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -32,8 +35,6 @@ SPLIT = 25
 # every unit hears 44.1 kHz: one cache, and 3 units on 2 one-CPU nodes put two units on one node
 TEACHERS = ["bcbl32_fms", "bcbl32_dir"]
 STUDENT = "bcbl24"
-ON_NODE = re.compile(r"\] rank 0 on node ([0-9a-f]+)")  # asc_ray/pipeline/unit.py
-CACHE_LINE = re.compile(r"waveform cache (\S+): (copied to this node|reused this node's copy)")
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +110,13 @@ def test_each_node_copies_the_cache_once_and_its_units_reuse_it(cluster, tmp_pat
     by_node: dict[str, list[str]] = {}
     for log in units:
         text = log.read_text()
-        (node,) = set(ON_NODE.findall(text))
-        lines = CACHE_LINE.findall(text)
-        assert len(lines) == 1 and lines[0][0] == built[0], text
-        by_node.setdefault(node, []).append(lines[0][1])
+        (node,) = {m["node"] for m in RANK_LINE.finditer(text)}
+        lines = said_all(CACHE_LINE, text)
+        assert len(lines) == 1 and lines[0]["name"] == built[0], text
+        by_node.setdefault(node, []).append("copied" if said(COPIED, lines[0]["what"]) else lines[0]["what"])
     assert set(by_node) == set(node_dirs), "both worker nodes trained, the head (CPU: 0) nothing"
     for node, what in by_node.items():
-        assert sorted(what) == ["copied to this node"] + ["reused this node's copy"] * (len(what) - 1), what
+        assert sorted(what) == ["copied"] + [REUSED] * (len(what) - 1), what
         assert (node_dirs[node] / built[0] / "COMPLETE").is_file()  # the copy is in the node's own folder
     assert max(len(w) for w in by_node.values()) >= 2  # some node ran two units: the second reused the copy
 

@@ -4,10 +4,11 @@ import pickle
 import numpy as np
 import pytest
 from data_helpers import assert_user_error, write_tsv, write_wav
+from helpers.console import said
 
 import asc_ray.data.cache as cache_mod
 from asc_ray.data.audio import read_wav
-from asc_ray.data.cache import COMPLETE, WaveformStore, build_cache
+from asc_ray.data.cache import CACHE_LINE, COMPLETE, COPIED, REUSED, WaveformStore, build_cache
 from asc_ray.data.tau import TauDataset
 from asc_ray.errors import AscRayError
 
@@ -165,14 +166,14 @@ def test_a_node_copies_the_shared_cache_once_then_reuses_it(tiny_dataset, tmp_pa
     lines: list[str] = []
     with ThreadPoolExecutor(4) as pool:  # four units starting at once on one node
         stores = list(pool.map(lambda _: ref.open(log=lines.append), range(4)))
-    copied = [ln for ln in lines if "copied to this node" in ln]
+    copied = [ln for ln in lines if said(CACHE_LINE, ln) and said(COPIED, said(CACHE_LINE, ln)["what"])]
     assert len(copied) == 1 and len(lines) == 4, lines
     assert all(s.path == tmp_path / "node" / shared.path.name for s in stores)
     assert np.array_equal(stores[0].rows(range(len(files))), shared.rows(range(len(files))))
     assert [p.name for p in (tmp_path / "node").iterdir() if p.is_dir()] == [shared.path.name]  # no debris
     lines.clear()
     ref.open(log=lines.append)  # a later unit on the node
-    assert "reused this node's copy" in lines[0]
+    assert said(CACHE_LINE, lines[0])["what"] == REUSED
 
 
 def test_one_machine_reads_the_preflight_build_without_copying(tiny_dataset, tmp_path, monkeypatch):

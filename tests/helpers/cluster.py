@@ -25,27 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asc_ray.procs import free_port, session
 from helpers.wait import http_status, wait_for, wait_for_http
 
 VENV_BIN = Path(sys.executable).parent  # the venv that runs the tests: its `python` is the job's python
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getsid(int(p.name)) == sid:
-                    pids.append(int(p.name))
-    return pids
 
 
 def stop_session(proc: subprocess.Popen, timeout: float = 60) -> list[int]:
@@ -56,8 +39,8 @@ def stop_session(proc: subprocess.Popen, timeout: float = 60) -> list[int]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: not _session_pids(proc.pid), 20, "the node's processes to exit")
-    left = _session_pids(proc.pid)
+        wait_for(lambda: not session(proc.pid), 20, "the node's processes to exit")
+    left = session(proc.pid)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

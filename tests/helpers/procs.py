@@ -1,4 +1,5 @@
-"""Running the entry points as users run them, and looking at processes and sockets through /proc (Linux)."""
+"""Running the entry points as users run them, and the sockets a process listens on, from /proc (Linux); the
+processes themselves: asc_ray.procs."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import contextlib
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from asc_ray.procs import proc_stat
+from asc_ray.procs import cmdline, descendants, free_port
+from asc_ray.procs import running as alive
 from helpers.wait import wait_for
+
+__all__ = ["alive", "cmdline", "descendants", "free_port"]  # (asc_ray.procs's, for the tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -40,14 +43,26 @@ def run_py(args: list[str], env: dict | None = None, cwd: Path | None = None, ti
     return subprocess.run([PY, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+# the smoke profile's PaSST pretraining cut to seconds (3,200 clips for 20 epochs otherwise): every test pipeline
+# that trains a PaSST teacher runs it once
+TINY_PRETRAIN = (
+    "pretrain.classes=3",
+    "pretrain.clips_per_class=8",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=8",
+)
+
+
 def pipeline_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """`jobs/full_pipeline.py` on a data set and an output dir, as a user runs it (`run_py`'s args)."""
+    """`jobs/full_pipeline.py` on a data set and an output dir, as a user runs it (`run_py`'s args), with
+    TINY_PRETRAIN (`extra` may override it)."""
     return [
         str(ROOT / "jobs" / "full_pipeline.py"),
         "--data-dir",
         str(data),
         "--output-dir",
         str(out),
+        *TINY_PRETRAIN,
         *extra,
     ]
 
@@ -107,47 +122,7 @@ class Background:
             self.p.wait()
 
 
-# ------------------------------------------------------------------------------------------ processes
-def _ppid(pid: int) -> int | None:
-    f = proc_stat(pid)
-    return int(f[1]) if f else None
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (children, grandchildren, ...)."""
-    parent = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            pp = _ppid(int(d.name))
-            if pp is not None:
-                parent[int(d.name)] = pp
-    out, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - out
-        out |= frontier
-    return out
-
-
-def alive(pid: int) -> bool:
-    f = proc_stat(pid)
-    return bool(f) and f[0] != "Z"  # a zombie has exited
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-# -------------------------------------------------------------------------------------------- sockets
-def free_port() -> int:
-    """A local TCP port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+# ------------------------------------------------------------------------------------------- sockets
 def _socket_inodes(pid: int) -> set[str]:
     out = set()
     try:

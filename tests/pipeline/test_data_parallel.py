@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.procs import ROOT, cli_env, run_py
+from helpers.procs import ROOT, TINY_PRETRAIN, cli_env, run_py
 
 TEACHERS = ("passt_dir", "bcbl32_fms")
 # split 50: the smallest split of the tiny set with a validation holdout (rank 0 validates; splits 5-25 have none)
@@ -37,6 +37,7 @@ def test_two_workers_per_teacher_train_disjoint_shards_in_step(synth_dataset, tm
         "passt.size=small",
         "train.epochs=2",
         "train.select=val",  # rank 0 validates on the holdout (the smoke profile keeps the last epoch)
+        *TINY_PRETRAIN,
     ]
     out = tmp_path / "out"
     cmd = [str(ROOT / "jobs" / "teachers.py"), "--data-dir", str(synth_dataset)]

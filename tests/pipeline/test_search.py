@@ -4,10 +4,12 @@ import csv
 import re
 
 import pytest
+from helpers.console import said_all
 from helpers.procs import ROOT, cli_env, run_py
 
+from asc_ray.pipeline.graph import DONE
 from asc_ray.pipeline.students import search_grid
-from asc_ray.systems import get_system
+from asc_ray.systems import get_system, unit_name
 
 
 def test_grid_is_the_product_of_the_lists():
@@ -64,8 +66,10 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         r = run_py([str(ROOT / "jobs" / f"{job}.py"), *common], env, tmp_path, timeout=900)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         if job == "students":  # the console says which searched value won
-            done = [ln for ln in r.stdout.splitlines() if "] done bcbl24 split100 seed0 " in ln]
-            assert len(done) == 1 and "channels.bcbl24" in done[0], r.stdout[-3000:]
+            done = [
+                m for m in said_all(DONE, r.stdout, logged=True) if m["unit"] == unit_name("bcbl24", 100, 0)
+            ]
+            assert len(done) == 1 and "channels.bcbl24" in done[0]["what"], r.stdout[-3000:]
     trials = list((tmp_path / "o" / "ray_results").glob("students-*/student_trial_*"))
     assert len(trials) == 2
     # the chosen trial trained every epoch min_steps asked for (an epoch clock stopped it at bcbl.epochs + 1)

@@ -1,5 +1,5 @@
 """Students once per seed (students.seeds), the same seeds for every student; what each seed learns from; resume
-keys that a longer seed list keeps; results.md with means, standard deviations, per-seed values, intervals and
+keys that a longer seed list (or split list) keeps; results.md with means, standard deviations, per-seed values, intervals and
 the paired differences."""
 
 from __future__ import annotations
@@ -35,6 +35,21 @@ def test_a_longer_seed_list_keeps_every_key_it_had():
     one, three = keys([0]), keys([0, 1, 2])
     assert all(three[u] == key for u, key in one.items())  # seed 0's units (and the teachers) are reused
     assert len({v for u, v in three.items() if u.name == "no_kd"}) == 3  # each seed its own unit
+
+
+def test_more_splits_keep_every_key_the_others_had():
+    """What makes adding a split to a finished run (or running one split of it again) reuse every unit of the
+    others: a unit's key does not depend on which other splits the run has."""
+
+    def keys(splits):
+        cfg = load_config("smoke")
+        g = build_graph(SYSTEMS, splits, cfg.students.seeds)
+        k = Keys(g, cfg, {s: f"data of split {s}" for s in splits})
+        return {u: k[u] for u in g}
+
+    two, three = keys([10, 100]), keys([10, 50, 100])
+    assert two and all(three[u] == key for u, key in two.items())
+    assert len(three) == len(two) * 3 // 2  # split 50's units are new ones
 
 
 def test_a_student_seed_has_a_folder_of_its_own(tmp_path):

@@ -4,7 +4,9 @@ under a trial, is tests/cluster/test_multinode.py)."""
 import pickle
 from types import SimpleNamespace
 
-from asc_ray.pipeline.students import TrialRetried
+from helpers.console import said
+
+from asc_ray.pipeline.students import FROM_CHECKPOINT, FROM_START, RETRY, TrialRetried
 
 
 class ActorDiedError(Exception):
@@ -28,6 +30,11 @@ def test_a_retried_trial_is_one_line_naming_the_error_and_where_it_restarts(caps
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2  # one line per retry, no traceback
     # the unit, the error's type, where it restarts, the setting that bounds the retries
-    assert "bcbl24 split5" in out[0] and "ActorDiedError" in out[0] and "last checkpoint" in out[0]
-    assert "students.max_failures=2" in out[0]
-    assert "bcbl24 split5" in out[1] and "no checkpoint" in out[1] and "ActorDiedError" not in out[1]
+    first, second = said(RETRY, out[0], logged=True), said(RETRY, out[1], logged=True)
+    assert (first["unit"], first["cause"], first["start"], first["max"]) == (
+        "bcbl24 split5",
+        "ActorDiedError",
+        FROM_CHECKPOINT,
+        "2",
+    ), out[0]
+    assert (second["unit"], second["start"]) == ("bcbl24 split5", FROM_START) and second["cause"] == "error"

@@ -93,7 +93,7 @@ CLOCK = ("epoch_s", "samples_per_s", "end_time")  # how long an epoch took and w
 def test_a_unit_resumed_after_any_epoch_ends_bit_identical_to_one_never_stopped(
     make_trainer, synth_dataset, tmp_path, system
 ):
-    """What the chaos run (bench/chaos.py) holds a resumed unit to: training is seeded per unit and per epoch
+    """What the chaos run (tests/reliability/chaos) holds a resumed unit to: training is seeded per unit and per epoch
     (Trainer.epoch_generator) and the checkpoint holds the weights, BatchNorm statistics, optimizer, schedule
     and history, so a unit stopped after an epoch and resumed from its checkpoint ends with the same bits as
     one that never stopped (CPU, one thread): every weight, every figure but the clock. Systems: the roll,

@@ -1,5 +1,5 @@
 """The driver's one console line per fault that Ray gets over by itself (asc_ray.pipeline.watch), from the files
-a run writes (fast: no Ray). Node losses and aggregator restarts need a cluster: bench/chaos.py checks them."""
+a run writes (fast: no Ray). Node losses and aggregator restarts need a cluster: the chaos test checks them."""
 
 from __future__ import annotations
 

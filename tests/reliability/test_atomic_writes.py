@@ -9,9 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.console import said
 
 from asc_ray.data.logits import read_logits, write_logits_table
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
+from asc_ray.io import FULL, NEEDS
 
 FILES = [f"audio/airport-x-{i}-0-0-a.wav" for i in range(6)]
 
@@ -77,8 +79,10 @@ def test_a_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", dies_half_way)
-    text = _err(lambda: _table(p, {"t1": np.ones((6, 10))}), p, "no space left", "needs at least 104 bytes")
-    assert " free" in text and "run the same command again" in text
+    text = _err(
+        lambda: _table(p, {"t1": np.ones((6, 10))}), p, "no space left", NEEDS.format(size="104 bytes")
+    )
+    assert said(FULL, text)["free"] and AGAIN in text
     assert p.read_bytes() == before
     assert [q.name for q in tmp_path.iterdir()] == [p.name]  # and no half-written temp file left
     np.testing.assert_array_equal(read_logits(p, FILES).shape, (6, 10))

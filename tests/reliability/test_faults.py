@@ -1,8 +1,11 @@
 """Faults, for real (slow): a local Ray runtime, a SQLite MLflow store, `python jobs/full_pipeline.py` as a
-subprocess. Nothing finished is lost: a killed Ray Train worker resumes from its checkpoint; an interrupted
-driver (Ctrl-C, SIGTERM) exits promptly and the same command reuses every finished unit; the results do not
-depend on any of it (same data, config and seed -> identical logits tables and results). Local Ray listens on
-loopback only.
+subprocess. An interrupted driver (Ctrl-C, SIGTERM) exits promptly, leaves no process, and the same command
+reuses every finished unit; the results do not depend on any of it (an interrupted and resumed run, and `--fresh`
+on its output dir, give identical logits tables and results). Local Ray listens on loopback only.
+
+A killed Ray Train worker or Tune trial, a lost node, a killed driver and an MLflow outage are the chaos test's
+(tests/reliability/test_chaos.py, every kind in each schedule) and, resuming from a checkpoint on another node,
+tests/cluster/test_multinode.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.console import said, said_all
 from helpers.procs import (
     ROOT,
     Background,
@@ -30,7 +34,10 @@ from helpers.procs import (
 )
 from helpers.wait import wait_for
 
+from asc_ray.console import INTERRUPTED
+from asc_ray.pipeline.graph import START, TO_RUN
 from asc_ray.pipeline.watch import RANK_LINE
+from asc_ray.systems import unit_name
 from asc_ray.train.outputs import unit_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -48,6 +55,7 @@ ARGS = [
     f"teachers.systems=[{','.join(TEACHERS)}]",
     "students.systems=[kd_ensemble]",
 ]
+STUDENT = unit_name("kd_ensemble", 25, 0)
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -83,17 +91,6 @@ def assert_same_tables(a, b):
             assert a[k] == b[k], k
 
 
-def _teacher_logits_complete(out, data):
-    from asc_ray.data.logits import read_logits
-    from asc_ray.data.tau import TauDataset
-
-    files = TauDataset.open(data).split_files(25)
-    p = out / "logits" / "teachers_split25.parquet"
-    per = [read_logits(p, files, column=t) for t in TEACHERS]  # validates: every file, finite, 10 classes
-    np.testing.assert_allclose(read_logits(p, files), np.mean(per, axis=0), rtol=1e-5, atol=1e-6)
-    return per
-
-
 CKPT_LINE = re.compile(r"\] epoch (\d+)/\d+ .* checkpoint$", re.M)  # asc_ray.train.Trainer.fit
 
 
@@ -110,79 +107,9 @@ def _worker(out: Path, system: str, role: str = "teachers") -> tuple[int, int] |
     return (int(pids[-1]), int(epochs[-1])) if pids and epochs else None
 
 
-def _run(args, ref, env=None, timeout=900):
-    return run_py(args, env or cli_env(ref["uri"]), ref["cwd"], timeout)
-
-
-def _checkpointed_epoch(out: Path, system: str) -> int:
-    """The epoch of the latest checkpoint Ray Train has registered for this teacher (its own snapshot file)."""
-    best = 0
-    for snap in (out / "ray_results").glob(f"teacher-{system}-split25-*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snap.read_text()).get("latest_checkpoint_result") or {}
-        except (OSError, ValueError):
-            continue
-        best = max(best, int((latest.get("metrics") or {}).get("epoch", 0)))
-    return best
-
-
-# ------------------------------------------------------------------------------------------ reference
-@pytest.fixture(scope="module")
-def ref(synth_dataset, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("faults")
-    uri = f"sqlite:///{cwd}/mlflow.db"
-    out = cwd / "ref"
-    r = run_py(_cmd(synth_dataset, out), cli_env(uri), cwd, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return {
-        "data": synth_dataset,
-        "cwd": cwd,
-        "uri": uri,
-        "out": out,
-        "stdout": r.stdout,
-        "results": _results(out),
-        "tables": _tables(out),
-    }
-
-
-def test_seeds_are_logged_to_mlflow(ref):
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(tracking_uri=ref["uri"])
-    runs = c.search_runs([c.get_experiment_by_name("asc-ray").experiment_id], max_results=100)
-    parent = next(r for r in runs if r.data.tags.get("role") == "pipeline")
-    assert parent.data.params["seed"] == "0"
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {r.data.tags["system"] for r in kids} == {*TEACHERS, "kd_ensemble"}
-    for r in kids:
-        assert r.data.tags["seed"] == "0" and r.data.params["seed"] == "0", r.data.tags
-
-
-def _records(out: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in out.glob("*/split25/**/result.json")}  # students: per seed
-
-
-def test_rerun_of_a_finished_pipeline_reuses_everything(ref):
-    before = {p: p.read_bytes() for p in (ref["out"] / "logits").glob("*.parquet")}
-    records, runs = _records(ref["out"]), sorted((ref["out"] / "ray_results").iterdir())
-    r = _run(_cmd(ref["data"], ref["out"]), ref, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"\] 0 units to run, \d+ reused", r.stdout), r.stdout[-3000:]
-    assert "] start " not in r.stdout  # nothing trained
-    assert _records(ref["out"]) == records and len(records) == len(TEACHERS) + 1  # no unit finished again
-    assert sorted((ref["out"] / "ray_results").iterdir()) == runs  # no Ray Train / Tune run started
-    assert _results(ref["out"]) == ref["results"]
-    assert {p: p.read_bytes() for p in (ref["out"] / "logits").glob("*.parquet")} == before
-
-
-def test_fresh_recomputes_with_identical_results(ref):
-    """--fresh trains everything again from scratch: same data, config and seed on CPU -> the same numbers."""
-    r = _run(_cmd(ref["data"], ref["out"], "--fresh"), ref)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"\] \d+ units to run, 0 reused", r.stdout)
-    assert all(f"] start {t} split25" in r.stdout for t in [*TEACHERS, "kd_ensemble"])
-    assert _results(ref["out"]) == ref["results"]
-    assert_same_tables(_tables(ref["out"]), ref["tables"])
+def _started(text: str) -> list[str]:
+    """The units a driver's output says it started."""
+    return [m["unit"] for m in said_all(START, text, logged=True)]
 
 
 def _stopped_keeping_work(d: Background, code: int) -> None:
@@ -191,20 +118,22 @@ def _stopped_keeping_work(d: Background, code: int) -> None:
     rc = d.finish(120)  # promptly: a run that waited for its units would take many minutes more
     text = d.text()
     assert rc == code, text[-4000:]
-    assert "run the same command again" in text and "Traceback" not in text, text[-3000:]
+    how = "terminated (SIGTERM)" if code == 143 else "interrupted"
+    assert said(INTERRUPTED.format(how=how), text) and "Traceback" not in text, text[-3000:]
 
 
-def test_interrupted_driver_keeps_finished_work(ref, tmp_path):
+def test_an_interrupted_run_resumes_and_ends_as_a_fresh_one(synth_dataset, tmp_path):
     """Ctrl-C (to the whole process group) while teachers train, then SIGTERM (to the driver) while the student
-    trains; each exits promptly with a message, no traceback; the next run reuses what had finished and the
-    final results are those of the uninterrupted run."""
-    out = tmp_path / "out"
-    first = Background(_cmd(ref["data"], out), cli_env(ref["uri"]), ref["cwd"], tmp_path / "1.log")
+    trains; each exits promptly with a message, no traceback; the next run reuses what had finished. `--fresh` on
+    that output dir then trains every unit again from scratch: same data, config and seed on CPU -> the same
+    results and logits tables as the interrupted and resumed run."""
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    first = Background(_cmd(synth_dataset, out), cli_env(uri), tmp_path, tmp_path / "1.log")
     first.wait_for(lambda: any(_worker(out, t) for t in TEACHERS), what="a teacher's checkpointed epoch")
     first.signal_group(signal.SIGINT)
     _stopped_keeping_work(first, 130)
 
-    second = Background(_cmd(ref["data"], out), cli_env(ref["uri"]), ref["cwd"], tmp_path / "2.log")
+    second = Background(_cmd(synth_dataset, out), cli_env(uri), tmp_path, tmp_path / "2.log")
     second.wait_for(
         lambda: RANK_LINE.search(_unit_log(out, "students", "kd_ensemble")), what="the student's trial"
     )
@@ -212,36 +141,42 @@ def test_interrupted_driver_keeps_finished_work(ref, tmp_path):
     assert sorted(finished) == sorted(TEACHERS)  # the student starts once its teachers are done
     second.p.send_signal(signal.SIGTERM)
     _stopped_keeping_work(second, 143)
-    assert "SIGTERM" in second.text()
     assert (out / "logits" / "teachers_split25.parquet").is_file()
 
-    r = _run(_cmd(ref["data"], out), ref)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert all(f"] start {t} split25" not in r.stdout for t in TEACHERS)  # the finished teachers are reused
-    assert "] start kd_ensemble split25" in r.stdout
-    assert _results(out) == ref["results"]
-    assert_same_tables(_tables(out), ref["tables"])
+    r = run_py(_cmd(synth_dataset, out), cli_env(uri), tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    started, teachers = set(_started(r.stdout)), {unit_name(t, 25) for t in TEACHERS}
+    assert STUDENT in started and not started & teachers, started  # the finished teachers are reused
+    resumed, tables = _results(out), _tables(out)
+
+    fresh = run_py(_cmd(synth_dataset, out, "--fresh"), cli_env(uri), tmp_path, timeout=900)
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    to_run = said(TO_RUN, fresh.stdout, logged=True)
+    assert to_run and to_run["reused"] == "0", fresh.stdout[-3000:]
+    assert {*teachers, STUDENT} <= set(_started(fresh.stdout))  # every unit trains again
+    assert _results(out) == resumed
+    assert_same_tables(_tables(out), tables)
 
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(tracking_uri=ref["uri"])
+    c = MlflowClient(tracking_uri=uri)
     runs = c.search_runs(
         [c.get_experiment_by_name("asc-ray").experiment_id],
         filter_string=f"tags.output_dir = '{out.resolve()}' and tags.role = 'pipeline'",
     )
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED", "KILLED"]
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
 
 
-def test_ctrl_c_during_a_long_teacher_exits_at_once_and_leaves_no_process(ref, tmp_path):
+def test_ctrl_c_during_a_long_teacher_exits_at_once_and_leaves_no_process(synth_dataset, tmp_path):
     """Without care, the driver waits for every running teacher before it exits (hours in a real run).
     Also checks what listens while a teacher trains: Ray's servers on loopback only."""
     out = tmp_path / "out"
     d = Background(
         _cmd(
-            ref["data"], out, "bcbl.epochs=5000", "teachers.systems=[bcbl32_fms]"
-        ),  # hours: never finishes here
-        cli_env(ref["uri"]),
-        ref["cwd"],
+            synth_dataset, out, "bcbl.epochs=5000", "teachers.systems=[bcbl32_fms]"
+        ),  # hours: never ends here
+        cli_env(f"sqlite:///{tmp_path}/mlflow.db"),
+        tmp_path,
         tmp_path / "run.log",
     )
     pid, _ = d.wait_for(lambda: _worker(out, "bcbl32_fms"), what="a teacher's checkpointed epoch")
@@ -260,35 +195,7 @@ def test_ctrl_c_during_a_long_teacher_exits_at_once_and_leaves_no_process(ref, t
     assert not (out / "teachers" / "split25" / "bcbl32_fms" / "result.json").exists()
 
 
-def test_killed_train_worker_resumes_from_its_checkpoint(ref, tmp_path):
-    """SIGKILL to the real RayTrainWorker process of a teacher after Ray Train registered an epoch's
-    checkpoint: FailureConfig restarts it, it resumes from that epoch, and the pipeline ends with a complete
-    logits table."""
-    out = tmp_path / "out"
-    d = Background(
-        _cmd(ref["data"], out, "bcbl.epochs=12"), cli_env(ref["uri"]), ref["cwd"], tmp_path / "run.log"
-    )
-    pid, epoch = d.wait_for(
-        lambda: _checkpointed_epoch(out, "bcbl32_fms") >= 1 and _worker(out, "bcbl32_fms"),
-        what="a checkpoint Ray Train registered",
-    )
-    assert "RayTrainWorker" in cmdline(pid) and pid in descendants(d.pid), cmdline(pid)
-    os.kill(pid, signal.SIGKILL)
-    assert d.finish(900) == 0, d.text()[-4000:]
-    text = d.text()
-    assert not alive(pid)
-    unit_log = _unit_log(out, "teachers", "bcbl32_fms")
-    assert len(RANK_LINE.findall(unit_log)) >= 2, unit_log[-4000:]  # a new worker after the kill
-    resumed = [int(e) for e in re.findall(r"\[bcbl32_fms split25\] resumed from epoch (\d+)", unit_log)]
-    assert resumed and resumed[0] >= 1, unit_log[-4000:]
-    assert "done bcbl32_fms split25" in text and "FAILED" not in text
-    per = _teacher_logits_complete(out, ref["data"])
-    assert np.ptp(per[0] - per[1]) > 0
-    result = json.loads((out / "teachers" / "split25" / "bcbl32_fms" / "result.json").read_text())
-    assert result["selected_epoch"] >= 1 and np.isfinite(result["test_macro_acc"])
-
-
-def test_local_ray_listens_on_loopback_only(ref):
+def test_local_ray_listens_on_loopback_only(tmp_path):
     """init_ray() as the pipeline calls it, in a subprocess: every socket its Ray processes listen on."""
     code = (
         "import os, sys, json\n"
@@ -301,8 +208,8 @@ def test_local_ray_listens_on_loopback_only(ref):
         "print(json.dumps({'socks': socks, 'auth': os.environ.get('RAY_AUTH_MODE')}))\n"
         "ray.shutdown()\n"
     )
-    env = cli_env(ref["uri"], PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
-    r = _run(["-c", code], ref, env, timeout=180)
+    env = cli_env(f"sqlite:///{tmp_path}/mlflow.db", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    r = run_py(["-c", code], env, tmp_path, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     socks = got["socks"]

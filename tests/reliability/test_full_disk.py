@@ -10,8 +10,10 @@ import subprocess
 
 import pytest
 import torch
+from helpers.console import said
 
-from asc_ray.errors import AscRayError
+from asc_ray.errors import AGAIN, AscRayError
+from asc_ray.io import FULL, NEEDS
 from asc_ray.train import finish_unit
 
 
@@ -24,9 +26,10 @@ def trainer(make_trainer):
 def _assert_full_disk_error(e: AscRayError, out):
     """The file, the space it needed and what is free, and the fix: nothing lost, run it again."""
     text = str(e)
-    assert "needs at least" in text and " free" in text, text
+    m = said(FULL, e.problem)
+    assert m and said(NEEDS, m["need"]) and m["free"], text
     assert str(out) in e.path and e.path.endswith(".pt"), e.path
-    assert "run the same command again" in e.fix and "delete" not in e.fix
+    assert AGAIN in e.fix and "delete" not in e.fix
 
 
 class _Stop(Exception):

@@ -10,6 +10,8 @@ import textwrap
 
 from helpers.procs import ROOT, cli_env, sigint_default
 
+from asc_ray.errors import AGAIN
+
 SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
@@ -49,7 +51,7 @@ def _run(case):
 
 def _says_work_is_kept(stderr: str) -> bool:
     """One message, no traceback, and the fix: the same command resumes."""
-    return "Traceback" not in stderr and "run the same command again" in stderr
+    return "Traceback" not in stderr and AGAIN in stderr
 
 
 def test_an_interrupt_exits_130_even_when_another_exception_replaced_it():

@@ -10,11 +10,13 @@ import subprocess
 import time
 
 import pytest
+from helpers.console import said
 from helpers.procs import PY, cli_env, pipeline_args, run_py
 from helpers.wait import wait_for
 
 from asc_ray.errors import AscRayError
 from asc_ray.lock import LOCK_NAME, STALE_S, OutputLock
+from asc_ray.pipeline.run import RAY
 
 HOLD = (
     "import sys\nfrom asc_ray.lock import OutputLock\n"
@@ -122,7 +124,7 @@ def test_second_pipeline_on_a_held_output_dir_exits_at_once(synth_dataset, tmp_p
         msg = r.stderr[r.stderr.index("error: ") :]
         assert f"pid {holder.pid} on {socket.gethostname()}" in msg and str(out) in msg, msg  # who, where
         assert "--output-dir" in msg.split("fix: ", 1)[1], msg
-        assert "Ray: " not in r.stdout and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing ran
+        assert not said(RAY, r.stdout) and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing ran
     finally:
         holder.kill()
         holder.wait()

@@ -1,7 +1,7 @@
 """MLflow runs that survive kills and restarts (fast: a SQLite store, and a port nothing listens on): a unit's one
 run is found again whatever moment its process died at, each epoch is one entry of its history however often it
 is logged, a claimed spool file of a dead process is sent, a dead driver's parent run is found. The same with a
-real server that restarts: tests/reliability/test_mlflow_outage.py; all of it at once: bench/chaos.py."""
+real server that restarts: tests/reliability/test_mlflow_outage.py; all of it at once: tests/reliability/test_chaos.py."""
 
 from __future__ import annotations
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from helpers.console import said
 from helpers.procs import PY, ROOT, Background, cli_env, run_py
+
+from asc_ray.pipeline.run import RAY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -100,7 +103,7 @@ def test_two_pipelines_on_one_machine_both_finish(synth_dataset, tmp_path):
         cmd = [str(ROOT / "jobs" / "full_pipeline.py"), "--output-dir", str(tmp_path / name), *args]
         runs[name] = Background(cmd, env, tmp_path, tmp_path / f"{name}.log")
         # the next starts once this one's Ray is up
-        runs[name].wait_for(lambda r=runs[name]: "] Ray: " in r.text(), 300, f"run {name}'s Ray")
+        runs[name].wait_for(lambda r=runs[name]: said(RAY, r.text(), logged=True), 300, f"run {name}'s Ray")
         assert runs["a"].p.poll() is None  # the first still runs: the two Rays are up at once
     for name, r in runs.items():
         rc = r.finish(1200)

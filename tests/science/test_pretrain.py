@@ -17,7 +17,7 @@ from asc_ray.errors import AscRayError
 from asc_ray.models.passt import HEAD_KEYS
 from asc_ray.train.pretrain import RECORD, WEIGHTS, pretrain, pretrained_models
 
-TINY_PRETRAIN = [
+TINY_PRETRAIN_UNIT = [
     "pretrain.corpus=synthetic",
     "pretrain.classes=3",
     "pretrain.clips_per_class=10",
@@ -38,7 +38,7 @@ def _digest(root: Path) -> str:
 def pretrained(tmp_path_factory):
     """A tiny corpus and a PaSST pretrained on it for two epochs: (config, corpus, unit folder, record)."""
     root = tmp_path_factory.mktemp("pretrain")
-    cfg = load_config("smoke", None, TINY_PRETRAIN)
+    cfg = load_config("smoke", None, TINY_PRETRAIN_UNIT)
     rec = pretrain(cfg, root / "corpus", root / "unit", key="k1", log=lambda m: None)
     return cfg, root / "corpus", root / "unit", rec
 
@@ -93,7 +93,7 @@ def test_a_passt_teacher_starts_from_the_pretrained_weights_with_a_new_head(
     after the first epoch the weights are still near them (far nearer than a teacher from scratch)."""
     _, _, unit, _ = pretrained
     state = torch.load(unit / WEIGHTS, weights_only=True)
-    over = [*TINY_PRETRAIN, "passt.epochs=1", "passt.batch_size=16"]
+    over = [*TINY_PRETRAIN_UNIT, "passt.epochs=1", "passt.batch_size=16"]
     t = new_trainer(synth_dataset, tmp_path, "passt_fms", 100, over, init_weights=unit / WEIGHTS)
     scratch = new_trainer(synth_dataset, tmp_path, "passt_fms", 100, over, out=tmp_path / "scratch")
     start = t.model.state_dict()

@@ -19,6 +19,7 @@ from helpers.wait import wait_for_http
 
 from asc_ray.predict import load_classifier
 from asc_ray.predict.mlflow_model import CHALLENGER, CHAMPION, log_unit_model, register_students
+from asc_ray.procs import pids
 from asc_ray.tracking import Tracker, default_artifact_location
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -161,7 +162,7 @@ def test_mlflow_ui_serves_the_store_it_names_and_stops_with_the_command(registry
 def _serving(marker: str) -> list[int]:
     """Processes whose environment holds `marker`."""
     found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in pids():
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:

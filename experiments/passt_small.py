@@ -1,9 +1,9 @@
 """The smoke profile's small PaSST teachers: which configuration learns from a few hundred clips at the cost the
 old one had, chosen on a validation holdout carved from the training split, never on test.
 
-    python bench/passt_small.py --data-dir DEV --splits 100 --seeds 0,1 --candidates all
-    python bench/passt_small.py --data-dir DEV --splits 100,25 --seeds 0,1,2 --candidates old,current,cnn
-    python bench/passt_small.py --data-dir DEV --splits 100,25 --seeds 0,1,2 --candidates old,current --test
+    python experiments/passt_small.py --data-dir DEV --splits 100 --seeds 0,1 --candidates all
+    python experiments/passt_small.py --data-dir DEV --splits 100,25 --seeds 0,1,2 --candidates old,current,cnn
+    python experiments/passt_small.py --data-dir DEV --splits 100,25 --seeds 0,1,2 --candidates old,current --test
 
 Each candidate is a change to the smoke profile's PaSST teacher passt_fms as it was before the search (`old`:
 the architecture constants of asc_ray.models.passt, its `passt:` config section, or mixup); `current` is the
@@ -26,12 +26,14 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from _common import figure, footer, header
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the benches' figure lines
+from _common import figure, footer, header  # noqa: E402
 
 
 def epochs(n: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""What must hold after bench/chaos.py's faulted run, against its undisturbed run. Each check returns the
+"""What must hold after the chaos harness's faulted run, against its undisturbed run. Each check returns the
 problems it found (none: it holds).
 
 - every unit finished once: each unit of the undisturbed run has its record (and each table its file) with the
@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _chaos_faults import day_s
+from helpers.console import STAMP, head, pattern
+from reliability.chaos.faults import day_s
+
+from asc_ray.lock import STALE
+from asc_ray.pipeline.graph import DONE, FAILED, START, Unit
+from asc_ray.pipeline.run import SPOOL_SENT
+from asc_ray.pipeline.students import RETRY
+from asc_ray.pipeline.watch import AGGREGATOR_RESTARTED, NODE_LOST, SPOOLING, WORKER_RESTARTED
+from asc_ray.predict.mlflow_model import registered_name
+from asc_ray.systems import unit_name
 
 EPOCH_KEYS = ("train_loss", "lr", "epoch_s", "samples_per_s", "val_macro_acc")  # logged at every epoch
 TIMES = {"started", "fit_started", "finish_started", "finished", "run_id", "node_id", "files"}
@@ -36,15 +45,14 @@ def _records(out: Path) -> dict[str, dict]:
 
 
 def _label(rec: dict) -> str:
-    """The unit as the driver's lines name it (asc_ray.pipeline.graph.Unit)."""
-    seed = "" if rec.get("seed") is None else f" seed{rec['seed']}"
-    return f"{rec['system']} split{rec['split']}{seed}"
+    """The unit as the driver's lines name it."""
+    return unit_name(rec["system"], rec["split"], rec.get("seed"))
 
 
 def _table_label(path: Path) -> str:
+    """A logits table's unit as the driver's lines name it (asc_ray.pipeline.graph.Unit)."""
     m = re.fullmatch(r"(\w+?)(_seed(\d+))?_split(\d+)\.parquet", path.name)
-    seed = f" seed{m.group(3)}" if m.group(3) else ""
-    return f"{m.group(1)} logits split{m.group(4)}{seed}"
+    return str(Unit("table", m.group(1), int(m.group(4)), int(m.group(3)) if m.group(3) else None))
 
 
 # --------------------------------------------------------------------------------------------- units
@@ -63,17 +71,15 @@ def units_once(ref: Path, out: Path, driver_logs: list[str]) -> list[str]:
         _table_label(p) for p in (ref / "logits").glob("*.parquet")
     ]
     done_at: dict[str, int] = {}
+    done, start = pattern(DONE, logged=True), pattern(START, logged=True)
     for i, text in enumerate(driver_logs):
         for line in text.splitlines():
-            for label in labels:
-                if f"] done {label} in " in line:
-                    if label in done_at:
-                        problems.append(
-                            f"{label}: reported done twice (runs {done_at[label] + 1} and {i + 1})"
-                        )
-                    done_at[label] = i
-                elif line.endswith(f"] start {label}") and label in done_at:
-                    problems.append(f"{label}: started again (run {i + 1}) after it was done")
+            if (m := done.match(line)) and (label := m["unit"]) in labels:
+                if label in done_at:
+                    problems.append(f"{label}: reported done twice (runs {done_at[label] + 1} and {i + 1})")
+                done_at[label] = i
+            elif (m := start.match(line)) and m["unit"] in done_at:
+                problems.append(f"{m['unit']}: started again (run {i + 1}) after it was done")
     return problems
 
 
@@ -174,7 +180,7 @@ def mlflow_runs(uri: str, ref_uri: str, ref: Path, out: Path, epochs: dict[str, 
             if theirs and _values(c, run.info.run_id, key) != _values(rc, theirs, key):
                 problems.append(f"{unit}: {key} history differs from the undisturbed run's")
         if rec["role"] == "student":
-            versions = c.search_model_versions(f"name = 'asc-ray-{rec['system']}-split{rec['split']}'")
+            versions = c.search_model_versions(f"name = '{registered_name(rec['system'], rec['split'])}'")
             mine_v = [v for v in versions if v.tags.get("key") == rec["key"]]
             if len(mine_v) != 1 or mine_v[0].run_id != run.info.run_id:
                 problems.append(f"{unit}: {len(mine_v)} registered versions of its key (want 1, of its run)")
@@ -197,16 +203,26 @@ def _steps(steps: list[int]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- console
-SAYS = {  # what the driver's console shows for each kind of fault (a regex; {unit}: the unit's name)
-    "worker": r"{unit}: its Ray Train worker died|FAILED {unit} ",
-    "trial": r"{unit}: trial failed|FAILED {unit} ",
-    "aggregator": r"the LogitAggregator's process \(\d+\) died",
-    "raylet": r"Ray node \S+ \(\w+\) lost",
-    "driver": r"output dir lock of .* is stale",
+SAYS = {  # the lines the driver's console shows for each kind of fault (templates; {unit}: the unit's name)
+    "worker": (WORKER_RESTARTED, FAILED),
+    "trial": (RETRY, FAILED),
+    "aggregator": (AGGREGATOR_RESTARTED,),
+    "raylet": (NODE_LOST,),
+    "driver": (STALE,),
     # the live line, or the run's closing one (a driver started after the outage began may only see the calls
     # its units spooled once they are sent)
-    "mlflow": r"MLflow unreachable: |call\(s\) spooled during an outage sent now",
+    "mlflow": (SPOOLING, SPOOL_SENT),
 }
+
+
+def _says(kind: str, unit: str | None) -> list[re.Pattern]:
+    """What a fault's line looks like: its unit named where known (any unit else)."""
+    return [
+        re.compile(f"^{STAMP}{re.escape(head(t, unit=unit))}", re.M)
+        if unit and "{unit}" in t
+        else pattern(t, True)
+        for t in SAYS[kind]
+    ]
 
 
 # Ray declares a node dead after its health checks fail 5 times 3 s apart (Ray's defaults; 15-16 s measured
@@ -223,31 +239,31 @@ def console_says(faults, driver_logs: list[str], runs_of: list[int]) -> list[str
             continue
         # a victim that died before its rank line was written (a worker just restarted) has no known unit:
         # any unit's line then (the one it ran in may also have used up its max_failures: FAILED <unit>)
-        unit = re.escape(f.unit_name) if f.unit_name else r"\w[\w ]*?"
-        pattern = re.compile(SAYS[f.kind].format(unit=unit))
+        lines = _says(f.kind, f.unit_name)
+        said = lambda text, lines=lines: any(p.search(text) for p in lines)  # noqa: E731
         i = runs_of[f.n - 1]
         later = driver_logs[i + 1] if f.kind == "driver" and i + 1 < len(driver_logs) else driver_logs[i]
         text = later if f.kind == "driver" else _after(driver_logs[i], f.fired)
-        if f.kind == "mlflow" and not pattern.search(text) and not f.met_calls:
+        if f.kind == "mlflow" and not said(text) and not f.met_calls:
             f.notes.append("no call met the outage: nothing to say")
             continue
-        if f.kind == "raylet" and not pattern.search(text):
+        if f.kind == "raylet" and not said(text):
             fired = day_s(time.strftime("%H:%M:%S", time.localtime(f.fired)))
             left = (_last_stamp_s(driver_logs[i]) - fired) % 86400  # (past midnight too)
             if left < NODE_DEATH_S:
                 f.notes.append(f"the run ended {left} s after it, before Ray declares a node dead")
                 continue
-        if not pattern.search(text) and not (f.kind != "driver" and f.overtaken):
-            problems.append(f"fault {f.n} ({f.kind}): no console line /{pattern.pattern}/ after it")
+        if not said(text) and not (f.kind != "driver" and f.overtaken):
+            problems.append(f"fault {f.n} ({f.kind}): no console line {SAYS[f.kind]} after it")
     return problems
 
 
-STAMP = re.compile(r"^\[asc-ray (\d\d:\d\d:\d\d)\]", re.M)  # asc_ray.console.log's line prefix
+STAMPED = re.compile(r"^\[asc-ray (\d\d:\d\d:\d\d)\]", re.M)  # asc_ray.console.log's line prefix
 
 
 def _last_stamp_s(text: str) -> int:
     """The last [asc-ray HH:MM:SS] stamp of a driver log, in seconds of its day."""
-    stamps = STAMP.findall(text)
+    stamps = STAMPED.findall(text)
     return day_s(stamps[-1]) if stamps else 0
 
 
@@ -256,7 +272,7 @@ def _after(text: str, t: float) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(t - 1))
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        m = STAMP.match(line)
+        m = STAMPED.match(line)
         if m and m.group(1) >= stamp:
             return "\n".join(lines[i:])
     return ""

@@ -1,21 +1,22 @@
 """Chaos: the pipeline once undisturbed and once under a seeded schedule of faults, then what must hold.
 
-    python bench/chaos.py [--data-dir D] [--splits 25,100] [--seed 0] [--faults 8] [--work DIR] [--keep]
-                          [--reference DIR] [--max-runs 10] [key=value ...] [-- pipeline options ...]
+    python tests/reliability/chaos [--data-dir D] [--splits 25,100] [--seed 0] [--faults 8] [--work DIR]
+                          [--keep] [--reference DIR] [--max-runs 10] [key=value ...] [-- pipeline options ...]
 
 1. The undisturbed run: `python jobs/full_pipeline.py --profile smoke` as the README runs it (its own local Ray,
    a SQLite MLflow store). With --reference DIR it is kept there and reused by later calls with the same data,
    splits and overrides.
 2. The schedule: --faults faults, every kind at least once, drawn with --seed over the undisturbed run's points
-   of progress (bench/_chaos_faults.py): the same seed injects the same kinds at the same points.
+   of progress (faults.py): the same seed injects the same kinds at the same points.
 3. The faulted run: the same command as the job driver (RAY_ADDRESS) of a local Ray cluster (a head without
-   CPUs and two 1-CPU worker nodes, as tests/helpers/cluster.py starts one), logging to a real `mlflow server`
+   CPUs and two 1-CPU worker nodes: tests/helpers/cluster.py), logging to a real `mlflow server`
    (scripts/mlflow_server.sh on SQLite). Whenever the driver stops (killed, or a failure) the same command runs
    again, as a user would, up to --max-runs.
-4. The checks (bench/_chaos_checks.py); then neither run may have left a process behind.
+4. The checks (checks.py); then neither run may have left a process behind.
 
 Prints the schedule, one line per fault as it is injected (time, kind, victim, seed), each check's findings,
-and last `chaos_failures N`. Exit status 0 when everything held.
+and last `chaos_failures N`. Exit status 0 when everything held. tests/reliability/test_chaos.py runs it with one
+schedule per commit.
 """
 
 from __future__ import annotations
@@ -33,25 +34,31 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, figure, footer, header  # noqa: E402
+from helpers.procs import TINY_PRETRAIN
+from reliability.chaos import checks
+from reliability.chaos.env import ROOT, MlflowServer, Seen, raylet_pid
+from reliability.chaos.faults import TITLE, Fault, Progress, draw_schedule, kill, progress_map, wait_gone
 
-sys.path.insert(0, str(ROOT / "tests"))
-import _chaos_checks as checks  # noqa: E402
-from _chaos_env import MlflowServer, Seen, descendants, descendants_of, raylet_pid  # noqa: E402
-from _chaos_faults import TITLE, Fault, Progress, alive, cmdline, draw_schedule, kill, progress_map, wait_gone  # noqa: E402
+from asc_ray.procs import cmdline, descendants, running
 
 PY = sys.executable
 T0 = time.time()
+FAULT = "fault {n}/{total} (seed {seed}): {kind}: {victim} at {point}"  # one line per fault as it fires
+VERDICT = "verdict: {verdict} (seed {seed})"
+FAILURES = "chaos_failures {n}"  # the last line
 
 
 def say(msg: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')} +{time.time() - T0:6.1f}s] {msg}", flush=True)
 
 
+def figure(name: str, value: float, fmt: str = ".1f") -> None:
+    print(f"{name} {value:{fmt}}", flush=True)
+
+
 def pipeline_cmd(data: Path, out: Path, splits: str, overrides: list[str]) -> list[str]:
     return [PY, str(ROOT / "jobs" / "full_pipeline.py"), "--data-dir", str(data), "--output-dir", str(out),
-            "--profile", "smoke", "--splits", splits, *overrides]  # fmt: skip
+            "--profile", "smoke", "--splits", splits, *TINY_PRETRAIN, *overrides]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ the undisturbed run
@@ -167,7 +174,7 @@ class Chaos:
         with self.lock:
             nodes = [self.lc.cluster.head_node, *(w.handle for w in self.lc.workers)]
         raylets = {pid for pid in map(raylet_pid, nodes) if pid is not None}
-        return raylets | descendants_of(raylets)
+        return raylets | descendants(*raylets)
 
     def victim(self, f: Fault) -> int | None:
         """The process of kind f.kind that the fault's unit runs in, else any live one of that kind of ours."""
@@ -200,8 +207,12 @@ class Chaos:
             g.overtaken |= f.kind == "driver" and same_run
             # and one that came after this run's driver was killed (in the same poll): no driver to say it
             f.overtaken |= g.kind == "driver" and same_run
-        say(f"fault {f.n}/{len(self.faults)} (seed {self.args.seed}): {f.kind}: {what} at {f.point(self.units)}"
-            + (f" (re-armed: {'; '.join(f.notes)})" if f.notes else ""))  # fmt: skip
+        point = f.point(self.units) + (f" (re-armed: {'; '.join(f.notes)})" if f.notes else "")
+        say(
+            FAULT.format(
+                n=f.n, total=len(self.faults), seed=self.args.seed, kind=f.kind, victim=what, point=point
+            )
+        )
 
     def _worker(self, f: Fault) -> str | None:
         pid = self.victim(f)
@@ -217,7 +228,7 @@ class Chaos:
         unit = f.at[1] if f.at[0] == "epoch" else None
         node_id = self.progress.workers.get(unit, (None,))[0] if unit else None
         with self.lock:
-            workers = [w for w in self.lc.workers if alive(raylet_pid(w.handle) or -1)]
+            workers = [w for w in self.lc.workers if running(raylet_pid(w.handle) or -1)]
         if not workers:
             return self.rearm(f, "no worker node was up")
         node = next((w for w in workers if w.node_id == node_id), None)
@@ -314,7 +325,6 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    header("chaos")
     work = args.work or Path(tempfile.mkdtemp(prefix="asc_chaos_"))
     work.mkdir(parents=True, exist_ok=True)
     data = args.data_dir
@@ -331,7 +341,8 @@ def main(argv=None) -> int:
         units, done = progress_map(ref)
         faults = draw_schedule(args.seed, args.faults, units, done)
         say(
-            f"schedule seed {args.seed} (replay: python bench/chaos.py --seed {args.seed} ...): {len(faults)} faults"
+            f"schedule seed {args.seed} (replay: python tests/reliability/chaos --seed {args.seed} ...): "
+            f"{len(faults)} faults"
         )
         for f in faults:
             say(f"  {f.n}. {f.kind} at {f.point(units)}")
@@ -341,9 +352,8 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     for problem in failures:
         say(f"FAIL: {problem}")
-    say(f"verdict: {'PASS' if not failures else 'FAIL'} (seed {args.seed})")
-    footer()
-    figure("chaos_failures", len(failures), "d")
+    say(VERDICT.format(verdict="PASS" if not failures else "FAIL", seed=args.seed))
+    print(FAILURES.format(n=len(failures)), flush=True)
     return 0 if not failures else 1
 
 

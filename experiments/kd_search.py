@@ -2,7 +2,7 @@
 against no_kd at several student schedules (bcbl.epochs), paired seeds, scored on a holdout of each split that
 neither the teachers nor the students train on. Test clips are never read.
 
-    python bench/kd_search.py --data-dir D [--splits 50,100] [--seeds 0,1,2] [--epochs 12,24,48]
+    python experiments/kd_search.py --data-dir D [--splits 50,100] [--seeds 0,1,2] [--epochs 12,24,48]
                               [--output-dir O] [-- key=value overrides]
 
 It runs the teachers once with the holdout carved out (train.select=val, data.holdout_fraction=0.2), then trains
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the benches' figure lines
 from _common import ROOT, footer, header  # noqa: E402
 
 from asc_ray.config import load_config  # noqa: E402

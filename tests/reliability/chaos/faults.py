@@ -1,4 +1,4 @@
-"""The faults of bench/chaos.py: a seeded schedule over the pipeline's progress, and how each is injected.
+"""The faults of the chaos harness (tests/reliability/chaos): a seeded schedule over the pipeline's progress, and how each is injected.
 
 A fault fires at a point of progress, not at a wall-clock time, so that the same seed injects the same kinds at
 the same points however fast the machine is: "at epoch e of unit u" (the line `[u] epoch e/E` first appears in
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asc_ray.pipeline.watch import RANK_LINE
+from asc_ray.procs import running
 
 KINDS = ("worker", "trial", "aggregator", "raylet", "driver", "mlflow")
 TITLE = {"worker": "RayTrainWorker", "trial": "ImplicitFunc", "aggregator": "LogitAggregatorImpl"}
@@ -155,32 +156,6 @@ class Progress:
 
 
 # ------------------------------------------------------------------------------------------ processes
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def children_of(parents: set[int]) -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and ppid(int(p.name)) in parents]
-
-
 def kill(pid: int) -> bool:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -192,8 +167,8 @@ def kill(pid: int) -> bool:
 def wait_gone(pids, timeout: float) -> list[int]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        left = [p for p in pids if alive(p)]
+        left = [p for p in pids if running(p)]
         if not left:
             return []
         time.sleep(0.1)
-    return [p for p in pids if alive(p)]
+    return [p for p in pids if running(p)]

@@ -1,9 +1,8 @@
-"""The environment of bench/chaos.py's faulted run: the processes it saw (none may be left), this run's Ray
+"""The environment of the chaos harness's faulted run: the processes it saw (none may be left), this run's Ray
 cluster's processes, and the MLflow server it restarts."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -11,17 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-from _chaos_faults import alive, children_of, cmdline, kill, wait_gone
+from reliability.chaos.faults import kill, wait_gone
 
-ROOT = Path(__file__).resolve().parents[1]
+from asc_ray.procs import cmdline, free_port, pid_start, running, session
+
+ROOT = Path(__file__).resolve().parents[3]
 PY = sys.executable
-
-
-def start_time(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
 
 
 class Seen:
@@ -31,23 +25,15 @@ class Seen:
         self.procs: set[tuple[int, str]] = set()
 
     def add(self, pids) -> None:
-        self.procs |= {(p, start_time(p)) for p in pids if start_time(p)}
+        self.procs |= {(p, pid_start(p)) for p in pids if pid_start(p)}
 
     def left(self, timeout: float = 60) -> list[str]:
         end = time.monotonic() + timeout
         while True:
-            left = [(p, t) for p, t in self.procs if start_time(p) == t and alive(p)]
+            left = [(p, t) for p, t in self.procs if pid_start(p) == t and running(p)]
             if not left or time.monotonic() > end:
                 return [f"{p} {cmdline(p)[:100]}" for p, _ in left]
             time.sleep(0.5)
-
-
-def descendants(root: int) -> set[int]:
-    out, frontier = set(), {root}
-    while frontier:
-        frontier = set(children_of(frontier)) - out
-        out |= frontier
-    return out
 
 
 # --------------------------------------------------------------------------------------- the MLflow server
@@ -56,8 +42,6 @@ class MlflowServer:
     a restart kills the whole session (its workers too) and starts it again on the same store and port."""
 
     def __init__(self, root: Path, seen: Seen):
-        from helpers.procs import free_port
-
         self.root, self.seen = root, seen
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -80,13 +64,7 @@ class MlflowServer:
         self.up.set()
 
     def session(self) -> list[int]:
-        pids = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if self.p is not None and os.getsid(int(d.name)) == self.p.pid:
-                        pids.append(int(d.name))
-        return pids
+        return session(self.p.pid) if self.p is not None else []
 
     def kill(self) -> int:
         self.up.clear()
@@ -110,11 +88,3 @@ def raylet_pid(node) -> int | None:
         return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     except (KeyError, IndexError, AttributeError):
         return None
-
-
-def descendants_of(roots: set[int]) -> set[int]:
-    out, frontier = set(), set(roots)
-    while frontier:
-        frontier = set(children_of(frontier)) - out
-        out |= frontier
-    return out

@@ -1,7 +1,7 @@
 """What the pretraining unit gives a PaSST teacher, on validation only: each teacher fine-tuned from the pretrained
 weights against the same teacher from scratch, on a holdout of its split (train.select=val), never on test.
 
-    python bench/pretrain_effect.py --data-dir D --weights W [--splits 25,100] [--teachers passt_fms]
+    python experiments/pretrain_effect.py --data-dir D --weights W [--splits 25,100] [--teachers passt_fms]
                                     [--output-dir O] [-- key=value overrides]
 
 W is a pretraining unit's weights.pt (`python -m asc_ray.train.pretrain --out U --corpus C`, or a pipeline run's
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the benches' figure lines
 from _common import ROOT, footer, header  # noqa: E402
 
 from asc_ray.config import load_config  # noqa: E402
