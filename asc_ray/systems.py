@@ -142,12 +142,6 @@ def check_needs(names: list[str]) -> None:
             )
 
 
-def unit_name(system: str, split: int, seed: int | None = None) -> str:
-    """A trained unit's one name, in the console, unit.log, the timeline and MLflow: "tfs split25 seed0" (a
-    student: its seed, students.seeds), "bcbl32_fms split25" (a teacher)."""
-    return f"{system} split{split}" + ("" if seed is None else f" seed{seed}")
-
-
 def get_system(name: str) -> System:
     if name not in SYSTEMS:
         raise AscRayError(

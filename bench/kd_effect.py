@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, footer, header  # noqa: E402
 
 from asc_ray.data.tau import TauDataset  # noqa: E402
+from asc_ray.layout import Layout, UnitRef  # noqa: E402
 from asc_ray.pipeline.results import correct_on_test  # noqa: E402
 from asc_ray.stats import bootstrap  # noqa: E402
-from asc_ray.train import read_record, unit_dir  # noqa: E402
+from asc_ray.train import read_record  # noqa: E402
 
 SYSTEMS = ("no_kd", "kd_ensemble", "tfs", "baseline")
 COLUMNS = ("teachers", "no_kd", "kd_ensemble", "tfs (reference)", "tfs (report)", "baseline")
@@ -52,7 +53,7 @@ def run(data: Path, out: Path, args, mask: str, env: dict) -> None:
 
 def correct(ds: TauDataset, out: Path, system: str, split: int, seeds: list[int]) -> np.ndarray:
     """[seeds, test clips]: which clips each seed's model got right."""
-    recs = [read_record(unit_dir(out, "student", split, system, s)) for s in seeds]
+    recs = [read_record(Layout(out).unit_dir(UnitRef(system, split, s))) for s in seeds]
     return np.stack([correct_on_test(ds, r) for r in recs])
 
 

@@ -7,8 +7,7 @@ import argparse
 
 from asc_ray.config import add_config_arguments, config_from_args, split_list
 from asc_ray.data.tau import SPLITS
-
-STAGES = ("teachers", "logits", "students", "evaluate")  # the whole graph, then the results
+from asc_ray.layout import STAGES
 
 
 def parse(argv: list[str] | None, description: str, prog: str | None = None):

@@ -129,6 +129,21 @@ def init_ray() -> None:
         LEAVE_HOOKS.append(stop_own_ray_node)
 
 
+def unit_resources(cfg, role: str, use_gpu: bool, data_parallel: bool = False) -> dict[str, float]:
+    """What one process of a unit asks Ray for: a teacher's Train worker teachers.cpus/gpus_per_worker; a
+    student's Tune trial (or evaluation-set task) students.cpus/gpus_per_trial, a data-parallel student's Train
+    worker students.cpus_per_trial and a whole GPU (workers on fractions could share one GPU, not add GPUs);
+    each with its role's custom resources (teachers/students.resources)."""
+    t, s = cfg.teachers, cfg.students
+    if role == "teacher":
+        cpus, gpus, extra = t.cpus_per_worker, t.gpus_per_worker, t.resources
+    else:
+        cpus, gpus, extra = s.cpus_per_trial, 1.0 if data_parallel else s.gpus_per_trial, s.resources
+    resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
+    resources.update({k: float(v) for k, v in extra.items()})  # e.g. a node type's custom resource
+    return resources
+
+
 def detect_gpu(cfg) -> bool:
     v = cfg.use_gpu
     if v != "auto":

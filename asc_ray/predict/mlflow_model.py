@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover
     PythonModel = object
 
 from asc_ray.errors import AscRayError
+from asc_ray.layout import Layout, UnitFiles, UnitRef, registered_name
 from asc_ray.predict.classifier import UNIT_SPEC, Classifier, read_unit_spec
 
 ARTIFACT_PATH = "model"  # runs:/<run id>/model
@@ -57,10 +58,6 @@ def _quiet(logger: str):
         yield
     finally:
         lg.setLevel(level)
-
-
-def registered_name(system: str, split: int | str) -> str:
-    return f"asc-ray-{system}-split{split}"
 
 
 # ------------------------------------------------------------------------------------- the pyfunc model
@@ -119,7 +116,7 @@ def save_unit_model(unit_dir: str | Path, dest: str | Path) -> Path:
 
     unit_dir = Path(unit_dir)
     spec = read_unit_spec(unit_dir)
-    weights = unit_dir / "model_fp16.pt"
+    weights = UnitFiles(unit_dir).model_fp16
     if not weights.is_file():
         raise AscRayError(
             "no model_fp16.pt in the unit folder (only students are exported at fp16)",
@@ -156,11 +153,11 @@ def save_unit_model(unit_dir: str | Path, dest: str | Path) -> Path:
 def log_unit_model(tracker, run_id: str, unit_dir: str | Path) -> None:
     """Log a finished student's MLflow model (model/) and fp32 checkpoint (checkpoint/) to its run.
     Tracking trouble is a warning (the files stay in the unit folder), as for every other artifact."""
-    unit_dir = Path(unit_dir)
-    if not (unit_dir / "model_fp16.pt").is_file():  # a teacher: its weights as a plain file, as before
-        tracker.log_artifacts(run_id, [unit_dir / "model.pt"], ARTIFACT_PATH)
+    unit_dir, files = Path(unit_dir), UnitFiles(unit_dir)
+    if not files.model_fp16.is_file():  # a teacher: its weights as a plain file, as before
+        tracker.log_artifacts(run_id, [files.model], ARTIFACT_PATH)
         return
-    tracker.log_artifacts(run_id, [unit_dir / "model.pt"], CHECKPOINT_PATH)
+    tracker.log_artifacts(run_id, [files.model], CHECKPOINT_PATH)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             local = save_unit_model(unit_dir, Path(tmp) / ARTIFACT_PATH)
@@ -210,7 +207,7 @@ def register_student(client, result: Mapping, output_dir: str | Path | None = No
             return v  # the same trained model: no new version
     if not _has_model(client, run_id) and output_dir is not None:
         # trained before models were logged: log it now from the unit folder
-        unit = Path(output_dir) / "students" / f"split{result['split']}" / result["system"]
+        unit = Layout(output_dir).unit_dir(UnitRef(result["system"], result["split"], result.get("seed")))
         with tempfile.TemporaryDirectory() as tmp:
             client.log_artifacts(run_id, str(save_unit_model(unit, Path(tmp) / ARTIFACT_PATH)), ARTIFACT_PATH)
     acc = float(result["test_macro_acc"])
@@ -398,15 +395,16 @@ def load_classifier_from_mlflow(uri: str, device: str | None = None):
         raise AscRayError(
             f"cannot fetch the MLflow model: {str(e).splitlines()[0][:200]}",
             path=uri,
-            fix="check the URI (runs:/<run id>/model, models:/asc-ray-<system>-split<N>/<version>) and "
-            "MLFLOW_TRACKING_URI (the store the pipeline logged to)",
+            fix=f"check the URI (runs:/<run id>/model, models:/{registered_name('<system>', '<N>')}/<version>) "
+            "and MLFLOW_TRACKING_URI (the store the pipeline logged to)",
         ) from None
     spec_file, weights = local / "artifacts" / "unit.json", local / "artifacts" / "model_fp16.pt"
     if not spec_file.is_file() or not weights.is_file():
         raise AscRayError(
             "not an asc-ray MLflow model (no artifacts/unit.json + model_fp16.pt)",
             path=uri,
-            fix="pass the model/ of an asc-ray student run or a registered asc-ray-<system>-split<N> version",
+            fix="pass the model/ of an asc-ray student run or a registered "
+            f"{registered_name('<system>', '<N>')} version",
         )
     spec = json.loads(spec_file.read_text())
     return Classifier.from_weights(spec, weights, device)

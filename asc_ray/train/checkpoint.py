@@ -23,6 +23,7 @@ import torch
 
 from asc_ray.errors import AscRayError
 from asc_ray.io import explain_write_error
+from asc_ray.layout import BEST_FILE, STATE_FILE, UnitFiles
 
 STATE_KEYS = ("model", "opt", "sched", "epoch", "history", "best", "torch_rng")
 
@@ -102,8 +103,8 @@ class CheckpointDir:
 
     def __init__(self, out_dir: str | Path, unit_key: str | None, log: Callable[[str], None], tag: str):
         self.out_dir, self.unit_key, self.log, self.tag = Path(out_dir), unit_key, log, tag
-        self.final = self.out_dir / "checkpoint"
-        self.prev = self.out_dir / "checkpoint.prev"
+        files = UnitFiles(out_dir)
+        self.final, self.prev = files.checkpoint, files.checkpoint_prev
 
     def save(self, state: dict, best_weights: dict | None) -> Path:
         """checkpoint/ replaced atomically, the one before kept as checkpoint.prev/. `best_weights`: the
@@ -112,12 +113,12 @@ class CheckpointDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            save_or_explain(state, tmp / "checkpoint.pt")
-            best = self.final / "best.pt"
+            save_or_explain(state, tmp / STATE_FILE)
+            best = self.final / BEST_FILE
             if best_weights is not None or not best.is_file():
-                save_or_explain(best_weights if best_weights is not None else state["model"], tmp / "best.pt")
+                save_or_explain(best_weights if best_weights is not None else state["model"], tmp / BEST_FILE)
             else:
-                link_or_copy(best, tmp / "best.pt")
+                link_or_copy(best, tmp / BEST_FILE)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what this attempt took
             raise
@@ -146,10 +147,10 @@ class CheckpointDir:
         seen = None  # the epoch of the checkpoint handed over, when readable
         tried = bool(handed)  # something to resume from was there (else a fresh start says nothing)
         for i, cand in enumerate(candidates):
-            path, own = cand / "checkpoint.pt", i >= len(handed)
+            path, own = cand / STATE_FILE, i >= len(handed)
             if own and not path.is_file():
                 continue
-            if best is not None and _same_file(path, best[1] / "checkpoint.pt"):
+            if best is not None and _same_file(path, best[1] / STATE_FILE):
                 continue  # Ray's copy is a hard link of this unit's own file (asc_ray.pipeline.teachers)
             state = read_checkpoint(path, device)
             if isinstance(state, str):
@@ -167,16 +168,16 @@ class CheckpointDir:
                 self.log(f"[{self.tag}] no readable checkpoint left: training from scratch")
             return False
         state, cand, own = best
-        apply(state, cand / "checkpoint.pt")
+        apply(state, cand / STATE_FILE)
         if own and handed and seen is None:
             self.log(f"[{self.tag}] fell back to the previous good checkpoint {cand / 'checkpoint.pt'}")
         elif own:
             was = "none was handed over" if not handed else f"the one handed over is of epoch {seen}"
             self.log(f"[{self.tag}] resuming from this unit's own {cand / 'checkpoint.pt'} ({was})")
-        if cand.resolve() != self.final.resolve() and (cand / "best.pt").is_file():
+        if cand.resolve() != self.final.resolve() and (cand / BEST_FILE).is_file():
             self.final.mkdir(parents=True, exist_ok=True)
             # a new entry, never a write into the old file: it may be a hard link shared with Ray's copy
-            link_or_copy(cand / "best.pt", self.final / "best.pt")
+            link_or_copy(cand / BEST_FILE, self.final / BEST_FILE)
         self.log(f"[{self.tag}] resumed from epoch {state['epoch']}")
         return True
 

@@ -33,11 +33,12 @@ from asc_ray.data.dataset import HOST_KEYS, ClipBatches, to_device
 from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES
 from asc_ray.errors import AscRayError
 from asc_ray.features import build_frontend
+from asc_ray.layout import UnitFiles, UnitRef
 from asc_ray.losses import LOSSES
 from asc_ray.metrics import evaluate
 from asc_ray.models import build_model, get_architecture
 from asc_ray.predict import Classifier, unit_spec
-from asc_ray.systems import System, epochs, hparams, unit_name
+from asc_ray.systems import System, epochs, hparams
 from asc_ray.train.checkpoint import CheckpointDir, is_save_epoch
 from asc_ray.train.data import RunData, shard
 
@@ -79,6 +80,7 @@ def use_channels_last(system: System, cfg) -> bool:
 class Fitted:
     """A finished training: the selected model and how it ran (what finishing the unit needs)."""
 
+    name: str  # the unit's name (asc_ray.layout.UnitRef.name): its console lines
     weights: Path  # the selected model's weights (checkpoint/best.pt)
     selected_epoch: int  # 1-based
     val_macro_acc: float  # NaN when selected without a holdout
@@ -109,7 +111,7 @@ class Trainer:
         batch_size: int | None = None,
     ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
-        self.tag = unit_name(system.name, split, seed)  # on its console lines
+        self.tag = UnitRef(system.name, split, seed).name  # on its console lines
         self.out_dir = Path(out_dir)
         self.log = log if rank == 0 else (lambda _msg: None)
         self.rank, self.world_size = rank, world_size
@@ -400,7 +402,8 @@ class Trainer:
         if self.rank != 0:
             return None
         return Fitted(
-            weights=self.out_dir / "checkpoint" / "best.pt",
+            name=self.tag,
+            weights=UnitFiles(self.out_dir).best,
             selected_epoch=self.best["epoch"] + 1,
             val_macro_acc=self.best["val_macro_acc"],
             selected_on=select,

@@ -28,7 +28,7 @@ from helpers.procs import pipeline_args
 from helpers.wait import wait_for
 
 from asc_ray.data.logits import read_logits
-from asc_ray.train.outputs import unit_dir
+from asc_ray.layout import Layout, UnitRef
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -235,6 +235,6 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     assert any(t == STUDENT and int(e) >= 1 for t, e in RESUMED.findall(after)), units[-6000:]
 
     # the unit's result record: finished on the survivor
-    rec = json.loads((unit_dir(out, "student", SPLIT, STUDENT, 0) / "result.json").read_text())
+    rec = json.loads(Layout(out).unit(UnitRef(STUDENT, SPLIT, 0)).record.read_text())
     assert rec["node_id"] == survivor
     assert 0.0 <= rec["test_macro_acc"] <= 1.0

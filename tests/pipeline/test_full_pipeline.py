@@ -14,9 +14,9 @@ from helpers.procs import ROOT, cli_env, pipeline_args, run_py
 
 from asc_ray.data.logits import read_logits, table_metadata
 from asc_ray.data.tau import TauDataset
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.metrics import evaluate
 from asc_ray.systems import TEACHERS
-from asc_ray.train.outputs import unit_dir
 
 SPLITS = (10, 100)
 STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline", "no_kd")  # the smoke profile's five
@@ -130,7 +130,7 @@ def test_students_predict_the_evaluation_set_in_dcase_format(pipeline):
     for sp in SPLITS:
         for s in STUDENTS:
             files, labels, probs = read_dcase_output(
-                unit_dir(pipeline["out"], "student", sp, s, 0) / "eval_output.csv"
+                Layout(pipeline["out"]).unit(UnitRef(s, sp, 0)).eval_output
             )
             assert files == [n[len("audio/") :] for n in pipeline["eval_names"]]
             assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
@@ -292,7 +292,7 @@ def test_console_is_asc_rays_one_line_per_unit_start_and_finish(pipeline):
     progress = [ln for ln in ours if " units, running " in ln and "ETA" in ln]
     assert len(progress) == len(SPLITS) * (len(TEACHERS) + len(STUDENTS) + 2)
     # per-epoch lines are in each unit's own log
-    log = (unit_dir(pipeline["out"], "student", 100, "kd_ensemble", 0) / "unit.log").read_text()
+    log = Layout(pipeline["out"]).unit(UnitRef("kd_ensemble", 100, 0)).log.read_text()
     assert "[kd_ensemble split100 seed0] epoch 2/2" in log  # named as its rank line names it
 
 
@@ -314,7 +314,7 @@ def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(p
     # each student is reported when its own trial ends, not when the last trial of its Tuner does
     for s in STUDENTS:
         for sp in SPLITS:
-            rec = json.loads((unit_dir(pipeline["out"], "student", sp, s, 0) / "result.json").read_text())
+            rec = json.loads(Layout(pipeline["out"]).unit(UnitRef(s, sp, 0)).record.read_text())
             assert by[f"{s} split{sp} seed0"]["end"] - rec["finished"] < 60, (s, sp)
     assert (pipeline["out"] / "plots" / "timeline.png").stat().st_size > 5000
     c = MlflowClient(tracking_uri=f"sqlite:///{pipeline['cwd']}/mlflow.db")

@@ -9,7 +9,8 @@ import pytest
 
 from asc_ray.config import load_config
 from asc_ray.errors import AscRayError
-from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, select
+from asc_ray.layout import TableRef, UnitRef
+from asc_ray.pipeline.graph import Scheduler, build_graph, select
 from asc_ray.systems import STUDENTS, TEACHERS
 
 CFG = load_config("smoke")
@@ -21,12 +22,12 @@ def T(name, split):
     """A system on a split: a student at the graph's one default seed (0), a teacher at none."""
     from asc_ray.systems import SYSTEMS
 
-    return Unit("train", name, split, 0 if name not in SYSTEMS or SYSTEMS[name].role == "student" else None)
+    return UnitRef(name, split, 0 if name not in SYSTEMS or SYSTEMS[name].role == "student" else None)
 
 
 def Tab(source, split):
     """A logits table: the teachers' one per split, a student's per seed (the default seed 0)."""
-    return Unit("table", source, split, None if source == "teachers" else 0)
+    return TableRef(source, split, None if source == "teachers" else 0)
 
 
 def test_edges_come_from_what_each_system_needs():

@@ -30,8 +30,8 @@ from helpers.procs import (
 )
 from helpers.wait import wait_for
 
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.pipeline.watch import RANK_LINE
-from asc_ray.train.outputs import unit_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -98,7 +98,7 @@ CKPT_LINE = re.compile(r"\] epoch (\d+)/\d+ .* checkpoint$", re.M)  # asc_ray.tr
 
 
 def _unit_log(out: Path, role: str, system: str) -> str:
-    p = unit_dir(out, role[:-1], 25, system, 0 if role == "students" else None) / "unit.log"
+    p = Layout(out).unit(UnitRef(system, 25, 0 if role == "students" else None)).log
     return p.read_text(errors="replace") if p.is_file() else ""
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from asc_ray import models, systems
 from asc_ray.errors import AscRayError
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.models import ARCHITECTURES, Architecture
 from asc_ray.optim import adamw_cosine
 from asc_ray.predict import load_classifier
@@ -60,7 +61,7 @@ def test_a_registered_architecture_trains_through_the_training_entry_point(
         str(out),
     ]
     assert main([*argv, "--profile", "smoke", "--epochs", "1"]) == 0
-    unit = out / "split100" / "toy_fms"
+    unit = Layout(out).unit_dir(UnitRef("toy_fms", 100))
     rec = json.loads((unit / "result.json").read_text())
     assert rec["system"] == "toy_fms" and rec["role"] == "teacher" and rec["selected_epoch"] == 1
     assert 0.0 <= rec["test_macro_acc"] <= 1.0 and rec["params"] == sum(p.numel() for p in Toy().parameters())
