@@ -10,9 +10,9 @@ import socket
 import subprocess
 
 import ray
-from ray._private import ray_constants, worker
 
 from asc_ray.console import LEAVE_HOOKS, handle_sigterm
+from asc_ray.pipeline.ray_private import global_node, ray_constants
 from asc_ray.procs import children
 
 # Workers' and actors' output (Ray Train's per-report dumps, its placement-group cleaner's warnings, per-epoch
@@ -157,7 +157,7 @@ def stop_own_ray_node() -> None:
     trying to report its death to a GCS that died too. Stopping the raylet from here instead (SIGTERM, as
     `ray.shutdown()` does) races with Ray's core worker, which ends this process with status 1 when it sees the
     raylet go. So a detached shell waits for this process to be gone, then kills what the raylet had started."""
-    node = worker._global_node
+    node = global_node()
     raylets = [
         proc.pid
         for kind, proc in (node.live_processes() if node is not None else [])

@@ -20,11 +20,16 @@ import ray
 import ray.train
 import ray.train.torch
 import torch.distributed as dist
-from ray.train._internal.utils import get_address_and_port
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
 from asc_ray.layout import ray_run_name
+from asc_ray.pipeline.ray_private import (
+    DatasetsCallback,
+    PlacementGroupCleanerCallback,
+    TorchBackend,
+    get_address_and_port,
+    set_torch_distributed_env_vars,
+)
 from asc_ray.pipeline.runtime import own_local_ray, unit_resources
 from asc_ray.pipeline.unit import UnitJob, run_unit
 from asc_ray.train import link_tree
@@ -77,7 +82,7 @@ def teacher_worker(job: UnitJob) -> None:
 def _private_process_group(
     backend: str, world_rank: int, world_size: int, addr: str, port: int, timeout_s: int
 ) -> None:
-    _set_torch_distributed_env_vars()
+    set_torch_distributed_env_vars()
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
     timeout = datetime.timedelta(seconds=timeout_s)
     rank, world = world_rank, world_size
@@ -93,7 +98,7 @@ def _private_process_group(
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
-class _PrivateTorchBackend(_TorchBackend):
+class _PrivateTorchBackend(TorchBackend):
     def on_start(self, worker_group, backend_config) -> None:
         if len(worker_group) == 1:
             return  # one worker: no process group, no store, nothing listens
@@ -137,13 +142,6 @@ class TeacherTrainer(TorchTrainer):
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
-        try:
-            from ray.train.v2._internal.callbacks import DatasetsCallback
-            from ray.train.v2._internal.callbacks.placement_group_callback import (
-                PlacementGroupCleanerCallback,
-            )
-        except ImportError:
-            return callbacks
         idle = () if self.datasets else (DatasetsCallback,)
         if own_local_ray():
             idle += (PlacementGroupCleanerCallback,)
