@@ -74,8 +74,12 @@ def _spec_for_file(path: Path) -> dict:
         pass
     load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
     state = read_or_raise(path, load, "model file", OTHER_SYSTEM_FIX, "not a model file: {error}")
-    for name in ("baseline", "bcbl24"):  # the two student architectures (kd_ensemble/tfs are baseline's)
-        spec = unit_spec(SYSTEMS[name], load_config("full"))  # the report's widths
+    cfg = load_config("full")  # the report's widths
+    by_model = {}  # each student architecture, as its first student (kd_ensemble, tfs, baseline: one network)
+    for name in STUDENTS:
+        by_model.setdefault(SYSTEMS[name].model, SYSTEMS[name])
+    for system in by_model.values():
+        spec = unit_spec(system, cfg)
         model = build_from_spec(spec)
         if isinstance(state, dict) and all(
             k in state and tuple(v.shape) == tuple(state[k].shape) for k, v in model.state_dict().items()
