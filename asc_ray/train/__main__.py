@@ -20,7 +20,7 @@ from asc_ray.config import add_config_arguments, config_from_args
 from asc_ray.console import run_cli
 from asc_ray.data.tau import SPLITS
 from asc_ray.features import describe
-from asc_ray.layout import Layout, UnitFiles, UnitRef
+from asc_ray.layout import Layout, TableRef, UnitFiles, UnitRef
 from asc_ray.systems import SYSTEMS, get_system
 from asc_ray.train.data import prepare_data
 from asc_ray.train.outputs import finish_unit
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m asc_ray.train") -
     p.add_argument("--data-dir", help="TAU22 development set (meta.csv, audio/, split files)")
     p.add_argument(
         "--output-dir",
-        help="a run's output dir: the unit folder goes where the pipeline puts it "
-        "(OUTPUT_DIR/<teachers|students>/split<N>/<system>[/seed<S>])",
+        help="a run's output dir: the unit folder goes where the pipeline puts it (e.g. "
+        f"{Layout('OUTPUT_DIR').unit_dir(UnitRef('tfs', 100, 0))})",
     )
     p.add_argument(
         "--seed",
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m asc_ray.train") -
         "--logits",
         default=None,
         metavar="TABLE",
-        help="logits table kd_ensemble / tfs learn from (default: the pipeline's, <output-dir>/logits/"
-        "teachers_split<N>.parquet, kd_ensemble_seed<S>_split<N>.parquet)",
+        help="logits table kd_ensemble / tfs learn from (default: the one the pipeline writes for it, e.g. "
+        f"{Layout('OUTPUT_DIR').table(TableRef('kd_ensemble', 100, 0))} for tfs --seed 0)",
     )
     p.add_argument(
         "--fresh", action="store_true", help="train from scratch, replacing what an earlier run of it left"
