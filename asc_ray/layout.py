@@ -40,6 +40,10 @@ ROLES = {
 }
 
 
+def _n(x: int | None) -> int:
+    return -1 if x is None else x
+
+
 def _where(split: int | None, seed: int | None, sep: str = " ") -> str:
     return ("" if split is None else f"{sep}split{split}") + ("" if seed is None else f"{sep}seed{seed}")
 
@@ -86,7 +90,8 @@ class UnitRef:
 
     @property
     def sort_key(self) -> tuple:
-        return (self.split, self.kind, self.system, -1 if self.seed is None else self.seed)
+        """The graph's order: by split (a unit of no split first), kind, system, seed."""
+        return (_n(self.split), self.kind, self.system, _n(self.seed))
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ class TableRef:
 
     @property
     def sort_key(self) -> tuple:
-        return (self.split, self.kind, self.source, -1 if self.seed is None else self.seed)
+        return (_n(self.split), self.kind, self.source, _n(self.seed))
 
 
 # in a checkpoint folder (the unit's checkpoint/, checkpoint.prev/, Ray's copy): the state, the selected weights

@@ -214,7 +214,7 @@ class Scheduler:
         self.critical = critical_path(self.graph, todo, lambda u: work(u, self.cfg))
         self.rank = launch_rank(self.graph, todo, lambda u: work(u, self.cfg))
         if self.critical:
-            chain = sorted(self.critical, key=lambda u: (u.split, self._depth(u), *u.sort_key[2:]))
+            chain = sorted(self.critical, key=lambda u: (u.sort_key[0], self._depth(u), *u.sort_key[2:]))
             log(f"critical path (estimated): {', '.join(map(str, chain))}")
         self.total = len(todo)
         self.t0 = time.time()
