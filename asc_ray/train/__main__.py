@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m asc_ray.train") -
     if a.seed is not None and system.role != "student":
         p.error(f"--seed: {system.name} is a {system.role}; only students train once per seed")
     ref = unit_of(cfg, system.name, a.split, a.seed)
-    out = Layout(a.output_dir).unit_dir(ref)
-    out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, a.data_dir, a.output_dir, a.split, system, a.logits, seed=ref.seed)
+    out = Layout(a.output_dir).unit_dir(ref)  # made once the data is known good: bad input leaves no folder
+    out.mkdir(parents=True, exist_ok=True)
     print(
         f"[{ref}] {len(data.train_files)} train / {len(data.val_files)} validation / "
         f"{len(data.test_files)} test clips; input {describe(system.frontend)}; "

@@ -10,7 +10,7 @@ import pytest
 from helpers.procs import cli_env, pipeline_args, run_py
 
 from asc_ray.config import load_config
-from asc_ray.layout import TableRef, UnitRef
+from asc_ray.layout import Layout, TableRef, UnitRef
 from asc_ray.pipeline.graph import build_graph, critical_path, share_idle, work
 from asc_ray.systems import STUDENTS, TEACHERS
 
@@ -119,12 +119,11 @@ def test_critical_path_units_train_data_parallel_on_idle_cpus(synth_dataset, tmp
         assert [x["batch_size"] for x in ranks] == [batch // 2] * 2, name  # the recipe's batch, split
         assert not set(ranks[0]["files"]) & set(ranks[1]["files"]), name
         assert ranks[0]["parameters"] == ranks[1]["parameters"], name  # DDP: one model
-        folder = out / f"{role}s" / f"split{split}" / name
         rec = json.loads(
-            ((folder / "seed0") if role == "student" else folder).joinpath("result.json").read_text()
+            Layout(out).unit(UnitRef(name, split, 0 if role == "student" else None)).record.read_text()
         )
         assert rec["workers"] == 2 and rec["workers_why"].startswith("critical path: "), rec
-    base = json.loads((out / "students" / f"split{split}" / "baseline" / "seed0" / "result.json").read_text())
+    base = json.loads(Layout(out).unit(UnitRef("baseline", split, 0)).record.read_text())
     assert base["workers"] == 1 and base["workers_why"] == ""
     timeline = {e["label"]: e for e in json.loads((out / "timeline.json").read_text())}
     assert timeline[f"kd_ensemble split{split} seed0"]["workers"] == 2
