@@ -10,7 +10,8 @@ Each draws its random numbers from a CPU generator, step by step. With train.dev
 a whole epoch's numbers at once instead (`draw_epoch`: the same distributions, another random stream), copies
 them to the training device once, and applies the `*_drawn` forms: fixed shapes and no host round trip per
 step (a CUDA graph can hold them). Each eager function and its drawn form share the arithmetic (`roll_by`,
-`band_mask`, `_mix_band_stats`, `_fft_convolve`), so the same draws give the same output.
+`band_mask`, `_mix_band_stats`, `_fft_convolve`), so the same draws give the same output. The Trainer runs one
+chain of them (asc_ray.train.Trainer.prepare_inputs) with either source of draws: `Eager` or `Drawn`.
 """
 
 from __future__ import annotations
@@ -227,3 +228,48 @@ def freq_mixstyle_drawn(
 def mixup_drawn(x: Tensor, y: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     """mixup with its draws given (lam a 0-d tensor, perm [B])."""
     return lam * x + (1.0 - lam) * x[perm], lam * y + (1.0 - lam) * y[perm]
+
+
+# ------------------------------------------------------------------------------- the two sources of draws
+class Eager:
+    """Each augmentation draws its random numbers from `generator` as it runs (the eager path)."""
+
+    frontend = None  # the front-end's frequency masking draws from torch's global RNG
+
+    def __init__(self, generator: torch.Generator | None):
+        self.g = generator
+
+    def roll(self, wave: Tensor, max_shift: int) -> Tensor:
+        return roll(wave, max_shift, generator=self.g)
+
+    def dir(self, wave: Tensor, device_ids: Tensor, bank: Tensor, p: float, device_a: int) -> Tensor:
+        return dir_augment(wave, device_ids, bank, p=p, device_a=device_a, generator=self.g)
+
+    def fms(self, x: Tensor, p: float, alpha: float) -> Tensor:
+        return freq_mixstyle(x, p=p, alpha=alpha, generator=self.g)
+
+    def mixup(self, x: Tensor, y: Tensor, alpha: float):
+        """(mixed x, mixed y, lam, perm)"""
+        return mixup(x, y, alpha=alpha, generator=self.g)
+
+
+class Drawn:
+    """The same augmentations from one step's draws (step_draws of draw_epoch: train.device_augment): fixed
+    shapes, no host round trip."""
+
+    def __init__(self, draws: dict[str, Tensor]):
+        self.d = draws
+        self.frontend = draws  # the front-end's frequency mask: its mask_w / mask_s
+
+    def roll(self, wave: Tensor, max_shift: int) -> Tensor:
+        return roll_by(wave, self.d["roll"])
+
+    def dir(self, wave: Tensor, device_ids: Tensor, bank: Tensor, p: float, device_a: int) -> Tensor:
+        return dir_drawn(wave, device_ids, bank, self.d["dir_u"], self.d["dir_k"], p, device_a)
+
+    def fms(self, x: Tensor, p: float, alpha: float) -> Tensor:
+        return freq_mixstyle_drawn(x, self.d["fms_u"], self.d["fms_lam"], self.d["fms_perm"], p=p)
+
+    def mixup(self, x: Tensor, y: Tensor, alpha: float):
+        lam, perm = self.d["mix_lam"], self.d["mix_perm"]
+        return (*mixup_drawn(x, y, lam, perm), lam, perm)

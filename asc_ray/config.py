@@ -1,12 +1,14 @@
 """The config as typed data: a profile (configs/full.yaml, configs/smoke.yaml), an optional --config FILE and
-key=value overrides, merged in that order and checked against the schema below before any work starts.
+key=value overrides, merged in that order and checked against the schema (asc_ray.sections) before any work
+starts.
 
     cfg = load_config(profile="smoke", config_file=None, overrides=["bcbl.epochs=3"])
     cfg.bcbl.epochs  # -> 3
 
-configs/full.yaml holds every key with its value and a comment (the report's settings); the classes here hold
-each key's type. An unknown key or a value of the wrong type is an AscRayError naming the key, where it came
-from and the fix, so a typo is caught in the first second, not an hour into training.
+configs/full.yaml holds every key with its value and a comment (the report's settings); the schema holds each
+key's type, range and what it changes. An unknown key, a value of the wrong type or out of its range is an
+AscRayError naming the key, where it came from and the fix (every bad override in one error), so a typo is
+caught in the first second, not an hour into training.
 """
 
 from __future__ import annotations
@@ -18,40 +20,24 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
+from asc_ray import sections
 from asc_ray.console import log
 from asc_ray.data.tau import SPLITS
 from asc_ray.errors import AscRayError
 from asc_ray.io import read_yaml
-from asc_ray.models import ARCHITECTURES
-from asc_ray.schema import (
-    KD,
-    Augment,
-    Auto,
-    BaselineRecipe,
-    Channels,
-    Data,
-    FocusNet,
-    Int,
-    Mlflow,
-    PathOrNone,
-    Pretrain,
-    Section,
-    Students,
-    Teachers,
-    Train,
-    expected,
-)
-from asc_ray.systems import STUDENTS, TEACHERS, check_needs
+from asc_ray.schema import Section, expected
+from asc_ray.sections import PROFILES
+from asc_ray.systems import SYSTEMS, check_needs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_MISSING_FIX = "pass an existing YAML file to --config"
-PROFILES = ("full", "smoke")
 # Which profile a command uses when none is given, and why (the first line it prints)
 PROFILE_LINE = "profile {profile}: {why}"
 GIVEN = "given with --profile"
@@ -67,45 +53,18 @@ FULL_WITHOUT_GPU = (
     "warning: the full profile without a GPU: about {hours:,.0f} h ({days:,.0f} days) on this machine's {cores} "
     "CPU cores for the real TAU22 at the profile's epochs (docs/cluster.md); --profile smoke runs in minutes"
 )
-
-
-def _schema() -> type[Section]:
-    """The root schema: the sections above, and one per architecture section (asc_ray.models) after `channels`
-    (a new architecture brings its own section without a change here)."""
-    arch = {a.section: (a.settings, ...) for a in ARCHITECTURES.values()}
-    fields = {
-        "seed": (Int, ...),
-        "data": (Data, ...),
-        "teachers": (Teachers, ...),
-        "students": (Students, ...),
-        "channels": (Channels, ...),
-        **arch,
-        "pretrain": (Pretrain, ...),
-        "baseline": (BaselineRecipe, ...),
-        "augment": (Augment, ...),
-        "kd": (KD, ...),
-        "focusnet": (FocusNet, ...),
-        "train": (Train, ...),
-        "mlflow": (Mlflow, ...),
-        "use_gpu": (Auto, ...),
-        "storage_path": (PathOrNone, ...),
-        "profile": (Literal[PROFILES], "full"),  # set by load_config, not by a user
-    }
-    return create_model("Config", __base__=Section, **fields)
-
-
-Config = _schema()
 FREE_MAPS = {"students.search", "teachers.resources", "students.resources"}  # their keys are the user's own
 
 
 # --------------------------------------------------------------------------------------- errors, types
-def _field(model: type[BaseModel], loc: tuple) -> tuple[str, Any, type[BaseModel] | None]:
-    """(dotted key, the field's annotation, the model that holds it) of a pydantic error location."""
-    parts, annotation, holder = [], None, model
+def _field(model: type[BaseModel], loc: tuple) -> tuple[str, Any, type[BaseModel] | None, FieldInfo | None]:
+    """(dotted key, the field's annotation, the model that holds it, the field) of a pydantic error location."""
+    parts, annotation, holder, info = [], None, model, None
     for part in loc:
         if isinstance(part, str) and isinstance(model, type) and part in model.model_fields:
             parts.append(part)
-            holder, annotation = model, model.model_fields[part].annotation
+            holder, info = model, model.model_fields[part]
+            annotation = info.annotation
             model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         elif isinstance(part, str) and model is not None:
             parts.append(part)  # a key the model does not have
@@ -115,7 +74,7 @@ def _field(model: type[BaseModel], loc: tuple) -> tuple[str, Any, type[BaseModel
             if typing.get_origin(annotation) is dict and isinstance(part, str):
                 parts.append(part)
             break
-    return ".".join(parts), annotation, holder
+    return ".".join(parts), annotation, holder, info
 
 
 def _unknown(key: str, holder: type[BaseModel], source: str) -> AscRayError:
@@ -125,9 +84,24 @@ def _unknown(key: str, holder: type[BaseModel], source: str) -> AscRayError:
     )
 
 
-def _error(e: ValidationError, source: str) -> AscRayError:
-    err = e.errors()[0]
-    key, annotation, holder = _field(Config, err["loc"])
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}  # pydantic's
+DOCS = " (see docs/config.md)"
+
+
+def bad_value(err: dict, key: str, annotation: Any, info: FieldInfo | None, source: str) -> AscRayError:
+    """A value (pydantic's error `err` about it) of the wrong type, or out of the field's range."""
+    want = expected(annotation, info)
+    what = "is out of range" if err["type"] in RANGE_ERRORS else "has the wrong type"
+    got = f"{err.get('input')!r}" + (" in it" if typing.get_origin(annotation) is list else "")
+    return AscRayError(
+        f"config key '{key}' {what}: got {got}, expected {want}",
+        path=source,
+        fix=f"set {key} to {want}{DOCS}",
+    )
+
+
+def _one(err: dict, source: str) -> AscRayError:
+    key, annotation, holder, info = _field(sections.Config, err["loc"])
     if err["type"] == "extra_forbidden":
         return _unknown(key, holder, source)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -136,13 +110,23 @@ def _error(e: ValidationError, source: str) -> AscRayError:
             path=source,
             fix=f"write it as `{key}.<name>=value` or a nested YAML block",
         )
-    want = expected(annotation)
-    got = f"{err.get('input')!r}" + (" in it" if typing.get_origin(annotation) is list else "")
+    return bad_value(err, key, annotation, info, source)
+
+
+def combined(errors: list[AscRayError]) -> AscRayError:
+    """One error for several (a file's, or the overrides'): each problem where it came from, and each fix."""
+    if len(errors) == 1:
+        return errors[0]
+    fixes = dict.fromkeys(e.fix.removesuffix(DOCS) for e in errors)
     return AscRayError(
-        f"config key '{key}' has the wrong type: got {got}, expected {want}",
-        path=source,
-        fix=f"set {key} to {want} (see docs/config.md)",
+        "; ".join(f"{e.problem} ({e.path})" for e in errors),
+        path=None,
+        fix="; ".join(fixes) + (DOCS if any(e.fix.endswith(DOCS) for e in errors) else ""),
     )
+
+
+def _error(e: ValidationError, source: str) -> AscRayError:
+    return combined([_one(err, source) for err in e.errors()])
 
 
 # -------------------------------------------------------------------------------------------- loading
@@ -191,7 +175,7 @@ def _merge(base: dict, update: dict, prefix: str = "") -> dict:
 
 def _validate(data: dict, source: str):
     try:
-        return Config.model_validate(data)
+        return sections.Config.model_validate(data)
     except ValidationError as e:
         raise _error(e, source) from None
 
@@ -210,11 +194,20 @@ def load_config(
     if config_file:
         layers.append((_read_yaml(Path(config_file)), str(config_file)))
     layers += [(_override_to_dict(item), f"override {item}") for item in overrides or []]
+    refused = []  # every bad override at once, in one error
     for layer, source in layers:
         if "profile" in layer:  # the profile is chosen with --profile
-            raise _unknown("profile", Config, source)
-        data = _merge(data, layer)
-        _validate(data, source)
+            raise _unknown("profile", sections.Config, source)
+        try:
+            _validate(merged := _merge(data, layer), source)
+        except AscRayError as e:
+            if not source.startswith("override "):
+                raise
+            refused.append(e)
+            continue
+        data = merged
+    if refused:
+        raise combined(refused)
     cfg = _validate(data, "config")
     cfg.profile = profile
     _check_semantics(cfg)
@@ -222,8 +215,9 @@ def load_config(
 
 
 def _check_semantics(cfg) -> None:
-    """What a type cannot say: known systems that can be trained together, Ray resources, ranges, searches."""
-    for group, valid in (("teachers", TEACHERS), ("students", STUDENTS)):
+    """What a type or a range cannot say: known systems that can be trained together, Ray resources, searches."""
+    for group in ("teachers", "students"):
+        valid = [n for n, s in SYSTEMS.items() if s.role == group[:-1]]
         for name in getattr(cfg, group).systems:
             if name not in valid:
                 raise AscRayError(
@@ -251,22 +245,6 @@ def _check_semantics(cfg) -> None:
                     path="config",
                     fix=f"e.g. {group}.resources={{large_gpu: 1}}",
                 )
-    if cfg.train.epochs < 0:
-        raise AscRayError(
-            f"train.epochs must be >= 0, got {cfg.train.epochs}",
-            path="config",
-            fix="e.g. train.epochs=1 (every model trains one epoch); 0 = each family's own epochs",
-        )
-    if cfg.train.checkpoint_every < 1:
-        raise AscRayError(
-            f"train.checkpoint_every must be a whole number of epochs >= 1, got {cfg.train.checkpoint_every!r}",
-            path="config",
-            fix="e.g. train.checkpoint_every=5 (1 = a checkpoint every epoch)",
-        )
-    if not 0.0 < cfg.data.holdout_fraction < 0.5:
-        raise AscRayError(
-            "data.holdout_fraction must be in (0, 0.5)", path="config", fix="e.g. data.holdout_fraction=0.1"
-        )
     for key, values in cfg.students.search.items():
         section, _, name = key.partition(".")
         holder = getattr(cfg, section, None)
@@ -285,13 +263,9 @@ def _check_semantics(cfg) -> None:
         for v in values:
             try:
                 setattr(holder.model_copy(), name, v)
-            except ValidationError:
-                want = expected(type(holder).model_fields[name].annotation)
-                raise AscRayError(
-                    f"config key '{key}' has the wrong type: got {v!r}, expected {want}",
-                    path="students.search",
-                    fix=f"set {key} to {want} (see docs/config.md)",
-                ) from None
+            except ValidationError as e:
+                info = type(holder).model_fields[name]
+                raise bad_value(e.errors()[0], key, info.annotation, info, "students.search") from None
     if cfg.train.select == "last" and (cfg.students.search or cfg.students.num_samples > 1):
         raise AscRayError(
             "students.search / students.num_samples choose among trials on the validation holdout, but "

@@ -16,9 +16,15 @@ Otherwise all losses: per-sample sums over classes, mean over the batch. Targets
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from asc_ray.schema import Float, Section, trains
 
 # reference code's settings
 KD_LAMBDA = 0.98  # weight of the distillation term (label weight 0.02)
@@ -107,6 +113,22 @@ def soft_cross_entropy(student_logits: Tensor, target: Tensor) -> Tensor:
     return torch.sum(-target * F.log_softmax(student_logits, dim=-1), dim=-1).mean()
 
 
+class KdSettings(Section):
+    """Config section `kd:` (configs/full.yaml), eq. (1)."""
+
+    lam: Float = trains(ge=0, le=1)
+    temperature: Float = trains(gt=0)
+    kl_reduction: Literal["mean", "batchmean"] = trains()
+
+
+class FocusNetSettings(Section):
+    """Config section `focusnet:` (configs/full.yaml), eqs. (2)-(8)."""
+
+    alpha: Float = trains(ge=0)
+    beta: Float = trains(ge=0)
+    mask: Literal["report", "reference"] = trains()
+
+
 def _ce(z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
     return soft_cross_entropy(z, y)
 
@@ -121,6 +143,17 @@ def _focusnet(z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
     return focusnet_loss(z, zt, y, alpha=f.alpha, beta=f.beta, mask=f.mask)
 
 
-# System.loss -> loss(student logits, soft targets, teacher logits or None, config). A loss with settings reads
-# the config section of its own name (kd:, focusnet:), which is also what puts them in its systems' resume keys.
-LOSSES = {"ce": _ce, "kd": _kd, "focusnet": _focusnet}
+@dataclass(frozen=True)
+class Loss:
+    """A loss a system trains with (System.loss), one registry entry: (student logits, soft targets, teacher
+    logits or None, config) -> loss. A loss with settings reads the config section of its own name, which the
+    config schema takes from here and which puts them in its systems' resume keys."""
+
+    fn: Callable[[Tensor, Tensor, Tensor | None, object], Tensor]
+    settings: type[Section] | None = None  # its section's keys (kd:, focusnet:)
+
+    def __call__(self, z: Tensor, y: Tensor, zt: Tensor | None, cfg) -> Tensor:
+        return self.fn(z, y, zt, cfg)
+
+
+LOSSES = {"ce": Loss(_ce), "kd": Loss(_kd, KdSettings), "focusnet": Loss(_focusnet, FocusNetSettings)}

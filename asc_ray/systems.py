@@ -11,7 +11,10 @@ import math
 from dataclasses import dataclass
 
 from asc_ray.errors import AscRayError
-from asc_ray.models import get_architecture
+from asc_ray.losses import LOSSES
+from asc_ray.models import ARCHITECTURES, get_architecture
+from asc_ray.schema import TRAINS, effect, when
+from asc_ray.sections import field
 
 
 @dataclass(frozen=True)
@@ -43,37 +46,27 @@ class System:
         its own name for a student another system learns from (kd_ensemble), else None."""
         if self.role == "teacher":
             return "teachers"
-        return self.name if any(s.needs == self.name for s in _SYSTEMS) else None
+        return self.name if any(s.needs == self.name for s in SYSTEMS.values()) else None
 
     def reads(self, key: str) -> bool:
-        """Whether a dotted config key changes what this system trains into. It decides which keys go into the
-        system's resume key (asc_ray.pipeline.keys) and which searches apply to it. Keys that only change speed
-        or bookkeeping (train.num_threads, train.compile, train.channels_last, train.prefetch, resources,
-        critical-path workers, MLflow) are read by no system, so changing them never retrains a model: they move
-        float rounding no more than two eager runs on a GPU differ (cuDNN picks its kernels per run), or not at
-        all. train.amp (bf16 rounding throughout) and train.device_augment (another random stream, as another
-        seed would be) are read."""
-        section, _, name = key.partition(".")
-        if section == "augment":
-            return {
-                "mixup_alpha": self.mixup,
-                "fms_p": self.fms,
-                "fms_alpha": self.fms,
-                "dir_p": self.dir,
-                "freqm": True,  # every front-end masks
-            }.get(name, False)
-        if section == "train":
-            # which epoch is kept; how many epochs and steps are made; bf16 numerics; the augmentations' stream
-            return name in ("select", "eval_every", "amp", "epochs", "min_steps", "device_augment")
-        if section == "data":
-            return name == "holdout_fraction"
-        if section == "teachers":
-            return name == "bcbl_epochs" and self.role == "teacher" and self.family == "bcbl"
-        # its loss's section (kd, focusnet), its family's (bcbl, passt), and a section named after the system,
-        # which overrides its family's settings for it (the `baseline:` recipe)
-        if section in (self.loss, self.family, self.name):
-            return True
-        return {"seed": True, "channels": name == self.model}.get(section, False)
+        """Whether a dotted config key changes what this system trains into, as the key declares it where it is
+        defined (asc_ray.schema.trains): a key of its loss's section (kd, focusnet), its family's (bcbl, passt)
+        or the section named after it (the `baseline:` recipe), or of a section every system reads whose
+        `when` this system meets (augment.fms_p: the systems with Freq-MixStyle). It decides which keys go into
+        the system's resume key (asc_ray.pipeline.keys) and which searches apply to it."""
+        info = field(key)
+        if info is None or effect(info) != TRAINS:
+            return False
+        section = key.partition(".")[0]
+        if section in _owned_sections() and section not in (self.loss, self.family, self.name):
+            return False
+        return all(getattr(self, k) == v for k, v in when(info).items())
+
+
+def _owned_sections() -> set[str]:
+    """Sections only some systems read: a loss's, an architecture's, a system's own recipe; `pretrain` no system
+    reads (the pretraining unit's key holds it, and its teachers' keys that one)."""
+    return {*LOSSES, *(a.section for a in ARCHITECTURES.values()), *SYSTEMS, "pretrain"}
 
 
 _SYSTEMS = [
@@ -134,18 +127,12 @@ def check_needs(names: list[str]) -> None:
     for n in names:
         need = SYSTEMS[n].needs if n in SYSTEMS else None
         if need and need not in fed:
-            feeders = [s.name for s in _SYSTEMS if s.feeds == need]
+            feeders = [s.name for s in SYSTEMS.values() if s.feeds == need]
             raise AscRayError(
                 f"{n} learns from the logits of {need}, which no configured system writes",
                 path="config",
                 fix=f"add {' or '.join(feeders)} to the configured systems, or remove {n}",
             )
-
-
-def unit_name(system: str, split: int, seed: int | None = None) -> str:
-    """A trained unit's one name, in the console, unit.log, the timeline and MLflow: "tfs split25 seed0" (a
-    student: its seed, students.seeds), "bcbl32_fms split25" (a teacher)."""
-    return f"{system} split{split}" + ("" if seed is None else f" seed{seed}")
 
 
 def get_system(name: str) -> System:

@@ -105,8 +105,7 @@ def main() -> None:
         for e in range(1, epochs + 1):
             t.epoch = e
             save = is_save_epoch(e, epochs, every)
-            t.best = {"val_macro_acc": e / epochs, "epoch": e - 1}
-            t._note_best(save)
+            t.checkpoints.selection.offer(e - 1, e / epochs, t.model, save)
             if save:
                 # every new file is created while the older ones still exist (they are removed after), so
                 # the files not there before are the bytes written (an inode number may be reused later)

@@ -32,10 +32,11 @@ from _common import ROOT, footer, header  # noqa: E402
 
 from asc_ray.config import load_config  # noqa: E402
 from asc_ray.data.tau import TauDataset  # noqa: E402
+from asc_ray.layout import Layout, UnitRef  # noqa: E402
 from asc_ray.pipeline.results import correct_on_test  # noqa: E402
 from asc_ray.stats import interval, macro_accuracy  # noqa: E402
 from asc_ray.systems import get_system  # noqa: E402
-from asc_ray.train import Trainer, finish_unit, prepare_data, read_record, unit_dir  # noqa: E402
+from asc_ray.train import Trainer, finish_unit, prepare_data, read_record  # noqa: E402
 
 SYSTEMS = ("no_kd", "kd_ensemble", "tfs", "bcbl24", "baseline")
 CONTROL = "kd_ensemble (teachers of split {t})"
@@ -64,7 +65,7 @@ def extra_student(
     if clean:
         system = dataclasses.replace(system, fms=False, dir=False)
     name = f"teachers{teachers_split}" + ("_clean" if clean else "")
-    folder = unit_dir(out / "variants" / name, "student", split, system.name, seed)
+    folder = Layout(out / "variants" / name).unit_dir(UnitRef(system.name, split, seed))
     rec = read_record(folder)
     if rec is not None:
         return rec
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
     for split in splits:
         c = {
             s: np.stack(
-                [correct_on_test(ds, read_record(unit_dir(out, "student", split, s, k))) for k in seeds]
+                [correct_on_test(ds, read_record(Layout(out).unit_dir(UnitRef(s, split, k)))) for k in seeds]
             )
             for s in systems
         }

@@ -16,8 +16,9 @@ from _common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
 from asc_ray.cli.jobs import parse
 from asc_ray.console import run_cli
+from asc_ray.layout import STAGES
 from asc_ray.pipeline.graph import Scheduler, Unit
-from asc_ray.pipeline.run import STAGES, Pipeline
+from asc_ray.pipeline.run import Pipeline
 
 
 def stage(u: Unit, graph: dict[Unit, list[Unit]]) -> int:

@@ -119,7 +119,7 @@ RATES = {
 def model_of(u) -> str:
     from asc_ray.systems import get_system
 
-    s = get_system(u.name)
+    s = get_system(u.system)
     return "passt" if s.model == "passt" else "teacher" if s.role == "teacher" else "student"
 
 
@@ -127,7 +127,7 @@ def passes(u, cfg) -> float:
     """Clip passes of a unit: its split's clips x its epochs (the full profile keeps the whole split)."""
     from asc_ray.systems import epochs, get_system
 
-    return 0.0 if u.kind == "table" else SPLIT_CLIPS[u.split] * epochs(get_system(u.name), cfg)
+    return 0.0 if u.kind == "table" else SPLIT_CLIPS[u.split] * epochs(get_system(u.system), cfg)
 
 
 def rate(u, workers: int, sharing: int, rates: Rates) -> float:
@@ -136,7 +136,7 @@ def rate(u, workers: int, sharing: int, rates: Rates) -> float:
     from asc_ray.systems import get_system
 
     m = model_of(u)
-    slow = BCBL24 if get_system(u.name).model == "bcbl24" else 1.0
+    slow = BCBL24 if get_system(u.system).model == "bcbl24" else 1.0
     alone = {"student": rates.student * slow, "teacher": rates.teacher, "passt": rates.passt}[m]
     if m == "student" and workers == 1:
         return min(alone, 4 * rates.student_packed * slow / max(1, sharing))

@@ -38,11 +38,12 @@ def main() -> None:
 
     from asc_ray.config import load_config
     from asc_ray.data.synth import generate
+    from asc_ray.layout import Layout, UnitRef
     from asc_ray.pipeline.preflight import preflight
     from asc_ray.pipeline.runtime import init_ray
     from asc_ray.pipeline.teachers import build_trainer
     from asc_ray.pipeline.unit import UnitJob
-    from asc_ray.train import read_record, unit_dir
+    from asc_ray.train import read_record
 
     tmp = Path(tempfile.mkdtemp(prefix="asc_ray_bench_"))
     data = Path(a.data_dir) if a.data_dir else generate(tmp / "tau", clips_per_class=20, seed=0)
@@ -70,7 +71,7 @@ def main() -> None:
             cfg=cfg,
             data_dir=str(data),
             output_dir=str(out),
-            unit_dir=str(unit_dir(out, "teacher", 10, "bcbl32_fms")),
+            unit_dir=str(Layout(out).unit_dir(UnitRef("bcbl32_fms", 10))),
             caches=ctx.caches,  # the pre-flight build, as the pipeline hands it to its units
         )
         c0, t0 = busy_cpu_s(), time.time()

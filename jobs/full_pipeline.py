@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from asc_ray.cli.jobs import run_stages  # noqa: E402
 from asc_ray.console import run_cli  # noqa: E402
+from asc_ray.layout import STAGES  # noqa: E402
 
 if __name__ == "__main__":
-    run_cli(lambda: run_stages(None, ("teachers", "logits", "students", "evaluate"), __doc__.splitlines()[0]))
+    run_cli(lambda: run_stages(None, STAGES, __doc__.splitlines()[0]))

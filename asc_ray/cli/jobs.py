@@ -7,9 +7,8 @@ import argparse
 
 from asc_ray.config import add_config_arguments, config_from_args, split_list
 from asc_ray.data.tau import SPLITS
+from asc_ray.layout import STAGES
 from asc_ray.pipeline.inputs import check_inputs
-
-STAGES = ("teachers", "logits", "students", "evaluate")  # the whole graph, then the results
 
 
 def parse(argv: list[str] | None, description: str, prog: str | None = None):

@@ -1,8 +1,10 @@
 """Logits tables in Parquet, keyed by filename (never by row number).
 
-One table per split and source, under <output-dir>/logits/:
-  teachers_split{N}.parquet     filename, scene_label, device, one list<float32>[10] column per teacher, logits (= mean)
-  kd_ensemble_split{N}.parquet  the same with the kd_ensemble student's logits (the "teacher" of tfs)
+One table per split and source, under <output-dir>/logits/ (asc_ray.layout names them):
+  teachers_split{N}.parquet              filename, scene_label, device, one list<float32>[10] column per teacher,
+                                         logits (= mean)
+  kd_ensemble_seed{S}_split{N}.parquet   the same with the logits of kd_ensemble's seed S (the "teacher" of tfs's
+                                         seed S)
 Schema metadata (asc_ray.*) names the runs that produced each column and the config/data key.
 Readers check that a table covers exactly the requested files with finite values of the right width.
 """
@@ -20,10 +22,6 @@ import pyarrow.parquet as pq
 from asc_ray.data.tau import N_CLASSES
 from asc_ray.errors import AscRayError
 from asc_ray.io import atomic_write, read_or_raise
-
-
-def table_path(logits_dir: str | Path, source: str, split: int) -> Path:
-    return Path(logits_dir) / f"{source}_split{split}.parquet"
 
 
 def write_logits_table(

@@ -9,18 +9,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from asc_ray.schema import Float, Int, Section
+from asc_ray.schema import Float, Int, Section, trains
 
 
 class BcblSettings(Section):
     """Config section `bcbl:` (configs/full.yaml): how the N-BCBL models train."""
 
-    epochs: Int
-    batch_size: Int
-    lr: Float
-    weight_decay: Float
-    warmup_steps: Int
-    roll_s: Float
+    epochs: Int = trains(ge=1)
+    batch_size: Int = trains(ge=1)
+    lr: Float = trains(gt=0)
+    weight_decay: Float = trains(ge=0)
+    warmup_steps: Int = trains(ge=0)
+    roll_s: Float = trains(ge=0)
 
 
 # --- architecture (the baseline's defaults) ---

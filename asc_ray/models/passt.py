@@ -24,7 +24,7 @@ from torch import nn
 
 from asc_ray.errors import AscRayError
 from asc_ray.io import read_or_raise
-from asc_ray.schema import Bool, Float, Int, Section
+from asc_ray.schema import Bool, Float, Int, Section, trains
 
 ARCH = "passt_s_swa_p16_128_ap476"
 CHECKPOINT_NAME = "passt-s-f128-p16-s10-ap.476-swa.pt"
@@ -47,16 +47,18 @@ SIZES = ("full", "small")
 class PasstSettings(Section):
     """Config section `passt:` (configs/full.yaml): which PaSST, and how it trains."""
 
-    size: Literal["full", "small"]
-    pretrained: Bool
-    epochs: Int
-    batch_size: Int
-    lr: Float
-    weight_decay: Float
-    warmup_epochs: Int  # the learning rate's exponential warm-up (asc_ray.optim.exp_warmup_linear_down)
-    rampdown_start: Int  # the epoch its linear ramp down starts
-    rampdown_epochs: Int  # epochs it ramps down over, to last_lr x lr
-    last_lr: Float
+    size: Literal["full", "small"] = trains()
+    pretrained: Bool = trains()
+    epochs: Int = trains(ge=1)
+    batch_size: Int = trains(ge=1)
+    lr: Float = trains(gt=0)
+    weight_decay: Float = trains(ge=0)
+    warmup_epochs: Int = trains(
+        ge=0
+    )  # the learning rate's exponential warm-up (asc_ray.optim.exp_warmup_linear_down)
+    rampdown_start: Int = trains(ge=0)  # the epoch its linear ramp down starts
+    rampdown_epochs: Int = trains(ge=0)  # epochs it ramps down over, to last_lr x lr
+    last_lr: Float = trains(ge=0, le=1)
 
 
 # classifier keys the package re-initialises when the number of classes differs from the checkpoint's

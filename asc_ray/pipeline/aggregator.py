@@ -20,28 +20,26 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from asc_ray.config import config_hash
-from asc_ray.data.logits import read_logits, table_metadata, table_path, write_logits_table
+from asc_ray.data.logits import read_logits, table_metadata, write_logits_table
 from asc_ray.data.tau import N_CLASSES
 from asc_ray.io import atomic_write
+from asc_ray.layout import Layout, TableRef
 
 
 class LogitAggregatorImpl:
     def __init__(
         self,
-        logits_dir: str,
+        output_dir: str,
         split_meta: dict[int, tuple[list[str], list[str], list[str]]],
         data_keys: dict[int, str],
     ):
         """split_meta: split -> (files, scene_labels, devices) of the split's training files."""
-        self.dir = Path(logits_dir)
+        self.layout = Layout(output_dir)
         self.split_meta = {int(k): v for k, v in split_meta.items()}
         self.data_keys = {int(k): v for k, v in data_keys.items()}
 
-    def _part(self, source: str, split: int, model: str) -> Path:
-        return self.dir / "parts" / f"{source}_split{split}" / f"{model}.npz"
-
-    def part_key(self, source: str, split: int, model: str) -> str | None:
-        p = self._part(source, split, model)
+    def part_key(self, table: TableRef, model: str) -> str | None:
+        p = self.layout.part(table, model)
         if not p.is_file():
             return None
         try:
@@ -50,38 +48,37 @@ class LogitAggregatorImpl:
         except (OSError, ValueError, KeyError):
             return None  # a torn part is no part: it is collected again
 
-    def collect(
-        self, source: str, split: int, model: str, logits_path: str, key: str, run_id: str | None
-    ) -> None:
+    def collect(self, table: TableRef, model: str, logits_path: str, key: str, run_id: str | None) -> None:
         """Take one model's logits over the split's training files (split_logits.npy in its unit folder)."""
-        if self.part_key(source, split, model) == key:
+        if self.part_key(table, model) == key:
             return
-        files = self.split_meta[split][0]
+        files = self.split_meta[table.split][0]
         logits = np.asarray(np.load(logits_path), dtype=np.float32)
         if logits.shape != (len(files), N_CLASSES) or not np.isfinite(logits).all():
             raise ValueError(
-                f"{model} split{split}: logits of shape {logits.shape} (finite: "
+                f"{model} split{table.split}: logits of shape {logits.shape} (finite: "
                 f"{bool(np.isfinite(logits).all())}) in {logits_path}, expected ({len(files)}, {N_CLASSES})"
             )
         atomic_write(
-            self._part(source, split, model),
+            self.layout.part(table, model),
             lambda f: np.savez(f, logits=logits, key=key, run_id=run_id or ""),
             binary=True,
         )
 
-    def write_table(self, source: str, split: int, keys: dict[str, str]) -> str | None:
-        """Write (or confirm) the table of `source` on `split` from the models in `keys` (model -> unit key);
-        None while a model's logits with that key are not in."""
-        if any(self.part_key(source, split, m) != k for m, k in keys.items()):
+    def write_table(self, table: TableRef, keys: dict[str, str]) -> str | None:
+        """Write (or confirm) `table` from the models in `keys` (model -> unit key); None while a model's
+        logits with that key are not in."""
+        if any(self.part_key(table, m) != k for m, k in keys.items()):
             return None
-        key = config_hash([source, split, sorted(keys.items()), self.data_keys[split]])
-        path = table_path(self.dir, source, split)
+        split = table.split
+        key = config_hash([table.name, split, sorted(keys.items()), self.data_keys[split]])
+        path = self.layout.table(table)
         if path.is_file() and table_metadata(path).get("key") == key:
             return str(path)  # already written for exactly these models
         files, scenes, devices = self.split_meta[split]
         per_model, runs = {}, {}
         for m in keys:
-            with np.load(self._part(source, split, m)) as z:
+            with np.load(self.layout.part(table, m)) as z:
                 per_model[m] = z["logits"]
                 runs[m] = str(z["run_id"])
         write_logits_table(
@@ -94,16 +91,16 @@ class LogitAggregatorImpl:
                 "key": key,
                 "data_key": self.data_keys[split],
                 "runs": runs,
-                "source": source,
+                "source": table.name,
                 "split": split,
             },
         )
         return str(path)
 
-    def table(self, source: str, split: int) -> tuple[list[str], np.ndarray]:
+    def table(self, table: TableRef) -> tuple[list[str], np.ndarray]:
         """(files, averaged logits) of a written table, validated: how students on any node get targets."""
-        files = self.split_meta[split][0]
-        return files, read_logits(table_path(self.dir, source, split), files)
+        files = self.split_meta[table.split][0]
+        return files, read_logits(self.layout.table(table), files)
 
     def pid(self) -> int:
         """Its process (the driver tells a restart by a new one)."""
@@ -115,11 +112,12 @@ class LogitAggregatorImpl:
 LogitAggregator = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LogitAggregatorImpl)
 
 
-def aggregator_name(logits_dir: str | Path) -> str:
+def aggregator_name(output_dir: str | Path) -> str:
     """The actor's name, one per output dir (one run at a time uses it: asc_ray.lock). Units find the actor by
     it, not by a handle: Tune keeps a trial's config in its state, and a handle stored there by a killed driver
     cannot be read back by the next one, while the name finds the next driver's actor."""
-    return "logits-" + hashlib.sha1(str(Path(logits_dir).resolve()).encode()).hexdigest()[:12]
+    logits_dir = Layout(output_dir).logits_dir
+    return "logits-" + hashlib.sha1(str(logits_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def get_aggregator(name: str):
@@ -127,16 +125,16 @@ def get_aggregator(name: str):
     return ray.get_actor(name)
 
 
-def start_aggregator(logits_dir: str | Path, split_meta: dict, data_keys: dict, wait_s: float = 60.0):
+def start_aggregator(output_dir: str | Path, split_meta: dict, data_keys: dict, wait_s: float = 60.0):
     """The actor, pinned to this (the driver's) node, named by aggregator_name."""
     node = ray.get_runtime_context().get_node_id()
     deadline = time.monotonic() + wait_s
     while True:
         try:
             return LogitAggregator.options(
-                name=aggregator_name(logits_dir),
+                name=aggregator_name(output_dir),
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-            ).remote(str(logits_dir), split_meta, data_keys)
+            ).remote(str(output_dir), split_meta, data_keys)
         except ValueError:  # the name is still held by a killed driver's actor, which Ray is removing
             if time.monotonic() > deadline:
                 raise

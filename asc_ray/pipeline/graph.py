@@ -25,12 +25,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from asc_ray.console import log
 from asc_ray.errors import AscRayError, find_user_error
+from asc_ray.layout import STAGES, PretrainRef, TableRef, UnitRef
 from asc_ray.models import get_architecture
-from asc_ray.systems import epochs, get_system, unit_name
+from asc_ray.systems import epochs, get_system
 
 # The scheduler's console lines (asc_ray.console.log stamps each "[asc-ray HH:MM:SS] "): what a person follows a
 # run by, and what the tests and the chaos harness read it by
@@ -43,30 +43,9 @@ PROGRESS = "done {ran}/{total} units, running {running}, ETA {eta}"
 SKIPPED = "skipped {unit}: a unit it needs failed"
 
 
-@dataclass(frozen=True)
-class Unit:
-    # "train": a system on a split | "table": the logits table of a source on a split | "pretrain": an
-    # architecture's pretraining, once per run (split 0: it belongs to none)
-    kind: str
-    name: str  # the system, the table's source ("teachers", "kd_ensemble"), or the architecture pretrained
-    split: int
-    seed: int | None = None  # a student's seed (students.seeds), and the table one feeds; None: teachers
-
-    def __str__(self) -> str:
-        if self.kind == "train":
-            return unit_name(self.name, self.split, self.seed)
-        if self.kind == "pretrain":
-            return f"pretrain {self.name}"
-        return f"{self.name} logits split{self.split}" + ("" if self.seed is None else f" seed{self.seed}")
-
-    @property
-    def role(self) -> str:
-        return get_system(self.name).role if self.kind == "train" else self.kind
-
-    @property
-    def source(self) -> str:
-        """A table's name for the LogitAggregator: its source, with the seed of a student's table."""
-        return self.name if self.seed is None else f"{self.name}_seed{self.seed}"
+Unit = (
+    UnitRef | TableRef | PretrainRef
+)  # a node of the graph: a unit that trains, a logits table, a pretraining
 
 
 def _seeds(system, seeds: list[int]) -> list[int | None]:
@@ -79,45 +58,29 @@ def build_graph(
     """unit -> the units it needs, for every configured system on every split (students once per seed), and the
     pretraining of each architecture in `pretrain` that a configured teacher uses (asc_ray.train.pretrain)."""
     systems, seeds = [get_system(n) for n in systems], list(seeds)
-    by_name = {s.name: s for s in systems}
     graph: dict[Unit, list[Unit]] = {}
     pretrained = {s.model for s in systems if s.role == "teacher"} & set(pretrain)
     for model in sorted(pretrained):
-        graph[Unit("pretrain", model, 0)] = []
+        graph[PretrainRef(model)] = []
     for split in splits:
         for s in systems:
             for seed in _seeds(s, seeds):
-                # a student's table is per seed (tfs@s learns from kd_ensemble@s); the teachers' one is not
-                need = s.needs and Unit("table", s.needs, split, seed if s.needs in by_name else None)
-                needs = [need] if need else []
+                u = UnitRef(s.name, split, seed)
+                graph[u] = [u.needs] if u.needs else []
                 if s.role == "teacher" and s.model in pretrained:
-                    needs.append(Unit("pretrain", s.model, 0))
-                graph[Unit("train", s.name, split, seed)] = needs
+                    graph[u].append(PretrainRef(s.model))
         for source in dict.fromkeys(s.feeds for s in systems if s.feeds):
             feeders = [s for s in systems if s.feeds == source]
             for seed in _seeds(feeders[0], seeds):
-                graph[Unit("table", source, split, seed)] = [
-                    Unit("train", f.name, split, seed) for f in feeders
-                ]
+                graph[TableRef(source, split, seed)] = [UnitRef(f.name, split, seed) for f in feeders]
     return graph
 
 
 def select(graph: dict[Unit, list[Unit]], stages: Iterable[str]) -> set[Unit]:
-    """The part of the graph the stage jobs run: teachers, logits (tables of teachers), students (and the
-    tables students feed). The evaluate stage runs no unit."""
+    """The part of the graph the stage jobs run (Unit.stage: teachers, logits, students). The evaluate stage
+    runs no unit."""
     stages = set(stages)
-    chosen = set()
-    for u in graph:
-        if u.kind == "pretrain":
-            stage = "teachers"
-        elif u.kind == "train":
-            stage = "teachers" if u.role == "teacher" else "students"
-        else:
-            feeders = {d.role for d in graph[u]}
-            stage = "logits" if feeders == {"teacher"} else "students"
-        if stage in stages:
-            chosen.add(u)
-    return chosen
+    return {u for u in graph if u.stage in stages}
 
 
 def work(u: Unit, cfg) -> float:
@@ -126,8 +89,8 @@ def work(u: Unit, cfg) -> float:
     if u.kind == "table":
         return 0.0
     if u.kind == "pretrain":
-        return 1000 * cfg.pretrain.epochs * get_architecture(u.name).cost
-    s = get_system(u.name)
+        return 1000 * cfg.pretrain.epochs * get_architecture(u.model).cost
+    s = get_system(u.system)
     return u.split * epochs(s, cfg) * get_architecture(s.model).cost
 
 
@@ -252,9 +215,7 @@ class Scheduler:
         self._events.put((unit, outcome, time.time()))
 
     def run(self) -> dict[Unit, dict]:
-        for u in sorted(
-            self._needed(), key=lambda u: (u.split, u.kind, u.name, u.seed if u.seed is not None else -1)
-        ):
+        for u in sorted(self._needed(), key=lambda u: u.sort_key):
             rec = self.is_done(u)
             if rec is not None:
                 self.state[u] = "done"
@@ -266,14 +227,7 @@ class Scheduler:
                 self.state[u] = "missing"
         missing = [u for u, s in self.state.items() if s == "missing"]
         if missing:
-            roles = {u.role for u in missing}  # name the earliest stage that is missing
-            stage = (
-                "teachers"
-                if roles & {"teacher", "pretrain"}
-                else "logits"
-                if "table" in roles
-                else "students"
-            )
+            stage = min((u.stage for u in missing), key=STAGES.index)  # the earliest stage that is missing
             raise AscRayError(
                 f"{', '.join(map(str, missing))} not finished, and this job does not run it",
                 path=None,
@@ -285,7 +239,7 @@ class Scheduler:
         self.critical = critical_path(self.graph, todo, lambda u: work(u, self.cfg))
         self.rank = launch_rank(self.graph, todo, lambda u: work(u, self.cfg))
         if self.critical:
-            chain = sorted(self.critical, key=lambda u: (u.split, self._depth(u), u.name, u.seed or 0))
+            chain = sorted(self.critical, key=lambda u: (u.sort_key[0], self._depth(u), *u.sort_key[2:]))
             log(CRITICAL_PATH.format(chain=", ".join(map(str, chain))))
         self.total = len(todo)
         self.t0 = time.time()
@@ -387,7 +341,9 @@ class Scheduler:
 
     @staticmethod
     def _kind(u: Unit) -> str:
-        return u.kind if u.kind != "train" else f"{u.role}/{get_system(u.name).model}"
+        if u.kind != "train":
+            return u.kind
+        return f"{u.role}/{get_system(u.system).model}"
 
 
 def _fmt_s(s: float) -> str:

@@ -47,14 +47,14 @@ class Keys:
         if u not in self._keys:
             upstream = config_hash([self[d] for d in self.graph[u]])
             if u.kind == "table":
-                self._keys[u] = config_hash([u.source, u.split, upstream])
+                self._keys[u] = config_hash([u.name, u.split, upstream])
             elif u.kind == "pretrain":
-                self._keys[u] = pretrain_key(self.cfg, u.name)
+                self._keys[u] = pretrain_key(self.cfg, u.model)
             else:
-                s = get_system(u.name)
+                s = get_system(u.system)
                 self._keys[u] = unit_key(self.cfg, s, u.split, self.data_keys[u.split], upstream, u.seed)
         return self._keys[u]
 
     def of_inputs(self, u: Unit) -> dict[str, str]:
         """model -> key of the units a table holds."""
-        return {d.name: self[d] for d in self.graph[u]}
+        return {d.system: self[d] for d in self.graph[u]}

@@ -18,17 +18,18 @@ from asc_ray.errors import AscRayError
 from asc_ray.export import plot_class_accuracy, plot_timeline, read_dcase_output, write_dcase_output
 from asc_ray.features import frontend_sample_rate
 from asc_ray.io import atomic_write_json
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.mlflow_store import STORE_FILE, sqlite_path
-from asc_ray.pipeline.graph import Unit
+from asc_ray.pipeline.runtime import unit_resources
 from asc_ray.pipeline.storage import verify_on_this_node
 from asc_ray.predict import Classifier, unit_spec
 from asc_ray.predict.mlflow_model import register_students
 from asc_ray.report import run_header, write_results_table
 from asc_ray.stats import interval
 from asc_ray.systems import ABLATIONS, get_system
-from asc_ray.train import ensemble_on_test, unit_dir
+from asc_ray.train import ensemble_on_test
 
-RecordOf = Callable[[Unit], dict | None]  # a finished unit's record, or None
+RecordOf = Callable[[UnitRef], dict | None]  # a finished unit's record, or None
 # The paired differences results.md shows: what distillation itself buys (the same student, recipe and seeds,
 # without KD), and what FocusNet adds on top of the KD student it learns from.
 DIFFERENCES = (("kd_ensemble", "no_kd"), ("tfs", "kd_ensemble"))
@@ -91,12 +92,12 @@ def write_results(
     for split in splits:
         per_system, teacher_logits, correct = {}, [], {}
         for name in cfg.teachers.systems:
-            r = record_of(Unit("train", name, split))
+            r = record_of(UnitRef(name, split))
             if r is not None:
                 teacher_rows.append(_row(name, split, r))
                 teacher_logits.append(r.get("files", {}).get("test_logits"))
         for name in cfg.students.systems:
-            recs = [r for seed in cfg.students.seeds if (r := record_of(Unit("train", name, split, seed)))]
+            recs = [r for seed in cfg.students.seeds if (r := record_of(UnitRef(name, split, seed)))]
             if not recs:
                 continue
             rows += [_row(name, split, r) for r in recs]
@@ -147,7 +148,7 @@ def write_results(
 
 
 def _unit_halfwidth(ds, labels, record_of: RecordOf, row: dict) -> float:
-    rec = record_of(Unit("train", row["system"], row["split"], row.get("seed")))
+    rec = record_of(UnitRef(row["system"], row["split"], row.get("seed")))
     return interval(correct_on_test(ds, rec)[None], labels).half_width
 
 
@@ -169,8 +170,8 @@ def report_to_mlflow(
         parent_run_id, [out / n for n in ("results.csv", "results.md", "teachers.csv", "teachers.md")]
     )
     tracker.log_artifacts(parent_run_id, sorted((out / "plots").glob("*.png")), "plots")
-    records = [record_of(Unit("train", r["system"], r["split"], r.get("seed"))) for r in rows]
-    folder_of = lambda r: unit_dir(out, "student", r["split"], r["system"], r.get("seed"))  # noqa: E731
+    records = [record_of(UnitRef(r["system"], r["split"], r.get("seed"))) for r in rows]
+    folder_of = lambda r: Layout(out).unit_dir(UnitRef(r["system"], r["split"], r.get("seed")))  # noqa: E731
     # raises when one is not registered
     if register_students(tracker, parent_run_id, records, folder_of, log) and sqlite_path(tracker.uri):
         where = (
@@ -185,21 +186,22 @@ def export_eval_set(
     cfg, out: Path, rows: list[dict], eval_set: EvalSet, eval_caches: dict, shared: list, use_gpu: bool
 ):
     """DCASE submission files for the evaluation set, one per student and split (Ray tasks, in parallel)."""
-    gpu = cfg.students.gpus_per_trial if use_gpu else 0
-    task = ray.remote(num_cpus=cfg.students.cpus_per_trial, num_gpus=gpu)(_eval_task)
+    res = unit_resources(cfg, "student", use_gpu)  # a student's, as its Tune trial
+    cpus, gpus = res.pop("CPU"), res.pop("GPU", 0)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, resources=res)(_eval_task)
     refs = []
     for r in rows:
-        unit = unit_dir(out, "student", r["split"], r["system"], r.get("seed"))
+        unit = Layout(out).unit(UnitRef(r["system"], r["split"], r.get("seed")))
         rate = frontend_sample_rate(get_system(r["system"]).frontend)
         # the deployed model: its predictions are in fp16
         refs.append(
             task.remote(
                 r["system"],
                 cfg,
-                str(unit / "model_fp16.pt"),
+                str(unit.model_fp16),
                 str(eval_set.root),
                 eval_caches[rate],
-                str(unit / "eval_output.csv"),
+                str(unit.eval_output),
                 shared,
             )
         )

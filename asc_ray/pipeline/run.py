@@ -22,6 +22,7 @@ from asc_ray.console import log
 from asc_ray.data.tau import TauDataset
 from asc_ray.errors import AGAIN, find_user_error
 from asc_ray.io import atomic_write_json
+from asc_ray.layout import STAGES, Layout, PretrainRef, UnitRef, tuner_name
 from asc_ray.lock import OutputLock
 from asc_ray.pipeline import students as st
 from asc_ray.pipeline.aggregator import aggregator_name, start_aggregator
@@ -31,15 +32,14 @@ from asc_ray.pipeline.keys import Keys
 from asc_ray.pipeline.preflight import Context, preflight
 from asc_ray.pipeline.pretraining import PretrainJob, pretrain_task
 from asc_ray.pipeline.results import export_eval_set, report_to_mlflow, write_results
-from asc_ray.pipeline.runtime import detect_gpu, init_ray
-from asc_ray.pipeline.teachers import build_trainer, worker_resources
+from asc_ray.pipeline.runtime import detect_gpu, init_ray, unit_resources
+from asc_ray.pipeline.teachers import build_trainer
 from asc_ray.pipeline.unit import UnitJob
 from asc_ray.pipeline.watch import Watcher
 from asc_ray.systems import get_system, hparams
-from asc_ray.train import read_record, unit_dir
+from asc_ray.train import read_record
 from asc_ray.train.pretrain import WEIGHTS, corpus_dir, pretrain_dir, pretrained_models
 
-STAGES = ("teachers", "logits", "students", "evaluate")  # the stage jobs each run a part of the graph
 # the driver's console lines besides the scheduler's (asc_ray.pipeline.graph) and the watcher's
 RAY = "Ray: {cpus:g} CPUs, {gpus:g} GPUs; results and checkpoints in {storage}"
 WORKERS = "{unit}: {workers} workers, a batch of {batch} each ({why})"
@@ -53,6 +53,7 @@ class Pipeline:
     ):
         self.cfg, self.splits, self.fresh = cfg, sorted(splits), fresh
         self.data_dir, self.out = Path(data_dir).resolve(), Path(output_dir).resolve()
+        self.layout = Layout(self.out)
         systems = list(cfg.teachers.systems) + list(cfg.students.systems)
         self.graph = build_graph(systems, self.splits, cfg.students.seeds, pretrained_models(cfg))
         self.ctx: Context | None = None
@@ -67,14 +68,14 @@ class Pipeline:
     def start(self) -> None:
         ctx = self.ctx
         if self.fresh:
-            for sub in ("units", "logits", "teachers", "students"):
-                shutil.rmtree(self.out / sub, ignore_errors=True)
+            for folder in self.layout.results():
+                shutil.rmtree(folder, ignore_errors=True)
             if not self.cfg.storage_path:
                 shutil.rmtree(self.out / "ray_results", ignore_errors=True)
             log("--fresh: previous results in the output dir removed (cache kept)")
         self.out.mkdir(parents=True, exist_ok=True)
         init_ray()
-        self.aggregator = start_aggregator(ctx.paths.logits_dir, ctx.split_meta, ctx.data_keys)
+        self.aggregator = start_aggregator(self.out, ctx.split_meta, ctx.data_keys)
         self.watch = Watcher(self.aggregator, ctx.tracker.spool_dir, self.cfg.teachers.max_failures)
         self.watch.start()
         where = {"role": "pipeline", "output_dir": str(self.out), "host": socket.gethostname()}
@@ -99,38 +100,33 @@ class Pipeline:
         log(RAY.format(cpus=res.get("CPU", 0), gpus=res.get("GPU", 0), storage=ctx.storage))
 
     # ---------------------------------------------------------------------------------------- units
-    def unit_dir(self, u: Unit) -> Path:
+    def unit_dir(self, u: UnitRef | PretrainRef) -> Path:
         if u.kind == "pretrain":  # in the cache, by its key: runs sharing the cache reuse it (--fresh too)
-            return pretrain_dir(self.cfg, self.ctx.paths.cache_dir, u.name)
-        return unit_dir(self.out, get_system(u.name).role, u.split, u.name, u.seed)
+            return pretrain_dir(self.cfg, self.ctx.paths.cache_dir, u.model)
+        return self.layout.unit_dir(u)
 
-    def record(self, u: Unit) -> dict | None:
+    def record(self, u: UnitRef) -> dict | None:
         """A finished unit's record, if it has the key the unit has now."""
         return read_record(self.unit_dir(u), self.keys[u])
 
     def is_done(self, u: Unit) -> dict | None:
         if u.kind == "table":
-            path = ray.get(self.aggregator.write_table.remote(u.source, u.split, self.keys.of_inputs(u)))
+            path = ray.get(self.aggregator.write_table.remote(u, self.keys.of_inputs(u)))
             return None if path is None else {"path": path, "key": self.keys[u]}
         rec = self.record(u)
-        if rec is not None and u.kind == "train" and get_system(u.name).feeds:
+        if rec is not None and u.feeds:
             self._collect(u, rec)  # the aggregator may have lost it (e.g. the driver stopped in between)
         return rec
 
-    def _collect(self, u: Unit, rec: dict) -> None:
-        table = Unit(
-            "table", get_system(u.name).feeds, u.split, u.seed
-        )  # the table this unit's logits go into
+    def _collect(self, u: UnitRef, rec: dict) -> None:
+        """The unit's logits to the table it feeds."""
         path = rec["files"]["split_logits"]
-        ray.get(
-            self.aggregator.collect.remote(table.source, u.split, u.name, path, rec["key"], rec.get("run_id"))
-        )
+        ray.get(self.aggregator.collect.remote(u.feeds, u.system, path, rec["key"], rec.get("run_id")))
 
-    def job(self, u: Unit) -> UnitJob:
-        needs = [d.source for d in self.graph[u] if d.kind == "table"]
+    def job(self, u: UnitRef) -> UnitJob:
         start = [self.unit_dir(d) / WEIGHTS for d in self.graph[u] if d.kind == "pretrain"]
         return UnitJob(
-            system=u.name,
+            system=u.system,
             split=u.split,
             key=self.keys[u],
             cfg=self.cfg,
@@ -139,11 +135,10 @@ class Pipeline:
             unit_dir=str(self.unit_dir(u)),
             tracker=self.ctx.tracker,
             parent_run_id=self.parent_run_id,
-            aggregator=aggregator_name(self.ctx.paths.logits_dir),
+            aggregator=aggregator_name(self.out),
             caches=self.ctx.caches,
             shared=self.ctx.shared,
             seed=u.seed,
-            needs_table=needs[0] if needs else None,
             init_weights=str(start[0]) if start else None,
         )
 
@@ -172,7 +167,7 @@ class Pipeline:
             done(u, error or RuntimeError(f"{u} finished without a result record"))
             return
         try:
-            if get_system(u.name).feeds:
+            if u.feeds:
                 self._collect(u, rec)
         except Exception as e:  # noqa: BLE001 - reported as this unit's failure
             done(u, e)
@@ -193,9 +188,9 @@ class Pipeline:
 
         def demand(u: Unit, n: int) -> float:
             if u.role == "student" and n == 1:  # a Tune trial
-                return c.students.gpus_per_trial if self.use_gpu else c.students.cpus_per_trial
+                return unit_resources(c, "student", self.use_gpu)[kind]
             n = n if n > 1 or u.role == "student" else c.teachers.num_workers
-            return n * worker_resources(c, u.role, self.use_gpu)[kind]
+            return n * unit_resources(c, u.role, self.use_gpu, data_parallel=True)[kind]
 
         idle = ray.available_resources().get(kind, 0.0)
         plan = share_idle(units, self.scheduler.critical, idle, demand, lambda u: caps[u.role])
@@ -207,7 +202,7 @@ class Pipeline:
         job = self.job(u)
         if workers > 1:  # a critical-path unit: the recipe's batch split over its workers
             idle = self.idle_at_launch.get(u, 0.0)
-            job.batch_size = math.ceil(hparams(get_system(u.name), self.cfg).batch_size / workers)
+            job.batch_size = math.ceil(hparams(get_system(u.system), self.cfg).batch_size / workers)
             job.workers_why = f"critical path: {idle:g} {'GPU' if self.use_gpu else 'CPU'}s idle at launch"
             log(WORKERS.format(unit=u, workers=workers, batch=job.batch_size, why=job.workers_why))
         elif u.role == "teacher" and self.cfg.teachers.num_workers > 1:
@@ -225,7 +220,7 @@ class Pipeline:
     def _run_pretrain(self, u: Unit, done) -> None:
         """The pretraining unit as a Ray task with a teacher's resources (pipeline/pretraining.py)."""
         job = PretrainJob(
-            model=u.name,
+            model=u.model,
             cfg=self.cfg,
             key=self.keys[u],
             unit_dir=str(self.unit_dir(u)),
@@ -234,7 +229,7 @@ class Pipeline:
             parent_run_id=self.parent_run_id,
         )
         try:
-            rec = ray.get(pretrain_task(job, worker_resources(self.cfg, "teacher", self.use_gpu)))
+            rec = ray.get(pretrain_task(job, unit_resources(self.cfg, "teacher", self.use_gpu)))
         except Exception as e:  # noqa: BLE001 - reported as this unit's failure
             done(u, e)
             return
@@ -242,12 +237,12 @@ class Pipeline:
 
     def _run_students(self, group: list[Unit], done) -> None:
         jobs = [self.job(u) for u in group]
-        name = "students-" + config_hash(sorted(j.key for j in jobs))
+        name = tuner_name(config_hash(sorted(j.key for j in jobs)))
         reported: set[Unit] = set()
         lock = threading.Lock()
 
         def trial_done(job: dict) -> None:  # a trial of a plain (no search) Tuner ended: its unit is done
-            u = Unit("train", job["system"], job["split"], job["seed"])
+            u = UnitRef(job["system"], job["split"], job["seed"])
             with lock:
                 if u in reported or self.record(u) is None:
                     return  # not finished after all (stopped, failed): reported when the Tuner returns
@@ -268,7 +263,7 @@ class Pipeline:
                 if u in reported:
                     continue
                 reported.add(u)
-            o = outcomes[(u.name, u.split, u.seed)]
+            o = outcomes[u]
             if isinstance(o, BaseException):
                 done(u, o)
             else:
@@ -279,7 +274,7 @@ class Pipeline:
         if u.kind != "train" or u not in self.selected:
             return
         t = self.ctx.tracker
-        tags = {"role": rec["role"], "system": u.name, "split": u.split, "augment": rec["augment"]}
+        tags = {"role": rec["role"], "system": u.system, "split": u.split, "augment": rec["augment"]}
         if u.seed is not None:
             tags["seed"] = u.seed
         rid = t.start_run(str(u), {**tags, "reused_from": rec.get("run_id") or ""}, self.parent_run_id)

@@ -9,9 +9,9 @@ import os
 import subprocess
 
 import ray
-from ray._private import ray_constants, worker
 
 from asc_ray.console import LEAVE_HOOKS, handle_sigterm
+from asc_ray.pipeline.ray_private import global_node, ray_constants
 from asc_ray.procs import children, free_port
 
 # Workers' and actors' output (Ray Train's per-report dumps, its placement-group cleaner's warnings, per-epoch
@@ -121,6 +121,21 @@ def init_ray() -> None:
         LEAVE_HOOKS.append(stop_own_ray_node)
 
 
+def unit_resources(cfg, role: str, use_gpu: bool, data_parallel: bool = False) -> dict[str, float]:
+    """What one process of a unit asks Ray for: a teacher's Train worker teachers.cpus/gpus_per_worker; a
+    student's Tune trial (or evaluation-set task) students.cpus/gpus_per_trial, a data-parallel student's Train
+    worker students.cpus_per_trial and a whole GPU (workers on fractions could share one GPU, not add GPUs);
+    each with its role's custom resources (teachers/students.resources)."""
+    t, s = cfg.teachers, cfg.students
+    if role == "teacher":
+        cpus, gpus, extra = t.cpus_per_worker, t.gpus_per_worker, t.resources
+    else:
+        cpus, gpus, extra = s.cpus_per_trial, 1.0 if data_parallel else s.gpus_per_trial, s.resources
+    resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
+    resources.update({k: float(v) for k, v in extra.items()})  # e.g. a node type's custom resource
+    return resources
+
+
 def detect_gpu(cfg) -> bool:
     v = cfg.use_gpu
     if v != "auto":
@@ -134,7 +149,7 @@ def stop_own_ray_node() -> None:
     trying to report its death to a GCS that died too. Stopping the raylet from here instead (SIGTERM, as
     `ray.shutdown()` does) races with Ray's core worker, which ends this process with status 1 when it sees the
     raylet go. So a detached shell waits for this process to be gone, then kills what the raylet had started."""
-    node = worker._global_node
+    node = global_node()
     raylets = [
         proc.pid
         for kind, proc in (node.live_processes() if node is not None else [])

@@ -20,9 +20,10 @@ from ray.tune.schedulers import ASHAScheduler
 
 from asc_ray.config import with_overrides
 from asc_ray.console import log
+from asc_ray.layout import UnitFiles, UnitRef
 from asc_ray.pipeline.unit import UnitJob, run_unit
-from asc_ray.systems import get_system, unit_name
-from asc_ray.train.outputs import RECORD, read_record, write_record
+from asc_ray.systems import get_system
+from asc_ray.train.outputs import read_record, write_record
 
 METRIC, MODE = "val_macro_acc", "max"  # model selection: the validation holdout, never test
 
@@ -105,7 +106,7 @@ class TrialRetried(tune.Callback):
         except Exception:  # noqa: BLE001 - the line only informs; Tune keeps the error in the trial's folder
             pass
         start = FROM_CHECKPOINT if trial.checkpoint is not None else FROM_START
-        unit = unit_name(job["system"], job["split"], job.get("seed"))
+        unit = UnitRef(job["system"], job["split"], job.get("seed"))
         log(RETRY.format(unit=unit, cause=cause, start=start, n=trial.num_failures, max=trial.max_failures))
 
 
@@ -122,7 +123,7 @@ def build_tuner(
         keys = {k: v for k, v in s.search.items() if system.reads(k)}
         grid = search_grid(keys, s.num_samples, cfg.seed if j.seed is None else j.seed)
         for i, o in enumerate(grid):
-            trial_dir = str(Path(j.unit_dir) / "trials" / f"trial{i}") if search else None
+            trial_dir = str(UnitFiles(j.unit_dir).trial(i)) if search else None
             trials.append({"job": j.as_dict(), "overrides": o, "trial_dir": trial_dir})
     resources = {"cpu": s.cpus_per_trial}
     if use_gpu:
@@ -172,12 +173,12 @@ def build_tuner(
     )
 
 
-def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[tuple, dict | BaseException]:
-    """(system, split, seed) -> the unit's record, or the error that stopped it."""
-    out: dict[tuple, dict | BaseException] = {}
+def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[UnitRef, dict | BaseException]:
+    """unit -> its record, or the error that stopped it."""
+    out: dict[UnitRef, dict | BaseException] = {}
     if search:
         (job,) = jobs
-        k = (job.system, job.split, job.seed)
+        k = job.ref
         try:
             best = grid.get_best_result(metric=METRIC, mode=MODE, filter_nan_and_inf=True)
         except RuntimeError as e:  # no trial reported the metric
@@ -192,11 +193,11 @@ def unit_outcomes(grid, jobs: list[UnitJob], search: bool) -> dict[tuple, dict |
     errors = {}
     for r in grid:
         job = r.config["trial"]["job"] if r.config else None
-        k = (job["system"], job["split"], job.get("seed")) if job else None
+        k = UnitRef(job["system"], job["split"], job.get("seed")) if job else None
         if r.error is not None and k is not None:
             errors[k] = r.error
     for j in jobs:
-        k = (j.system, j.split, j.seed)
+        k = j.ref
         rec = read_record(j.unit_dir, j.key)
         out[k] = rec if rec is not None else errors.get(k, RuntimeError("trial stopped before it finished"))
     return out
@@ -208,7 +209,7 @@ def promote(trial_dir: Path, unit_dir: Path, trial: dict) -> dict | None:
     if rec is None:
         return None
     for p in trial_dir.iterdir():
-        if p.name == RECORD or p.name.startswith("."):
+        if p.name == UnitFiles(trial_dir).record.name or p.name.startswith("."):
             continue
         dst = unit_dir / p.name
         if p.is_dir():

@@ -20,13 +20,18 @@ import ray
 import ray.train
 import ray.train.torch
 import torch.distributed as dist
-from ray.train._internal.utils import get_address_and_port
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
-from asc_ray.pipeline.runtime import own_local_ray
+from asc_ray.layout import ray_run_name
+from asc_ray.pipeline.ray_private import (
+    DatasetsCallback,
+    PlacementGroupCleanerCallback,
+    TorchBackend,
+    get_address_and_port,
+    set_torch_distributed_env_vars,
+)
+from asc_ray.pipeline.runtime import own_local_ray, unit_resources
 from asc_ray.pipeline.unit import UnitJob, run_unit
-from asc_ray.systems import get_system
 from asc_ray.train import link_tree
 
 
@@ -77,7 +82,7 @@ def teacher_worker(job: UnitJob) -> None:
 def _private_process_group(
     backend: str, world_rank: int, world_size: int, addr: str, port: int, timeout_s: int
 ) -> None:
-    _set_torch_distributed_env_vars()
+    set_torch_distributed_env_vars()
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
     timeout = datetime.timedelta(seconds=timeout_s)
     rank, world = world_rank, world_size
@@ -93,7 +98,7 @@ def _private_process_group(
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
-class _PrivateTorchBackend(_TorchBackend):
+class _PrivateTorchBackend(TorchBackend):
     def on_start(self, worker_group, backend_config) -> None:
         if len(worker_group) == 1:
             return  # one worker: no process group, no store, nothing listens
@@ -137,39 +142,16 @@ class TeacherTrainer(TorchTrainer):
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
-        try:
-            from ray.train.v2._internal.callbacks import DatasetsCallback
-            from ray.train.v2._internal.callbacks.placement_group_callback import (
-                PlacementGroupCleanerCallback,
-            )
-        except ImportError:
-            return callbacks
         idle = () if self.datasets else (DatasetsCallback,)
         if own_local_ray():
             idle += (PlacementGroupCleanerCallback,)
         return [c for c in callbacks if not isinstance(c, idle)]
 
 
-def worker_resources(cfg, role: str, use_gpu: bool) -> dict[str, float]:
-    """What one Ray Train worker of a unit asks for: a teacher's teachers.cpus/gpus_per_worker; a data-parallel
-    student's students.cpus_per_trial and a whole GPU (workers on fractions could share one GPU, not add GPUs)."""
-    t, s = cfg.teachers, cfg.students
-    cpus, gpus, extra = (
-        (t.cpus_per_worker, t.gpus_per_worker, t.resources)
-        if role == "teacher"
-        else (s.cpus_per_trial, 1.0, s.resources)
-    )
-    resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
-    resources.update({k: float(v) for k, v in extra.items()})  # e.g. a node type's custom resource
-    return resources
-
-
 def build_trainer(job: UnitJob, storage_path: str, use_gpu: bool, workers: int | None = None) -> TorchTrainer:
     """The unit's Ray Train run on `workers` workers (default: a teacher's teachers.num_workers)."""
-    role = get_system(job.system).role
-    cfg = job.cfg
-    failures = (cfg.teachers if role == "teacher" else cfg.students).max_failures
-    seed = "" if job.seed is None else f"-seed{job.seed}"
+    ref, cfg = job.ref, job.cfg
+    failures = (cfg.teachers if ref.role == "teacher" else cfg.students).max_failures
     return TeacherTrainer(
         teacher_worker,
         train_loop_config=job,
@@ -177,10 +159,10 @@ def build_trainer(job: UnitJob, storage_path: str, use_gpu: bool, workers: int |
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers or cfg.teachers.num_workers,
             use_gpu=use_gpu,
-            resources_per_worker=worker_resources(cfg, role, use_gpu),
+            resources_per_worker=unit_resources(cfg, ref.role, use_gpu, data_parallel=True),
         ),
         run_config=ray.train.RunConfig(
-            name=f"{role}-{job.system}-split{job.split}{seed}-{job.key[:8]}",
+            name=ray_run_name(ref, job.key),
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),

@@ -24,11 +24,12 @@ from asc_ray.config import flatten
 from asc_ray.data.cache import CacheRef
 from asc_ray.features import frontend_sample_rate, input_shape
 from asc_ray.io import atomic_write_json
+from asc_ray.layout import UnitFiles, UnitRef
 from asc_ray.pipeline.aggregator import get_aggregator
 from asc_ray.pipeline.preflight import passt_checkpoint_here
 from asc_ray.pipeline.storage import SharedFolder, verify_on_this_node
 from asc_ray.predict.mlflow_model import log_unit_model
-from asc_ray.systems import System, get_system, unit_name
+from asc_ray.systems import System, get_system
 from asc_ray.tracking import Tracker
 from asc_ray.train import Trainer, finish_unit, prepare_data, write_record
 
@@ -54,12 +55,15 @@ class UnitJob:
     shared: list[SharedFolder] = field(default_factory=list)  # folders pre-flight checked on a cluster
     out_dir: str | None = None  # a search trial's own folder instead of the unit's
     seed: int | None = None  # a student's seed (students.seeds)
-    needs_table: str | None = None  # the LogitAggregator's table it learns from (kd_ensemble's: per seed)
     batch_size: int | None = (
         None  # per rank, where a critical-path unit splits the recipe's batch over workers
     )
     workers_why: str = ""  # why it trains on more than one worker (the record and the timeline say it)
     init_weights: str | None = None  # a PaSST teacher: the pretraining unit's weights it fine-tunes from
+
+    @property
+    def ref(self) -> UnitRef:
+        return UnitRef(self.system, self.split, self.seed)
 
     def as_dict(self) -> dict:
         """Shallow: Tune walks dicts in its param space (and restores handles in them), not dataclasses."""
@@ -71,7 +75,7 @@ class UnitLog:
     one line per unit start and finish; the details are here and in MLflow."""
 
     def __init__(self, folder: Path):
-        self.path = folder / "unit.log"
+        self.path = UnitFiles(folder).log
 
     def __call__(self, msg: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {msg}\n"
@@ -120,16 +124,14 @@ def run_unit(
         torch.set_num_threads(max(1, int(round(cpus))))
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (kept in the result: node_id)
     say = UnitLog(out)
-    name = unit_name(system.name, split, job.seed)
+    name = job.ref.name
     say(f"[{name}] rank {rank} on node {node_id} (pid {os.getpid()})")
     logits = None
-    if system.needs:  # targets from the actor: works on any node, validated against the split's files
-        logits = ray.get(get_aggregator(job.aggregator).table.remote(job.needs_table, split))
+    if job.ref.needs:  # targets from the actor: works on any node, validated against the split's files
+        logits = ray.get(get_aggregator(job.aggregator).table.remote(job.ref.needs))
     cache = job.caches.get(frontend_sample_rate(system.frontend))
     store = cache.open(log=say) if cache else None  # the node's copy: made by its first unit, then reused
-    data = prepare_data(
-        cfg, job.data_dir, job.output_dir, split, system, logits=logits, progress=False, store=store
-    )
+    data = prepare_data(cfg, job.data_dir, job.output_dir, split, system, logits, False, store, job.seed)
     trainer = Trainer(
         system,
         cfg,

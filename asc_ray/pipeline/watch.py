@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 
 from asc_ray.console import log
+from asc_ray.layout import UnitFiles
 
 # a worker started: the line asc_ray.pipeline.unit writes first in its unit.log (the chaos harness and the
 # fault tests read it too)
@@ -55,7 +56,7 @@ class Watcher:
 
     # -- the teachers it follows (asc_ray.pipeline.run: while their Ray Train run is fitted)
     def follow(self, unit: str, unit_dir: Path) -> None:
-        path = Path(unit_dir) / "unit.log"
+        path = UnitFiles(unit_dir).log
         offset = path.stat().st_size if path.is_file() else 0  # earlier runs' lines are not news
         with self._lock:
             self._teachers[unit] = {"log": path, "offset": offset, "workers": 0, "restarted": None}

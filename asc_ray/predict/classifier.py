@@ -23,13 +23,17 @@ from asc_ray.data.tau import SCENES
 from asc_ray.errors import AscRayError
 from asc_ray.features import build_frontend, frontend_sample_rate
 from asc_ray.io import atomic_write_json, read_or_raise
+from asc_ray.layout import Layout, UnitFiles, UnitRef, registered_name
 from asc_ray.models import build_model
 from asc_ray.systems import System, get_system
 
 UNIT_SPEC = "unit.json"  # what a unit folder (and the MLflow model) says about its model
 SPEC_VERSION = 1
 BATCH = 256  # windows per forward pass
-OTHER_SYSTEM_FIX = "pass a unit folder written by asc-ray (<output>/students/split<N>/<system>)"
+# what the help and error messages show as a model: a student's unit folder, its registered MLflow model
+EXAMPLE_UNIT = Layout("<output>").unit_dir(UnitRef("kd_ensemble", 100, 0))
+EXAMPLE_MODEL = f"models:/{registered_name('kd_ensemble', 100)}"
+OTHER_SYSTEM_FIX = f"pass a unit folder written by asc-ray (e.g. {EXAMPLE_UNIT})"
 
 
 # ------------------------------------------------------------------------------------ what a model is
@@ -68,7 +72,7 @@ def read_unit_spec(folder: str | Path) -> dict:
                 path=p,
                 fix=OTHER_SYSTEM_FIX,
             ) from None
-    result, config = folder / "result.json", folder.parent.parent / "config.json"
+    result, config = UnitFiles(folder).record, folder.parent.parent / "config.json"
     if result.is_file() and config.is_file():
         try:
             system = get_system(json.loads(result.read_text())["system"])

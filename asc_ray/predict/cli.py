@@ -1,5 +1,5 @@
 """`asc-ray-predict MODEL AUDIO...` (also `python -m asc_ray.predict`): classify recordings into the 10 TAU scenes
-with a trained model - a unit folder (`<output>/students/split100/kd_ensemble`), an MLflow model URI
+with a trained model - a unit folder (`<output>/students/split100/kd_ensemble/seed0`), an MLflow model URI
 (`runs:/<id>/model`, `models:/asc-ray-kd_ensemble-split100/1`) or an exported fp16 file (`model_fp16.pt`)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
 from asc_ray.export import write_dcase_output
 from asc_ray.mlflow_store import OUTPUT_DIR_HELP, STORE_URIS, URI_HELP
+from asc_ray.predict.classifier import EXAMPLE_MODEL, EXAMPLE_UNIT
 from asc_ray.predict.files import classify_files, find_audio, load_classifier
 from asc_ray.tracking import open_store
 
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None, prog: str = "asc-ray-predict") -> int:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="unit folder (<output>/students/split100/kd_ensemble: its model_fp16.pt), exported model_fp16.pt, or "
-        "MLflow model URI (runs:/<run id>/model, models:/asc-ray-<system>-split<N>/<version>)",
+        help=f"unit folder ({EXAMPLE_UNIT}: its model_fp16.pt), exported model_fp16.pt, or MLflow model URI "
+        f"(runs:/<run id>/model, {EXAMPLE_MODEL}/<version>)",
     )
     p.add_argument("audio", metavar="AUDIO", nargs="+", help="audio files, folders (recursive) or globs")
     p.add_argument(

@@ -18,7 +18,10 @@ from tqdm import tqdm
 from asc_ray.config import load_config
 from asc_ray.errors import AscRayError
 from asc_ray.io import read_or_raise
+from asc_ray.layout import UnitFiles
 from asc_ray.predict.classifier import (
+    EXAMPLE_MODEL,
+    EXAMPLE_UNIT,
     OTHER_SYSTEM_FIX,
     UNIT_SPEC,
     Classifier,
@@ -49,9 +52,9 @@ def load_classifier(model: str, device: str | None = None, tracking_uri: str | N
     if p.is_dir():
         if (p / "MLmodel").is_file():  # a downloaded MLflow model folder
             return load_classifier_from_mlflow(str(p), device)
-        spec = read_unit_spec(p)
+        spec, files = read_unit_spec(p), UnitFiles(p)
         # a student's deployed model is its fp16 export (what results.csv reports); a teacher has model.pt only
-        weights = p / "model_fp16.pt" if (p / "model_fp16.pt").is_file() else p / "model.pt"
+        weights = files.model_fp16 if files.model_fp16.is_file() else files.model
         return Classifier.from_weights(spec, weights, device)
     if p.is_file():
         spec = _spec_for_file(p)
@@ -59,8 +62,8 @@ def load_classifier(model: str, device: str | None = None, tracking_uri: str | N
     raise AscRayError(
         "model not found",
         path=model,
-        fix="pass a unit folder (<output>/students/split<N>/<system>), a model_fp16.pt / model.pt, or an "
-        "MLflow model URI (runs:/<run id>/model, models:/asc-ray-<system>-split<N>/<version>)",
+        fix=f"pass a unit folder (e.g. {EXAMPLE_UNIT}), a model_fp16.pt / model.pt, or an MLflow model URI "
+        f"(runs:/<run id>/model, {EXAMPLE_MODEL}/<version>)",
     )
 
 
@@ -72,8 +75,12 @@ def _spec_for_file(path: Path) -> dict:
         pass
     load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
     state = read_or_raise(path, load, "model file", OTHER_SYSTEM_FIX, "not a model file: {error}")
-    for name in ("baseline", "bcbl24"):  # the two student architectures (kd_ensemble/tfs are baseline's)
-        spec = unit_spec(SYSTEMS[name], load_config("full"))  # the report's widths
+    cfg = load_config("full")  # the report's widths
+    by_model = {}  # each student architecture, as its first student (kd_ensemble, tfs, baseline: one network)
+    for name in STUDENTS:
+        by_model.setdefault(SYSTEMS[name].model, SYSTEMS[name])
+    for system in by_model.values():
+        spec = unit_spec(system, cfg)
         model = build_from_spec(spec)
         if isinstance(state, dict) and all(
             k in state and tuple(v.shape) == tuple(state[k].shape) for k, v in model.state_dict().items()

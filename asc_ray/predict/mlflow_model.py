@@ -38,9 +38,9 @@ except ImportError:  # pragma: no cover
     PythonModel = object
 
 from asc_ray.errors import AGAIN, AscRayError
+from asc_ray.layout import UnitFiles, UnitRef, registered_name
 from asc_ray.mlflow_store import STORE_URIS, find_model
 from asc_ray.predict.classifier import UNIT_SPEC, Classifier, read_unit_spec
-from asc_ray.systems import unit_name
 
 ARTIFACT_PATH = "model"  # runs:/<run id>/model
 CHECKPOINT_PATH = "checkpoint"  # the fp32 model.pt beside it, as before
@@ -61,10 +61,6 @@ def _quiet(logger: str):
         yield
     finally:
         lg.setLevel(level)
-
-
-def registered_name(system: str, split: int | str) -> str:
-    return f"asc-ray-{system}-split{split}"
 
 
 # ------------------------------------------------------------------------------------- the pyfunc model
@@ -123,7 +119,7 @@ def save_unit_model(unit_dir: str | Path, dest: str | Path) -> Path:
 
     unit_dir = Path(unit_dir)
     spec = read_unit_spec(unit_dir)
-    weights = unit_dir / "model_fp16.pt"
+    weights = UnitFiles(unit_dir).model_fp16
     if not weights.is_file():
         raise AscRayError(
             "no model_fp16.pt in the unit folder (only students are exported at fp16)",
@@ -160,11 +156,11 @@ def save_unit_model(unit_dir: str | Path, dest: str | Path) -> Path:
 def log_unit_model(tracker, run_id: str, unit_dir: str | Path) -> None:
     """Log a finished student's MLflow model (model/) and fp32 checkpoint (checkpoint/) to its run.
     Tracking trouble is a warning (the files stay in the unit folder), as for every other artifact."""
-    unit_dir = Path(unit_dir)
-    if not (unit_dir / "model_fp16.pt").is_file():  # a teacher: its weights as a plain file, as before
-        tracker.log_artifacts(run_id, [unit_dir / "model.pt"], ARTIFACT_PATH)
+    unit_dir, files = Path(unit_dir), UnitFiles(unit_dir)
+    if not files.model_fp16.is_file():  # a teacher: its weights as a plain file, as before
+        tracker.log_artifacts(run_id, [files.model], ARTIFACT_PATH)
         return
-    tracker.log_artifacts(run_id, [unit_dir / "model.pt"], CHECKPOINT_PATH)
+    tracker.log_artifacts(run_id, [files.model], CHECKPOINT_PATH)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             local = save_unit_model(unit_dir, Path(tmp) / ARTIFACT_PATH)
@@ -374,7 +370,7 @@ def register_students(
     failed: dict[str, str] = {}  # the student's name -> why
     for r in sorted(students, key=lambda r: (int(r["split"]), r["system"], r.get("seed") or 0)):
         seed = "" if r.get("seed") is None else f", seed {r['seed']}"
-        name = unit_name(r["system"], r["split"], r.get("seed"))
+        name = UnitRef(r["system"], r["split"], r.get("seed")).name
         try:
             v = _registered(lambda r=r: register_student(client, r, folder_of(r) if folder_of else None))
         except Exception as e:  # noqa: BLE001 - reported below, after the other students
@@ -441,15 +437,16 @@ def load_classifier_from_mlflow(uri: str, device: str | None = None, tracking_ur
         raise AscRayError(
             f"cannot fetch the MLflow model: {str(e).splitlines()[0][:200]}",
             path=uri,
-            fix="check the URI (runs:/<run id>/model, models:/asc-ray-<system>-split<N>/<version>) and "
-            "MLFLOW_TRACKING_URI (the store the pipeline logged to)",
+            fix=f"check the URI (runs:/<run id>/model, models:/{registered_name('<system>', '<N>')}/<version>) "
+            "and MLFLOW_TRACKING_URI (the store the pipeline logged to)",
         ) from None
     spec_file, weights = local / "artifacts" / "unit.json", local / "artifacts" / "model_fp16.pt"
     if not spec_file.is_file() or not weights.is_file():
         raise AscRayError(
             "not an asc-ray MLflow model (no artifacts/unit.json + model_fp16.pt)",
             path=uri,
-            fix="pass the model/ of an asc-ray student run or a registered asc-ray-<system>-split<N> version",
+            fix="pass the model/ of an asc-ray student run or a registered "
+            f"{registered_name('<system>', '<N>')} version",
         )
     spec = json.loads(spec_file.read_text())
     return Classifier.from_weights(spec, weights, device)

@@ -3,7 +3,7 @@ Plain PyTorch, no Ray; `python -m asc_ray.train` trains one model from the comma
 
 from asc_ray.train.checkpoint import CheckpointDir, is_save_epoch, link_or_copy, link_tree, tree_bytes
 from asc_ray.train.data import Paths, RunData, prepare_data, shard
-from asc_ray.train.outputs import ensemble_on_test, finish_unit, read_record, unit_dir, write_record
+from asc_ray.train.outputs import ensemble_on_test, finish_unit, read_record, write_record
 from asc_ray.train.trainer import (
     Fitted,
     Trainer,
@@ -32,7 +32,6 @@ __all__ = [
     "shard",
     "train_seed",
     "tree_bytes",
-    "unit_dir",
     "unit_seed",
     "use_channels_last",
     "write_record",

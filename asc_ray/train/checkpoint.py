@@ -1,4 +1,5 @@
-"""A unit's resumable state on disk, and how it is written without writing the same bytes twice.
+"""A unit's resumable state on disk and its selected model (`Checkpoints`, what Trainer.fit saves and resumes
+from), and how it is written without writing the same bytes twice.
 
     <unit folder>/checkpoint/checkpoint.pt   weights, optimizer, scheduler, epoch, history, best, RNG, key
     <unit folder>/checkpoint/best.pt         the selected model's weights
@@ -23,6 +24,7 @@ import torch
 
 from asc_ray.errors import AscRayError
 from asc_ray.io import explain_write_error
+from asc_ray.layout import BEST_FILE, STATE_FILE, UnitFiles
 
 STATE_KEYS = ("model", "opt", "sched", "epoch", "history", "best", "torch_rng")
 
@@ -102,8 +104,8 @@ class CheckpointDir:
 
     def __init__(self, out_dir: str | Path, unit_key: str | None, log: Callable[[str], None], tag: str):
         self.out_dir, self.unit_key, self.log, self.tag = Path(out_dir), unit_key, log, tag
-        self.final = self.out_dir / "checkpoint"
-        self.prev = self.out_dir / "checkpoint.prev"
+        files = UnitFiles(out_dir)
+        self.final, self.prev = files.checkpoint, files.checkpoint_prev
 
     def save(self, state: dict, best_weights: dict | None) -> Path:
         """checkpoint/ replaced atomically, the one before kept as checkpoint.prev/. `best_weights`: the
@@ -112,12 +114,12 @@ class CheckpointDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            save_or_explain(state, tmp / "checkpoint.pt")
-            best = self.final / "best.pt"
+            save_or_explain(state, tmp / STATE_FILE)
+            best = self.final / BEST_FILE
             if best_weights is not None or not best.is_file():
-                save_or_explain(best_weights if best_weights is not None else state["model"], tmp / "best.pt")
+                save_or_explain(best_weights if best_weights is not None else state["model"], tmp / BEST_FILE)
             else:
-                link_or_copy(best, tmp / "best.pt")
+                link_or_copy(best, tmp / BEST_FILE)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what this attempt took
             raise
@@ -146,10 +148,10 @@ class CheckpointDir:
         seen = None  # the epoch of the checkpoint handed over, when readable
         tried = bool(handed)  # something to resume from was there (else a fresh start says nothing)
         for i, cand in enumerate(candidates):
-            path, own = cand / "checkpoint.pt", i >= len(handed)
+            path, own = cand / STATE_FILE, i >= len(handed)
             if own and not path.is_file():
                 continue
-            if best is not None and _same_file(path, best[1] / "checkpoint.pt"):
+            if best is not None and _same_file(path, best[1] / STATE_FILE):
                 continue  # Ray's copy is a hard link of this unit's own file (asc_ray.pipeline.teachers)
             state = read_checkpoint(path, device)
             if isinstance(state, str):
@@ -167,18 +169,112 @@ class CheckpointDir:
                 self.log(f"[{self.tag}] no readable checkpoint left: training from scratch")
             return False
         state, cand, own = best
-        apply(state, cand / "checkpoint.pt")
+        apply(state, cand / STATE_FILE)
         if own and handed and seen is None:
             self.log(f"[{self.tag}] fell back to the previous good checkpoint {cand / 'checkpoint.pt'}")
         elif own:
             was = "none was handed over" if not handed else f"the one handed over is of epoch {seen}"
             self.log(f"[{self.tag}] resuming from this unit's own {cand / 'checkpoint.pt'} ({was})")
-        if cand.resolve() != self.final.resolve() and (cand / "best.pt").is_file():
+        if cand.resolve() != self.final.resolve() and (cand / BEST_FILE).is_file():
             self.final.mkdir(parents=True, exist_ok=True)
             # a new entry, never a write into the old file: it may be a hard link shared with Ray's copy
-            link_or_copy(cand / "best.pt", self.final / "best.pt")
+            link_or_copy(cand / BEST_FILE, self.final / BEST_FILE)
         self.log(f"[{self.tag}] resumed from epoch {state['epoch']}")
         return True
+
+
+class Selection:
+    """The model train.select keeps, and when its weights (best.pt) are due: at the next checkpoint, from a CPU
+    copy of them when that checkpoint is a later epoch (train.checkpoint_every > 1)."""
+
+    def __init__(self):
+        self.best: dict = {"val_macro_acc": -1.0, "epoch": -1}  # epoch: 0-based
+        self._due = False  # best model changed since the last checkpoint: best.pt is due
+        self._weights: dict | None = None  # its weights, when they are not the current ones
+
+    def offer(self, epoch: int, val_macro_acc: float, model: torch.nn.Module, save_now: bool) -> None:
+        """Epoch `epoch` scored `val_macro_acc` on the holdout: kept when better than the best so far."""
+        if val_macro_acc > self.best["val_macro_acc"]:
+            self.best = {"val_macro_acc": val_macro_acc, "epoch": epoch}
+            self._due = True
+            self._weights = (
+                None
+                if save_now
+                else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            )
+
+    def last(self, epoch: int) -> None:
+        """train.select=last: this epoch's weights, current at the next checkpoint."""
+        self.best = {"val_macro_acc": float("nan"), "epoch": epoch}
+        self._due = True
+
+    def take(self, model: torch.nn.Module) -> dict | None:
+        """The weights best.pt gets at this checkpoint; None where they have not changed (best.pt is linked)."""
+        if not self._due:
+            return None
+        weights = self._weights if self._weights is not None else model.state_dict()
+        self._due, self._weights = False, None
+        return weights
+
+
+class Checkpoints:
+    """One unit's checkpoints (CheckpointDir) and its selected model (Selection): what Trainer.fit saves,
+    resumes from and returns."""
+
+    def __init__(self, out_dir: str | Path, unit_key: str | None, system: str, split: int, log, tag: str):
+        self.dir = CheckpointDir(out_dir, unit_key, log, tag)
+        self.system, self.split, self.unit_key = system, split, unit_key
+        self.selection = Selection()
+        self.best_weights = UnitFiles(out_dir).best  # the selected model's weights
+
+    def save(self, model, opt, sched, epoch: int, history: list[dict]) -> Path:
+        state = {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "best": self.selection.best,
+            "torch_rng": torch.get_rng_state(),
+            "system": self.system,
+            "split": self.split,
+            "key": self.unit_key,  # a torn checkpoint falls back only to this unit's own
+        }
+        return self.dir.save(state, self.selection.take(model))
+
+    def load(self, folder: str | Path | None, device, model, opt, sched) -> tuple[int, list[dict]] | None:
+        """Resume from `folder` (or this unit's previous good checkpoint): (epoch, history), the weights,
+        optimizer, schedule, selection and RNG restored; None when there is none. A readable checkpoint of
+        another model is an AscRayError: it is someone's work, left alone."""
+        resumed: list[tuple[int, list[dict]]] = []
+
+        def apply(state: dict, path: Path) -> None:
+            fix = (
+                "check that --output-dir and --system name the run you meant; this checkpoint is another "
+                "model's work and is left as it is (move the folder elsewhere to keep it; --fresh trains from "
+                "scratch and replaces it)"
+            )
+            if state.get("system", self.system) != self.system:
+                raise AscRayError(
+                    f"checkpoint does not fit {self.system} (it is a {state['system']} checkpoint)",
+                    path=path,
+                    fix=fix,
+                )
+            try:
+                model.load_state_dict(state["model"])
+            except (RuntimeError, KeyError) as e:
+                raise AscRayError(
+                    f"checkpoint does not fit {self.system} ({str(e).splitlines()[0][:200]})",
+                    path=path,
+                    fix=fix,
+                ) from None
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            self.selection.best = state["best"]
+            torch.set_rng_state(state["torch_rng"].cpu())  # map_location put it on the GPU
+            resumed.append((state["epoch"], state["history"]))
+
+        return resumed[0] if self.dir.load(folder, device, apply) else None
 
 
 def _same_file(a: Path, b: Path) -> bool:

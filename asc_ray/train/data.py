@@ -17,6 +17,7 @@ from asc_ray.data.logits import read_logits
 from asc_ray.data.tau import TauDataset
 from asc_ray.errors import AscRayError
 from asc_ray.features import frontend_sample_rate
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.systems import System
 
 
@@ -34,12 +35,11 @@ class RunData:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where a run's inputs and shared outputs lie (config data.* over the defaults)."""
+    """Where a run's inputs lie (config data.* over the defaults); its outputs: asc_ray.layout."""
 
     data_dir: Path
     cache_dir: Path
     irs_dir: Path
-    logits_dir: Path
 
     @classmethod
     def of(cls, cfg, data_dir: str | Path, output_dir: str | Path) -> Paths:
@@ -49,7 +49,6 @@ class Paths:
             data_dir=data_dir,
             cache_dir=Path(d.cache_dir) if d.cache_dir else output_dir / "cache",
             irs_dir=Path(d.irs_dir) if d.irs_dir else data_dir / "irs",
-            logits_dir=output_dir / "logits",
         )
 
 
@@ -62,10 +61,12 @@ def prepare_data(
     logits: str | Path | tuple[list[str], np.ndarray] | None = None,
     progress: bool = True,
     store: WaveformStore | None = None,
+    seed: int | None = None,
 ) -> RunData:
     """Open the data, carve the holdout, reuse/build the waveform cache (or use `store`, the pipeline's: no
     audio file is touched then), load IRs and (for KD/TFS) the teacher logits: a Parquet path, or (files,
-    logits) as the LogitAggregator hands them out."""
+    logits) as the LogitAggregator hands them out, by default the table the pipeline writes for the unit
+    (system, split, a student's `seed`) in `output_dir`."""
     paths = Paths.of(cfg, data_dir, output_dir)
     ds = TauDataset.open(paths.data_dir, cfg.data.split_dir)
     split_files = ds.split_files(split)
@@ -79,18 +80,18 @@ def prepare_data(
     irs = load_irs(paths.irs_dir, store.sample_rate) if system.dir else None
     teacher_logits = None
     if system.needs:
+        path = Layout(output_dir).table(UnitRef(system.name, split, seed).needs)
         if isinstance(logits, tuple):
             pos = {f: i for i, f in enumerate(logits[0])}
             table = logits[1]
             if set(pos) != set(split_files):
                 raise AscRayError(
                     f"teacher logits do not cover split {split}'s files",
-                    path=paths.logits_dir,
+                    path=path,
                     fix="re-run the teachers stage for this split (or --fresh)",
                 )
         else:
-            path = logits or paths.logits_dir / f"{system.needs}_split{split}.parquet"
-            table = read_logits(path, split_files)
+            table = read_logits(logits or path, split_files)
             pos = {f: i for i, f in enumerate(split_files)}
         teacher_logits = table[[pos[f] for f in train_files]]
     return RunData(ds, store, split_files, train_files, val_files, ds.test_files(), irs, teacher_logits)

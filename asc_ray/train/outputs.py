@@ -1,9 +1,9 @@
-"""What a finished unit leaves in its folder, and its one result record.
+"""What a finished unit leaves in its folder (asc_ray.layout: where the folder is and its files' names), and its
+one result record.
 
-    <output-dir>/<teachers|students>/split<N>/<system>/
-        result.json      the unit's record, written once at the end: figures, key, MLflow run, node, times
-        model.pt, model_fp16.pt, output.csv (+ .complexity.json), class_accuracy.png, confusion.png,
-        split_logits.npy (systems another one learns from), test_logits.npy (teachers: for the ensemble's score)
+    result.json      the unit's record, written once at the end: figures, key, MLflow run, node, times
+    model.pt, model_fp16.pt, output.csv (+ .complexity.json), class_accuracy.png, confusion.png,
+    split_logits.npy (systems another one learns from), test_logits.npy (teachers: for the ensemble's score)
 
 Everything that needs a unit's result reads the record: resume (its key), the results tables, the
 scheduler, MLflow.
@@ -23,28 +23,21 @@ from asc_ray.complexity import check_student, export_fp16, measure
 from asc_ray.export import plot_class_accuracy, plot_confusion, write_dcase_output
 from asc_ray.features import describe, frontend_sample_rate, input_shape
 from asc_ray.io import atomic_torch_save, atomic_write_json
+from asc_ray.layout import UnitFiles
 from asc_ray.metrics import EvalResult, evaluate
 from asc_ray.predict import Classifier, build_from_spec, load_weights, unit_spec, write_unit_spec
 from asc_ray.systems import System
 from asc_ray.train.data import RunData
 from asc_ray.train.trainer import Fitted
 
-RECORD = "result.json"
-
-
-def unit_dir(output_dir: str | Path, role: str, split: int, system: str, seed: int | None = None) -> Path:
-    """<output-dir>/<role>s/split<N>/<system>, and seed<s>/ below it for a student's seed."""
-    folder = Path(output_dir) / f"{role}s" / f"split{split}" / system
-    return folder if seed is None else folder / f"seed{seed}"
-
 
 def write_record(folder: str | Path, record: dict) -> Path:
-    return atomic_write_json(Path(folder) / RECORD, record)
+    return atomic_write_json(UnitFiles(folder).record, record)
 
 
 def read_record(folder: str | Path, key: str | None = None) -> dict | None:
     """The unit's record; None when there is none, or when `key` is given and the record is for another key."""
-    p = Path(folder) / RECORD
+    p = UnitFiles(folder).record
     if not p.is_file():
         return None
     try:
@@ -74,8 +67,8 @@ def finish_unit(
     what the caller knows (key, MLflow run, node, when it started) goes into the record too. record=False: the
     caller writes the record (write_record) once it has done what must come before the unit counts as done."""
     t_finish = time.time()
-    out = Path(out)
-    tag = f"{system.name} split{split}"
+    out, f = Path(out), UnitFiles(out)
+    tag = fitted.name
     best = torch.load(fitted.weights, map_location=fitted.device, weights_only=True)
     spec = unit_spec(system, cfg)
     run = {"device": fitted.device, "channels_last": fitted.channels_last, "amp": fitted.amp}
@@ -84,11 +77,11 @@ def finish_unit(
     res = res_fp32 = _evaluate(data, data.test_files, test_logits)
     model = load_weights(build_from_spec(spec), best, system.name)
     cx = measure(model, (1, *input_shape(system.frontend)))
-    atomic_torch_save(out / "model.pt", best)  # a full disk is one clear error, never half a file
-    files = {"model": out / "model.pt"}
+    atomic_torch_save(f.model, best)  # a full disk is one clear error, never half a file
+    files = {"model": f.model}
     if system.role == "student":
         check_student(cx, system.name)
-        files["model_fp16"] = export_fp16(model, out / "model_fp16.pt")
+        files["model_fp16"] = export_fp16(model, f.model_fp16)
         # the reported figures (and output.csv) are the deployed model's: the fp16 export, run in fp16
         test_logits = Classifier.from_weights(spec, files["model_fp16"], **run).logits_of(
             data.store, data.test_files
@@ -100,7 +93,7 @@ def finish_unit(
                 f"[{tag}] WARNING: the fp16 model's test macro accuracy is {100 * drop:.1f} points "
                 f"below fp32 ({100 * res.metrics['macro_acc']:.2f}% vs {100 * res_fp32.metrics['macro_acc']:.2f}%)"
             )
-    files["output"] = write_dcase_output(out / "output.csv", data.test_files, test_logits, cx.to_dict())
+    files["output"] = write_dcase_output(f.output, data.test_files, test_logits, cx.to_dict())
     files["complexity"] = out / "output.complexity.json"
     files["unit"] = write_unit_spec(out, system, cfg)  # what asc-ray-predict / the MLflow model rebuild from
     class_acc = {k.split("/", 1)[1]: v for k, v in res.metrics.items() if k.startswith("class_acc/")}
@@ -115,12 +108,12 @@ def finish_unit(
     np.save(out / "confusion.npy", res.confusion)
     if system.role == "teacher":
         # its test logits, in test.csv's order: the evaluation scores the teachers' ensemble (their mean)
-        np.save(out / "test_logits.npy", test_logits)
-        files["test_logits"] = out / "test_logits.npy"
+        np.save(f.test_logits, test_logits)
+        files["test_logits"] = f.test_logits
     if system.feeds:
         # logits over the split's training files: what the next stage learns from
-        np.save(out / "split_logits.npy", fp32.logits_of(data.store, data.split_files))
-        files["split_logits"] = out / "split_logits.npy"
+        np.save(f.split_logits, fp32.logits_of(data.store, data.split_files))
+        files["split_logits"] = f.split_logits
     result = {
         "system": system.name,
         "split": split,

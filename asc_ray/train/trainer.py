@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from asc_ray import augment
 from asc_ray.data.dataset import HOST_KEYS, ClipBatches, to_device
 from asc_ray.data.tau import DEVICE_INDEX, N_CLASSES
-from asc_ray.errors import AscRayError
 from asc_ray.features import build_frontend
+from asc_ray.layout import UnitRef
 from asc_ray.losses import LOSSES
 from asc_ray.metrics import evaluate
 from asc_ray.models import build_model, get_architecture
 from asc_ray.predict import Classifier, unit_spec
-from asc_ray.systems import System, epochs, hparams, unit_name
-from asc_ray.train.checkpoint import CheckpointDir, is_save_epoch
+from asc_ray.systems import System, epochs, hparams
+from asc_ray.train.checkpoint import Checkpoints, is_save_epoch
 from asc_ray.train.data import RunData, shard
 
 DEVICE_A = DEVICE_INDEX["a"]
@@ -79,6 +79,7 @@ def use_channels_last(system: System, cfg) -> bool:
 class Fitted:
     """A finished training: the selected model and how it ran (what finishing the unit needs)."""
 
+    name: str  # the unit's name (asc_ray.layout.UnitRef.name): its console lines
     weights: Path  # the selected model's weights (checkpoint/best.pt)
     selected_epoch: int  # 1-based
     val_macro_acc: float  # NaN when selected without a holdout
@@ -110,7 +111,7 @@ class Trainer:
         init_weights: str | Path | None = None,
     ):
         self.system, self.cfg, self.data, self.split = system, cfg, data, split
-        self.tag = unit_name(system.name, split, seed)  # on its console lines
+        self.tag = UnitRef(system.name, split, seed).name  # on its console lines
         self.out_dir = Path(out_dir)
         self.log = log if rank == 0 else (lambda _msg: None)
         self.rank, self.world_size = rank, world_size
@@ -164,125 +165,47 @@ class Trainer:
             self.log(
                 f"[{self.tag}] note: {warm} warm-up steps of {steps} in all: the learning rate peaks late"
             )
-        self.checkpoints = CheckpointDir(self.out_dir, unit_key, self.log, self.tag)
-        self.unit_key = unit_key  # stored in checkpoints: a torn one falls back only to this unit's own
+        self.checkpoints = Checkpoints(self.out_dir, unit_key, system.name, split, self.log, self.tag)
         self.epoch = 0
         self.history: list[dict] = []
-        self.best: dict = {"val_macro_acc": -1.0, "epoch": -1}
-        self._best_changed = False  # best model changed since the last checkpoint: best.pt is due
-        self._best_weights: dict | None = None  # its weights, when they are not the current ones
 
     # -- checkpoints (asc_ray.train.checkpoint)
-    def state(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "epoch": self.epoch,
-            "history": self.history,
-            "best": self.best,
-            "torch_rng": torch.get_rng_state(),
-            "system": self.system.name,
-            "split": self.split,
-            "key": self.unit_key,
-        }
+    @property
+    def best(self) -> dict:
+        """The selected epoch (0-based) and its validation figure."""
+        return self.checkpoints.selection.best
 
     def save_checkpoint(self) -> Path:
-        best = None
-        if self._best_changed:
-            best = self._best_weights if self._best_weights is not None else self.model.state_dict()
-        folder = self.checkpoints.save(self.state(), best)
-        self._best_changed, self._best_weights = False, None
-        return folder
+        return self.checkpoints.save(self.model, self.opt, self.sched, self.epoch, self.history)
 
-    def load_checkpoint(self, folder: str | Path) -> bool:
-        """Resume from `folder` (or this unit's previous good checkpoint). A readable checkpoint of another
-        model is an AscRayError: it is someone's work, left alone."""
-        return self.checkpoints.load(folder, self.device, self._load_state)
-
-    def _load_state(self, state: dict, path: Path) -> None:
-        fix = (
-            "check that --output-dir and --system name the run you meant; this checkpoint is another "
-            "model's work and is left as it is (move the folder elsewhere to keep it; --fresh trains from "
-            "scratch and replaces it)"
-        )
-        if state.get("system", self.system.name) != self.system.name:
-            raise AscRayError(
-                f"checkpoint does not fit {self.system.name} (it is a {state['system']} checkpoint)",
-                path=path,
-                fix=fix,
-            )
-        try:
-            self.model.load_state_dict(state["model"])
-        except (RuntimeError, KeyError) as e:
-            raise AscRayError(
-                f"checkpoint does not fit {self.system.name} ({str(e).splitlines()[0][:200]})",
-                path=path,
-                fix=fix,
-            ) from None
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
-        torch.set_rng_state(state["torch_rng"].cpu())  # map_location put it on the GPU
-
-    def _note_best(self, save_now: bool) -> None:
-        """The best model just changed: best.pt follows at the next checkpoint, from a CPU copy of these
-        weights when that checkpoint is a later epoch (train.checkpoint_every > 1)."""
-        self._best_changed = True
-        self._best_weights = (
-            None
-            if save_now
-            else {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        )
+    def load_checkpoint(self, folder: str | Path | None) -> bool:
+        """Resume from `folder` (or this unit's previous good checkpoint); False: none, training starts clean."""
+        resumed = self.checkpoints.load(folder, self.device, self.model, self.opt, self.sched)
+        if resumed is not None:
+            self.epoch, self.history = resumed
+        return resumed is not None
 
     # -- one epoch
     def prepare_inputs(self, batch: dict, gen: torch.Generator, draws: dict | None = None):
         """One training batch -> (spectrogram x, soft targets y, teacher logits zt or None), augmented: from
         `gen` step by step, or from the step's `draws` (train.device_augment)."""
         s, a = self.system, self.cfg.augment
+        draw = augment.Eager(gen) if draws is None else augment.Drawn(draws)
         wave = batch["wave"].to(self.device, non_blocking=True)
-        if draws is not None:
-            return self._drawn_inputs(batch, wave, draws)
         if self.roll:
-            wave = augment.roll(wave, self.roll, generator=gen)
+            wave = draw.roll(wave, self.roll)
         if self.irs is not None:
-            wave = augment.dir_augment(
-                wave, batch["device"], self.irs, p=a.dir_p, device_a=DEVICE_A, generator=gen
-            )
-        x = self.frontend(wave)
+            wave = draw.dir(wave, batch["device"], self.irs, a.dir_p, DEVICE_A)
+        x = self.frontend(wave, draw.frontend)
         if s.fms:
-            x = augment.freq_mixstyle(x, p=a.fms_p, alpha=a.fms_alpha, generator=gen)
-        y = F.one_hot(batch["label"].to(self.device), N_CLASSES).float()
-        zt = batch.get("teacher_logits")
-        zt = None if zt is None else zt.to(self.device)
-        if s.mixup:
-            x, y, lam, perm = augment.mixup(x, y, alpha=a.mixup_alpha, generator=gen)
-            if zt is not None:
-                zt = lam * zt + (1 - lam) * zt[perm.to(self.device)]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, zt
-
-    def _drawn_inputs(self, batch: dict, wave: torch.Tensor, d: dict):
-        """prepare_inputs from the step's draws: the same chain in fixed shapes, no host round trip."""
-        s, a = self.system, self.cfg.augment
-        if self.roll:
-            wave = augment.roll_by(wave, d["roll"])
-        if self.irs is not None:
-            wave = augment.dir_drawn(
-                wave, batch["device"], self.irs, d["dir_u"], d["dir_k"], a.dir_p, DEVICE_A
-            )
-        x = self.frontend(wave, d)
-        if s.fms:
-            x = augment.freq_mixstyle_drawn(x, d["fms_u"], d["fms_lam"], d["fms_perm"], p=a.fms_p)
+            x = draw.fms(x, a.fms_p, a.fms_alpha)
         y = F.one_hot(batch["label"].to(self.device, non_blocking=True), N_CLASSES).float()
         zt = batch.get("teacher_logits")
         zt = None if zt is None else zt.to(self.device, non_blocking=True)
         if s.mixup:
-            lam, perm = d["mix_lam"], d["mix_perm"]
-            x, y = augment.mixup_drawn(x, y, lam, perm)
+            x, y, lam, perm = draw.mixup(x, y, a.mixup_alpha)
             if zt is not None:
-                zt = lam * zt + (1 - lam) * zt[perm]
+                zt = lam * zt + (1 - lam) * zt[perm.to(self.device)]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, zt
@@ -369,7 +292,7 @@ class Trainer:
                 "selecting the last epoch"
             )
             select = "last"
-        every = max(1, self.cfg.train.eval_every)
+        every = self.cfg.train.eval_every
         while self.epoch < n_epochs:
             m = self.train_epoch()
             self.epoch += 1
@@ -377,12 +300,9 @@ class Trainer:
             # validation on rank 0 only: it alone selects and saves; DDP keeps the weights identical on all ranks
             if select == "val" and self.rank == 0 and (self.epoch % every == 0 or self.epoch == n_epochs):
                 m.update({f"val_{k}": v for k, v in self.validate().items() if "/" not in k})
-                if m["val_macro_acc"] > self.best["val_macro_acc"]:
-                    self.best = {"val_macro_acc": m["val_macro_acc"], "epoch": self.epoch - 1}
-                    self._note_best(save)
+                self.checkpoints.selection.offer(self.epoch - 1, m["val_macro_acc"], self.model, save)
             elif select == "last":
-                self.best = {"val_macro_acc": float("nan"), "epoch": self.epoch - 1}
-                self._best_changed = True  # the last epoch's weights: current at the next checkpoint
+                self.checkpoints.selection.last(self.epoch - 1)
             m.setdefault(
                 "val_macro_acc", float("nan")
             )  # every report carries the selection metric (Tune needs it)
@@ -404,7 +324,8 @@ class Trainer:
         if self.rank != 0:
             return None
         return Fitted(
-            weights=self.out_dir / "checkpoint" / "best.pt",
+            name=self.tag,
+            weights=self.checkpoints.best_weights,
             selected_epoch=self.best["epoch"] + 1,
             val_macro_acc=self.best["val_macro_acc"],
             selected_on=select,

@@ -18,7 +18,7 @@ import pytest
 from helpers.cluster import VENV_BIN, RayHead
 from helpers.wait import http_status
 
-from asc_ray.train.outputs import unit_dir
+from asc_ray.layout import Layout, TableRef, UnitRef
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -148,15 +148,9 @@ def test_submit_full_pipeline_with_working_dir(head, synth_dataset, tmp_path):
     table = pq.read_table(out / "logits" / f"teachers_split{SPLIT}.parquet")
     assert table.num_rows == len(split_files)
     assert {"bcbl32_fms", "bcbl32_dir"} <= set(table.column_names)
-    assert (out / "logits" / f"kd_ensemble_seed0_split{SPLIT}.parquet").is_file()
-    for role, system, seed in (
-        ("teacher", "bcbl32_fms", None),
-        ("teacher", "bcbl32_dir", None),
-        ("student", "kd_ensemble", 0),
-    ):
-        unit = json.loads(
-            (unit_dir(out, role, SPLIT, system, seed) / "result.json").read_text()
-        )  # its record
+    assert Layout(out).table(TableRef("kd_ensemble", SPLIT, 0)).is_file()
+    for system, seed in (("bcbl32_fms", None), ("bcbl32_dir", None), ("kd_ensemble", 0)):
+        unit = json.loads(Layout(out).unit(UnitRef(system, SPLIT, seed)).record.read_text())  # its record
         assert unit["node_id"]  # one node: every unit ran on the head
 
     # MLflow: the job used the tracking URI given in the runtime env (not a mlflow.db in the uploaded dir)

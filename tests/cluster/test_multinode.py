@@ -29,10 +29,9 @@ from helpers.procs import pipeline_args
 from helpers.wait import wait_for
 
 from asc_ray.data.logits import read_logits
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.pipeline.students import FROM_CHECKPOINT, RETRY
 from asc_ray.pipeline.watch import RANK_LINE
-from asc_ray.systems import unit_name
-from asc_ray.train.outputs import unit_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -226,7 +225,7 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     # the console says so in one line (asc_ray/pipeline/students.py TrialRetried), not with Tune's traceback:
     # the unit, why (the node's actor died), from its checkpoint
     retry = said_all(RETRY, text, logged=True)
-    assert [m["unit"] for m in retry] == [unit_name(STUDENT, SPLIT, 0)], text[-6000:]
+    assert [m["unit"] for m in retry] == [UnitRef(STUDENT, SPLIT, 0).name], text[-6000:]
     assert retry[0]["cause"] in ("ActorUnavailableError", "ActorDiedError"), retry[0].group(0)
     assert retry[0]["start"] == FROM_CHECKPOINT, retry[0].group(0)
     assert not [ln for ln in text.splitlines() if ln.startswith("Traceback")], text[-6000:]
@@ -238,6 +237,6 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     assert any(t == STUDENT and int(e) >= 1 for t, e in RESUMED.findall(after)), units[-6000:]
 
     # the unit's result record: finished on the survivor
-    rec = json.loads((unit_dir(out, "student", SPLIT, STUDENT, 0) / "result.json").read_text())
+    rec = json.loads(Layout(out).unit(UnitRef(STUDENT, SPLIT, 0)).record.read_text())
     assert rec["node_id"] == survivor
     assert 0.0 <= rec["test_macro_acc"] <= 1.0

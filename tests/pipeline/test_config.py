@@ -192,3 +192,78 @@ def test_resume_keys_hold_only_what_a_unit_reads():
     assert changed("seed=1") == set(SYSTEMS)
     assert changed("teachers.bcbl_epochs=24") == {"bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir"}
     assert base.train.num_threads == 0
+
+
+def test_every_key_declares_what_it_changes_and_every_number_its_range():
+    """Where a key is defined (asc_ray/schema.py, a model's or a loss's settings) it says whether it changes a
+    trained result (trains / picks / runs); a new key that says nothing fails here, not silently in a stale
+    unit's key."""
+    from asc_ray.schema import EFFECTS, bounds, effect
+    from asc_ray.sections import leaves
+
+    keys = leaves()
+    assert keys and set(keys) == set(flatten(load_config("full")))  # every key the profiles hold
+    silent = [k for k, info in keys.items() if effect(info) not in EFFECTS]
+    assert not silent, f"declare trains(), picks() or runs() where these keys are defined: {silent}"
+    numbers = [k for k, info in keys.items() if info.annotation in (int, float)]
+    unbounded = [k for k in numbers if not bounds(keys[k])]
+    assert numbers and not unbounded, f"give these numeric keys their range (ge=, gt=, le=, lt=): {unbounded}"
+
+
+def test_what_a_system_reads_is_what_the_keys_declare():
+    """System.reads is derived from the declarations: a key that trains reaches some system's key (its
+    section's systems, narrowed by `when`) or, in `pretrain:`, the pretraining unit's key (which its teachers'
+    keys hold); a key that runs or picks reaches none."""
+    from asc_ray.config import flatten, with_overrides
+    from asc_ray.schema import TRAINS, effect, when
+    from asc_ray.sections import leaves
+    from asc_ray.systems import SYSTEMS
+    from asc_ray.train.pretrain import pretrain_key
+
+    cfg = load_config("smoke")
+    for key, info in leaves().items():
+        readers = {n for n, s in SYSTEMS.items() if s.reads(key)}
+        if effect(info) != TRAINS:
+            assert not readers, key
+            continue
+        if key.startswith("pretrain."):
+            assert not readers, key
+            v = flatten(cfg)[key]
+            changed = with_overrides(cfg, {key: v * 2 if isinstance(v, float) else v + 1})
+            assert pretrain_key(changed) != pretrain_key(cfg), f"{key} trains, yet the pretraining key ignores it"
+            continue
+        assert readers, f"{key} trains, yet no system reads it"
+        for n in readers:
+            assert all(getattr(SYSTEMS[n], a) == v for a, v in when(info).items()), (key, n)
+
+
+def test_out_of_range_values_are_refused_in_one_error_through_the_entry_point(capsys):
+    """`asc-ray config bcbl.epochs=-3 bcbl.batch_size=0 bcbl.lr=-1`: exit 2, one message naming each key, what
+    it got and its range."""
+    from asc_ray.cli import main
+    from asc_ray.console import run_cli
+    from asc_ray.schema import bounds
+    from asc_ray.sections import field
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(["config", "bcbl.epochs=-3", "bcbl.batch_size=0", "bcbl.lr=-1"]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    msg = err[err.index("error: ") :].splitlines()
+    assert len(msg) == 2 and msg[1].startswith("  fix: ")  # one problem line, one fix line
+    for key, value in (("bcbl.epochs", "-3"), ("bcbl.batch_size", "0"), ("bcbl.lr", "-1")):
+        assert key in msg[0] and f"{key}={value}" in msg[0]  # the key and the value given
+        assert bounds(field(key)) in msg[1].split(key, 1)[1]  # its range, in the fix after its name
+
+
+@pytest.mark.parametrize(
+    "override", ["kd.lam=1.5", "augment.fms_p=-0.1", "train.checkpoint_every=0", "data.holdout_fraction=0.5"]
+)
+def test_a_value_out_of_its_range_names_the_range(override):
+    from asc_ray.schema import bounds
+    from asc_ray.sections import field
+
+    key = override.split("=")[0]
+    with pytest.raises(AscRayError) as e:
+        load_config("full", None, [override])
+    assert key in str(e.value) and bounds(field(key)) in e.value.fix

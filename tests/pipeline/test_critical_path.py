@@ -11,7 +11,8 @@ from helpers.console import said, said_all
 from helpers.procs import cli_env, pipeline_args, run_py
 
 from asc_ray.config import load_config
-from asc_ray.pipeline.graph import CRITICAL_PATH, Unit, build_graph, critical_path, share_idle, work
+from asc_ray.layout import Layout, TableRef, UnitRef
+from asc_ray.pipeline.graph import CRITICAL_PATH, build_graph, critical_path, share_idle, work
 from asc_ray.pipeline.run import WORKERS
 from asc_ray.systems import STUDENTS, TEACHERS
 
@@ -23,30 +24,28 @@ def test_the_full_profiles_critical_path_is_split_100s_cnn_teachers_then_kd_ense
     crit = critical_path(g, g, lambda u: work(u, FULL))
     seeds = FULL.students.seeds
     # the 32-BCBL teachers (150 epochs) outlast PaSST (25 epochs at 2.9x a CNN's cost per clip): all three tie
-    want = {Unit("train", t, 100) for t in ("bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir")}
-    want |= {Unit("table", "teachers", 100)}
-    want |= {
-        Unit(k, n, 100, s) for s in seeds for k, n in (("train", "kd_ensemble"), ("table", "kd_ensemble"))
-    }
-    want |= {Unit("train", "tfs", 100, s) for s in seeds}
+    want = {UnitRef(t, 100) for t in ("bcbl32_fms", "bcbl32_dir", "bcbl32_fms_dir")}
+    want |= {TableRef("teachers", 100)}
+    want |= {r(n, 100, s) for s in seeds for r, n in ((UnitRef, "kd_ensemble"), (TableRef, "kd_ensemble"))}
+    want |= {UnitRef("tfs", 100, s) for s in seeds}
     assert crit == want
 
 
 def test_the_critical_path_of_what_is_left_to_run():
     """Teachers reused: the path is what remains (the students' stage alone)."""
     g = build_graph([*TEACHERS, *STUDENTS], [50, 100], [0])
-    todo = [u for u in g if u.role != "teacher" and not (u.kind == "table" and u.name == "teachers")]
+    todo = [u for u in g if u.role != "teacher" and u != TableRef("teachers", 100)]
     crit = critical_path(g, todo, lambda u: work(u, FULL))
     assert crit == {
-        Unit("train", "kd_ensemble", 100, 0),
-        Unit("table", "kd_ensemble", 100, 0),
-        Unit("train", "tfs", 100, 0),
+        UnitRef("kd_ensemble", 100, 0),
+        TableRef("kd_ensemble", 100, 0),
+        UnitRef("tfs", 100, 0),
     }
     assert critical_path(g, [], lambda u: work(u, FULL)) == set()
 
 
 def _units(*names):
-    return [Unit("train", n, 100, 0) for n in names]
+    return [UnitRef(n, 100, 0) for n in names]
 
 
 def test_idle_gpus_go_to_critical_units_after_the_rest_of_the_batch():
@@ -60,7 +59,7 @@ def test_idle_gpus_go_to_critical_units_after_the_rest_of_the_batch():
     # 8 idle GPUs, one critical student launched with a baseline: 7.75 left, at most 4
     assert share_idle([kd, base], {kd}, 8.0, demand, lambda u: 4) == {kd: 4, base: 1}
     # three critical units share evenly what is left
-    seeds = [Unit("train", "kd_ensemble", 100, s) for s in (0, 1, 2)]
+    seeds = [UnitRef("kd_ensemble", 100, s) for s in (0, 1, 2)]
     assert share_idle(seeds, set(seeds), 8.0, demand, lambda u: 8) == dict(zip(seeds, [2, 3, 3], strict=True))
     # nothing idle, or a cap of 1 (off): one worker each
     assert share_idle([kd, tfs], {kd}, 0.5, demand, lambda u: 4) == {kd: 1, tfs: 1}
@@ -121,12 +120,11 @@ def test_critical_path_units_train_data_parallel_on_idle_cpus(synth_dataset, tmp
         assert [x["batch_size"] for x in ranks] == [batch // 2] * 2, name  # the recipe's batch, split
         assert not set(ranks[0]["files"]) & set(ranks[1]["files"]), name
         assert ranks[0]["parameters"] == ranks[1]["parameters"], name  # DDP: one model
-        folder = out / f"{role}s" / f"split{split}" / name
         rec = json.loads(
-            ((folder / "seed0") if role == "student" else folder).joinpath("result.json").read_text()
+            Layout(out).unit(UnitRef(name, split, 0 if role == "student" else None)).record.read_text()
         )
         assert rec["workers"] == 2 and rec["workers_why"].startswith("critical path: "), rec
-    base = json.loads((out / "students" / f"split{split}" / "baseline" / "seed0" / "result.json").read_text())
+    base = json.loads(Layout(out).unit(UnitRef("baseline", split, 0)).record.read_text())
     assert base["workers"] == 1 and base["workers_why"] == ""
     timeline = {e["label"]: e for e in json.loads((out / "timeline.json").read_text())}
     assert timeline[f"kd_ensemble split{split} seed0"]["workers"] == 2

@@ -27,6 +27,7 @@ def test_two_workers_per_teacher_train_disjoint_shards_in_step(synth_dataset, tm
     from asc_ray.config import load_config
     from asc_ray.data.holdout import split_holdout
     from asc_ray.data.tau import TauDataset
+    from asc_ray.layout import Layout, UnitRef
 
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -64,13 +65,14 @@ def test_two_workers_per_teacher_train_disjoint_shards_in_step(synth_dataset, tm
         assert all(np.isfinite(h["val_macro_acc"]) for h in ranks[0]["history"]), name
         assert all(np.isnan(h["val_macro_acc"]) for h in ranks[1]["history"]), name
         assert [h["epoch"] for h in ranks[0]["history"]] == [1, 2]
-        unit_log = (out / "teachers" / f"split{SPLIT}" / name / "unit.log").read_text()
+        unit = Layout(out).unit(UnitRef(name, SPLIT))
+        unit_log = unit.log.read_text()
         # one start per rank and no restart: without the fix PaSST's DDP raised at its second step ("Expected
         # to have finished reduction in the prior iteration") and Ray Train's restart hid it
         assert unit_log.count("rank 0 on node") == 1 and unit_log.count("rank 1 on node") == 1, unit_log
         assert "resumed from epoch" not in unit_log, unit_log
         assert "epoch 2/2" in unit_log and unit_log.count(" epoch 2/2 ") == 1  # progress from rank 0 only
-        result = json.loads((out / "teachers" / f"split{SPLIT}" / name / "result.json").read_text())
+        result = json.loads(unit.record.read_text())
         assert np.isfinite(result["test_macro_acc"]) and result["selected_epoch"] in (1, 2)
         logits = np.load(result["files"]["split_logits"])  # rank 0's logits over all the split's files
         assert logits.shape == (len(ds.split_files(SPLIT)), 10) and np.isfinite(logits).all()

@@ -27,7 +27,7 @@ def test_config_reference_gives_each_profiles_values():
     full, smoke = flatten(load_config("full")), flatten(load_config("smoke"))
     rows = {}
     for line in (ROOT / "docs" / "config.md").read_text().splitlines():
-        m = re.match(r"\| `([\w.]+)` \|([^|]*)\|([^|]*)\|", line)
+        m = re.match(r"\| `([\w.]+)`✓? \|([^|]*)\|([^|]*)\|", line)
         if m:
             rows[m.group(1)] = (m.group(2).strip(), m.group(3).strip())
     wrong = []
@@ -39,6 +39,18 @@ def test_config_reference_gives_each_profiles_values():
         if (yaml.safe_load(doc_smoke) if doc_smoke else None) != want:
             wrong.append(f"{key}: smoke {doc_smoke!r} != {want!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_config_reference_marks_the_keys_that_retrain():
+    """docs/config.md's ✓ marks exactly the keys the schema declares trains() (asc_ray.schema)."""
+    from asc_ray.schema import TRAINS, effect
+    from asc_ray.sections import leaves
+
+    marked = set(re.findall(r"^\| `([\w.]+)`✓ \|", (ROOT / "docs" / "config.md").read_text(), flags=re.M))
+    declared = {k for k, info in leaves().items() if effect(info) == TRAINS}
+    assert marked == declared, (
+        f"mark with ✓: {sorted(declared - marked)}; unmark: {sorted(marked - declared)}"
+    )
 
 
 def test_readme_commands_and_ci_agree():

@@ -17,12 +17,11 @@ from helpers.reference import SPLITS
 
 from asc_ray.data.logits import read_logits, table_metadata
 from asc_ray.data.tau import TauDataset
+from asc_ray.layout import Layout, UnitRef, registered_name
 from asc_ray.metrics import evaluate
 from asc_ray.pipeline.graph import DONE, PROGRESS, START, TO_RUN
 from asc_ray.pipeline.run import RESULTS
-from asc_ray.predict.mlflow_model import registered_name
-from asc_ray.systems import TEACHERS, unit_name
-from asc_ray.train.outputs import unit_dir
+from asc_ray.systems import TEACHERS
 
 STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline", "no_kd")  # the smoke profile's five
 UNITS = len(SPLITS) * (
@@ -90,7 +89,7 @@ def test_students_predict_the_evaluation_set_in_dcase_format(reference):
     for sp in SPLITS:
         for s in STUDENTS:
             files, labels, probs = read_dcase_output(
-                unit_dir(reference.out, "student", sp, s, 0) / "eval_output.csv"
+                Layout(reference.out).unit(UnitRef(s, sp, 0)).eval_output
             )
             assert files == [n[len("audio/") :] for n in reference.eval_names]
             assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
@@ -271,13 +270,13 @@ def test_console_is_asc_rays_one_line_per_unit_start_and_finish(reference):
     log = "\n".join(ours)
     for split in SPLITS:
         for s in (*TEACHERS, *STUDENTS):
-            unit = unit_name(s, split, 0 if s in STUDENTS else None)
+            unit = UnitRef(s, split, 0 if s in STUDENTS else None).name
             assert [m["unit"] for m in said_all(START, log, logged=True)].count(unit) == 1, unit
             assert [m["unit"] for m in said_all(DONE, log, logged=True)].count(unit) == 1, unit
     assert len(said_all(PROGRESS, log, logged=True)) == UNITS  # one per unit finished, with its ETA
     # per-epoch lines are in each unit's own log
-    log = (unit_dir(reference.out, "student", 100, "kd_ensemble", 0) / "unit.log").read_text()
-    assert f"[{unit_name('kd_ensemble', 100, 0)}] epoch 2/2" in log  # named as its rank line names it
+    log = Layout(reference.out).unit(UnitRef("kd_ensemble", 100, 0)).log.read_text()
+    assert f"[{UnitRef('kd_ensemble', 100, 0)}] epoch 2/2" in log  # named as its rank line names it
 
 
 def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(reference):
@@ -298,7 +297,7 @@ def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(r
     # each student is reported when its own trial ends, not when the last trial of its Tuner does
     for s in STUDENTS:
         for sp in SPLITS:
-            rec = json.loads((unit_dir(reference.out, "student", sp, s, 0) / "result.json").read_text())
+            rec = json.loads(Layout(reference.out).unit(UnitRef(s, sp, 0)).record.read_text())
             assert by[f"{s} split{sp} seed0"]["end"] - rec["finished"] < 60, (s, sp)
     assert (reference.out / "plots" / "timeline.png").stat().st_size > 5000
     c = MlflowClient(tracking_uri=reference.uri)

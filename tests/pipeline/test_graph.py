@@ -9,7 +9,8 @@ import pytest
 
 from asc_ray.config import load_config
 from asc_ray.errors import AscRayError
-from asc_ray.pipeline.graph import Scheduler, Unit, build_graph, select
+from asc_ray.layout import PretrainRef, TableRef, UnitRef
+from asc_ray.pipeline.graph import Scheduler, build_graph, select
 from asc_ray.systems import STUDENTS, TEACHERS
 
 CFG = load_config("smoke")
@@ -21,12 +22,12 @@ def T(name, split):
     """A system on a split: a student at the graph's one default seed (0), a teacher at none."""
     from asc_ray.systems import SYSTEMS
 
-    return Unit("train", name, split, 0 if name not in SYSTEMS or SYSTEMS[name].role == "student" else None)
+    return UnitRef(name, split, 0 if name not in SYSTEMS or SYSTEMS[name].role == "student" else None)
 
 
 def Tab(source, split):
     """A logits table: the teachers' one per split, a student's per seed (the default seed 0)."""
-    return Unit("table", source, split, None if source == "teachers" else 0)
+    return TableRef(source, split, None if source == "teachers" else 0)
 
 
 def test_edges_come_from_what_each_system_needs():
@@ -57,7 +58,7 @@ def test_the_pretraining_runs_once_before_every_splits_passt_teachers_and_keys_t
     else; its settings are in their keys (through the edge), not in any other unit's."""
     from asc_ray.pipeline.keys import Keys
 
-    pre = Unit("pretrain", "passt", 0)
+    pre = PretrainRef("passt")
     g = build_graph(ALL, [5, 100], pretrain=("passt",))
     assert g[pre] == [] and str(pre) == "pretrain passt" and pre.role == "pretrain"
     for sp in (5, 100):

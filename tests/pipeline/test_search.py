@@ -7,9 +7,10 @@ import pytest
 from helpers.console import said_all
 from helpers.procs import ROOT, cli_env, run_py
 
+from asc_ray.layout import UnitRef
 from asc_ray.pipeline.graph import DONE
 from asc_ray.pipeline.students import search_grid
-from asc_ray.systems import get_system, unit_name
+from asc_ray.systems import get_system
 
 
 def test_grid_is_the_product_of_the_lists():
@@ -67,7 +68,9 @@ def test_asha_search_over_base_channels_picks_on_validation(synth_dataset, tmp_p
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         if job == "students":  # the console says which searched value won
             done = [
-                m for m in said_all(DONE, r.stdout, logged=True) if m["unit"] == unit_name("bcbl24", 100, 0)
+                m
+                for m in said_all(DONE, r.stdout, logged=True)
+                if m["unit"] == UnitRef("bcbl24", 100, 0).name
             ]
             assert len(done) == 1 and "channels.bcbl24" in done[0]["what"], r.stdout[-3000:]
     trials = list((tmp_path / "o" / "ray_results").glob("students-*/student_trial_*"))

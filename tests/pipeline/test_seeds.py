@@ -5,24 +5,24 @@ the paired differences."""
 from __future__ import annotations
 
 from asc_ray.config import load_config
-from asc_ray.pipeline.graph import Unit, build_graph
+from asc_ray.layout import Layout, TableRef, UnitRef
+from asc_ray.pipeline.graph import build_graph
 from asc_ray.pipeline.keys import Keys
 from asc_ray.report import DIFFERENCES_ONE_SEED, DIFFERENCES_SEVERAL, write_results_table
 from asc_ray.stats import Estimate
-from asc_ray.train import unit_dir
 
 SYSTEMS = ["bcbl32_fms", "passt_dir", "kd_ensemble", "tfs", "no_kd"]
 
 
 def test_each_student_trains_once_per_seed_and_tfs_learns_from_its_own_seeds_kd_student():
     g = build_graph(SYSTEMS, [25], seeds=[0, 1])
-    assert Unit("train", "bcbl32_fms", 25) in g and Unit("train", "bcbl32_fms", 25, 0) not in g
-    assert {u.seed for u in g if u.kind == "train" and u.name == "no_kd"} == {0, 1}
-    assert g[Unit("train", "kd_ensemble", 25, 1)] == [Unit("table", "teachers", 25)]  # one teachers' table
-    assert g[Unit("train", "tfs", 25, 1)] == [Unit("table", "kd_ensemble", 25, 1)]
-    assert g[Unit("table", "kd_ensemble", 25, 1)] == [Unit("train", "kd_ensemble", 25, 1)]
-    assert g[Unit("train", "no_kd", 25, 0)] == []  # needs no teacher: starts at once
-    assert Unit("table", "kd_ensemble", 25, 1).source == "kd_ensemble_seed1"
+    assert UnitRef("bcbl32_fms", 25) in g and UnitRef("bcbl32_fms", 25, 0) not in g
+    assert {u.seed for u in g if u.kind == "train" and u.system == "no_kd"} == {0, 1}
+    assert g[UnitRef("kd_ensemble", 25, 1)] == [TableRef("teachers", 25)]  # one teachers' table
+    assert g[UnitRef("tfs", 25, 1)] == [TableRef("kd_ensemble", 25, 1)]
+    assert g[TableRef("kd_ensemble", 25, 1)] == [UnitRef("kd_ensemble", 25, 1)]
+    assert g[UnitRef("no_kd", 25, 0)] == []  # needs no teacher: starts at once
+    assert TableRef("kd_ensemble", 25, 1).name == "kd_ensemble_seed1"
 
 
 def test_a_longer_seed_list_keeps_every_key_it_had():
@@ -34,7 +34,9 @@ def test_a_longer_seed_list_keeps_every_key_it_had():
 
     one, three = keys([0]), keys([0, 1, 2])
     assert all(three[u] == key for u, key in one.items())  # seed 0's units (and the teachers) are reused
-    assert len({v for u, v in three.items() if u.name == "no_kd"}) == 3  # each seed its own unit
+    assert (
+        len({v for u, v in three.items() if u.kind == "train" and u.system == "no_kd"}) == 3
+    )  # each seed its own unit
 
 
 def test_more_splits_keep_every_key_the_others_had():
@@ -53,10 +55,9 @@ def test_more_splits_keep_every_key_the_others_had():
 
 
 def test_a_student_seed_has_a_folder_of_its_own(tmp_path):
-    assert (
-        unit_dir(tmp_path, "student", 25, "kd_ensemble", 2) == tmp_path / "students/split25/kd_ensemble/seed2"
-    )
-    assert unit_dir(tmp_path, "teacher", 25, "passt_dir") == tmp_path / "teachers/split25/passt_dir"
+    layout = Layout(tmp_path)
+    assert layout.unit_dir(UnitRef("kd_ensemble", 25, 2)) == tmp_path / "students/split25/kd_ensemble/seed2"
+    assert layout.unit_dir(UnitRef("passt_dir", 25)) == tmp_path / "teachers/split25/passt_dir"
 
 
 def test_results_page_shows_seeds_intervals_and_paired_differences(tmp_path):

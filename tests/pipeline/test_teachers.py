@@ -28,7 +28,7 @@ def test_trainer_resources_names_and_failure_policy_come_from_the_config(tmp_pat
 
 def test_a_teacher_fit_starts_no_ray_data_actor(tmp_path):
     # teachers pass no datasets: Ray's DatasetsCallback would still start a DatasetManager actor per fit
-    from ray.train.v2._internal.callbacks import DatasetsCallback
+    from asc_ray.pipeline.ray_private import DatasetsCallback
 
     job = _job(load_config("smoke"), "bcbl32_fms")
     callbacks = build_trainer(job, str(tmp_path), use_gpu=False)._create_default_callbacks()
@@ -39,9 +39,8 @@ def test_a_teacher_fit_starts_no_ray_data_actor(tmp_path):
 def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, monkeypatch, no_ray):
     # Ray Train's PlacementGroupCleaner asks the state API every second whether the controller lives; the local
     # Ray has no dashboard to serve it, so it could never act there (and costs ~2 s of CPU per teacher)
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
     from asc_ray.pipeline import runtime
+    from asc_ray.pipeline.ray_private import PlacementGroupCleanerCallback
 
     monkeypatch.setattr(runtime, "_OWN_ADDRESS", [])  # (init_ray's environment ends with the test)
     job = _job(load_config("smoke"), "bcbl32_fms")

@@ -12,6 +12,7 @@ from asc_ray.config import load_config
 from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
 from asc_ray.export import read_dcase_output
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.predict import Classifier, unit_spec
 from asc_ray.train import finish_unit
 
@@ -196,7 +197,7 @@ def test_cli_trains_a_kd_student_from_a_logits_table(synth_dataset, shared_cache
         *("bcbl.batch_size=16", f"data.cache_dir={shared_cache}"),
     )
     assert code == 0, err
-    unit = tmp_path / "split100" / "kd_ensemble"
+    unit = Layout(tmp_path).unit_dir(UnitRef("kd_ensemble", 100, 0))
     assert np.load(unit / "split_logits.npy").shape == (len(files), 10)  # for tfs
     res = json.loads((unit / "result.json").read_text())
     assert res["system"] == "kd_ensemble" and res["selected_epoch"] == 1 and str(unit) in out
@@ -214,7 +215,7 @@ def test_cli_trains_one_model(synth_dataset, tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    res = json.loads((tmp_path / "split100" / "baseline" / "result.json").read_text())
+    res = json.loads(Layout(tmp_path).unit(UnitRef("baseline", 100, 0)).record.read_text())
     assert res["system"] == "baseline" and res["split"] == 100 and res["selected_epoch"] == 1
     # its progress and its figures on the console: the epoch, and the test accuracy of the record
     assert "epoch 1/1" in r.stdout and f"{100 * res['test_macro_acc']:.2f}%" in r.stdout
@@ -240,7 +241,7 @@ def test_cli_bcbl32_teacher_hears_44k(synth_dataset, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "epoch 1/1 " in r.stdout  # --epochs is exact for a teacher too (not the smoke teachers' 24)
-    res = json.loads((tmp_path / "split100" / "bcbl32_fms" / "result.json").read_text())
+    res = json.loads(Layout(tmp_path).unit(UnitRef("bcbl32_fms", 100)).record.read_text())
     assert res["sample_rate"] == 44100 and res["input_shape"] == "1x256x89"
     assert 39e6 < res["macs"] < 41e6 and res["tested_in"] == "fp32"
     assert res["input_shape"] in r.stdout  # what it hears, printed before it trains
@@ -259,7 +260,7 @@ def test_a_32_bcbl_learns_the_synthetic_scenes(tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    res = json.loads((tmp_path / "o" / "split100" / "baseline" / "result.json").read_text())
+    res = json.loads(Layout(tmp_path / "o").unit(UnitRef("baseline", 100, 0)).record.read_text())
     assert res["test_macro_acc"] > 0.25, res["test_macro_acc"]
 
 

@@ -22,6 +22,7 @@ from asc_ray.config import load_config
 from asc_ray.data.synth import generate
 from asc_ray.data.tau import TauDataset
 from asc_ray.errors import AscRayError
+from asc_ray.layout import Layout, UnitRef
 
 SMALL = [
     "--splits",
@@ -367,14 +368,14 @@ def test_train_cli_corrupt_wav(tiny, tmp_path):
     (names, _) = break_truncated_wav_in_test_set(data)
     r = _train(tiny, tmp_path / "out", "--system", "baseline", "--data-dir", str(data))
     assert_preflight_error(r, tmp_path / "out", *names)
-    assert not (tmp_path / "out" / "split25" / "baseline" / "checkpoint").exists()
+    assert not Layout(tmp_path / "out").unit(UnitRef("baseline", 25, 0)).checkpoint.exists()
 
 
 @pytest.mark.slow
 def test_train_cli_refuses_a_checkpoint_of_another_architecture(tiny, make_trainer, tmp_path):
     """A bcbl24 checkpoint (a real one, written by the Trainer) in the baseline's checkpoint folder."""
     out = tmp_path / "out"
-    wrong = out / "split25" / "baseline"
+    wrong = Layout(out).unit_dir(UnitRef("baseline", 25, 0))  # where `--system baseline` resumes from
     make_trainer("bcbl24", split=25, data_dir=tiny["data"], out=wrong).save_checkpoint()
     ckpt = wrong / "checkpoint" / "checkpoint.pt"
     before = ckpt.read_bytes()

@@ -35,10 +35,9 @@ from helpers.procs import (
 from helpers.wait import wait_for
 
 from asc_ray.console import INTERRUPTED
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.pipeline.graph import START, TO_RUN
 from asc_ray.pipeline.watch import RANK_LINE
-from asc_ray.systems import unit_name
-from asc_ray.train.outputs import unit_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -55,7 +54,7 @@ ARGS = [
     f"teachers.systems=[{','.join(TEACHERS)}]",
     "students.systems=[kd_ensemble]",
 ]
-STUDENT = unit_name("kd_ensemble", 25, 0)
+STUDENT = UnitRef("kd_ensemble", 25, 0).name
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -95,7 +94,7 @@ CKPT_LINE = re.compile(r"\] epoch (\d+)/\d+ .* checkpoint$", re.M)  # asc_ray.tr
 
 
 def _unit_log(out: Path, role: str, system: str) -> str:
-    p = unit_dir(out, role[:-1], 25, system, 0 if role == "students" else None) / "unit.log"
+    p = Layout(out).unit(UnitRef(system, 25, 0 if role == "students" else None)).log
     return p.read_text(errors="replace") if p.is_file() else ""
 
 
@@ -145,7 +144,7 @@ def test_an_interrupted_run_resumes_and_ends_as_a_fresh_one(synth_dataset, tmp_p
 
     r = run_py(_cmd(synth_dataset, out), cli_env(uri), tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    started, teachers = set(_started(r.stdout)), {unit_name(t, 25) for t in TEACHERS}
+    started, teachers = set(_started(r.stdout)), {UnitRef(t, 25).name for t in TEACHERS}
     assert STUDENT in started and not started & teachers, started  # the finished teachers are reused
     resumed, tables = _results(out), _tables(out)
 

@@ -13,10 +13,10 @@ import pytest
 from helpers.console import said
 
 from asc_ray.errors import AGAIN, AscRayError
+from asc_ray.layout import Layout, UnitRef
 from asc_ray.pipeline.results import report_to_mlflow
 from asc_ray.predict.mlflow_model import NOT_REGISTERED, registered_name
 from asc_ray.tracking import Tracker, default_artifact_location
-from asc_ray.train import unit_dir
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def run(student_unit, tmp_path):
     parent = t.start_run("pipeline", {"role": "pipeline"})
     records = {}
     for seed in (0, 1):
-        folder = unit_dir(out, "student", 100, "baseline", seed)
+        folder = Layout(out).unit_dir(UnitRef("baseline", 100, seed))
         shutil.copytree(student_unit, folder)
         run_id = t.start_run(f"baseline split100 seed{seed}", {"role": "student"}, parent)
         rec = json.loads((folder / "result.json").read_text())
@@ -63,7 +63,9 @@ def test_a_student_without_a_logged_model_is_registered_from_its_seed_folder(run
 
 
 def test_a_student_that_cannot_be_registered_fails_the_run_after_the_others(run):
-    shutil.rmtree(unit_dir(run["out"], "student", 100, "baseline", 1))  # its model can no longer be logged
+    shutil.rmtree(
+        Layout(run["out"]).unit_dir(UnitRef("baseline", 100, 1))
+    )  # its model can no longer be logged
     with pytest.raises(AscRayError) as e:
         _report(run)
     m = said(NOT_REGISTERED, e.value.problem)

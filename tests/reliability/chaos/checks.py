@@ -24,13 +24,13 @@ import numpy as np
 from helpers.console import STAMP, head, pattern
 from reliability.chaos.faults import day_s
 
+from asc_ray.layout import TableRef, UnitRef
 from asc_ray.lock import STALE
-from asc_ray.pipeline.graph import DONE, FAILED, START, Unit
+from asc_ray.pipeline.graph import DONE, FAILED, START
 from asc_ray.pipeline.run import SPOOL_SENT
 from asc_ray.pipeline.students import RETRY
 from asc_ray.pipeline.watch import AGGREGATOR_RESTARTED, NODE_LOST, SPOOLING, WORKER_RESTARTED
 from asc_ray.predict.mlflow_model import registered_name
-from asc_ray.systems import unit_name
 
 EPOCH_KEYS = ("train_loss", "lr", "epoch_s", "samples_per_s", "val_macro_acc")  # logged at every epoch
 TIMES = {"started", "fit_started", "finish_started", "finished", "run_id", "node_id", "files"}
@@ -46,13 +46,13 @@ def _records(out: Path) -> dict[str, dict]:
 
 def _label(rec: dict) -> str:
     """The unit as the driver's lines name it."""
-    return unit_name(rec["system"], rec["split"], rec.get("seed"))
+    return UnitRef(rec["system"], rec["split"], rec.get("seed")).name
 
 
 def _table_label(path: Path) -> str:
     """A logits table's unit as the driver's lines name it (asc_ray.pipeline.graph.Unit)."""
     m = re.fullmatch(r"(\w+?)(_seed(\d+))?_split(\d+)\.parquet", path.name)
-    return str(Unit("table", m.group(1), int(m.group(4)), int(m.group(3)) if m.group(3) else None))
+    return str(TableRef(m.group(1), int(m.group(4)), int(m.group(3)) if m.group(3) else None))
 
 
 # --------------------------------------------------------------------------------------------- units
