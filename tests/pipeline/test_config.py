@@ -230,7 +230,9 @@ def test_what_a_system_reads_is_what_the_keys_declare():
             assert not readers, key
             v = flatten(cfg)[key]
             changed = with_overrides(cfg, {key: v * 2 if isinstance(v, float) else v + 1})
-            assert pretrain_key(changed) != pretrain_key(cfg), f"{key} trains, yet the pretraining key ignores it"
+            assert pretrain_key(changed) != pretrain_key(cfg), (
+                f"{key} trains, yet the pretraining key ignores it"
+            )
             continue
         assert readers, f"{key} trains, yet no system reads it"
         for n in readers:
