@@ -3,18 +3,21 @@ against no_kd at several student schedules (bcbl.epochs), paired seeds, scored o
 neither the teachers nor the students train on. Test clips are never read.
 
     python experiments/kd_search.py --data-dir D [--splits 50,100] [--seeds 0,1,2] [--epochs 12,24,48]
-                              [--output-dir O] [-- key=value overrides]
+                              [--clean-views] [--output-dir O] [-- key=value overrides]
 
 It runs the teachers once with the holdout carved out (train.select=val, data.holdout_fraction=0.2), then trains
 each student in-process (asc_ray.train, no Ray) at each schedule and seed, and scores its last epoch's model (what
 train.select=last deploys) on the holdout. Prints the validation macro accuracy per schedule and the paired
 difference kd_ensemble - no_kd with its 95 % interval over seeds and holdout clips (asc_ray/stats.py), as
-`<figure> <number>` lines and a table (O/kd_search.md).
+`<figure> <number>` lines and a table (O/kd_search.md). With --clean-views a third student, kd_ensemble hearing
+each clip as its teachers did (no DIR, no Freq-MixStyle: bench/kd_effect.py's clean views), is scored beside
+them, with its difference to kd_ensemble.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import subprocess
@@ -34,6 +37,7 @@ from asc_ray.train import Trainer, prepare_data  # noqa: E402
 
 HOLDOUT = ["train.select=val", "data.holdout_fraction=0.2"]
 SYSTEMS = ("no_kd", "kd_ensemble")
+CLEAN = "kd_ensemble_clean"  # kd_ensemble without DIR and Freq-MixStyle: its view is its teachers' view
 
 
 def teachers(data: Path, out: Path, splits: list[int], overrides: list[str], env: dict) -> None:
@@ -56,6 +60,8 @@ def val_correct(data: Path, out: Path, split: int, epochs: int, system: str, see
     """[holdout clips] bool: which holdout clips the last epoch's model classified right."""
     cfg = load_config("smoke", None, [*HOLDOUT, f"bcbl.epochs={epochs}", *overrides])
     s = get_system(system)
+    if system == CLEAN:
+        s = dataclasses.replace(get_system("kd_ensemble"), fms=False, dir=False)
     folder = out / "search" / f"split{split}" / f"epochs{epochs}" / system / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     run = prepare_data(cfg, data, out, split, s, progress=False)
@@ -76,6 +82,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--workers", type=int, default=2, help="trainings at once, each on one thread (default: 2)"
     )
+    p.add_argument(
+        "--clean-views", action="store_true", help="also kd_ensemble without DIR and Freq-MixStyle"
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides for every training")
     a = p.parse_args(argv)
     header(f"kd_search ({a.data_dir}, splits {a.splits}, seeds {a.seeds}, student epochs {a.epochs})")
@@ -86,30 +95,37 @@ def main(argv=None) -> int:
     splits = [int(s) for s in a.splits.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
     teachers(a.data_dir, out, splits, a.overrides, env)
+    systems = [*SYSTEMS, *([CLEAN] if a.clean_views else [])]
+    clean_head = (" clean views (val) | clean − kd_ensemble |", "---|---|") if a.clean_views else ("", "")
     rows = [
-        "| split | student epochs | no_kd (val) | kd_ensemble (val) | kd_ensemble − no_kd |",
-        "|---|---|---|---|---|",
+        "| split | student epochs | no_kd (val) | kd_ensemble (val) | kd_ensemble − no_kd |" + clean_head[0],
+        "|---|---|---|---|---|" + clean_head[1],
     ]
     epochs_grid = [int(e) for e in a.epochs.split(",")]
-    grid = [(sp, e, system, k) for sp in splits for e in epochs_grid for system in SYSTEMS for k in seeds]
+    grid = [(sp, e, system, k) for sp in splits for e in epochs_grid for system in systems for k in seeds]
     with ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(val_correct, a.data_dir, out, *g, a.overrides) for g in grid]
         done = {g: j.result() for g, j in zip(grid, jobs, strict=True)}
     for split in splits:
         for epochs in epochs_grid:
             c, labels = {}, None
-            for system in SYSTEMS:
+            for system in systems:
                 runs = [done[(split, epochs, system, k)] for k in seeds]
                 c[system], labels = np.stack([r[0] for r in runs]), runs[0][1]
-            e = {s: interval(c[s], labels) for s in SYSTEMS}
+            e = {s: interval(c[s], labels) for s in systems}
             d = interval(c["kd_ensemble"], labels, c["no_kd"])
-            for s in SYSTEMS:
+            for s in systems:
                 print(f"val_split{split}_epochs{epochs}_{s} {100 * e[s].value:.2f}")
             print(f"diff_split{split}_epochs{epochs} {100 * d.value:.2f}", flush=True)
-            rows.append(
+            row = (
                 f"| {split} | {epochs} | {100 * e['no_kd'].value:.1f} | {100 * e['kd_ensemble'].value:.1f} | "
                 f"{100 * d.value:+.1f} [{100 * d.lo:+.1f}, {100 * d.hi:+.1f}] |"
             )
+            if a.clean_views:
+                dc = interval(c[CLEAN], labels, c["kd_ensemble"])
+                print(f"diff_split{split}_epochs{epochs}_clean {100 * dc.value:.2f}", flush=True)
+                row += f" {100 * e[CLEAN].value:.1f} | {100 * dc.value:+.1f} [{100 * dc.lo:+.1f}, {100 * dc.hi:+.1f}] |"
+            rows.append(row)
     md = "\n".join(rows) + "\n"
     (out / "kd_search.md").write_text(md)
     print(md)
