@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     systems = [x for x in SYSTEMS if x in a.systems.split(",")]  # no_kd and kd_ensemble at least
     cols = [*systems, *([control] if t else []), *([CLEAN] if a.clean_views else [])]
     diffs = [
-        *DIFFERENCES,
+        *[(x, y) for x, y in DIFFERENCES if x in systems and y in systems],
         *([(control, "no_kd")] if t else []),
         *([(CLEAN, "kd_ensemble")] if a.clean_views else []),
     ]
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
         + " | ".join(cols)
         + " | "
         + " | ".join(f"{x} − {y}" for x, y in diffs)
+        + " |"
     ]
     table.append("|" + "---|" * (2 + len(cols) + len(diffs)))
     spread = ["| split | system | " + " | ".join(f"seed {s}" for s in seeds) + " | SD | min − max |", ""]
