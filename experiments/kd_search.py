@@ -59,9 +59,11 @@ def teachers(data: Path, out: Path, splits: list[int], overrides: list[str], env
 def val_correct(data: Path, out: Path, split: int, epochs: int, system: str, seed: int, overrides: list[str]):
     """[holdout clips] bool: which holdout clips the last epoch's model classified right."""
     cfg = load_config("smoke", None, [*HOLDOUT, f"bcbl.epochs={epochs}", *overrides])
-    s = get_system(system)
-    if system == CLEAN:
-        s = dataclasses.replace(get_system("kd_ensemble"), fms=False, dir=False)
+    s = (
+        dataclasses.replace(get_system("kd_ensemble"), fms=False, dir=False)
+        if system == CLEAN
+        else get_system(system)
+    )
     folder = out / "search" / f"split{split}" / f"epochs{epochs}" / system / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     run = prepare_data(cfg, data, out, split, s, progress=False)
