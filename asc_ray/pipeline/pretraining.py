@@ -13,11 +13,10 @@ import ray
 
 from asc_ray.config import flatten
 from asc_ray.io import atomic_write_json
+from asc_ray.layout import PretrainRef
 from asc_ray.pipeline.unit import UnitLog, log_epochs, open_run
 from asc_ray.tracking import Tracker
 from asc_ray.train.pretrain import RECORD, pretrain
-
-NAME = "pretrain {model}"  # its name in the console, unit.log and MLflow
 
 
 @dataclass
@@ -34,12 +33,17 @@ class PretrainJob:
 def run_pretrain(job: PretrainJob) -> dict:
     out = Path(job.unit_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say, name, started = UnitLog(out), NAME.format(model=job.model), time.time()
+    say, name, started = UnitLog(out), PretrainRef(job.model).name, time.time()
     node = ray.get_runtime_context().get_node_id()
     say(f"[{name}] on node {node} (pid {os.getpid()})")
     run_id = None
     if job.tracker is not None:
-        tags = {"role": "pretrain", "system": name, "key": job.key}
+        tags = {
+            "role": "pretrain",
+            "system": name,
+            "key": job.key,
+            "seed": str(job.cfg.seed),
+        }  # as every child
         run_id = open_run(job.tracker, out, job.key, name, tags, job.parent_run_id)
     if run_id:
         params = {

@@ -24,9 +24,8 @@ from asc_ray.pipeline.run import RESULTS
 from asc_ray.systems import TEACHERS
 
 STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline", "no_kd")  # the smoke profile's five
-UNITS = len(SPLITS) * (
-    len(TEACHERS) + len(STUDENTS) + 2
-)  # + a teachers table and a kd_ensemble table per split
+# + a teachers table and a kd_ensemble table per split, + the PaSST pretraining once per run
+UNITS = len(SPLITS) * (len(TEACHERS) + len(STUDENTS) + 2) + 1
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
@@ -113,11 +112,12 @@ def test_mlflow_has_a_parent_run_with_tagged_children(reference):
     }
     assert teachers == {(t, str(s)) for t in TEACHERS for s in SPLITS}
     assert students == {(t, str(s)) for t in STUDENTS for s in SPLITS}
+    assert [r.data.tags["system"] for r in kids if r.data.tags["role"] == "pretrain"] == ["pretrain passt"]
     # the run's seed (config `seed`), on the parent and every child, as a param and a tag
     assert parents[0].data.params["seed"] == "0"
     assert all(r.data.tags["seed"] == r.data.params["seed"] == "0" for r in kids), [r.data.tags for r in kids]
     kd = next(r for r in kids if r.data.tags["system"] == "kd_ensemble" and r.data.tags["split"] == "100")
-    assert kd.data.tags["augment"] == "fms+dir" and kd.data.params["kd.lam"] == "0.5"
+    assert kd.data.tags["augment"] == "fms+dir" and kd.data.params["kd.lam"] == "0.98"
     assert 0 <= kd.data.metrics["test_macro_acc"] <= 1
     assert len(c.get_metric_history(kd.info.run_id, "train_loss")) == 2  # per epoch
     arts = {a.path for a in c.list_artifacts(kd.info.run_id)}
