@@ -271,10 +271,13 @@ class Pipeline:
 
     def on_reused(self, u: Unit, rec: dict) -> None:
         """A reused unit shows in the new parent run as a small child pointing to the run that trained it."""
-        if u.kind != "train" or u not in self.selected:
+        if u.kind == "table" or u not in self.selected:
             return
         t = self.ctx.tracker
-        tags = {"role": rec["role"], "system": u.system, "split": u.split, "augment": rec["augment"]}
+        if u.kind == "pretrain":  # as its own run names it
+            tags = {"role": u.role, "system": u.name, "seed": self.cfg.seed}
+        else:
+            tags = {"role": rec["role"], "system": u.system, "split": u.split, "augment": rec["augment"]}
         if u.seed is not None:
             tags["seed"] = u.seed
         rid = t.start_run(str(u), {**tags, "reused_from": rec.get("run_id") or ""}, self.parent_run_id)
