@@ -21,7 +21,9 @@ def parse(argv: list[str] | None, description: str, prog: str | None = None):
         help="comma-separated training splits, %% of the train fold (default: %(default)s)",
     )
     p.add_argument(
-        "--fresh", action="store_true", help="recompute everything instead of reusing finished work"
+        "--fresh",
+        action="store_true",
+        help="recompute every unit of the output dir instead of reusing it (caches, pretraining included, are kept)",
     )
     add_config_arguments(p)
     a = p.parse_intermixed_args(argv)  # options may follow key=value overrides
