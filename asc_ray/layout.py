@@ -210,7 +210,7 @@ class Layout:
         return ref.name + _where(ref.split, None, "_")
 
     def results(self) -> list[Path]:
-        """What --fresh removes: every unit's folder and every table (the waveform cache stays)."""
+        """What --fresh removes: every unit's folder and every table (the caches stay: waveforms, pretraining)."""
         return [self.out / r.folder for r in ROLES.values()] + [self.logits_dir]
 
 

@@ -72,7 +72,7 @@ class Pipeline:
                 shutil.rmtree(folder, ignore_errors=True)
             if not self.cfg.storage_path:
                 shutil.rmtree(self.out / "ray_results", ignore_errors=True)
-            log("--fresh: previous results in the output dir removed (cache kept)")
+            log("--fresh: previous results in the output dir removed (caches kept: waveforms, pretraining)")
         self.out.mkdir(parents=True, exist_ok=True)
         init_ray()
         self.aggregator = start_aggregator(self.out, ctx.split_meta, ctx.data_keys)
