@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers.console import said_all
 from helpers.procs import pipeline_args
-from helpers.wait import wait_for
+from helpers.wait import unit_logs, wait_for
 
 from asc_ray.data.logits import read_logits
 from asc_ray.layout import Layout, UnitRef
@@ -51,9 +51,7 @@ def cluster(local_cluster):
 
 def _unit_logs(out: Path, role: str = "teachers") -> str:
     """Every unit.log of the role, students' in their seed folders (the console shows one line per unit; the details are in these)."""
-    return "\n".join(
-        p.read_text(errors="replace") for p in sorted(out.glob(f"{role}/split{SPLIT}/**/unit.log"))
-    )
+    return "\n".join(p.read_text(errors="replace") for p in unit_logs(out, role, str(SPLIT)))
 
 
 def _lines(out: Path, pattern: re.Pattern, role: str = "teachers") -> list[tuple[str, ...]]:

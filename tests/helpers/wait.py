@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -64,3 +65,11 @@ def wait_for_http(
         details,
         interval=0.5,
     )
+
+
+def unit_logs(out: Path, role: str, split: str = "*") -> list[Path]:
+    """The unit.log files of a role in a live run: teachers' in their unit folder, students' in its seed folder.
+    Named exactly, not by a recursive glob: a `**` walk enters checkpoint folders, which a training unit
+    replaces by rename, and fails on the one that vanished under it."""
+    base = out / role
+    return sorted([*base.glob(f"split{split}/*/unit.log"), *base.glob(f"split{split}/*/seed*/unit.log")])

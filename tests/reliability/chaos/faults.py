@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.wait import unit_logs
+
 from asc_ray.pipeline.watch import RANK_LINE
 from asc_ray.procs import running
 
@@ -68,7 +70,7 @@ def progress_map(out: Path) -> tuple[dict[str, dict], list[float]]:
     points in the order the run met them)."""
     units = {}
     for role in ("teachers", "students"):
-        for log in sorted((out / role).glob("split*/**/unit.log")):
+        for log in unit_logs(out, role):
             text = log.read_text(errors="replace")
             u = {"name": RANK_LINE.search(text)["unit"], "role": role[:-1], "epochs": 0, "at": {}}
             for line in text.splitlines():
@@ -132,7 +134,7 @@ class Progress:
 
     def poll(self) -> None:
         for role in ("teachers", "students"):
-            for log in (self.out / role).glob("split*/**/unit.log"):
+            for log in unit_logs(self.out, role):
                 unit = str(log.parent.relative_to(self.out))
                 with open(log, "rb") as f:
                     f.seek(self._offsets.get(log, 0))
