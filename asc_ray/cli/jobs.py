@@ -23,7 +23,8 @@ def parse(argv: list[str] | None, description: str, prog: str | None = None):
     p.add_argument(
         "--fresh",
         action="store_true",
-        help="recompute every unit of the output dir instead of reusing it (caches, pretraining included, are kept)",
+        help="recompute every unit of the output dir instead of reusing it "
+        "(caches, pretraining included, are kept)",
     )
     add_config_arguments(p)
     a = p.parse_intermixed_args(argv)  # options may follow key=value overrides

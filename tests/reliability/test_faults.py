@@ -124,8 +124,8 @@ def _stopped_keeping_work(d: Background, code: int) -> None:
 def test_an_interrupted_run_resumes_and_ends_as_a_fresh_one(synth_dataset, tmp_path):
     """Ctrl-C (to the whole process group) while teachers train, then SIGTERM (to the driver) while the student
     trains; each exits promptly with a message, no traceback; the next run reuses what had finished. `--fresh` on
-    that output dir then trains every unit of it again from scratch (the cached pretraining is kept): same data, config and seed on CPU -> the same
-    results and logits tables as the interrupted and resumed run."""
+    that output dir then trains every unit of it again from scratch (the cached pretraining is kept): same data,
+    config and seed on CPU -> the same results and logits tables as the interrupted and resumed run."""
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     first = Background(_cmd(synth_dataset, out), cli_env(uri), tmp_path, tmp_path / "1.log")
     first.wait_for(lambda: any(_worker(out, t) for t in TEACHERS), what="a teacher's checkpointed epoch")
