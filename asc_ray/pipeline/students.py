@@ -161,6 +161,9 @@ def build_tuner(
             mode=MODE,
             scheduler=scheduler,
             max_concurrent_trials=s.max_concurrent_trials or None,
+            # a finished trial's process runs the next trial of its Tuner: imports and Ray's start-up are paid
+            # once per process, not per student (a unit seeds its own RNGs, so no result depends on it)
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,

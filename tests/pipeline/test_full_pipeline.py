@@ -312,3 +312,18 @@ def test_a_split_starts_its_students_before_the_other_splits_teachers_are_done(r
     kids = {(r.data.tags.get("system"), r.data.tags.get("split")): r for r in runs}
     teachers_end = max(kids[(t, str(sp))].info.end_time for t in TEACHERS for sp in SPLITS)
     assert kids[("baseline", "10")].info.start_time < teachers_end
+
+
+def test_students_of_one_tuner_share_their_trial_processes(reference):
+    """Tune reuses a finished trial's process for the next trial of its Tuner (reuse_actors): the students' rank
+    lines name fewer processes than there are students (that a reused process trains the same model: the chaos
+    test's bit-for-bit comparison, where kills change which trial runs in which process)."""
+    pids = {}
+    for s in STUDENTS:
+        for sp in SPLITS:
+            unit = UnitRef(s, sp, 0)
+            log = Layout(reference.out).unit(unit).log.read_text()
+            rank = re.search(rf"\[{re.escape(unit.name)}\] rank 0 on node \S+ \(pid (\d+)\)", log)
+            assert rank, unit
+            pids[unit] = int(rank.group(1))
+    assert len(set(pids.values())) < len(pids), pids
