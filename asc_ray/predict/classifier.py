@@ -30,7 +30,7 @@ from asc_ray.systems import System, get_system
 UNIT_SPEC = "unit.json"  # what a unit folder (and the MLflow model) says about its model
 SPEC_VERSION = 1
 # windows per forward pass: a GPU wants large batches; a CPU runs these small CNNs ~3x faster in batches of 16
-# (their activations stay in cache: docs/benchmarks.md), with logits bit for bit those of larger batches
+# (their activations stay in cache: docs/benchmarks.md)
 BATCH, CPU_BATCH = 256, 16
 # what the help and error messages show as a model: a student's unit folder, its registered MLflow model
 EXAMPLE_UNIT = Layout("<output>").unit_dir(UnitRef("kd_ensemble", 100, 0))
@@ -170,7 +170,12 @@ class Classifier:
         return round(self.spec.get("clip_seconds", 1.0) * self.sample_rate)
 
     @torch.no_grad()
-    def _forward(self, waves: torch.Tensor) -> torch.Tensor:
+    def _forward(self, waves: torch.Tensor, pad: bool = False) -> torch.Tensor:
+        """Logits of a batch; `pad`: on a CPU a pass's last, shorter batch runs padded to `batch` windows (its
+        kernels for another batch size can round differently: a window's logits would depend on the pass)."""
+        n = len(waves)
+        if pad and n < self.batch and self.device.type == "cpu":
+            waves = torch.cat([waves, waves.new_zeros((self.batch - n, *waves.shape[1:]))])
         dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
         # fp16 on a CPU without fp16 units: channels-last is slower than the default layout there
         # (docs/benchmarks.md), so fp16 runs in the default layout on a CPU
@@ -181,12 +186,12 @@ class Classifier:
         x = self.frontend(waves.to(self.device)).to(dtype).contiguous(memory_format=layout)
         amp = self.amp and dtype == torch.float32 and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
-            return self.model(x).float().cpu()
+            return self.model(x).float().cpu()[:n]
 
     def logits(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits [B, 10] of B equal-length waveforms [B, n] (n = one window), batched."""
         waves, b = torch.as_tensor(np.asarray(waves, dtype=np.float32)), self.batch
-        out = [self._forward(waves[i : i + b]) for i in range(0, len(waves), b)]
+        out = [self._forward(waves[i : i + b], pad=len(waves) > b) for i in range(0, len(waves), b)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.spec["classes"])), np.float32)
 
     def logits_of(self, store: WaveformStore, files: Sequence[str]) -> np.ndarray:
@@ -198,7 +203,10 @@ class Classifier:
                 fix="build the cache at the model's sample rate (asc_ray.features.frontend_sample_rate)",
             )
         rows, b = np.array([store.index_of(f) for f in files]), self.batch
-        out = [self._forward(torch.from_numpy(store.rows(rows[i : i + b]))) for i in range(0, len(rows), b)]
+        out = [
+            self._forward(torch.from_numpy(store.rows(rows[i : i + b])), pad=len(rows) > b)
+            for i in range(0, len(rows), b)
+        ]
         return torch.cat(out).numpy()
 
     def windows(self, wave: np.ndarray) -> np.ndarray:
