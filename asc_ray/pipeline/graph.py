@@ -315,26 +315,9 @@ class Scheduler:
         ran = [u for u in self.started if self.state[u] in ("done", "failed")]
         running = [u for u, s in self.state.items() if s == "running"]
         left = [u for u, s in self.state.items() if s in ("pending", "running")]
-        eta = self._eta(left, running)
-        log(PROGRESS.format(ran=len(ran), total=self.total, running=len(running), eta=eta))
-
-    def _eta(self, left: list[Unit], running: list[Unit]) -> str:
-        """Remaining work from finished units' measured durations (per unit of estimated work, by kind of
-        model), over the units in flight."""
-        if not left:
-            return "0s"
-        rates: dict[str, list[float]] = {}
-        for u, t in self.timeline:
-            rates.setdefault(self._kind(u), []).append((t["end"] - t["start"]) / self._work(u))
-        if not rates:
-            return "?"
-        mean = sum(t["end"] - t["start"] for _, t in self.timeline) / len(self.timeline)
-        now, work = time.time(), 0.0
-        for u in left:
-            r = rates.get(self._kind(u))
-            est = sum(r) / len(r) * self._work(u) if r else mean  # a kind not seen yet: the mean unit
-            work += max(0.0, est - (now - self.started[u])) if u in self.started else est
-        return _fmt_s(work / max(1, len(running)))
+        done = [(self._kind(u), self._work(u), t["end"] - t["start"]) for u, t in self.timeline]
+        eta = eta_s(time.time() - self.t0, done, [(self._kind(u), self._work(u)) for u in left])
+        log(PROGRESS.format(ran=len(ran), total=self.total, running=len(running), eta=_fmt_eta(eta)))
 
     def _work(self, u: Unit) -> float:
         return 1.0 if u.kind == "table" else work(u, self.cfg)
@@ -344,6 +327,40 @@ class Scheduler:
         if u.kind != "train":
             return u.kind
         return f"{u.role}/{get_system(u.system).model}"
+
+
+ETA_AFTER = 5
+
+
+def eta_s(
+    elapsed: float, done: list[tuple[str, float, float]], left: list[tuple[str, float]]
+) -> float | None:
+    """Seconds left: the time so far scaled by the work left over the work done. `done`: (kind, estimated work,
+    seconds it took) per finished unit; `left`: (kind, estimated work) per unit not finished, each priced at its
+    kind's measured seconds per unit of work (an unseen kind: the mean finished unit). Units that share the CPUs
+    or wait in a queue are priced as what they will cost, not as done because they were launched long ago. None
+    (unknown) before ETA_AFTER units have finished: the first to finish are the quick ones."""
+    if not left:
+        return 0.0
+    if len(done) < ETA_AFTER:
+        return None
+    rates: dict[str, list[float]] = {}
+    for kind, w, secs in done:
+        rates.setdefault(kind, []).append(secs / w)
+    spent = sum(secs for _, _, secs in done)
+    if spent <= 0:
+        return None
+    mean = spent / len(done)
+
+    def cost(kind: str, w: float) -> float:
+        r = rates.get(kind)
+        return sum(r) / len(r) * w if r else mean
+
+    return elapsed * sum(cost(k, w) for k, w in left) / spent
+
+
+def _fmt_eta(s: float | None) -> str:
+    return "?" if s is None else _fmt_s(s)
 
 
 def _fmt_s(s: float) -> str:

@@ -10,7 +10,7 @@ import pytest
 from asc_ray.config import load_config
 from asc_ray.errors import AscRayError
 from asc_ray.layout import PretrainRef, TableRef, UnitRef
-from asc_ray.pipeline.graph import Scheduler, build_graph, select
+from asc_ray.pipeline.graph import ETA_AFTER, Scheduler, build_graph, eta_s, select
 from asc_ray.systems import STUDENTS, TEACHERS
 
 CFG = load_config("smoke")
@@ -180,3 +180,25 @@ def test_a_scheduler_subclass_decides_readiness_and_order():
     plain = FakeRunner()
     _run(g, set(g), plain)
     assert T("baseline", 5) in plain.order[:12] and not teachers <= plain.done_before[T("baseline", 5)]
+
+
+def test_eta_scales_the_time_so_far_by_the_work_left_over_the_work_done():
+    """Each unit left is priced at its kind's measured seconds per unit of work (an unseen kind: the mean finished
+    unit), whether or not it was launched: on 2 cores the README run's queued students were launched at the
+    start and an ETA that took them as nearly done said 9 minutes with 36 to go."""
+    done = [
+        ("cnn", 1.0, 10.0),
+        ("cnn", 1.0, 10.0),
+        ("cnn", 1.0, 10.0),
+        ("passt", 2.0, 40.0),
+        ("passt", 2.0, 40.0),
+    ]
+    assert len(done) == ETA_AFTER
+    spent = 110.0
+    left = [("cnn", 3.0), ("passt", 1.0), ("table", 1.0)]  # 30 s + 20 s + the mean finished unit, 22 s
+    assert eta_s(55.0, done, left) == pytest.approx(55.0 * (30 + 20 + 22) / spent)
+    assert eta_s(55.0, done, []) == 0.0
+    assert eta_s(55.0, done[:-1], left) is None  # too few finished to say
+    assert eta_s(110.0, done, left) == 2 * eta_s(
+        55.0, done, left
+    )  # twice the time for the same work: half the rate
