@@ -35,11 +35,12 @@ class Role:
     folder: str  # <output-dir>/<folder>/: where its units' folders are
     stage: str  # the stage job that trains its units
     table_stage: str  # the stage job that writes the logits table its units feed
+    seeded: bool = False  # a unit per seed: split<N>/<system>/seed<S>/
 
 
 ROLES = {
     "teacher": Role(folder="teachers", stage="teachers", table_stage="logits"),
-    "student": Role(folder="students", stage="students", table_stage="students"),
+    "student": Role(folder="students", stage="students", table_stage="students", seeded=True),
 }
 
 
@@ -197,6 +198,19 @@ class Layout:
 
     def unit(self, ref: UnitRef) -> UnitFiles:
         return UnitFiles(self.unit_dir(ref))
+
+    def unit_dirs(self, role: str | None = None, split: int | str = "*") -> list[Path]:
+        """The unit folders there are now (of `role`, of `split`; a live run's too), by their exact shape:
+        never a recursive walk, which enters the checkpoint folders a training unit replaces by rename."""
+        found = []
+        for name in [role] if role else ROLES:
+            r = ROLES[name]
+            found += (self.out / r.folder).glob(f"split{split}/*" + ("/seed*" if r.seeded else ""))
+        return sorted(p for p in found if p.is_dir())
+
+    def records(self, role: str | None = None) -> list[Path]:
+        """The records (result.json) of the units that finished."""
+        return [f.record for f in map(UnitFiles, self.unit_dirs(role)) if f.record.is_file()]
 
     def table(self, ref: TableRef) -> Path:
         return self.logits_dir / f"{self._table_stem(ref)}.parquet"

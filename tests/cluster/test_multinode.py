@@ -49,12 +49,12 @@ def cluster(local_cluster):
     return local_cluster([{"num_cpus": 1, "resources": {"teacher_slot": 1}} for _ in range(2)], prefix="asm")
 
 
-def _unit_logs(out: Path, role: str = "teachers") -> str:
+def _unit_logs(out: Path, role: str = "teacher") -> str:
     """Every unit.log of the role, students' in their seed folders (the console shows one line per unit; the details are in these)."""
     return "\n".join(p.read_text(errors="replace") for p in unit_logs(out, role, str(SPLIT)))
 
 
-def _lines(out: Path, pattern: re.Pattern, role: str = "teachers") -> list[tuple[str, ...]]:
+def _lines(out: Path, pattern: re.Pattern, role: str = "teacher") -> list[tuple[str, ...]]:
     return pattern.findall(_unit_logs(out, role))
 
 
@@ -197,8 +197,8 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     def trained_epoch_2():
         """The node of the trial once it has trained epoch 2: Tune's function trainable reports synchronously
         (the trial goes on only after the driver took the report), so epoch 1's checkpoint is Tune's by then."""
-        placed = _on_node(_unit_logs(out, "students"))
-        done = [int(e) for t, e in _lines(out, EPOCH_DONE, "students") if t == STUDENT]
+        placed = _on_node(_unit_logs(out, "student"))
+        done = [int(e) for t, e in _lines(out, EPOCH_DONE, "student") if t == STUDENT]
         return placed[0][1] if placed and 2 <= max(done, default=0) <= STUDENT_EPOCHS - 2 else None
 
     try:
@@ -211,7 +211,7 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
 
         # 2. lose that machine: every process of the node is killed (no graceful drain)
         c.remove(worker_ids[lost])
-        before = set(_unit_logs(out, "students").splitlines())
+        before = set(_unit_logs(out, "student").splitlines())
 
         rc = driver.wait(timeout=300)
     finally:
@@ -229,7 +229,7 @@ def test_student_trial_survives_losing_its_node(cluster, synth_dataset, tmp_path
     assert not [ln for ln in text.splitlines() if ln.startswith("Traceback")], text[-6000:]
 
     # Tune retried the trial on the surviving node, and it resumed from its checkpoint, not from zero
-    units = _unit_logs(out, "students")
+    units = _unit_logs(out, "student")
     after = "\n".join(ln for ln in units.splitlines() if ln not in before)
     assert (STUDENT, survivor) in _on_node(after), units[-6000:]
     assert any(t == STUDENT and int(e) >= 1 for t, e in RESUMED.findall(after)), units[-6000:]

@@ -24,6 +24,7 @@ import pytest
 from helpers.cluster import local_cluster, unshare_available
 from helpers.console import said, said_all
 from helpers.procs import pipeline_args
+from helpers.wait import unit_logs
 
 from asc_ray.data.cache import CACHE_LINE, COPIED, REUSED
 from asc_ray.pipeline.watch import RANK_LINE
@@ -105,7 +106,7 @@ def test_each_node_copies_the_cache_once_and_its_units_reuse_it(cluster, tmp_pat
 
     # per unit: the node it ran on, and what it did with that node's cache
     node_dirs = {cl["a"].node_id: cl["a"].cache_dir, cl["b"].node_id: cl["b"].cache_dir}
-    units = sorted(out.glob(f"*/split{SPLIT}/**/unit.log"))  # students: in their seed folders
+    units = unit_logs(out, "teacher", SPLIT) + unit_logs(out, "student", SPLIT)
     assert len(units) == len(TEACHERS) + 1
     by_node: dict[str, list[str]] = {}
     for log in units:

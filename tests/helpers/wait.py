@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from asc_ray.layout import Layout, UnitFiles
+
 T = TypeVar("T")
 
 
@@ -67,9 +69,6 @@ def wait_for_http(
     )
 
 
-def unit_logs(out: Path, role: str, split: str = "*") -> list[Path]:
-    """The unit.log files of a role in a live run: teachers' in their unit folder, students' in its seed folder.
-    Named exactly, not by a recursive glob: a `**` walk enters checkpoint folders, which a training unit
-    replaces by rename, and fails on the one that vanished under it."""
-    base = out / role
-    return sorted([*base.glob(f"split{split}/*/unit.log"), *base.glob(f"split{split}/*/seed*/unit.log")])
+def unit_logs(out: Path, role: str, split: int | str = "*") -> list[Path]:
+    """The unit.log files of a role ("teacher", "student") in a live run (asc_ray.layout.Layout.unit_dirs)."""
+    return [f.log for f in map(UnitFiles, Layout(out).unit_dirs(role, split)) if f.log.is_file()]

@@ -239,7 +239,7 @@ def test_the_same_command_again_reuses_every_unit_and_changes_nothing(reference,
 
     cwd, out = reference.copy(tmp_path)
     table = (out / "logits" / "teachers_split100.parquet").read_bytes()
-    records = {p: p.stat().st_mtime_ns for p in out.glob("*/split*/**/result.json")}
+    records = {p: p.stat().st_mtime_ns for p in Layout(out).records()}
     runs = sorted((out / "ray_results").iterdir())
     again = reference.again(cwd, out)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

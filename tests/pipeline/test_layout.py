@@ -94,3 +94,23 @@ def test_every_unit_has_a_role_folder_and_a_stage():
     assert (
         TableRef("teachers", SPLIT).stage != TableRef("kd_ensemble", SPLIT, 0).stage
     )  # the logits job's own
+
+
+def test_a_runs_unit_folders_and_records_are_found_by_their_exact_shape(tmp_path):
+    """What tests and tools read of a live run: each role's unit folders (a student's per seed), the records of
+    those that finished; not a search trial's folder, not a loose file."""
+    lay = Layout(tmp_path)
+    teacher, other, student = UnitRef("bcbl32_fms", 25), UnitRef("passt_dir", 100), UnitRef("kd_ensemble", 25, 0)
+    for ref in (teacher, other, student):
+        lay.unit_dir(ref).mkdir(parents=True)
+        (lay.unit_dir(ref) / "checkpoint").mkdir()
+    for ref in (teacher, student):
+        lay.unit(ref).record.write_text("{}")
+    trial = lay.unit(student).trial(0)
+    trial.mkdir(parents=True)
+    (trial / "result.json").write_text("{}")  # a search trial's record is not a unit's
+    (lay.unit_dir(teacher).parent / "notes.txt").write_text("")
+    assert lay.unit_dirs("teacher") == sorted([lay.unit_dir(teacher), lay.unit_dir(other)])
+    assert lay.unit_dirs("student") == [lay.unit_dir(student)]
+    assert lay.unit_dirs(split=25) == sorted([lay.unit_dir(teacher), lay.unit_dir(student)])
+    assert lay.records() == sorted([lay.unit(teacher).record, lay.unit(student).record])

@@ -24,7 +24,7 @@ import numpy as np
 from helpers.console import STAMP, head, pattern
 from reliability.chaos.faults import day_s
 
-from asc_ray.layout import TableRef, UnitRef
+from asc_ray.layout import Layout, TableRef, UnitRef
 from asc_ray.lock import STALE
 from asc_ray.pipeline.graph import DONE, FAILED, START
 from asc_ray.pipeline.run import SPOOL_SENT
@@ -37,11 +37,7 @@ TIMES = {"started", "fit_started", "finish_started", "finished", "run_id", "node
 
 
 def _records(out: Path) -> dict[str, dict]:
-    return {
-        str(p.parent.relative_to(out)): json.loads(p.read_text())
-        for p in sorted(out.glob("*/split*/**/result.json"))
-        if "trials" not in p.parts
-    }
+    return {str(p.parent.relative_to(out)): json.loads(p.read_text()) for p in Layout(out).records()}
 
 
 def _label(rec: dict) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from helpers.wait import unit_logs
 
+from asc_ray.layout import Layout
 from asc_ray.pipeline.watch import RANK_LINE
 from asc_ray.procs import running
 
@@ -69,16 +70,16 @@ def progress_map(out: Path) -> tuple[dict[str, dict], list[float]]:
     epoch e ended}}, and when each unit (tables too) was done, in order (seconds of the day: only to number the
     points in the order the run met them)."""
     units = {}
-    for role in ("teachers", "students"):
+    for role in ("teacher", "student"):
         for log in unit_logs(out, role):
             text = log.read_text(errors="replace")
-            u = {"name": RANK_LINE.search(text)["unit"], "role": role[:-1], "epochs": 0, "at": {}}
+            u = {"name": RANK_LINE.search(text)["unit"], "role": role, "epochs": 0, "at": {}}
             for line in text.splitlines():
                 if m := EPOCH_LINE.search(line):
                     u["epochs"], u["at"][int(m.group(1))] = int(m.group(2)), day_s(line.split(" ", 1)[0])
             units[str(log.parent.relative_to(out))] = u
     done = []
-    for p in [*out.glob("*/split*/**/result.json"), *out.glob("logits/*.parquet")]:
+    for p in [*Layout(out).records(), *out.glob("logits/*.parquet")]:
         t = time.localtime(p.stat().st_mtime)
         done.append(3600 * t.tm_hour + 60 * t.tm_min + t.tm_sec)
     return units, sorted(done)
@@ -133,7 +134,7 @@ class Progress:
         self._offsets: dict[Path, int] = {}
 
     def poll(self) -> None:
-        for role in ("teachers", "students"):
+        for role in ("teacher", "student"):
             for log in unit_logs(self.out, role):
                 unit = str(log.parent.relative_to(self.out))
                 with open(log, "rb") as f:
@@ -150,8 +151,7 @@ class Progress:
                         self.owners[int(m["pid"])] = unit
 
     def done(self) -> int:
-        records = list(self.out.glob("*/split*/**/result.json"))
-        return len(records) + len(list((self.out / "logits").glob("*.parquet")))
+        return len(Layout(self.out).records()) + len(list((self.out / "logits").glob("*.parquet")))
 
     def reached(self, at: tuple) -> bool:
         return (at[1], at[2]) in self.epochs if at[0] == "epoch" else self.done() >= at[1]
