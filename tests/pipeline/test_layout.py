@@ -100,7 +100,11 @@ def test_a_runs_unit_folders_and_records_are_found_by_their_exact_shape(tmp_path
     """What tests and tools read of a live run: each role's unit folders (a student's per seed), the records of
     those that finished; not a search trial's folder, not a loose file."""
     lay = Layout(tmp_path)
-    teacher, other, student = UnitRef("bcbl32_fms", 25), UnitRef("passt_dir", 100), UnitRef("kd_ensemble", 25, 0)
+    teacher, other, student = (
+        UnitRef("bcbl32_fms", 25),
+        UnitRef("passt_dir", 100),
+        UnitRef("kd_ensemble", 25, 0),
+    )
     for ref in (teacher, other, student):
         lay.unit_dir(ref).mkdir(parents=True)
         (lay.unit_dir(ref) / "checkpoint").mkdir()
