@@ -9,7 +9,7 @@ weights (`unit_spec`), so a model can be rebuilt without the config that trained
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,12 +170,11 @@ class Classifier:
         return round(self.spec.get("clip_seconds", 1.0) * self.sample_rate)
 
     @torch.no_grad()
-    def _forward(self, waves: torch.Tensor, pad: bool = False) -> torch.Tensor:
-        """Logits of a batch; `pad`: on a CPU a pass's last, shorter batch runs padded to `batch` windows (its
-        kernels for another batch size can round differently: a window's logits would depend on the pass)."""
-        n = len(waves)
-        if pad and n < self.batch and self.device.type == "cpu":
-            waves = torch.cat([waves, waves.new_zeros((self.batch - n, *waves.shape[1:]))])
+    def _pass(self, n: int, take: Callable[[int, int], torch.Tensor]) -> np.ndarray:
+        """Logits [n, 10] of n windows, `take(i, j)` giving windows i..j-1, in batches of `batch`. On a CPU the
+        last, shorter batch of a pass of several runs padded to `batch` windows: its kernels for another batch
+        size can round differently, and a window's logits would depend on the pass."""
+        b = self.batch
         dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
         # fp16 on a CPU without fp16 units: channels-last is slower than the default layout there
         # (docs/benchmarks.md), so fp16 runs in the default layout on a CPU
@@ -183,16 +182,25 @@ class Classifier:
         layout = torch.channels_last if cl else torch.contiguous_format
         self.model.to(memory_format=layout).eval()
         self.frontend.eval()
-        x = self.frontend(waves.to(self.device)).to(dtype).contiguous(memory_format=layout)
         amp = self.amp and dtype == torch.float32 and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
-            return self.model(x).float().cpu()[:n]
+        pad = n > b and self.device.type == "cpu"
+        out = []
+        for i in range(0, n, b):
+            waves = take(i, min(i + b, n))
+            k = len(waves)
+            if pad and k < b:
+                waves = torch.cat([waves, waves.new_zeros((b - k, *waves.shape[1:]))])
+            x = self.frontend(waves.to(self.device)).to(dtype).contiguous(memory_format=layout)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+                out.append(self.model(x).float().cpu()[:k])
+        return torch.cat(out).numpy()
 
     def logits(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits [B, 10] of B equal-length waveforms [B, n] (n = one window), batched."""
-        waves, b = torch.as_tensor(np.asarray(waves, dtype=np.float32)), self.batch
-        out = [self._forward(waves[i : i + b], pad=len(waves) > b) for i in range(0, len(waves), b)]
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.spec["classes"])), np.float32)
+        waves = torch.as_tensor(np.asarray(waves, dtype=np.float32))
+        if not len(waves):
+            return np.zeros((0, len(self.spec["classes"])), np.float32)
+        return self._pass(len(waves), lambda i, j: waves[i:j])
 
     def logits_of(self, store: WaveformStore, files: Sequence[str]) -> np.ndarray:
         """Logits [len(files), 10] of cached 1-s clips (a waveform cache at the model's sample rate)."""
@@ -202,12 +210,8 @@ class Classifier:
                 path=store.path,
                 fix="build the cache at the model's sample rate (asc_ray.features.frontend_sample_rate)",
             )
-        rows, b = np.array([store.index_of(f) for f in files]), self.batch
-        out = [
-            self._forward(torch.from_numpy(store.rows(rows[i : i + b])), pad=len(rows) > b)
-            for i in range(0, len(rows), b)
-        ]
-        return torch.cat(out).numpy()
+        rows = np.array([store.index_of(f) for f in files])
+        return self._pass(len(rows), lambda i, j: torch.from_numpy(store.rows(rows[i:j])))
 
     def windows(self, wave: np.ndarray) -> np.ndarray:
         """A mono clip at `sample_rate` -> its 1-s windows [k, n]: shorter clips zero-padded to one window,
