@@ -21,6 +21,7 @@ from asc_ray.layout import Layout, PretrainRef, UnitRef, registered_name
 from asc_ray.metrics import evaluate
 from asc_ray.pipeline.graph import DONE, PROGRESS, START, TO_RUN
 from asc_ray.pipeline.run import RESULTS
+from asc_ray.pipeline.watch import RANK_LINE
 from asc_ray.systems import TEACHERS
 
 STUDENTS = ("kd_ensemble", "tfs", "bcbl24", "baseline", "no_kd")  # the smoke profile's five
@@ -322,8 +323,7 @@ def test_students_of_one_tuner_share_their_trial_processes(reference):
     for s in STUDENTS:
         for sp in SPLITS:
             unit = UnitRef(s, sp, 0)
-            log = Layout(reference.out).unit(unit).log.read_text()
-            rank = re.search(rf"\[{re.escape(unit.name)}\] rank 0 on node \S+ \(pid (\d+)\)", log)
-            assert rank, unit
-            pids[unit] = int(rank.group(1))
+            rank = RANK_LINE.search(Layout(reference.out).unit(unit).log.read_text())
+            assert rank and rank["unit"] == unit.name, unit
+            pids[unit] = int(rank["pid"])
     assert len(set(pids.values())) < len(pids), pids

@@ -199,6 +199,5 @@ def test_eta_scales_the_time_so_far_by_the_work_left_over_the_work_done():
     assert eta_s(55.0, done, left) == pytest.approx(55.0 * (30 + 20 + 22) / spent)
     assert eta_s(55.0, done, []) == 0.0
     assert eta_s(55.0, done[:-1], left) is None  # too few finished to say
-    assert eta_s(110.0, done, left) == 2 * eta_s(
-        55.0, done, left
-    )  # twice the time for the same work: half the rate
+    # twice the time for the same work done: half the rate, twice the time left
+    assert eta_s(110.0, done, left) == 2 * eta_s(55.0, done, left)
