@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from asc_ray.data.cache import WaveformStore
 from asc_ray.data.tau import SCENES
@@ -124,6 +125,27 @@ def load_weights(model: torch.nn.Module, weights: str | Path | dict, system: str
     return model.eval()
 
 
+class Fp16ConvolutionsInFp32Kernels(TorchFunctionMode):
+    """Within it, a convolution of fp16 tensors runs through the fp32 kernel: its fp16 inputs and weights
+    converted exactly to fp32, the products summed in fp32 and the sum rounded to fp16 once, which is what
+    torch's own fp16 kernel on a CPU computes (fp32 accumulation), only on oneDNN instead of torch's scalar
+    fallback (`aten::_slow_conv2d_forward`, one call per group of a depthwise convolution): a student's fp16
+    test is ~3x faster on a CPU without fp16 units (docs/benchmarks.md). The summation order differs, so an
+    output element can differ by one fp16 ulp (tests/serving/test_predict.py). Every other op stays fp16."""
+
+    CONVS = (torch.conv1d, torch.conv2d, torch.conv3d)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in self.CONVS or args[0].dtype != torch.float16:
+            return func(*args, **kwargs)
+
+        def fp32(v):
+            return v.float() if torch.is_tensor(v) and v.dtype == torch.float16 else v
+
+        return func(*map(fp32, args), **{k: fp32(v) for k, v in kwargs.items()}).half()
+
+
 # ------------------------------------------------------------------------------------- the one path
 @dataclass
 class Classifier:
@@ -176,14 +198,16 @@ class Classifier:
         size can round differently, and a window's logits would depend on the pass."""
         b = self.batch
         dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
-        # fp16 on a CPU without fp16 units: channels-last is slower than the default layout there
-        # (docs/benchmarks.md), so fp16 runs in the default layout on a CPU
+        # fp16 on a CPU: its convolutions run in fp32 kernels (Fp16ConvolutionsInFp32Kernels), faster in the
+        # default layout than channels-last there (docs/benchmarks.md)
         cl = self.channels_last and not (dtype == torch.float16 and self.device.type == "cpu")
         layout = torch.channels_last if cl else torch.contiguous_format
         self.model.to(memory_format=layout).eval()
         self.frontend.eval()
         amp = self.amp and dtype == torch.float32 and self.device.type == "cuda"
-        pad = n > b and self.device.type == "cpu"
+        cpu = self.device.type == "cpu"
+        pad = n > b and cpu
+        fp16_convs = Fp16ConvolutionsInFp32Kernels() if cpu and dtype == torch.float16 else nullcontext()
         out = []
         for i in range(0, n, b):
             waves = take(i, min(i + b, n))
@@ -191,7 +215,7 @@ class Classifier:
             if pad and k < b:
                 waves = torch.cat([waves, waves.new_zeros((b - k, *waves.shape[1:]))])
             x = self.frontend(waves.to(self.device)).to(dtype).contiguous(memory_format=layout)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+            with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext(), fp16_convs:
                 out.append(self.model(x).float().cpu()[:k])
         return torch.cat(out).numpy()
 

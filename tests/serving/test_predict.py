@@ -225,3 +225,28 @@ def test_cpu_batches_give_the_logits_of_one_pass_over_every_window(student_unit,
             m.setattr(classifier, "CPU_BATCH", len(waves))
             one = clf.logits(waves)
         np.testing.assert_array_equal(small, one, err_msg=f"{weights}, channels_last={cl}")
+
+
+def test_fp16_convolutions_on_a_cpu_run_in_fp32_kernels_within_an_ulp_of_torchs_fp16(student_unit):
+    """The deployed fp16 model on a CPU convolves through the fp32 kernels (torch's fp16 fallback is ~3x
+    slower): no call of that fallback, and logits within one fp16 ulp (at the clip's scale) of torch's own fp16
+    path, the same classes."""
+    from torch.profiler import profile
+
+    from asc_ray.predict.classifier import Fp16ConvolutionsInFp32Kernels
+
+    clf = Classifier.from_weights(read_unit_spec(student_unit), student_unit / "model_fp16.pt", device="cpu")
+    waves = np.random.default_rng(1).standard_normal((32, SR)).astype(np.float32) * 0.1
+    with profile() as prof:
+        ours = clf.logits(waves)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::_slow_conv2d_forward" not in ops, sorted(ops)
+    with torch.no_grad():
+        x = clf.frontend(torch.from_numpy(waves)).half()
+        torchs = clf.model(x).float().numpy()
+        with Fp16ConvolutionsInFp32Kernels():  # the mode alone: bit for bit what the classifier returned
+            np.testing.assert_array_equal(clf.model(x).float().numpy(), ours)
+    # one ulp at each clip's largest logit: an error upstream reaches a logit near zero at that scale
+    ulp = np.spacing(np.abs(torchs).max(1, keepdims=True).astype(np.float16)).astype(np.float32)
+    assert np.all(np.abs(ours - torchs) <= ulp), np.abs(ours - torchs).max()
+    assert (ours.argmax(1) == torchs.argmax(1)).all()
