@@ -7,7 +7,7 @@ range, naming this module. Before widening it, read each use below against the n
 - ray._private.ray_constants.ENABLE_RAY_CLUSTER, PROCESS_TYPE_RAYLET; ray._private.worker._global_node
   (runtime.py): a local Ray bound to loopback; the raylet's processes, reaped after the driver.
 - ray.train.torch.config._TorchBackend, _set_torch_distributed_env_vars; ray.train._internal.utils.
-  get_address_and_port (teachers.py): Ray Train's process group, made only for several workers and listening
+  get_address_and_port (process_group.py): Ray Train's process group, made only for several workers and listening
   on the node address.
 - TorchTrainer._create_default_callbacks, ray.train.v2._internal.callbacks.DatasetsCallback and
   PlacementGroupCleanerCallback (teachers.py): the two per-fit actors a teacher does not need.

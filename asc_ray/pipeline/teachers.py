@@ -9,27 +9,18 @@ Ray Train run instead of starting over.
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
-import torch.distributed as dist
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray import cloudpickle
+from ray.train.torch import TorchTrainer
 
 from asc_ray.layout import ray_run_name
-from asc_ray.pipeline.ray_private import (
-    DatasetsCallback,
-    PlacementGroupCleanerCallback,
-    TorchBackend,
-    get_address_and_port,
-    set_torch_distributed_env_vars,
-)
+from asc_ray.pipeline.process_group import PrivateTorchConfig
+from asc_ray.pipeline.ray_private import DatasetsCallback, PlacementGroupCleanerCallback
 from asc_ray.pipeline.runtime import own_local_ray, unit_resources
 from asc_ray.pipeline.unit import UnitJob, run_unit
 from asc_ray.train import link_tree
@@ -51,8 +42,11 @@ def persist_by_link(checkpoint, checkpoint_dir_name: str):
     return ray.train.Checkpoint(path=dest, filesystem=storage.storage_filesystem)
 
 
-def teacher_worker(job: UnitJob) -> None:
-    """The Ray Train worker function: one teacher (or a data-parallel student) on one split."""
+def teacher_worker(config: dict) -> None:
+    """The Ray Train worker function: one teacher (or a data-parallel student) on one split. Its job comes
+    pickled (config["job"]): Ray Train's controller keeps the train loop's config too, and would otherwise import
+    all of asc-ray's training (torch, MLflow, matplotlib) just to read it."""
+    job: UnitJob = cloudpickle.loads(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
@@ -70,63 +64,6 @@ def teacher_worker(job: UnitJob) -> None:
             run_unit(job, report, d, rank, world, wrap)
     else:
         run_unit(job, report, None, rank, world, wrap)
-
-
-# --------------------------------------------------------------------------- what listens where (process group)
-# Ray Train's TorchConfig makes every worker group a torch process group, and torch's TCPStore server (rank 0)
-# listens on all interfaces on a random port. A single-worker teacher has nothing to rendezvous: no process
-# group at all. A multi-worker teacher gets its store bound to rank 0's node address (Ray's node IP: the
-# private address on a cluster, 127.0.0.1 for the local Ray), through a socket bound here and handed to torch.
-
-
-def _private_process_group(
-    backend: str, world_rank: int, world_size: int, addr: str, port: int, timeout_s: int
-) -> None:
-    set_torch_distributed_env_vars()
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
-    timeout = datetime.timedelta(seconds=timeout_s)
-    rank, world = world_rank, world_size
-    if rank == 0:
-        sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((addr, port))
-        sock.listen(128)
-        store = dist.TCPStore(addr, port, world, True, timeout=timeout, master_listen_fd=sock.fileno())
-        _private_process_group.sock = sock  # the store serves on this socket: keep it open
-    else:
-        store = dist.TCPStore(addr, port, world, False, timeout=timeout)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-
-
-class _PrivateTorchBackend(TorchBackend):
-    def on_start(self, worker_group, backend_config) -> None:
-        if len(worker_group) == 1:
-            return  # one worker: no process group, no store, nothing listens
-        addr, port = worker_group.execute_single(0, get_address_and_port)
-        ray.get(
-            [
-                worker_group.execute_single_async(
-                    i,
-                    _private_process_group,
-                    backend=backend_config.backend or "gloo",
-                    world_rank=i,  # (not `rank`: execute_single_async's own first parameter)
-                    world_size=len(worker_group),
-                    addr=addr,
-                    port=port,
-                    timeout_s=backend_config.timeout_s,
-                )
-                for i in range(len(worker_group))
-            ]
-        )
-
-
-@dataclass
-class PrivateTorchConfig(TorchConfig):
-    """TorchConfig whose process group exists only for several workers and listens on the node address."""
-
-    @property
-    def backend_cls(self):
-        return _PrivateTorchBackend
 
 
 class TeacherTrainer(TorchTrainer):
@@ -154,7 +91,7 @@ def build_trainer(job: UnitJob, storage_path: str, use_gpu: bool, workers: int |
     failures = (cfg.teachers if ref.role == "teacher" else cfg.students).max_failures
     return TeacherTrainer(
         teacher_worker,
-        train_loop_config=job,
+        train_loop_config={"job": cloudpickle.dumps(job)},
         torch_config=PrivateTorchConfig(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers or cfg.teachers.num_workers,

@@ -54,3 +54,30 @@ def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, 
     assert runtime.own_local_ray() and not cleaner()
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a driver that joined a cluster keeps it
     assert not runtime.own_local_ray() and cleaner()
+
+
+def test_a_teachers_controller_reads_its_fit_without_importing_asc_rays_training(tmp_path):
+    # Ray Train's controller process unpickles the fit's run context (train loop config, backend config) and
+    # callbacks: the job travels pickled inside the config, so reading them imports no MLflow, matplotlib or
+    # asc-ray training (~2 CPU s per teacher) - only what the worker unpickles does
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    t = build_trainer(_job(load_config("smoke"), "bcbl32_fms"), str(tmp_path), use_gpu=False)
+    (tmp_path / "fit.pkl").write_bytes(
+        cloudpickle.dumps((t.train_run_context, t._create_default_callbacks()))
+    )
+    heavy = ["asc_ray.pipeline.unit", "asc_ray.train", "mlflow", "matplotlib"]
+    code = (
+        "import pickle, sys; ctx, cbs = pickle.load(open(sys.argv[1], 'rb'));"
+        f"print(ctx.backend_config.backend_cls.__module__, [m for m in {heavy!r} if m in sys.modules])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "fit.pkl")], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["asc_ray.pipeline.process_group", "[]"], r.stdout
+    job = cloudpickle.loads(t.train_run_context.train_loop_config["job"])  # what teacher_worker reads
+    assert (job.system, job.split, job.key) == ("bcbl32_fms", 25, "0123456789abcdef")

@@ -18,7 +18,7 @@ import json, os
 import ray, ray.train
 from ray.train.torch import TorchTrainer
 from asc_ray.pipeline.runtime import init_ray
-from asc_ray.pipeline.teachers import PrivateTorchConfig
+from asc_ray.pipeline.process_group import PrivateTorchConfig
 
 def fn(cfg):
     import torch, torch.distributed as dist
