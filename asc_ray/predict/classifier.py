@@ -198,8 +198,8 @@ class Classifier:
         size can round differently, and a window's logits would depend on the pass."""
         b = self.batch
         dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
-        # fp16 on a CPU: its convolutions run in fp32 kernels (Fp16ConvolutionsInFp32Kernels), faster in the
-        # default layout than channels-last there (docs/benchmarks.md)
+        # fp16 on a CPU runs in the default layout whatever training used: the deployed model then gives the test
+        # pass's numbers in asc-ray-predict and the MLflow model too, which know no training layout
         cl = self.channels_last and not (dtype == torch.float16 and self.device.type == "cpu")
         layout = torch.channels_last if cl else torch.contiguous_format
         self.model.to(memory_format=layout).eval()

@@ -86,6 +86,14 @@ def test_frontend_throughput_times_each_front_end_against_its_reference():
 
 
 @slow
+def test_inference_cpu_times_fp32_and_both_fp16_paths():
+    out = run("inference_cpu.py", "--clips", "20", "--system", "baseline")
+    ours, torchs = figure(out, "fp16_s"), figure(out, "fp16_torch_s")
+    assert figure(out, "fp32_s") > 0 and ours > 0 and torchs > 0
+    assert last_figure(out, "fp16_speedup") == pytest.approx(torchs / ours, rel=0.02)
+
+
+@slow
 def test_cache_throughput_prints_build_and_read_figures(synth_dataset):
     out = run("cache_throughput.py", "--data-dir", str(synth_dataset), "--passes", "2", "--batch", "32")
     assert figure(out, "build_clips") == 200

@@ -398,8 +398,9 @@ def test_min_steps_gives_a_tiny_split_more_epochs_and_the_schedule_follows(make_
 
 
 def test_fp16_on_a_cpu_runs_in_the_default_layout(make_trainer, tmp_path, monkeypatch):
-    """Half precision on a CPU without fp16 units is 2.7x slower channels-last (docs/benchmarks.md): the test
-    pass of the fp16 export runs contiguous there; its logits are the fp32 model's up to fp16 rounding."""
+    """The test pass of the fp16 export runs contiguous on a CPU, as asc-ray-predict and the MLflow model run the
+    deployed model (they know no training layout), so theirs are its numbers; its logits are the fp32 model's
+    up to fp16 rounding."""
     t = make_trainer()
     assert t.channels_last and t.device.type == "cpu"
     torch.save({k: v.half() for k, v in t.model.state_dict().items()}, tmp_path / "m16.pt")
