@@ -184,7 +184,11 @@ class Chaos:
         title = TITLE[f.kind]
         if not (pid in ours and title in cmdline(pid)):
             live = sorted(p for p in ours if title in cmdline(p))
-            pid = random.Random(f"{self.args.seed}-{f.n}").choice(live) if live else None
+            # Ray titles an actor running a call `ray::<Class>.<method>`: a Tune trial actor kept idle for the
+            # next trial (reuse_actors) trains nothing, and its loss might be said nowhere
+            busy = [p for p in live if f"{title}." in cmdline(p)]
+            pool = busy if f.kind == "trial" and busy else live
+            pid = random.Random(f"{self.args.seed}-{f.n}").choice(pool) if pool else None
         f.pid = pid
         self.name_victim(f)
         return pid
