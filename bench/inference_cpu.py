@@ -58,9 +58,8 @@ def main(argv=None) -> int:
             model = build_from_spec(spec).eval()
             fp32_w, fp16_w = model.state_dict(), export_fp16(model, Path(tmp) / "model_fp16.pt")
         header(f"inference_cpu ({spec['system']}, {a.clips} clips, {torch.get_num_threads()} thread(s))")
-        cl = ARCHITECTURES[
-            spec["model"]
-        ].channels_last  # as training ran it (fp16 on a CPU: the default layout)
+        # the layout training ran in (the Classifier runs fp16 on a CPU in the default layout regardless)
+        cl = ARCHITECTURES[spec["model"]].channels_last
         fp32 = Classifier.from_weights(spec, fp32_w, device="cpu", channels_last=cl)
         fp16 = Classifier.from_weights(spec, fp16_w, device="cpu", channels_last=cl)
         waves = 0.1 * torch.randn(a.clips, fp32.window, generator=torch.Generator().manual_seed(0))

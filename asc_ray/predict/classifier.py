@@ -130,7 +130,7 @@ class Fp16ConvolutionsInFp32Kernels(TorchFunctionMode):
     converted exactly to fp32, the products summed in fp32 and the sum rounded to fp16 once, which is what
     torch's own fp16 kernel on a CPU computes (fp32 accumulation), only on oneDNN instead of torch's scalar
     fallback (`aten::_slow_conv2d_forward`, one call per group of a depthwise convolution): a student's fp16
-    test is ~3x faster on a CPU without fp16 units (docs/benchmarks.md). The summation order differs, so an
+    test is ~4x faster on a CPU without fp16 units (docs/benchmarks.md). The summation order differs, so an
     output element can differ by one fp16 ulp (tests/serving/test_predict.py). Every other op stays fp16."""
 
     CONVS = (torch.conv1d, torch.conv2d, torch.conv3d)
@@ -200,12 +200,12 @@ class Classifier:
         dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
         # fp16 on a CPU runs in the default layout whatever training used: the deployed model then gives the test
         # pass's numbers in asc-ray-predict and the MLflow model too, which know no training layout
-        cl = self.channels_last and not (dtype == torch.float16 and self.device.type == "cpu")
+        cpu = self.device.type == "cpu"
+        cl = self.channels_last and not (dtype == torch.float16 and cpu)
         layout = torch.channels_last if cl else torch.contiguous_format
         self.model.to(memory_format=layout).eval()
         self.frontend.eval()
         amp = self.amp and dtype == torch.float32 and self.device.type == "cuda"
-        cpu = self.device.type == "cpu"
         pad = n > b and cpu
         fp16_convs = Fp16ConvolutionsInFp32Kernels() if cpu and dtype == torch.float16 else nullcontext()
         out = []

@@ -228,7 +228,7 @@ def test_cpu_batches_give_the_logits_of_one_pass_over_every_window(student_unit,
 
 
 def test_fp16_convolutions_on_a_cpu_run_in_fp32_kernels_within_an_ulp_of_torchs_fp16(student_unit):
-    """The deployed fp16 model on a CPU convolves through the fp32 kernels (torch's fp16 fallback is ~3x
+    """The deployed fp16 model on a CPU convolves through the fp32 kernels (torch's fp16 fallback is ~4x
     slower): no call of that fallback, and logits within one fp16 ulp (at the clip's scale) of torch's own fp16
     path, the same classes."""
     from torch.profiler import profile
