@@ -1,11 +1,14 @@
-"""A teacher's torch process group, in a module of its own: Ray Train's controller reads a fit's backend config
-(PrivateTorchConfig), so whatever this module imports, every teacher's controller process imports too. It
-imports Ray Train's torch backend and nothing of asc-ray's training (tests/pipeline/test_teachers.py).
+"""A teacher's torch process group, in a module of its own that imports no torch: Ray Train's controller reads a
+fit's backend config (PrivateTorchConfig) and runs its backend's start and shutdown, so whatever this module
+imports, every teacher's controller process imports too (~2 CPU s for torch alone; tests/pipeline/
+test_teachers.py). What needs torch runs on the workers, which import it anyway.
 
 Ray Train's TorchConfig makes every worker group a torch process group, and torch's TCPStore server (rank 0)
 listens on all interfaces on a random port. A single-worker teacher has nothing to rendezvous: no process
 group at all. A multi-worker teacher gets its store bound to rank 0's node address (Ray's node IP: the
 private address on a cluster, 127.0.0.1 for the local Ray), through a socket bound here and handed to torch.
+Otherwise it is Ray's TorchConfig: the same fields, each worker's CUDA device set before the train function,
+the process group destroyed and the CUDA cache emptied at shutdown.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ import socket
 from dataclasses import dataclass
 
 import ray
-import torch.distributed as dist
-from ray.train.torch import TorchConfig
+from ray.train.backend import Backend, BackendConfig
 
-from asc_ray.pipeline.ray_private import TorchBackend, get_address_and_port, set_torch_distributed_env_vars
+from asc_ray.pipeline.ray_private import TrainingFramework, get_address_and_port
 
 
 def _private_process_group(
     backend: str, world_rank: int, world_size: int, addr: str, port: int, timeout_s: int
 ) -> None:
+    import torch.distributed as dist
+
+    from asc_ray.pipeline.ray_private import set_torch_distributed_env_vars
+
     set_torch_distributed_env_vars()
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
     timeout = datetime.timedelta(seconds=timeout_s)
@@ -41,7 +47,35 @@ def _private_process_group(
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
-class _PrivateTorchBackend(TorchBackend):
+def _shutdown(destroy_process_group: bool) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if destroy_process_group and dist.is_initialized():
+        dist.destroy_process_group()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _CudaDevice:
+    """Ray's TorchConfig.train_func_context: a GPU worker's default CUDA device is its own."""
+
+    def __enter__(self):
+        import torch
+        from ray.train.torch import get_device
+
+        if torch.cuda.is_available():
+            device = get_device()
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _PrivateTorchBackend(Backend):
+    share_cuda_visible_devices: bool = True  # as Ray's torch backend: a node's workers see each other's GPUs
+
     def on_start(self, worker_group, backend_config) -> None:
         if len(worker_group) == 1:
             return  # one worker: no process group, no store, nothing listens
@@ -62,11 +96,35 @@ class _PrivateTorchBackend(TorchBackend):
             ]
         )
 
+    def on_shutdown(self, worker_group, backend_config) -> None:
+        try:
+            ray.get(
+                worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1), timeout=30
+            )
+        except ray.exceptions.GetTimeoutError:
+            pass  # as Ray's: a worker stuck in its shutdown does not hold up the fit's end
+
 
 @dataclass
-class PrivateTorchConfig(TorchConfig):
-    """TorchConfig whose process group exists only for several workers and listens on the node address."""
+class PrivateTorchConfig(BackendConfig):
+    """Ray's TorchConfig (ray.train.torch.TorchConfig: the same fields, which TorchTrainer fills in) whose process
+    group exists only for several workers and listens on the node address, and which imports no torch."""
+
+    backend: str | None = None
+    init_method: str = "env"
+    timeout_s: int = 1800
 
     @property
     def backend_cls(self):
         return _PrivateTorchBackend
+
+    @property
+    def train_func_context(self):
+        return _CudaDevice
+
+    @property
+    def framework(self):
+        return TrainingFramework.TORCH
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "init_method": self.init_method, "timeout_s": self.timeout_s}

@@ -6,9 +6,9 @@ range, naming this module. Before widening it, read each use below against the n
 
 - ray._private.ray_constants.ENABLE_RAY_CLUSTER, PROCESS_TYPE_RAYLET; ray._private.worker._global_node
   (runtime.py): a local Ray bound to loopback; the raylet's processes, reaped after the driver.
-- ray.train.torch.config._TorchBackend, _set_torch_distributed_env_vars; ray.train._internal.utils.
-  get_address_and_port (process_group.py): Ray Train's process group, made only for several workers and listening
-  on the node address.
+- ray.train.torch.config._set_torch_distributed_env_vars, ray.train._internal.utils.get_address_and_port,
+  ray.train.v2._internal.util.TrainingFramework (process_group.py): Ray Train's process group, made only for
+  several workers and listening on the node address, by a backend config that imports no torch.
 - TorchTrainer._create_default_callbacks, ray.train.v2._internal.callbacks.DatasetsCallback and
   PlacementGroupCleanerCallback (teachers.py): the two per-fit actors a teacher does not need.
 """
@@ -17,15 +17,19 @@ from __future__ import annotations
 
 from ray._private import ray_constants, worker
 from ray.train._internal.utils import get_address_and_port
-from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.util import TrainingFramework
 
 CHECKED_ON = ("2.60.0", "2.61")  # the Ray releases from the first up to (not including) the second
 
-# the names above, as the pipeline's modules use them
-TorchBackend = _TorchBackend
-set_torch_distributed_env_vars = _set_torch_distributed_env_vars
+
+def set_torch_distributed_env_vars() -> None:
+    """On a worker: RANK, WORLD_SIZE, LOCAL_RANK, ... as Ray's torch backend sets them (imports torch: this
+    module does not, for Ray Train's controller)."""
+    from ray.train.torch.config import _set_torch_distributed_env_vars
+
+    _set_torch_distributed_env_vars()
 
 
 def global_node():
@@ -37,7 +41,7 @@ __all__ = [
     "CHECKED_ON",
     "DatasetsCallback",
     "PlacementGroupCleanerCallback",
-    "TorchBackend",
+    "TrainingFramework",
     "get_address_and_port",
     "global_node",
     "ray_constants",

@@ -24,4 +24,4 @@ def test_the_private_names_are_there():
     assert callable(getattr(TorchTrainer, "_create_default_callbacks", None))
     assert isinstance(ray_private.ray_constants.ENABLE_RAY_CLUSTER, bool)
     assert ray_private.ray_constants.PROCESS_TYPE_RAYLET
-    assert hasattr(ray_private.TorchBackend, "on_start")
+    assert callable(ray_private.TrainingFramework.TORCH.module_names)

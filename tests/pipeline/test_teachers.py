@@ -56,10 +56,10 @@ def test_a_teacher_on_the_local_ray_starts_no_placement_group_cleaner(tmp_path, 
     assert not runtime.own_local_ray() and cleaner()
 
 
-def test_a_teachers_controller_reads_its_fit_without_importing_asc_rays_training(tmp_path):
+def test_a_teachers_controller_reads_its_fit_without_importing_torch_or_asc_rays_training(tmp_path):
     # Ray Train's controller process unpickles the fit's run context (train loop config, backend config) and
-    # callbacks: the job travels pickled inside the config, so reading them imports no MLflow, matplotlib or
-    # asc-ray training (~2 CPU s per teacher) - only what the worker unpickles does
+    # callbacks: the job travels pickled inside the config and the backend config imports no torch, so reading
+    # them imports no torch, MLflow, matplotlib or asc-ray training (~4 CPU s per teacher) - only the worker does
     import subprocess
     import sys
 
@@ -69,7 +69,7 @@ def test_a_teachers_controller_reads_its_fit_without_importing_asc_rays_training
     (tmp_path / "fit.pkl").write_bytes(
         cloudpickle.dumps((t.train_run_context, t._create_default_callbacks()))
     )
-    heavy = ["asc_ray.pipeline.unit", "asc_ray.train", "mlflow", "matplotlib"]
+    heavy = ["asc_ray.pipeline.unit", "asc_ray.train", "torch", "mlflow", "matplotlib"]
     code = (
         "import pickle, sys; ctx, cbs = pickle.load(open(sys.argv[1], 'rb'));"
         f"print(ctx.backend_config.backend_cls.__module__, [m for m in {heavy!r} if m in sys.modules])"
