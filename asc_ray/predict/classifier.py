@@ -191,12 +191,9 @@ class Classifier:
     def window(self) -> int:
         return round(self.spec.get("clip_seconds", 1.0) * self.sample_rate)
 
-    @torch.no_grad()
-    def _pass(self, n: int, take: Callable[[int, int], torch.Tensor]) -> np.ndarray:
-        """Logits [n, 10] of n windows, `take(i, j)` giving windows i..j-1, in batches of `batch`. On a CPU the
-        last, shorter batch of a pass of several runs padded to `batch` windows: its kernels for another batch
-        size can round differently, and a window's logits would depend on the pass."""
-        b = self.batch
+    def _runner(self) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """The model in eval mode, as `run(x, k)`: logits of a batch's front-end output `x` (fp32), its first k
+        rows (the rest: a CPU's padding)."""
         dtype = next(self.model.parameters()).dtype  # fp16 weights: the front-end's output is cast to fp16
         # fp16 on a CPU runs in the default layout whatever training used: the deployed model then gives the test
         # pass's numbers in asc-ray-predict and the MLflow model too, which know no training layout
@@ -204,20 +201,18 @@ class Classifier:
         cl = self.channels_last and not (dtype == torch.float16 and cpu)
         layout = torch.channels_last if cl else torch.contiguous_format
         self.model.to(memory_format=layout).eval()
-        self.frontend.eval()
         amp = self.amp and dtype == torch.float32 and self.device.type == "cuda"
-        pad = n > b and cpu
-        fp16_convs = Fp16ConvolutionsInFp32Kernels() if cpu and dtype == torch.float16 else nullcontext()
-        out = []
-        for i in range(0, n, b):
-            waves = take(i, min(i + b, n))
-            k = len(waves)
-            if pad and k < b:
-                waves = torch.cat([waves, waves.new_zeros((b - k, *waves.shape[1:]))])
-            x = self.frontend(waves.to(self.device)).to(dtype).contiguous(memory_format=layout)
+
+        def run(x: torch.Tensor, k: int) -> torch.Tensor:
+            fp16_convs = Fp16ConvolutionsInFp32Kernels() if cpu and dtype == torch.float16 else nullcontext()
+            x = x.to(dtype).contiguous(memory_format=layout)
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext(), fp16_convs:
-                out.append(self.model(x).float().cpu()[:k])
-        return torch.cat(out).numpy()
+                return self.model(x).float().cpu()[:k]
+
+        return run
+
+    def _pass(self, n: int, take: Callable[[int, int], torch.Tensor]) -> np.ndarray:
+        return one_pass([self], n, take)[0]
 
     def logits(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits [B, 10] of B equal-length waveforms [B, n] (n = one window), batched."""
@@ -228,14 +223,7 @@ class Classifier:
 
     def logits_of(self, store: WaveformStore, files: Sequence[str]) -> np.ndarray:
         """Logits [len(files), 10] of cached 1-s clips (a waveform cache at the model's sample rate)."""
-        if store.sample_rate != self.sample_rate:
-            raise AscRayError(
-                f"waveform cache is at {store.sample_rate} Hz, {self.spec['system']} takes {self.sample_rate} Hz",
-                path=store.path,
-                fix="build the cache at the model's sample rate (asc_ray.features.frontend_sample_rate)",
-            )
-        rows = np.array([store.index_of(f) for f in files])
-        return self._pass(len(rows), lambda i, j: torch.from_numpy(store.rows(rows[i:j])))
+        return logits_of_each([self], store, files)[0]
 
     def windows(self, wave: np.ndarray) -> np.ndarray:
         """A mono clip at `sample_rate` -> its 1-s windows [k, n]: shorter clips zero-padded to one window,
@@ -275,3 +263,47 @@ class Classifier:
         if pending:
             flush()
         return probs / np.maximum(counts, 1)[:, None]
+
+
+def _clips(store: WaveformStore, files: Sequence[str]) -> tuple[int, Callable[[int, int], torch.Tensor]]:
+    rows = np.array([store.index_of(f) for f in files])
+    return len(rows), lambda i, j: torch.from_numpy(store.rows(rows[i:j]))
+
+
+@torch.no_grad()
+def one_pass(
+    models: Sequence[Classifier], n: int, take: Callable[[int, int], torch.Tensor]
+) -> list[np.ndarray]:
+    """Logits [n, 10] of n windows for each of `models` (one spec, one device: e.g. a student at fp32 and its fp16
+    export), `take(i, j)` giving windows i..j-1, in batches: the front-end runs once per batch for all of them
+    (on a CPU it costs as much as a small CNN: docs/benchmarks.md). On a CPU the last, shorter batch of a pass of
+    several runs padded to the batch size: its kernels for another batch size can round differently, and a
+    window's logits would depend on the pass."""
+    first = models[0]
+    assert all(m.spec["frontend"] == first.spec["frontend"] and m.device == first.device for m in models)
+    b, frontend = first.batch, first.frontend.eval()
+    pad = n > b and first.device.type == "cpu"
+    runs, out = [m._runner() for m in models], [[] for _ in models]
+    for i in range(0, n, b):
+        waves = take(i, min(i + b, n))
+        k = len(waves)
+        if pad and k < b:
+            waves = torch.cat([waves, waves.new_zeros((b - k, *waves.shape[1:]))])
+        x = frontend(waves.to(first.device))
+        for run, logits in zip(runs, out, strict=True):
+            logits.append(run(x, k))
+    return [torch.cat(logits).numpy() for logits in out]
+
+
+def logits_of_each(
+    models: Sequence[Classifier], store: WaveformStore, files: Sequence[str]
+) -> list[np.ndarray]:
+    """Classifier.logits_of for several models of one spec, in one pass of the front-end (one_pass)."""
+    for m in models:
+        if store.sample_rate != m.sample_rate:
+            raise AscRayError(
+                f"waveform cache is at {store.sample_rate} Hz, {m.spec['system']} takes {m.sample_rate} Hz",
+                path=store.path,
+                fix="build the cache at the model's sample rate (asc_ray.features.frontend_sample_rate)",
+            )
+    return one_pass(models, *_clips(store, files))

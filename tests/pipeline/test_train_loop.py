@@ -13,8 +13,8 @@ from asc_ray.console import run_cli
 from asc_ray.errors import AscRayError
 from asc_ray.export import read_dcase_output
 from asc_ray.layout import Layout, UnitRef
-from asc_ray.predict import Classifier, unit_spec
-from asc_ray.train import finish_unit
+from asc_ray.predict import Classifier, classifier, unit_spec
+from asc_ray.train import finish_unit, outputs
 
 
 def _finish(t, **kw):
@@ -37,21 +37,23 @@ def test_select_last_trains_on_the_whole_split_and_keeps_the_last_epoch(make_tra
 def test_fit_selects_on_validation_only_and_writes_outputs(make_trainer, monkeypatch):
     t = make_trainer(overrides=["train.select=val"])
     seen = []
-    real = Classifier.logits_of
+    real = classifier.logits_of_each
 
-    def spy(self, store, files):
-        seen.append(set(files))
-        return real(self, store, files)
+    def spy(models, store, files):
+        seen.append(([next(m.model.parameters()).dtype for m in models], set(files)))
+        return real(models, store, files)
 
-    monkeypatch.setattr(Classifier, "logits_of", spy)
+    monkeypatch.setattr(classifier, "logits_of_each", spy)  # Classifier.logits_of's
+    monkeypatch.setattr(outputs, "logits_of_each", spy)
     fitted = t.fit()
     during_fit, seen[:] = list(seen), []
     result = finish_unit(t.system, t.cfg, 100, t.data, t.out_dir, fitted, log=lambda m: None)
     val, test = set(t.data.val_files), set(t.data.test_files)
     assert val and not val & test and not val & set(t.data.train_files)
-    assert len(during_fit) == 2 and all(f == val for f in during_fit)  # selection never sees test
-    # test only for the report: the selected weights in fp32, then the deployed fp16 export
-    assert seen == [test, test]
+    # selection never sees test
+    assert len(during_fit) == 2 and all(d == [torch.float32] and f == val for d, f in during_fit)
+    # test only for the report, in one pass: the selected weights in fp32 and the deployed fp16 export
+    assert seen == [([torch.float32, torch.float16], test)]
     hist = [h["val_macro_acc"] for h in t.history]
     assert result["selected_epoch"] == int(np.argmax(hist)) + 1 and result["val_macro_acc"] == max(hist)
     out = t.out_dir

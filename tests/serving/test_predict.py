@@ -250,3 +250,24 @@ def test_fp16_convolutions_on_a_cpu_run_in_fp32_kernels_within_an_ulp_of_torchs_
     ulp = np.spacing(np.abs(torchs).max(1, keepdims=True).astype(np.float16)).astype(np.float32)
     assert np.all(np.abs(ours - torchs) <= ulp), np.abs(ours - torchs).max()
     assert (ours.argmax(1) == torchs.argmax(1)).all()
+
+
+def test_a_student_at_fp32_and_fp16_shares_one_front_end_pass_with_each_ones_own_logits(student_unit):
+    """The test pass of a student's fp32 weights and of its fp16 export runs the front-end once per batch for
+    both (it costs a CPU as much as the model), and each gets bit for bit the logits of its own pass, whatever
+    its layout."""
+    from asc_ray.predict.classifier import one_pass
+
+    spec = read_unit_spec(student_unit)
+    waves = torch.from_numpy(np.random.default_rng(2).standard_normal((40, SR)).astype(np.float32) * 0.1)
+    fp32 = Classifier.from_weights(spec, student_unit / "model.pt", device="cpu", channels_last=True)
+    fp16 = Classifier.from_weights(spec, student_unit / "model_fp16.pt", device="cpu")
+    own = [fp32.logits(waves), fp16.logits(waves)]
+    calls = []
+    fp32.frontend.register_forward_hook(lambda *_: calls.append(1))
+    fp16.frontend.register_forward_hook(lambda *_: calls.append(16))
+    shared = one_pass([fp32, fp16], len(waves), lambda i, j: waves[i:j])
+    assert calls == [1, 1, 1]  # 16 + 16 + 8 windows: three batches, one front-end
+    for got, want in zip(shared, own, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(*shared)  # (two models: fp16 rounds)
