@@ -7,8 +7,9 @@ Ray Train's TorchConfig makes every worker group a torch process group, and torc
 listens on all interfaces on a random port. A single-worker teacher has nothing to rendezvous: no process
 group at all. A multi-worker teacher gets its store bound to rank 0's node address (Ray's node IP: the
 private address on a cluster, 127.0.0.1 for the local Ray), through a socket bound here and handed to torch.
-Otherwise it is Ray's TorchConfig: the same fields, each worker's CUDA device set before the train function,
-the process group destroyed and the CUDA cache emptied at shutdown.
+Otherwise it is Ray's TorchConfig, calling Ray's own functions (imported where they run): the same fields, each
+worker's CUDA device set before the train function, the process group destroyed and the CUDA cache emptied at
+shutdown.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ from dataclasses import dataclass
 
 import ray
 from ray.train.backend import Backend, BackendConfig
+from ray.train.constants import (
+    DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+    TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+)
 
-from asc_ray.pipeline.ray_private import TrainingFramework, get_address_and_port
+from asc_ray.pipeline.ray_private import (
+    TrainingFramework,
+    get_address_and_port,
+    ray_constants,
+    shutdown_torch,
+    torch_train_func_context,
+)
 
 
 def _private_process_group(
@@ -45,32 +56,6 @@ def _private_process_group(
     else:
         store = dist.TCPStore(addr, port, world, False, timeout=timeout)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-
-
-def _shutdown(destroy_process_group: bool) -> None:
-    import torch
-    import torch.distributed as dist
-
-    if destroy_process_group and dist.is_initialized():
-        dist.destroy_process_group()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-class _CudaDevice:
-    """Ray's TorchConfig.train_func_context: a GPU worker's default CUDA device is its own."""
-
-    def __enter__(self):
-        import torch
-        from ray.train.torch import get_device
-
-        if torch.cuda.is_available():
-            device = get_device()
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _PrivateTorchBackend(Backend):
@@ -97,10 +82,12 @@ class _PrivateTorchBackend(Backend):
         )
 
     def on_shutdown(self, worker_group, backend_config) -> None:
+        timeout = ray_constants.env_integer(
+            TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
+        )
         try:
-            ray.get(
-                worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1), timeout=30
-            )
+            futures = worker_group.execute_async(shutdown_torch, destroy_process_group=len(worker_group) > 1)
+            ray.get(futures, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             pass  # as Ray's: a worker stuck in its shutdown does not hold up the fit's end
 
@@ -120,7 +107,7 @@ class PrivateTorchConfig(BackendConfig):
 
     @property
     def train_func_context(self):
-        return _CudaDevice
+        return torch_train_func_context()
 
     @property
     def framework(self):

@@ -211,15 +211,12 @@ class Classifier:
 
         return run
 
-    def _pass(self, n: int, take: Callable[[int, int], torch.Tensor]) -> np.ndarray:
-        return one_pass([self], n, take)[0]
-
     def logits(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits [B, 10] of B equal-length waveforms [B, n] (n = one window), batched."""
         waves = torch.as_tensor(np.asarray(waves, dtype=np.float32))
         if not len(waves):
             return np.zeros((0, len(self.spec["classes"])), np.float32)
-        return self._pass(len(waves), lambda i, j: waves[i:j])
+        return one_pass([self], len(waves), lambda i, j: waves[i:j])[0]
 
     def logits_of(self, store: WaveformStore, files: Sequence[str]) -> np.ndarray:
         """Logits [len(files), 10] of cached 1-s clips (a waveform cache at the model's sample rate)."""

@@ -25,3 +25,8 @@ def test_the_private_names_are_there():
     assert isinstance(ray_private.ray_constants.ENABLE_RAY_CLUSTER, bool)
     assert ray_private.ray_constants.PROCESS_TYPE_RAYLET
     assert callable(ray_private.TrainingFramework.TORCH.module_names)
+    # imported where they run (a worker, the driver), not by the module: checked here instead
+    from ray.train.torch import config as torch_config
+
+    assert callable(torch_config._shutdown_torch) and callable(torch_config._set_torch_distributed_env_vars)
+    assert hasattr(ray_private.torch_train_func_context(), "__enter__")
