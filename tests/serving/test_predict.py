@@ -271,3 +271,56 @@ def test_a_student_at_fp32_and_fp16_shares_one_front_end_pass_with_each_ones_own
     for got, want in zip(shared, own, strict=True):
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(*shared)  # (two models: fp16 rounds)
+
+
+def test_a_pass_over_clips_another_pass_made_reads_its_front_end_output_back(
+    student_unit, synth_dataset, tmp_path, monkeypatch
+):
+    """Every CNN unit of a run tests on the same clips: the first pass keeps its front-end output beside the
+    waveform cache, the next reads it instead of running the front-end, with bit for bit the same logits. Other
+    clips, another order or another thread count get their own entry; a cut-short entry is computed again; a
+    cache that cannot be written costs nothing but the sharing; PaSST's front-end (random draws) is not shared."""
+    from asc_ray.data.cache import build_cache
+    from asc_ray.features import build_frontend
+    from asc_ray.predict import logits_of_each, shared_features
+    from asc_ray.predict.classifier import _clips, one_pass
+
+    ds = TauDataset.open(synth_dataset)
+    files = ds.test_files()[:40]
+    store = build_cache(ds, files, SR, tmp_path / "cache", progress=False)
+    clf = Classifier.from_weights(read_unit_spec(student_unit), student_unit / "model.pt", device="cpu")
+    calls = []
+    clf.frontend.register_forward_hook(lambda *_: calls.append(1))
+    alone = one_pass([clf], *_clips(store, files))[0]  # no sharing: the front-end on every batch
+    assert len(calls) == 3
+    entries = lambda: sorted((tmp_path / "cache" / shared_features.FOLDER).glob("*"))  # noqa: E731
+    first = logits_of_each([clf], store, files)[0]
+    assert len(calls) == 6 and [p.suffix for p in entries()] == [".npy"]
+    again = clf.logits_of(store, files)
+    assert len(calls) == 6  # read back: no front-end
+    np.testing.assert_array_equal(first, alone)
+    np.testing.assert_array_equal(again, alone)
+
+    np.testing.assert_array_equal(clf.logits_of(store, files[::-1]), alone[::-1])
+    assert len(calls) == 9 and len(entries()) == 2  # another order, its own entry
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        clf.logits_of(store, files)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 12 and len(entries()) == 3
+
+    whole = shared_features.entry(clf.frontend, store, files, 16, True)
+    whole.write_bytes(whole.read_bytes()[:1000])  # cut short
+    np.testing.assert_array_equal(clf.logits_of(store, files), alone)
+    assert len(calls) == 15 and np.load(whole).shape[0] == 48  # computed and written again, padding kept
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    other = files[:20]
+    np.testing.assert_array_equal(clf.logits_of(store, other), alone[:20])
+    assert len(entries()) == 3  # nothing written, no temporary left
+    assert shared_features.entry(build_frontend("passt"), store, files, 16, True) is None
