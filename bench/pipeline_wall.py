@@ -7,8 +7,8 @@ Runs `bash scripts/run_local.sh` with OUTPUT_DIR=O (default: a temp dir, removed
 which logs to O/mlflow.db unless MLFLOW_TRACKING_URI names another store. DATA_DIR and
 PROFILE pass through from the environment (unset: the synthetic dataset and the smoke profile).
 Phases (setup = pre-flight + Ray start; units = the graph of teachers, tables and students; evaluate; shutdown)
-are timed from the pipeline's own lines as they arrive; memory is sampled every 2 s
-over the whole process tree (driver, Ray's GCS/raylet, every worker): the sum of PSS (proportional set size:
+are timed from the pipeline's own lines as they arrive; memory is sampled every 10 s and as each phase
+begins, over the whole process tree (driver, Ray's GCS/raylet, every worker): the sum of PSS (proportional set size:
 shared pages counted once) and the sum of RSS (shared pages counted in every process: an upper bound).
 Last line: `rerun_pct <re-run wall time as % of the first run>`.
 """
@@ -38,9 +38,10 @@ PHASES = [
     (re.compile(r"\] pipeline finished in "), "shutdown"),
 ]
 ORDER = ("setup", "units", "evaluate", "shutdown")
-# default memory sampling interval (--sample-s): reading smaps_rollup of ~40 processes twice a second took ~30 %
-# of a core, which the 2-core machine then lacked for the run being timed
-SAMPLE_S = 2.0
+# default memory sampling interval (--sample-s), plus a sample as each phase begins: reading smaps_rollup of ~40
+# processes every 2 s took ~8 % of a core (~60 s of the README run's wall time on 2 cores); every 10 s ~1.5 %.
+# The bench's own CPU time is printed (bench_cpu_s).
+SAMPLE_S = 10.0
 
 
 def tree_memory(root: int) -> tuple[float, float]:
@@ -65,14 +66,16 @@ def run_once(cmd: list[str], env: dict, label: str, sample_s: float = SAMPLE_S) 
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
     state = {"stage": "setup", "peak": {}, "stages": {}, "stop": False}
-    since = t0
+    since, wake = t0, threading.Event()
 
     def sample():
         while not state["stop"]:
+            stage = state["stage"]
             pss, rss = tree_memory(proc.pid)
-            old = state["peak"].get(state["stage"], (0.0, 0.0))
-            state["peak"][state["stage"]] = (max(old[0], pss), max(old[1], rss))
-            time.sleep(sample_s)
+            old = state["peak"].get(stage, (0.0, 0.0))
+            state["peak"][stage] = (max(old[0], pss), max(old[1], rss))
+            wake.wait(sample_s)  # woken early as a phase begins
+            wake.clear()
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
@@ -85,10 +88,12 @@ def run_once(cmd: list[str], env: dict, label: str, sample_s: float = SAMPLE_S) 
                 now = time.perf_counter()
                 state["stages"][state["stage"]] = now - since
                 state["stage"], since = phase, now
+                wake.set()
     rc = proc.wait()
     wall = time.perf_counter() - t0
     state["stages"][state["stage"]] = time.perf_counter() - since
     state["stop"] = True
+    wake.set()
     th.join()
     if rc != 0:
         raise SystemExit(f"{label} run failed (exit {rc}); its last lines:\n" + "".join(tail))
@@ -130,6 +135,7 @@ def main(argv=None) -> int:
     figure("peak_pss_MB", max((v[0] for v in first["peak"].values()), default=0.0), ".0f")
     figure("wall_s", first["wall"])
     figure("rerun_wall_s", second["wall"])
+    figure("bench_cpu_s", time.process_time())  # this script's own CPU (memory sampling), both runs
     for name in ORDER:
         if name in second["stages"]:
             figure(f"rerun_stage_{name}_s", second["stages"][name])

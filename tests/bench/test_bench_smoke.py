@@ -133,6 +133,7 @@ def test_pipeline_wall_parses_stages_memory_and_rerun(tmp_path):
     assert figure(out, "stage_setup_s") >= 0 and figure(out, "stage_evaluate_s") >= 0  # every phase seen
     assert figure(out, "peak_pss_MB_units") >= 50  # the 60 MB buffer of a grandchild process was seen
     assert figure(out, "wall_s") >= figure(out, "stage_units_s")
+    assert figure(out, "bench_cpu_s") > 0  # its own overhead, stated
     assert last_figure(out, "rerun_pct") > 0
 
 
