@@ -4,7 +4,7 @@ CPU costs as much as the model (docs/benchmarks.md): the first unit's pass write
 
 Bit-identical to computing it again: an entry holds the batches as one_pass ran them (padding included) and is
 keyed by everything that decides their values (the clips and their order, the front-end's settings, the batch,
-torch's version and thread count). Only where that holds and it pays: a deterministic front-end (log-mel; PaSST's
+torch's version, thread count and CPU kernels). Only where that holds and it pays: a deterministic front-end (log-mel; PaSST's
 draws random numbers even in eval mode) on a CPU (a GPU's front-end is cheaper than reading it back). A cache that
 cannot be written is no error: the pass computes as before."""
 
@@ -42,6 +42,7 @@ def entry(
         "pad": pad,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu": torch.backends.cpu.get_cpu_capability(),  # the kernels torch picks (a cache shared by nodes)
     }
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
     return store.path.parent / FOLDER / f"{store.path.name}-{key}.npy"
