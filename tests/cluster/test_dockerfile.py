@@ -472,6 +472,7 @@ def _copy_into(src: Path, dest: Path, ignore) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # pip unpacking ~6 GB: 3 min alone, more beside other work (.ci/run runs it so)
 def test_image_command_runs_in_a_venv_built_the_images_way(instructions, ignore):
     """The Dockerfile's own instructions, replayed in a fresh venv instead of the base image: COPY (after
     .dockerignore) into a folder standing for WORKDIR, ENV, and every RUN as written, in order; then CMD.
