@@ -289,20 +289,25 @@ def one_pass(
     pad = n > b and first.device.type == "cpu"
     rows = -(-n // b) * b if pad else n
     path = shared_features.entry(frontend, *share, b, pad) if share else None
-    ready, writer = shared_features.read(path, rows), shared_features.Writer(path)
+    ready = shared_features.read(path, rows)
+    writer = shared_features.Writer(path if ready is None else None)
     runs, out = [m._runner() for m in models], [[] for _ in models]
-    for i in range(0, n, b):
-        k = min(i + b, n) - i
-        if ready is not None:
-            x = torch.from_numpy(np.array(ready[i : i + (b if pad else k)]))
-        else:
-            waves = take(i, i + k)
-            if pad and k < b:
-                waves = torch.cat([waves, waves.new_zeros((b - k, *waves.shape[1:]))])
-            x = frontend(waves.to(first.device))
-            writer.put(i, x, rows)
-        for run, logits in zip(runs, out, strict=True):
-            logits.append(run(x, k))
+    try:
+        for i in range(0, n, b):
+            k = min(i + b, n) - i
+            if ready is not None:
+                x = torch.from_numpy(np.array(ready[i : i + (b if pad else k)]))
+            else:
+                waves = take(i, i + k)
+                if pad and k < b:
+                    waves = torch.cat([waves, waves.new_zeros((b - k, *waves.shape[1:]))])
+                x = frontend(waves.to(first.device))
+                writer.put(i, x, rows)
+            for run, logits in zip(runs, out, strict=True):
+                logits.append(run(x, k))
+    except BaseException:
+        writer.drop()  # an interrupted pass leaves no half-written temporary behind
+        raise
     writer.publish()
     return [torch.cat(logits).numpy() for logits in out]
 

@@ -4,9 +4,9 @@ CPU costs as much as the model (docs/benchmarks.md): the first unit's pass write
 
 Bit-identical to computing it again: an entry holds the batches as one_pass ran them (padding included) and is
 keyed by everything that decides their values (the clips and their order, the front-end's settings, the batch,
-torch's version, thread count and CPU kernels). Only where that holds and it pays: a deterministic front-end (log-mel; PaSST's
-draws random numbers even in eval mode) on a CPU (a GPU's front-end is cheaper than reading it back). A cache that
-cannot be written is no error: the pass computes as before."""
+torch's version, thread count and CPU kernels). Only where that holds and it pays: a deterministic front-end
+(log-mel; PaSST's draws random numbers even in eval mode) on a CPU (a GPU's front-end is cheaper than reading it
+back). A cache that cannot be written is no error: the pass computes as before."""
 
 from __future__ import annotations
 

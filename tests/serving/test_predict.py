@@ -278,8 +278,9 @@ def test_a_pass_over_clips_another_pass_made_reads_its_front_end_output_back(
 ):
     """Every CNN unit of a run tests on the same clips: the first pass keeps its front-end output beside the
     waveform cache, the next reads it instead of running the front-end, with bit for bit the same logits. Other
-    clips, another order or another thread count get their own entry; a cut-short entry is computed again; a
-    cache that cannot be written costs nothing but the sharing; PaSST's front-end (random draws) is not shared."""
+    clips, another order or another thread count get their own entry; a cut-short entry is computed again; an
+    interrupted pass leaves no temporary; a cache that cannot be written costs nothing but the sharing; PaSST's
+    front-end (random draws) is not shared."""
     from asc_ray.data.cache import build_cache
     from asc_ray.features import build_frontend
     from asc_ray.predict import logits_of_each, shared_features
@@ -315,6 +316,17 @@ def test_a_pass_over_clips_another_pass_made_reads_its_front_end_output_back(
     whole.write_bytes(whole.read_bytes()[:1000])  # cut short
     np.testing.assert_array_equal(clf.logits_of(store, files), alone)
     assert len(calls) == 15 and np.load(whole).shape[0] == 48  # computed and written again, padding kept
+
+    n, take = _clips(store, files[:30])
+
+    def interrupted(i, j):
+        if i:
+            raise KeyboardInterrupt
+        return take(i, j)
+
+    with pytest.raises(KeyboardInterrupt):
+        one_pass([clf], n, interrupted, share=(store, files[:30]))
+    assert len(entries()) == 3  # the half-written temporary is gone
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
